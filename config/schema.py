@@ -1,0 +1,146 @@
+"""Typed configuration: what server.yaml and prompts.yaml may contain.
+
+Unknown fields are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"bad port in {text!r}")
+    return host or "0.0.0.0", int(port) if port else default_port
+
+
+class SipSettings(_Strict):
+    listen: str = Field("0.0.0.0:5060", description="HOST:PORT for SIP over UDP")
+    advertised_address: str | None = Field(
+        None, description="address put in Contact, Via and SDP; default: the listen host, "
+                          "or this host's primary address when listening on 0.0.0.0")
+    user_agent: str = "sip-tts/0.1"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        host, _ = parse_hostport(v)
+        ipaddress.ip_address(host)  # raises ValueError: must be an IP literal
+        return v
+
+    @property
+    def listen_host(self) -> str:
+        return parse_hostport(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_hostport(self.listen)[1]
+
+    def advertised(self) -> str:
+        if self.advertised_address:
+            return self.advertised_address
+        host = self.listen_host
+        if host not in ("0.0.0.0", "::"):
+            return host
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+
+
+class RtpSettings(_Strict):
+    port_min: int = Field(20000, ge=1024, le=65534)
+    port_max: int = Field(20999, ge=1025, le=65535)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "RtpSettings":
+        if self.port_max <= self.port_min:
+            raise ValueError("port_max must be greater than port_min")
+        return self
+
+
+class EspeakSettings(_Strict):
+    kind: Literal["espeak"] = "espeak"
+    voice: str = "en-us"
+    rate: int = Field(165, ge=80, le=450, description="words per minute")
+    pitch: int = Field(50, ge=0, le=99)
+
+
+class ChatterboxSettings(_Strict):
+    kind: Literal["chatterbox"]
+    model_dir: str
+    device: str = "cuda"
+    voice_wav: str | None = None
+
+
+class LimitSettings(_Strict):
+    max_calls: int = Field(500, ge=1, description="concurrent calls; more get 503")
+
+
+class ServerConfig(_Strict):
+    sip: SipSettings = SipSettings()
+    rtp: RtpSettings = RtpSettings()
+    codecs: list[Literal["PCMU", "PCMA"]] = Field(["PCMU", "PCMA"], min_length=1,
+                                                 description="preference order for the answer")
+    engine: EspeakSettings | ChatterboxSettings = Field(EspeakSettings(), discriminator="kind")
+    prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
+    limits: LimitSettings = LimitSettings()
+    hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,
+                                        description="silence after the prompt before our BYE")
+
+    source: Path | None = Field(None, exclude=True)
+
+    def prompts_path(self) -> Path:
+        p = Path(self.prompts)
+        if not p.is_absolute() and self.source is not None:
+            p = self.source.parent / p
+        return p
+
+
+class Prompt(_Strict):
+    text: str = Field(min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is blank")
+        return v
+
+
+class PromptsConfig(_Strict):
+    routes: dict[str, Prompt] = Field(default_factory=dict, description="dialed number → prompt")
+    default: Prompt | None = Field(None, description="prompt for numbers without a route; "
+                                                     "none: such calls get 404")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strings_are_text(cls, data: object) -> object:
+        # Allow the short form  "1000": "Hello"  as well as  "1000": {text: "Hello"}.
+        if isinstance(data, dict):
+            routes = data.get("routes")
+            if isinstance(routes, dict):
+                data = {**data, "routes": {k: ({"text": v} if isinstance(v, str) else v) for k, v in routes.items()}}
+            if isinstance(data.get("default"), str):
+                data = {**data, "default": {"text": data["default"]}}
+        return data
+
+    def lookup(self, dialed: str) -> Prompt | None:
+        return self.routes.get(dialed, self.default)

@@ -1,0 +1,44 @@
+"""The one interface every TTS engine offers, and the voice settings it receives.
+
+An engine has a native sample rate and an async ``stream(text, voice)`` that
+yields float32 mono chunks in [-1, 1] as soon as they exist. Closing the
+iterator (``aclose()``, or cancelling the task that iterates) stops synthesis
+promptly. Synthesis runs off the event loop; the loop only receives chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """Synthesis failed (bad voice, engine not loaded, worker died)."""
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """Engine-specific voice settings, e.g. ``{"voice": "en-us", "rate": 160}`` for espeak."""
+
+    name: str = "default"
+    settings: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+
+    def get(self, key: str, default: object = None) -> object:
+        return dict(self.settings).get(key, default)
+
+
+class TtsEngine(Protocol):
+    name: str
+    sample_rate: int
+
+    async def start(self) -> None:
+        """Load models / warm up; called once before the first call is taken."""
+
+    def stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[np.ndarray]:
+        """Yield float32 chunks at ``sample_rate`` until the utterance ends."""
+        ...
+
+    async def close(self) -> None:
+        """Stop workers and free resources."""

@@ -1,0 +1,131 @@
+"""``sip-tts``: serve calls, render a prompt to a WAV, or check a config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from config import ConfigError, load_prompts, load_server
+from config.schema import ServerConfig, parse_hostport
+from engine.audio import decode_g711
+from engine.base import TtsEngine, VoiceSpec
+from telephony.call import CallInfo
+from telephony.rtp.pacer import FrameQueue
+from telephony.server import ServerSettings, SipServer
+
+from .engines import SpokenPrompt, build_engine
+
+log = logging.getLogger("sip_tts")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "server.yaml"
+
+
+def _load(path: str) -> ServerConfig:
+    cfg = load_server(path)
+    load_prompts(cfg.prompts_path())  # validate now: a bad prompts file stops start-up
+    return cfg
+
+
+async def serve(cfg: ServerConfig, listen: str | None) -> int:
+    prompts = load_prompts(cfg.prompts_path())
+    engine, voice = build_engine(cfg)
+    await engine.start()
+    host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
+    settings = ServerSettings(
+        listen_host=host, listen_port=port,
+        advertised_host=cfg.sip.advertised_address or (host if host not in ("0.0.0.0", "::") else cfg.sip.advertised()),
+        rtp_port_min=cfg.rtp.port_min, rtp_port_max=cfg.rtp.port_max, codecs=list(cfg.codecs),
+        max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
+        user_agent=cfg.sip.user_agent)
+
+    def route(info: CallInfo) -> SpokenPrompt | None:
+        prompt = prompts.lookup(info.dialed)
+        return None if prompt is None else SpokenPrompt(engine, prompt.text, voice, info.codec)
+
+    server = SipServer(settings, route)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        await engine.close()
+        return 1
+    print(f"sip-tts ready: udp {host}:{server.port}, engine {engine.name}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: hanging up %d call(s)", len(server.calls))
+    await server.stop()
+    await engine.close()
+    return 0
+
+
+async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> np.ndarray:
+    """What a caller hears: 8 kHz int16 after the G.711 round trip."""
+    await engine.start()
+    queue = FrameQueue(0xFF if codec == "PCMU" else 0xD5)
+    await SpokenPrompt(engine, text, voice, codec).run(queue)
+    queue.finish()
+    frames = []
+    while (frame := queue.pop()) is not None:
+        frames.append(frame)
+    await engine.close()
+    return decode_g711(b"".join(frames), codec)
+
+
+def write_wav(path: str, samples: np.ndarray, rate: int = 8000) -> None:
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.asarray(samples, dtype=np.int16).tobytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sip-tts", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="answer calls and speak their prompts")
+    p_serve.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p_serve.add_argument("--listen", help="HOST:PORT, overrides sip.listen")
+    p_serve.add_argument("--log-level", default="INFO")
+    p_say = sub.add_parser("say", help="render TEXT as a caller would hear it")
+    p_say.add_argument("text")
+    p_say.add_argument("--out", required=True, help="output WAV (8 kHz, 16-bit, mono)")
+    p_say.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p_say.add_argument("--codec", choices=["PCMU", "PCMA"], default="PCMU")
+    p_check = sub.add_parser("check-config", help="validate server and prompts files")
+    p_check.add_argument("--config", default=str(DEFAULT_CONFIG))
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(f"config error:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        prompts = load_prompts(cfg.prompts_path())
+        print(f"{args.config}: ok ({len(prompts.routes)} routes, default {'set' if prompts.default else 'none'})")
+        return 0
+    if args.command == "say":
+        engine, voice = build_engine(cfg)
+        samples = asyncio.run(render(engine, voice, args.text, args.codec))
+        write_wav(args.out, samples)
+        print(f"{args.out}: {len(samples) / 8000:.2f} s")
+        return 0
+    try:
+        return asyncio.run(serve(cfg, args.listen))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

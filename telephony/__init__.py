@@ -1,0 +1,1 @@
+"""Telephony: SIP signalling, RTP media and calls. Knows nothing of TTS."""

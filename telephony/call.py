@@ -1,0 +1,59 @@
+"""A call as the media side sees it, and the seam to whatever produces its audio.
+
+``telephony`` knows nothing of TTS: the application hands the server a
+``Router`` that, for a new call, returns an ``AudioSource`` (or None for 404).
+The source writes G.711 bytes into the call's ``FrameQueue``; the pacer sends
+them. Synthesis starts when the INVITE arrives, so audio is usually waiting
+by the time the ACK comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .rtp.pacer import FrameQueue, RtpSender
+from .sip.events import IncomingCall
+from .sip.sdp import NegotiatedAudio
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What routing may look at."""
+
+    call_id: str
+    dialed: str
+    caller: str
+    codec: str  # "PCMU" or "PCMA"
+
+
+class AudioSource(Protocol):
+    async def run(self, queue: FrameQueue) -> None:
+        """Push the call's audio into ``queue``; return when done (the server calls ``finish``)."""
+
+
+Router = Callable[[CallInfo], "AudioSource | None"]
+
+
+@dataclass
+class Call:
+    info: CallInfo
+    incoming: IncomingCall
+    media: NegotiatedAudio
+    local_port: int
+    queue: FrameQueue
+    transport: asyncio.DatagramTransport | None = None
+    sender: RtpSender | None = None
+    producer: asyncio.Task[None] | None = None
+    invite_at: float = 0.0
+    confirmed_at: float | None = None
+    ended: bool = False
+    binding: bool = False  # RTP socket being bound
+    cleaned: bool = False  # port released, socket closed
+    end_reason: str = ""
+    hangup_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        return self.media.remote_host, self.media.remote_port

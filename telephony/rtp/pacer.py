@@ -1,0 +1,198 @@
+"""One clock for every call's RTP: absolute 20 ms deadlines on a monotonic clock.
+
+The ``Pacer`` core is sans-IO: ``on_tick(now)`` returns the packets due for
+the current slot and ``next_deadline()`` says when to call it again. The thin
+``PacerClock`` drives it from asyncio with a single ``call_at`` timer for all
+calls, never a task or a sleep per call.
+
+Deadlines are ``origin + k * 20 ms``; they never drift with scheduling delay.
+If the loop stalls past one or more slots, those slots are skipped, not sent
+in a burst: every stream's RTP timestamp advances by the skipped time (so a
+receiver's playout clock stays true to wall time) and the skip is counted.
+
+Silence: while a call's audio is not ready yet (synthesis still running) the
+pacer sends G.711 silence frames with continuous sequence numbers and
+timestamps. Continuous silence keeps NAT bindings and jitter buffers steady and
+is what a PSTN leg does anyway; the marker bit is set only on the first packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .packet import RtpPacket
+
+FRAME_SECONDS = 0.020
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}
+
+
+class FrameQueue:
+    """Encoded audio waiting to be sent, cut into 160-byte frames.
+
+    The producer (synthesis) pushes bytes of any length and calls ``finish``;
+    the pacer pops one frame per slot.
+    """
+
+    def __init__(self, silence_byte: int) -> None:
+        self._frames: deque[bytes] = deque()
+        self._partial = bytearray()
+        self._silence = silence_byte
+        self.finished = False
+
+    def push(self, data: bytes) -> None:
+        self._partial += data
+        while len(self._partial) >= FRAME_SAMPLES:
+            self._frames.append(bytes(self._partial[:FRAME_SAMPLES]))
+            del self._partial[:FRAME_SAMPLES]
+
+    def push_frames(self, frames: list[bytes]) -> None:
+        """Whole ready-made frames (a cached prompt): no copying."""
+        self._frames.extend(frames)
+
+    def finish(self) -> None:
+        if self._partial:
+            pad = FRAME_SAMPLES - len(self._partial)
+            self._frames.append(bytes(self._partial) + bytes([self._silence]) * pad)
+            self._partial.clear()
+        self.finished = True
+
+    def flush(self) -> None:
+        """Drop everything queued (barge-in)."""
+        self._frames.clear()
+        self._partial.clear()
+
+    def pop(self) -> bytes | None:
+        return self._frames.popleft() if self._frames else None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.finished and not self._frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+@dataclass
+class RtpSender:
+    """One call's outgoing RTP stream: random SSRC, sequence and timestamp (RFC 3550 §5.1)."""
+
+    payload_type: int
+    codec: str
+    send: Callable[[bytes], None]
+    queue: FrameQueue
+    on_done: Callable[[], None] | None = None
+    ssrc: int = field(default_factory=lambda: secrets.randbits(32))
+    sequence: int = field(default_factory=lambda: secrets.randbits(16))
+    timestamp: int = field(default_factory=lambda: secrets.randbits(32))
+    packets_sent: int = 0
+    silence_frames: int = 0  # frames sent as silence because audio was not ready
+    skipped_frames: int = 0  # slots lost to a stalled loop
+    first_audio_at: float | None = None
+    _marker: bool = True
+
+    def next_packet(self, now: float, skipped_slots: int = 0) -> bytes:
+        if skipped_slots:
+            self.timestamp = (self.timestamp + FRAME_SAMPLES * skipped_slots) & 0xFFFFFFFF
+            self.skipped_frames += skipped_slots
+        frame = self.queue.pop()
+        if frame is None:
+            frame = bytes([SILENCE[self.codec]]) * FRAME_SAMPLES
+            self.silence_frames += 1
+        elif self.first_audio_at is None:
+            self.first_audio_at = now
+        packet = RtpPacket(self.payload_type, self.sequence, self.timestamp, self.ssrc, frame, self._marker)
+        self._marker = False
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        self.packets_sent += 1
+        return packet.serialize()
+
+
+class Pacer:
+    """Sans-IO pacing core: which packets are due at ``now``."""
+
+    def __init__(self, origin: float, interval: float = FRAME_SECONDS) -> None:
+        self.interval = interval
+        self.origin = origin
+        self._slot = 0
+        self._senders: dict[int, RtpSender] = {}
+        self.skipped_slots = 0
+
+    def add(self, sender: RtpSender) -> None:
+        self._senders[id(sender)] = sender
+
+    def remove(self, sender: RtpSender) -> None:
+        self._senders.pop(id(sender), None)
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    def next_deadline(self) -> float:
+        return self.origin + self._slot * self.interval
+
+    def on_tick(self, now: float) -> tuple[list[tuple[RtpSender, bytes]], list[RtpSender]]:
+        """Packets for this slot, and the senders whose audio ran out (now removed)."""
+        late = now - self.next_deadline()
+        skipped = int(late // self.interval) if late >= self.interval else 0
+        if skipped:
+            self._slot += skipped
+            self.skipped_slots += skipped
+        out: list[tuple[RtpSender, bytes]] = []
+        done: list[RtpSender] = []
+        for key, sender in list(self._senders.items()):
+            if sender.queue.exhausted:
+                del self._senders[key]
+                done.append(sender)
+                continue
+            out.append((sender, sender.next_packet(now, skipped)))
+        self._slot += 1
+        return out, done
+
+
+class PacerClock:
+    """Drives a ``Pacer`` from the asyncio loop with one timer for all calls."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_event_loop()
+        self.pacer = Pacer(self._loop.time())
+        self._handle: asyncio.TimerHandle | None = None
+        self.send_errors = 0
+
+    def add(self, sender: RtpSender) -> None:
+        self.pacer.add(sender)
+        if self._handle is None:
+            # Restart the grid at the next whole slot of the original origin.
+            now = self._loop.time()
+            slots = int((now - self.pacer.origin) // self.pacer.interval) + 1
+            self.pacer._slot = max(self.pacer._slot, slots)
+            self._schedule()
+
+    def remove(self, sender: RtpSender) -> None:
+        self.pacer.remove(sender)
+
+    def _schedule(self) -> None:
+        self._handle = self._loop.call_at(self.pacer.next_deadline(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._handle = None
+        packets, done = self.pacer.on_tick(self._loop.time())
+        for sender, data in packets:
+            try:
+                sender.send(data)
+            except OSError:
+                self.send_errors += 1
+        for sender in done:
+            if sender.on_done is not None:
+                sender.on_done()
+        if len(self.pacer):
+            self._schedule()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -1,0 +1,290 @@
+"""The asyncio layer: one UDP socket for SIP, one per call for RTP, one pacer clock.
+
+It feeds datagrams and time into the sans-IO ``UserAgent``, keeps ONE timer
+handle for all SIP timers, turns UA events into call actions, and starts and
+stops each call's audio. Nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .call import AudioSource, Call, CallInfo, Router
+from .ports import PortAllocator, PortsExhausted
+from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
+from .sip.events import CallConfirmed, CallEnded, IncomingCall
+from .sip.sdp import SdpError, build_answer, negotiate
+from .sip.useragent import UserAgent, UserAgentConfig
+
+log = logging.getLogger("telephony.server")
+
+
+@dataclass
+class ServerSettings:
+    listen_host: str
+    listen_port: int
+    advertised_host: str
+    rtp_port_min: int
+    rtp_port_max: int
+    codecs: list[str]
+    max_calls: int = 500
+    hangup_after_prompt_ms: int = 300
+    user_agent: str = "sip-tts/0.1"
+
+
+class _SipProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: "SipServer") -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.server._on_sip_datagram(data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP socket error: %s", exc)
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    """The caller's RTP: drained for now (DTMF, RTCP and latching arrive with the media issue)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.received += 1
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable while the caller is gone: nothing to do
+
+
+class SipServer:
+    def __init__(self, settings: ServerSettings, router: Router) -> None:
+        self.settings = settings
+        self.router = router
+        self.ports = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
+        self.calls: dict[str, Call] = {}
+        self.ua: UserAgent | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.clock: PacerClock | None = None
+        self.completed_calls = 0
+        self.first_audio_ms: list[float] = []
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.clock = PacerClock(self._loop)
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _SipProtocol(self), local_addr=(self.settings.listen_host, self.settings.listen_port))
+        self._transport = transport
+        port = transport.get_extra_info("sockname")[1]
+        self.ua = UserAgent(UserAgentConfig(self.settings.advertised_host, port, self.settings.user_agent))
+        log.info("listening on udp %s:%d (advertised %s)", self.settings.listen_host, port,
+                 self.settings.advertised_host)
+
+    @property
+    def port(self) -> int:
+        assert self.ua is not None
+        return self.ua.config.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Refuse new calls, hang up the ones in progress, wait for their BYEs, close."""
+        assert self.ua is not None and self._loop is not None
+        self.ua.accepting = False
+        for call in list(self.calls.values()):
+            self._hangup(call, "shutdown")
+        deadline = self._loop.time() + grace
+        while self.ua.get_timer() is not None and self._loop.time() < deadline:
+            if not any(c for c in self.ua._calls.values() if c.bye_key):
+                break
+            await asyncio.sleep(0.05)
+        if self._timer:
+            self._timer.cancel()
+        if self.clock:
+            self.clock.close()
+        if self._transport:
+            self._transport.close()
+
+    # -- SIP I/O ------------------------------------------------------------------
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_sip_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.ua is not None
+        self.ua.receive_datagram(data, addr, self._now())
+        self._pump()
+
+    def _on_sip_timer(self) -> None:
+        assert self.ua is not None
+        self._timer = None
+        self.ua.handle_timer(self._now())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Handle UA events, send what the UA has queued and re-arm the single SIP timer."""
+        assert self.ua is not None and self._loop is not None
+        for _ in range(100):  # events can produce more events (e.g. reject); bounded
+            events = self.ua.next_events()
+            if not events:
+                break
+            for event in events:
+                if isinstance(event, IncomingCall):
+                    self._on_incoming(event)
+                elif isinstance(event, CallConfirmed):
+                    self._on_confirmed(event.call_id)
+                elif isinstance(event, CallEnded):
+                    self._on_ended(event.call_id, event.reason)
+        for data, addr in self.ua.datagrams_to_send():
+            if self._transport is not None:
+                try:
+                    self._transport.sendto(data, addr)
+                except OSError as exc:
+                    log.warning("SIP send to %s failed: %s", addr, exc)
+        when = self.ua.get_timer()
+        if self._timer is not None and (when is None or abs(self._timer.when() - when) > 1e-4):
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and self._timer is None:
+            self._timer = self._loop.call_at(when, self._on_sip_timer)
+
+    # -- calls --------------------------------------------------------------------
+    def _on_incoming(self, ev: IncomingCall) -> None:
+        assert self.ua is not None
+        now = self._now()
+        if len(self.calls) >= self.settings.max_calls:
+            self.ua.reject(ev.call_id, 503, now, [("Retry-After", "5")])
+            return
+        try:
+            media, index = negotiate(ev.offer, self.settings.codecs)
+        except SdpError as exc:
+            log.info("call %s: %s", ev.call_id, exc)
+            self.ua.reject(ev.call_id, 488, now, [("Warning", '304 sip-tts "No G.711 codec offered"')])
+            return
+        info = CallInfo(ev.call_id, ev.dialed, ev.caller, media.codec)
+        source = self.router(info)
+        if source is None:
+            self.ua.reject(ev.call_id, 404, now)
+            return
+        try:
+            port = self.ports.acquire()
+        except PortsExhausted:
+            self.ua.reject(ev.call_id, 503, now, [("Retry-After", "5")])
+            return
+        call = Call(info, ev, media, port, FrameQueue(SILENCE[media.codec]), invite_at=time.monotonic())
+        self.calls[ev.call_id] = call
+        # Synthesis starts now, while the socket binds and the 200 OK travels.
+        call.producer = asyncio.ensure_future(self._produce(call, source))
+        session_id = secrets.randbelow(2**31)
+        answer = lambda rtp_port: build_answer(  # noqa: E731
+            ev.offer, media, index, self.settings.advertised_host, rtp_port, session_id)
+        asyncio.ensure_future(self._bind_and_answer(call, answer))
+
+    async def _bind_and_answer(self, call: Call, answer: Callable[[int], bytes]) -> None:
+        assert self.ua is not None
+        call.binding = True
+        try:
+            transport = await self._bind_rtp(call)
+        finally:
+            call.binding = False
+        if transport is None:
+            self._cleanup(call)
+            self.ua.reject(call.info.call_id, 503, self._now(), [("Retry-After", "5")])
+        elif call.ended:  # cancelled or hung up while binding
+            transport.close()
+            self._cleanup(call)
+        else:
+            call.transport = transport
+            self.ua.answer(call.info.call_id, answer(call.local_port), self._now())
+        self._pump()
+
+    async def _bind_rtp(self, call: Call) -> asyncio.DatagramTransport | None:
+        """Bind the call's RTP socket; a port taken by another process is skipped."""
+        assert self._loop is not None
+        for _ in range(8):
+            try:
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    _RtpProtocol, local_addr=(self.settings.listen_host, call.local_port))
+                return transport
+            except OSError:
+                self.ports.skip(call.local_port)
+                try:
+                    call.local_port = self.ports.acquire()
+                except PortsExhausted:
+                    return None
+        return None
+
+    async def _produce(self, call: Call, source: AudioSource) -> None:
+        try:
+            await source.run(call.queue)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: audio source failed", call.info.call_id)
+        tail = int(self.settings.hangup_after_prompt_ms / 1000 * 8000)
+        if tail:
+            call.queue.push(bytes([SILENCE[call.info.codec]]) * tail)
+        call.queue.finish()
+
+    def _on_confirmed(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.ended or call.transport is None or self.clock is None:
+            return
+        call.confirmed_at = time.monotonic()
+        transport = call.transport
+        remote = call.remote
+        call.sender = RtpSender(
+            payload_type=call.media.payload_type, codec=call.info.codec,
+            send=lambda data: transport.sendto(data, remote), queue=call.queue,
+            on_done=lambda: self._on_prompt_done(call))
+        self.clock.add(call.sender)
+
+    def _on_prompt_done(self, call: Call) -> None:
+        self._hangup(call, "prompt-done")
+        self._pump()
+
+    def _hangup(self, call: Call, reason: str) -> None:
+        assert self.ua is not None
+        if call.ended:
+            return
+        self.ua.hangup(call.info.call_id, self._now())
+        self._finish(call, reason)
+
+    def _on_ended(self, call_id: str, reason: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._finish(call, reason)
+
+    def _finish(self, call: Call, reason: str) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        call.end_reason = reason
+        self.completed_calls += 1
+        log.info("call %s to %s ended: %s", call.info.call_id, call.info.dialed, reason)
+        if call.binding:
+            # still binding its socket: _bind_and_answer cleans up when it resumes
+            if call.producer is not None:
+                call.producer.cancel()
+        else:
+            self._cleanup(call)
+
+    def _cleanup(self, call: Call) -> None:
+        call.ended = True
+        if call.cleaned:
+            return
+        call.cleaned = True
+        if call.sender is not None and self.clock is not None:
+            self.clock.remove(call.sender)
+        if call.producer is not None and not call.producer.done():
+            call.producer.cancel()
+        if call.transport is not None:
+            call.transport.close()
+            call.transport = None
+        self.ports.release(call.local_port)
+        self.calls.pop(call.info.call_id, None)

@@ -1,0 +1,456 @@
+"""The sans-IO SIP user agent: datagrams and time in, events and datagrams out.
+
+Usage, in the style of aioquic::
+
+    ua = UserAgent(UserAgentConfig(...))
+    ua.receive_datagram(data, addr, now)      # feed what the socket read
+    for event in ua.next_events(): ...        # IncomingCall, CallConfirmed, CallEnded
+    ua.answer(call_id, sdp, now) / ua.reject(...) / ua.hangup(call_id, now)
+    for data, addr in ua.datagrams_to_send(): sock.sendto(data, addr)
+    ua.get_timer() -> float | None; ua.handle_timer(now)
+
+It serves INVITE (with ACK, CANCEL, BYE) as a UAS, answers OPTIONS, sends BYE
+as a UAC, and answers everything else with 405 or 501. Malformed input gets
+400 when a response can be formed, else it is dropped; no input raises.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from .dialog import Dialog, new_branch, new_tag
+from .events import CallConfirmed, CallEnded, Event, IncomingCall
+from .message import (
+    Request,
+    Response,
+    SipParseError,
+    parse_message,
+    response_for,
+    response_for_error,
+)
+from .sdp import SdpError, parse_sdp
+from .transaction import (
+    InviteServerTransaction,
+    Input,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    TuEvent,
+    _Transaction,
+    response_input,
+)
+from .uri import NameAddr, SipUri, Via
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+SERVED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS")
+# Methods we know (RFC 3261 and common extensions) but do not serve: 405 + Allow.
+KNOWN_UNSERVED = ("REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
+ACCEPT = "application/sdp"
+SUPPORTED = ""  # no option tags yet (timer, 100rel arrive with later issues)
+
+
+@dataclass
+class UserAgentConfig:
+    advertised_host: str  # what goes in Contact and Via
+    port: int
+    user_agent: str = "sip-tts/0.1"
+    transport: str = "UDP"
+
+
+@dataclass
+class _Call:
+    dialog: Dialog
+    invite: Request
+    invite_tx: InviteServerTransaction
+    invite_branch_key: str
+    answered: bool = False
+    ended: bool = False
+    last_answer: bytes = b""
+    bye_key: str | None = None
+
+
+@dataclass
+class UserAgent:
+    config: UserAgentConfig
+    accepting: bool = True  # False: new INVITEs and OPTIONS get 503 (full or draining)
+    retry_after: int = 5
+    _outgoing: list[tuple[bytes, Address]] = field(default_factory=list)
+    _events: list[Event] = field(default_factory=list)
+    _transactions: dict[str, tuple[_Transaction, Address]] = field(default_factory=dict)
+    _calls: dict[str, _Call] = field(default_factory=dict)
+    _call_of_tx: dict[str, str] = field(default_factory=dict)  # transaction key → Call-ID
+
+    # -- I/O-facing API -----------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        if not data.strip(b"\r\n\x00 "):
+            return  # keep-alive (RFC 5626 CRLF) or padding
+        try:
+            msg = parse_message(data)
+        except SipParseError as err:
+            if err.can_respond:
+                self._send_response(response_for_error(err), addr, err.headers.get("Via"))
+            else:
+                log.debug("dropped unparseable datagram from %s: %s", addr, err.reason)
+            return
+        try:
+            if isinstance(msg, Request):
+                self._receive_request(msg, addr, now)
+            else:
+                self._receive_response(msg, now)
+        except (ValueError, KeyError, IndexError) as exc:
+            # A well-framed message whose header values are nonsense (a bad URI, Via, tag).
+            if isinstance(msg, Request) and msg.method != "ACK":
+                reason = f"Bad Request - {str(exc)[:60]}".replace("\r", " ").replace("\n", " ")
+                self._send_response(response_for(msg, 400, reason), addr, None)
+            else:
+                log.debug("dropped bad message from %s: %s", addr, exc)
+        self._flush_all()
+
+    def next_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        self._flush_all()
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def get_timer(self) -> float | None:
+        deadlines = [tx.deadline() for tx, _ in self._transactions.values()]
+        live = [d for d in deadlines if d is not None]
+        return min(live) if live else None
+
+    def handle_timer(self, now: float) -> None:
+        for key, (tx, addr) in list(self._transactions.items()):
+            d = tx.deadline()
+            if d is not None and d <= now:
+                self._apply(key, tx, tx.handle_timers(now))
+        self._flush_all()
+
+    # -- call-layer API -------------------------------------------------------------
+    def answer(self, call_id: str, sdp: bytes, now: float) -> None:
+        """Send 200 OK with our SDP answer; retransmitted until the ACK arrives."""
+        call = self._calls.get(call_id)
+        if call is None or call.answered or call.ended:
+            return
+        call.answered = True
+        call.last_answer = sdp
+        extra = [("Contact", self._contact()), ("Allow", ", ".join(SERVED)), ("Server", self.config.user_agent),
+                 ("Content-Type", "application/sdp")]
+        extra += [("Record-Route", rr) for rr in call.invite.headers.get_all("Record-Route")]
+        resp = response_for(call.invite, 200, to_tag=call.dialog.local_tag, extra=extra, body=sdp)
+        call.invite_tx.handle(Input.SUCCESS, now, resp.serialize())
+        self._flush_all()
+
+    def reject(self, call_id: str, status: int, now: float, extra: list[tuple[str, str]] | None = None) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.answered or call.ended:
+            return
+        resp = response_for(call.invite, status, to_tag=call.dialog.local_tag, extra=extra or [])
+        call.invite_tx.handle(Input.FAILURE, now, resp.serialize())
+        call.ended = True
+        self._flush_all()
+
+    def hangup(self, call_id: str, now: float) -> None:
+        """End an answered call with BYE (or reject it if not answered yet)."""
+        call = self._calls.get(call_id)
+        if call is None or call.ended:
+            return
+        if not call.answered:
+            self.reject(call_id, 480, now)
+            self._events.append(CallEnded(call_id, "local-reject"))
+            return
+        call.ended = True
+        branch = new_branch()
+        via = f"SIP/2.0/{self.config.transport} {self._hostport()};branch={branch};rport"
+        bye = call.dialog.build_request("BYE", via, self._contact(), [("User-Agent", self.config.user_agent)])
+        dest = self._destination(call.dialog)
+        key = f"{branch}:BYE"
+        call.bye_key = key
+        self._call_of_tx[key] = call_id
+        self._transactions[key] = (NonInviteClientTransaction.start(key, bye.serialize(), now), dest)
+        self._events.append(CallEnded(call_id, "local-bye"))
+        self._flush_all()
+
+    @property
+    def active_calls(self) -> int:
+        return sum(1 for c in self._calls.values() if not c.ended)
+
+    # -- requests -------------------------------------------------------------------
+    def _receive_request(self, req: Request, addr: Address, now: float) -> None:
+        top_via = req.headers.get("Via") or ""
+        via = Via.parse(top_via)
+        self._stamp_via(req, via, addr)
+        key = self._tx_key(req, via)
+
+        if req.method == "ACK":
+            self._receive_ack(req, key, now)
+            return
+        existing = self._transactions.get(key)
+        if existing is not None:  # a retransmission: the transaction replays its last response
+            tx, _ = existing
+            tx.handle(Input.REQUEST, now)
+            return
+
+        if req.method == "INVITE":
+            self._receive_invite(req, key, addr, now)
+        elif req.method == "CANCEL":
+            self._receive_cancel(req, key, addr, now)
+        elif req.method == "BYE":
+            self._receive_bye(req, key, addr, now)
+        elif req.method == "OPTIONS":
+            status = 200 if self.accepting else 503
+            extra = self._capabilities()
+            if status == 503:
+                extra.append(("Retry-After", str(self.retry_after)))
+            self._respond_new(req, key, addr, now, status, extra)
+        elif req.method in KNOWN_UNSERVED:
+            self._respond_new(req, key, addr, now, 405, [("Allow", ", ".join(SERVED))])
+        else:
+            self._respond_new(req, key, addr, now, 501, [("Allow", ", ".join(SERVED))])
+
+    def _receive_invite(self, req: Request, key: str, addr: Address, now: float) -> None:
+        to = NameAddr.parse(req.headers.get("To") or "")
+        NameAddr.parse(req.headers.get("From") or "")  # validates: a bad From is a 400
+        existing = self._calls.get(req.call_id)
+        if to.tag is not None:
+            self._receive_reinvite(req, key, addr, now, existing, to.tag)
+            return
+        if existing is not None:
+            # same Call-ID, new transaction, no To-tag: a looped or merged request (§8.2.2.2)
+            self._respond_new(req, key, addr, now, 482)
+            return
+        tx = InviteServerTransaction(key=key)
+        self._transactions[key] = (tx, addr)
+        if req.headers.get("Require"):
+            tx.handle(Input.FAILURE, now, response_for(
+                req, 420, to_tag=new_tag(), extra=[("Unsupported", req.headers.get("Require") or "")]).serialize())
+            return
+        tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
+        if not self.accepting:
+            tx.handle(Input.FAILURE, now, response_for(
+                req, 503, to_tag=new_tag(), extra=[("Retry-After", str(self.retry_after))]).serialize())
+            return
+        ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if not req.body or ctype != "application/sdp":
+            # No offer in the INVITE (offer in the 2xx, answer in ACK) is not supported yet.
+            status = 415 if req.body else 488
+            extra = [("Accept", ACCEPT)] if status == 415 else []
+            tx.handle(Input.FAILURE, now, response_for(req, status, to_tag=new_tag(), extra=extra).serialize())
+            return
+        try:
+            offer = parse_sdp(req.body)
+        except SdpError as exc:
+            tx.handle(Input.FAILURE, now, response_for(
+                req, 488, f"Not Acceptable Here - {exc}"[:80], to_tag=new_tag()).serialize())
+            return
+        dialog = Dialog.from_invite(req, new_tag(), addr)
+        self._calls[req.call_id] = _Call(dialog, req, tx, key)
+        self._call_of_tx[key] = req.call_id
+        self._events.append(IncomingCall(req.call_id, _dialed(req), _user_of(req.headers.get("From")), req, offer, addr))
+
+    def _receive_reinvite(self, req: Request, key: str, addr: Address, now: float,
+                          call: _Call | None, to_tag: str) -> None:
+        if call is None or call.dialog.local_tag != to_tag or call.ended:
+            self._respond_new(req, key, addr, now, 481)
+            return
+        cseq, _ = req.cseq
+        if cseq <= call.dialog.remote_cseq:
+            self._respond_new(req, key, addr, now, 500, [("Retry-After", "1")])
+            return
+        call.dialog.remote_cseq = cseq
+        # Session refresh: we keep the media as it is and repeat our answer.
+        # (Hold/resume via re-INVITE comes with the mid-dialog issue.)
+        tx = InviteServerTransaction(key=key)
+        self._transactions[key] = (tx, addr)
+        extra = [("Contact", self._contact()), ("Content-Type", "application/sdp")]
+        tx.handle(Input.SUCCESS, now, response_for(req, 200, to_tag=to_tag, extra=extra, body=call.last_answer).serialize())
+
+    def _receive_ack(self, req: Request, key: str, now: float) -> None:
+        # ACK for a non-2xx shares the INVITE's branch; ACK for a 2xx is a new transaction
+        # and is matched by its dialog (Call-ID).
+        invite_key = key.rsplit(":", 1)[0] + ":INVITE"
+        entry = self._transactions.get(invite_key)
+        if entry is None:
+            call = self._calls.get(req.call_id)
+            if call is None:
+                return
+            entry = self._transactions.get(call.invite_branch_key)
+            if entry is None:
+                return
+            invite_key = call.invite_branch_key
+        tx, _ = entry
+        self._apply(invite_key, tx, tx.handle(Input.ACK, now))
+
+    def _receive_cancel(self, req: Request, key: str, addr: Address, now: float) -> None:
+        invite_key = key.rsplit(":", 1)[0] + ":INVITE"
+        entry = self._transactions.get(invite_key)
+        call = self._calls.get(req.call_id)
+        if entry is None or call is None:
+            self._respond_new(req, key, addr, now, 481)
+            return
+        self._respond_new(req, key, addr, now, 200)
+        tx, _ = entry
+        if not call.answered and not call.ended:
+            call.ended = True
+            resp = response_for(call.invite, 487, to_tag=call.dialog.local_tag)
+            tx.handle(Input.FAILURE, now, resp.serialize())
+            self._events.append(CallEnded(req.call_id, "cancel"))
+
+    def _receive_bye(self, req: Request, key: str, addr: Address, now: float) -> None:
+        call = self._calls.get(req.call_id)
+        to_tag = NameAddr.parse(req.headers.get("To") or "").tag
+        if call is None or to_tag != call.dialog.local_tag:
+            self._respond_new(req, key, addr, now, 481)
+            return
+        self._respond_new(req, key, addr, now, 200)
+        if not call.ended:
+            call.ended = True
+            if not call.answered:  # BYE before our 2xx: RFC 3261 §15.1.2, answer the INVITE with 487
+                call.invite_tx.handle(Input.FAILURE, now, response_for(
+                    call.invite, 487, to_tag=call.dialog.local_tag).serialize())
+            self._events.append(CallEnded(req.call_id, "remote-bye"))
+            self._forget_if_finished(call)
+
+    def _respond_new(self, req: Request, key: str, addr: Address, now: float, status: int,
+                     extra: list[tuple[str, str]] | None = None) -> None:
+        tx = NonInviteServerTransaction(key=key) if req.method != "INVITE" else InviteServerTransaction(key=key)
+        self._transactions[key] = (tx, addr)
+        # response_for keeps a To-tag that is already there (BYE, CANCEL in a dialog)
+        to_tag = None if status == 100 else new_tag()
+        resp = response_for(req, status, to_tag=to_tag, extra=(extra or []) + [("Server", self.config.user_agent)])
+        tx.handle(response_input(status), now, resp.serialize())
+
+    # -- responses (to our BYE) -------------------------------------------------------
+    def _receive_response(self, resp: Response, now: float) -> None:
+        via = Via.parse(resp.headers.get("Via") or "")
+        _, method = resp.cseq
+        key = f"{via.branch}:{method}"
+        entry = self._transactions.get(key)
+        if entry is None:
+            # A retransmitted 2xx to an INVITE we never sent, or a stray response: ignore.
+            return
+        tx, _ = entry
+        self._apply(key, tx, tx.handle(response_input(resp.status), now))
+
+    # -- helpers ------------------------------------------------------------------
+    def _apply(self, key: str, tx: _Transaction, events: list[TuEvent]) -> None:
+        call_id = self._call_of_tx.get(key)
+        call = self._calls.get(call_id) if call_id is not None else None
+        for ev in events:
+            if ev is TuEvent.ACK_RECEIVED:
+                if call is not None and call.answered and not call.ended:
+                    self._events.append(CallConfirmed(call.dialog.call_id))
+            elif ev is TuEvent.ACK_TIMEOUT:
+                if call is not None and not call.ended:
+                    call.ended = True
+                    self._events.append(CallEnded(call.dialog.call_id, "ack-timeout"))
+            elif ev is TuEvent.TIMEOUT:
+                log.info("no response to our request %s", key)
+            elif ev is TuEvent.TERMINATED:
+                self._flush(key)
+                self._transactions.pop(key, None)
+                self._call_of_tx.pop(key, None)
+                if call is not None:
+                    self._forget_if_finished(call)
+
+    def _forget_if_finished(self, call: _Call) -> None:
+        if not call.ended or call.invite_branch_key in self._transactions:
+            return
+        if call.bye_key is not None and call.bye_key in self._transactions:
+            return
+        if self._calls.get(call.dialog.call_id) is call:
+            del self._calls[call.dialog.call_id]
+
+    def _flush(self, key: str) -> None:
+        entry = self._transactions.get(key)
+        if entry is None:
+            return
+        tx, addr = entry
+        for data in tx.outbox:
+            self._outgoing.append((data, addr))
+        tx.outbox.clear()
+
+    def _flush_all(self) -> None:
+        for key in list(self._transactions):
+            self._flush(key)
+
+    def _send_response(self, resp: Response, addr: Address, top_via: str | None) -> None:
+        self._outgoing.append((resp.serialize(), addr))
+
+    @staticmethod
+    def _stamp_via(req: Request, via: Via, addr: Address) -> None:
+        """Add received/rport to the top Via (RFC 3261 §18.2.1, RFC 3581)."""
+        changed = False
+        if "rport" in via.params:
+            via.params["rport"] = str(addr[1])
+            via.params["received"] = addr[0]
+            changed = True
+        elif via.host.strip("[]") != addr[0]:
+            via.params["received"] = addr[0]
+            changed = True
+        if changed:
+            items = req.headers.items
+            first = next(i for i, (name, _) in enumerate(items) if name == "Via")
+            items[first] = ("Via", str(via))
+
+    @staticmethod
+    def _tx_key(req: Request, via: Via) -> str:
+        method = "INVITE" if req.method == "ACK" else req.method
+        branch = via.branch
+        if branch and branch.startswith("z9hG4bK"):
+            return f"{branch}|{via.host}:{via.port}:{method}"
+        # RFC 2543 peer: match on the request's identity instead (§17.2.3)
+        cseq, _ = req.cseq
+        from_tag = NameAddr.parse(req.headers.get("From") or "").tag
+        return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}:{method}"
+
+    def _destination(self, dialog: Dialog) -> Address:
+        uri = SipUri.parse(dialog.next_hop_uri())
+        host = uri.params.get("maddr") or uri.host
+        if not _is_ip(host.strip("[]")):
+            host = dialog.source[0]  # no resolver in the core: fall back to where the INVITE came from
+        return host.strip("[]"), uri.port or 5060
+
+    def _hostport(self) -> str:
+        host = self.config.advertised_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.config.port}"
+
+    def _contact(self) -> str:
+        return f"<sip:sip-tts@{self._hostport()}>"
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        caps = [("Allow", ", ".join(SERVED)), ("Accept", ACCEPT)]
+        caps.append(("Supported", SUPPORTED))
+        return caps
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _user_of(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return SipUri.parse(NameAddr.parse(value).uri).user or ""
+    except ValueError:
+        return ""
+
+
+def _dialed(req: Request) -> str:
+    try:
+        user = SipUri.parse(req.uri).user
+    except ValueError:
+        user = None
+    return user or _user_of(req.headers.get("To"))
