@@ -98,11 +98,10 @@ class SipServer:
         self.ua.accepting = False
         for call in list(self.calls.values()):
             self._hangup(call, "shutdown")
+        self._pump()
         deadline = self._loop.time() + grace
-        while self.ua.get_timer() is not None and self._loop.time() < deadline:
-            if not any(c for c in self.ua._calls.values() if c.bye_key):
-                break
-            await asyncio.sleep(0.05)
+        while self.ua.awaiting_responses and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
         if self._timer:
             self._timer.cancel()
         if self.clock:

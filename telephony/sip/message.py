@@ -294,7 +294,7 @@ def parse_message(data: bytes) -> Message:
             raise SipParseError(f"malformed header line {line[:40]!r}", start_line, headers)
         value = value.strip()
         if name.lower() in LIST_HEADERS or canonical_name(name).lower() in LIST_HEADERS:
-            for part in split_commas(value):
+            for part in split_commas(value) or [""]:
                 headers.add(name, part)
         else:
             headers.add(name, value)

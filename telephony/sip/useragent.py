@@ -36,6 +36,7 @@ from .transaction import (
     Input,
     NonInviteClientTransaction,
     NonInviteServerTransaction,
+    State,
     TuEvent,
     _Transaction,
     response_input,
@@ -175,6 +176,12 @@ class UserAgent:
         self._transactions[key] = (NonInviteClientTransaction.start(key, bye.serialize(), now), dest)
         self._events.append(CallEnded(call_id, "local-bye"))
         self._flush_all()
+
+    @property
+    def awaiting_responses(self) -> int:
+        """Requests we sent (BYEs) that have no final response yet."""
+        return sum(1 for tx, _ in self._transactions.values()
+                   if isinstance(tx, NonInviteClientTransaction) and tx.state in (State.TRYING, State.PROCEEDING))
 
     @property
     def active_calls(self) -> int:
@@ -324,6 +331,7 @@ class UserAgent:
         to_tag = None if status == 100 else new_tag()
         resp = response_for(req, status, to_tag=to_tag, extra=(extra or []) + [("Server", self.config.user_agent)])
         tx.handle(response_input(status), now, resp.serialize())
+        self._flush(key)  # keep wire order: this answer before anything it causes (200 CANCEL, then 487)
 
     # -- responses (to our BYE) -------------------------------------------------------
     def _receive_response(self, resp: Response, now: float) -> None:

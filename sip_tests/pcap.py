@@ -1,0 +1,53 @@
+"""Read UDP packets from a classic pcap file (what tcpdump -w writes), no dependencies."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class UdpPacket:
+    time: float
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    payload: bytes
+
+
+def read_udp(path: str | Path) -> list[UdpPacket]:
+    data = Path(path).read_bytes()
+    if len(data) < 24:
+        return []
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        endian = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        endian = ">"
+    else:
+        raise ValueError("not a pcap file")
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    linktype = struct.unpack_from(endian + "I", data, 20)[0]
+    link_len = {1: 14, 113: 16, 276: 20, 0: 4, 12: 0, 101: 0}.get(linktype)
+    if link_len is None:
+        raise ValueError(f"unsupported link type {linktype}")
+    out: list[UdpPacket] = []
+    off = 24
+    while off + 16 <= len(data):
+        sec, frac, incl, _ = struct.unpack_from(endian + "IIII", data, off)
+        off += 16
+        frame = data[off:off + incl]
+        off += incl
+        ip = frame[link_len:]
+        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        udp = ip[ihl:]
+        if len(udp) < 8:
+            continue
+        sport, dport, length = struct.unpack_from("!HHH", udp)
+        src = ".".join(str(b) for b in ip[12:16])
+        dst = ".".join(str(b) for b in ip[16:20])
+        ts = sec + frac / (1e9 if nano else 1e6)
+        out.append(UdpPacket(ts, (src, sport), (dst, dport), bytes(udp[8:length])))
+    return out

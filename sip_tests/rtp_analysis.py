@@ -1,0 +1,66 @@
+"""Per-stream checks of captured RTP: spacing, timestamps, sequence numbers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from telephony.rtp.packet import RtpError, RtpPacket
+
+from .pcap import UdpPacket
+
+
+@dataclass
+class StreamStats:
+    ssrc: int
+    packets: int
+    seq_gaps: int  # steps other than +1
+    ts_steps: set[int]  # distinct timestamp increments
+    markers: list[int]  # indices of packets with the marker bit
+    intervals_ms: np.ndarray
+    payload_types: set[int]
+    payload: bytes
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.intervals_ms))
+
+    @property
+    def p99_abs_dev_ms(self) -> float:
+        return float(np.percentile(np.abs(self.intervals_ms - 20.0), 99))
+
+    @property
+    def max_interval_ms(self) -> float:
+        return float(self.intervals_ms.max())
+
+    @property
+    def mean_ms(self) -> float:
+        return float(self.intervals_ms.mean())
+
+
+def rtp_streams(packets: list[UdpPacket]) -> dict[int, StreamStats]:
+    by_ssrc: dict[int, list[tuple[float, RtpPacket]]] = defaultdict(list)
+    for p in packets:
+        try:
+            rtp = RtpPacket.parse(p.payload)
+        except RtpError:
+            continue
+        by_ssrc[rtp.ssrc].append((p.time, rtp))
+    out = {}
+    for ssrc, items in by_ssrc.items():
+        times = np.array([t for t, _ in items])
+        seqs = [r.sequence for _, r in items]
+        tss = [r.timestamp for _, r in items]
+        out[ssrc] = StreamStats(
+            ssrc=ssrc,
+            packets=len(items),
+            seq_gaps=sum(1 for a, b in zip(seqs, seqs[1:]) if (b - a) % 65536 != 1),
+            ts_steps={(b - a) % 2**32 for a, b in zip(tss, tss[1:])},
+            markers=[i for i, (_, r) in enumerate(items) if r.marker],
+            intervals_ms=np.diff(times) * 1000.0,
+            payload_types={r.payload_type for _, r in items},
+            payload=b"".join(r.payload for _, r in items),
+        )
+    return out

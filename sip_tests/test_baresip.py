@@ -1,0 +1,51 @@
+"""baresip calls the server and records what it hears; the audio is checked by numbers."""
+
+import subprocess
+import sys
+import wave
+
+import numpy as np
+
+from .conftest import PEERS, ROOT, require
+
+
+def read_wav(path):
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 8000 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float64)
+
+
+def best_correlation(x, ref):
+    n = 1 << (len(x) + len(ref)).bit_length()
+    c = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(ref, n)), n)
+    k = int(np.argmax(c))
+    lag = k if k < n // 2 else k - n
+    xs = x[max(lag, 0):]
+    rs = ref[max(-lag, 0):]
+    m = min(len(xs), len(rs))
+    xs, rs = xs[:m], rs[:m]
+    return float((xs * rs).sum() / np.sqrt((xs ** 2).sum() * (rs ** 2).sum())), lag
+
+
+def test_baresip_hears_the_prompt_for_1000(server, tmp_path):
+    require("baresip")
+    text = "Thank you for calling. This is a test of the media server."
+    ref_path = tmp_path / "ref.wav"
+    subprocess.run([sys.executable, "-m", "sip_tts.cli", "say", text, "--out", str(ref_path),
+                    "--config", str(server.workdir / "server.yaml")], cwd=ROOT, check=True, capture_output=True)
+    rec_path = tmp_path / "rec.wav"
+    res = subprocess.run([str(PEERS / "baresip" / "call_and_record.sh"), f"sip:1000@{server.uri_host}",
+                          str(rec_path), "20"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # The server hung up at the end of the prompt (we allowed 20 s): baresip saw the BYE.
+    assert "terminated" in res.stderr or "session closed" in res.stderr or "Call terminated" in res.stderr, res.stderr[-2000:]
+    rec = read_wav(rec_path)
+    ref = read_wav(ref_path)
+    ref_s, rec_s = len(ref) / 8000, len(rec) / 8000
+    # speech of the expected length: the prompt plus the 300 ms tail and jitter-buffer slack
+    assert ref_s - 0.1 < rec_s < ref_s + 1.5, (ref_s, rec_s)
+    rms = np.sqrt(np.mean(rec ** 2))
+    assert rms > 1000, rms
+    corr, lag = best_correlation(rec, ref)
+    assert corr > 0.9, (corr, lag)
+    assert "ended: prompt-done" in server.log_text()

@@ -1,0 +1,52 @@
+"""The command line as a user runs it."""
+
+import subprocess
+import sys
+import wave
+
+import numpy as np
+
+from .conftest import ROOT
+
+
+def sip_tts(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "sip_tts.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_check_config_ok_on_the_shipped_example():
+    res = sip_tts("check-config", "--config", str(ROOT / "config" / "server.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert "ok" in res.stdout
+
+
+def test_bad_config_names_file_line_and_field_and_serve_refuses_to_start(tmp_path):
+    bad = tmp_path / "server.yaml"
+    bad.write_text("sip:\n  listen: 127.0.0.1:5060\nrtp:\n  port_min: 70000\n")
+    for cmd in ("check-config", "serve"):
+        res = sip_tts(cmd, "--config", str(bad))
+        assert res.returncode == 2
+        assert f"{bad}:4: rtp.port_min: " in res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_bad_prompts_file_stops_start_up(tmp_path):
+    (tmp_path / "server.yaml").write_text("prompts: p.yaml\n")
+    (tmp_path / "p.yaml").write_text("routes:\n  '1': {text: hi, voice: x}\n")
+    res = sip_tts("serve", "--config", str(tmp_path / "server.yaml"))
+    assert res.returncode == 2
+    assert f"{tmp_path / 'p.yaml'}:2: routes.1.voice: unknown field" in res.stderr
+
+
+def test_say_writes_what_a_caller_hears(tmp_path):
+    out = tmp_path / "x.wav"
+    res = sip_tts("say", "Your call is important to us.", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    with wave.open(str(out)) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(float)
+    assert 1.0 < len(x) / 8000 < 4.0
+    assert np.sqrt(np.mean(x ** 2)) > 1000
+    # 8 kHz G.711 round trip: every sample is a G.711 level, so re-encoding changes nothing
+    from engine.audio import decode_g711, encode_g711
+    assert np.array_equal(decode_g711(encode_g711(x.astype(np.int16), "PCMU"), "PCMU"), x.astype(np.int16))

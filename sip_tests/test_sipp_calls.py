@@ -1,0 +1,83 @@
+"""SIPp places calls to the real server; the RTP it receives is captured and measured."""
+
+import numpy as np
+
+from .conftest import run_sipp, sipp_counts
+from .pcap import read_udp
+from .rtp_analysis import rtp_streams
+
+
+def test_20_calls_5_at_a_time_each_ended_by_our_bye_with_perfect_rtp(server, capture, tmp_path):
+    media_port = 17000
+    cap = capture(f"udp and dst host 127.0.0.1 and dst port {media_port}")
+    res = run_sipp(server.uri_host, "uac_pcmu_wait_bye.xml", "1000", tmp_path,
+                   "-m", "20", "-l", "5", "-r", "5", "-recv_timeout", "20000", media_port=media_port)
+    cap.stop()
+    assert res.returncode == 0, f"sipp failed ({res.returncode}):\n{res.stdout[-2000:]}\n{server.log_text()[-2000:]}"
+    counts = sipp_counts(tmp_path)
+    # uac_pcmu_wait_bye only succeeds when the far end (us) sends BYE.
+    assert counts["SuccessfulCall(C)"] == 20
+    assert counts["FailedCall(C)"] == 0
+
+    streams = rtp_streams(read_udp(cap.path))
+    assert len(streams) == 20, f"expected one RTP stream per call, got {len(streams)}"
+    report = []
+    for s in streams.values():
+        report.append((s.packets, round(s.median_ms, 2), round(s.p99_abs_dev_ms, 2), round(s.max_interval_ms, 2)))
+        assert s.payload_types == {0}  # PCMU
+        assert s.seq_gaps == 0
+        assert s.ts_steps == {160}
+        assert s.markers == [0]
+        assert abs(s.median_ms - 20.0) < 0.5
+        assert abs(s.mean_ms - 20.0) < 0.5
+        assert s.p99_abs_dev_ms < 8.0, report
+        assert s.max_interval_ms < 40.0, report  # never a lost slot
+    lengths = {s.packets for s in streams.values()}
+    assert max(lengths) - min(lengths) <= 1  # same prompt, same length
+    print("packets, median ms, p99 |dev| ms, max ms:", report)
+
+
+def test_no_g711_offer_gets_488(server, tmp_path):
+    # SIPp's UAC scenario with the audio line rewritten to offer only G.729
+    scenario = (tmp_path / "g729.xml")
+    from .conftest import PEERS
+    text = (PEERS / "sipp" / "uac_pcmu_bye.xml").read_text()
+    text = text.replace("m=audio [media_port] RTP/AVP 0 101", "m=audio [media_port] RTP/AVP 18")
+    text = text.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000")
+    text = text.replace('<recv response="200" rtd="true"', '<recv response="488" rtd="true"')
+    assert "488" in text
+    start = text.index("<recv response=\"488\"")
+    end = text.index("</scenario>")
+    ack = (
+        '<recv response="488" rtd="true"/>\n<send><![CDATA[\n\n'
+        "      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0\n"
+        "      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\n"
+        "      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      CSeq: 1 ACK\n"
+        "      Max-Forwards: 70\n      Content-Length: 0\n\n]]></send>\n"
+    )
+    text = text[:start] + ack + text[end:]
+    scenario.write_text(text)
+    import subprocess
+    from .conftest import free_udp_port
+    res = subprocess.run(
+        ["sipp", server.uri_host, "-sf", str(scenario), "-s", "1000", "-i", "127.0.0.1", "-p", str(free_udp_port()),
+         "-mi", "127.0.0.1", "-mp", "17100", "-m", "1", "-nostdin", "-recv_timeout", "5000"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout[-2000:]
+
+
+def test_sigterm_hangs_up_calls_in_progress_and_exits_0(server, tmp_path):
+    import subprocess, time
+    from .conftest import PEERS, free_udp_port
+    sipp = subprocess.Popen(
+        ["sipp", server.uri_host, "-sf", str(PEERS / "sipp" / "uac_pcmu_wait_bye.xml"), "-s", "3000",
+         "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", "17200",
+         "-m", "2", "-l", "2", "-nostdin", "-recv_timeout", "20000"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2.0)  # both calls up and playing the long prompt
+    t0 = time.monotonic()
+    assert server.stop() == 0
+    out, _ = sipp.communicate(timeout=30)
+    assert sipp.returncode == 0, out[-2000:]  # both calls got our BYE
+    assert time.monotonic() - t0 < 5
+    assert "shutdown" in server.log_text()

@@ -1,0 +1,95 @@
+import pytest
+
+from telephony.rtp.packet import RtpError, RtpPacket
+from telephony.rtp.pacer import FRAME_SAMPLES, FrameQueue, Pacer, RtpSender
+
+
+def test_packet_roundtrip_and_header_bits():
+    p = RtpPacket(0, 65535, 2**32 - 1, 0xDEADBEEF, b"\xff" * 160, marker=True)
+    data = p.serialize()
+    assert len(data) == 172
+    assert data[0] == 0x80 and data[1] == 0x80  # V=2, M=1, PT=0
+    assert RtpPacket.parse(data) == p
+
+
+def test_parse_csrc_extension_padding():
+    head = bytes([0x80 | 0x20 | 0x10 | 1, 8]) + (7).to_bytes(2, "big") + (1).to_bytes(4, "big") + (9).to_bytes(4, "big")
+    csrc = (5).to_bytes(4, "big")
+    ext = b"\xbe\xde\x00\x01" + b"\x00" * 4
+    pkt = RtpPacket.parse(head + csrc + ext + b"abc" + b"\x00\x02")
+    assert pkt.csrcs == [5] and pkt.payload == b"abc" and pkt.payload_type == 8
+    with pytest.raises(RtpError):
+        RtpPacket.parse(b"\x80\x00")
+    with pytest.raises(RtpError):
+        RtpPacket.parse(b"\x40" + b"\x00" * 11)
+
+
+def test_frame_queue_cuts_and_pads():
+    q = FrameQueue(0xFF)
+    q.push(b"\x01" * 100)
+    assert len(q) == 0
+    q.push(b"\x02" * 300)
+    assert len(q) == 2
+    q.finish()
+    frames = [q.pop(), q.pop(), q.pop()]
+    assert frames[0] == b"\x01" * 100 + b"\x02" * 60
+    assert frames[2] == b"\x02" * 80 + b"\xff" * 80
+    assert q.exhausted
+
+
+def make_sender(frames, codec="PCMU"):
+    q = FrameQueue(0xFF)
+    for f in frames:
+        q.push(f)
+    q.finish()
+    out = []
+    return RtpSender(0, codec, out.append, q), out
+
+
+def test_sequence_timestamp_and_marker():
+    sender, _ = make_sender([b"\x10" * 160] * 3)
+    pacer = Pacer(origin=100.0)
+    pacer.add(sender)
+    pkts = []
+    for k in range(3):
+        packets, done = pacer.on_tick(pacer.next_deadline())
+        pkts += [RtpPacket.parse(d) for _, d in packets]
+    assert [p.marker for p in pkts] == [True, False, False]
+    assert [(p.sequence - pkts[0].sequence) % 65536 for p in pkts] == [0, 1, 2]
+    assert [(p.timestamp - pkts[0].timestamp) % 2**32 for p in pkts] == [0, 160, 320]
+    assert len({p.ssrc for p in pkts}) == 1
+    packets, done = pacer.on_tick(pacer.next_deadline())
+    assert packets == [] and done == [sender] and len(pacer) == 0
+
+
+def test_deadlines_are_absolute():
+    pacer = Pacer(origin=10.0)
+    pacer.add(make_sender([b"\x00" * 160] * 100)[0])
+    for k in range(50):
+        due = pacer.next_deadline()
+        assert due == pytest.approx(10.0 + 0.02 * k)
+        pacer.on_tick(due + 0.004)  # fired 4 ms late: the next deadline does not drift
+
+
+def test_stall_skips_slots_without_a_burst_and_keeps_timestamps_true():
+    sender, _ = make_sender([b"\x00" * 160] * 100)
+    pacer = Pacer(origin=0.0)
+    pacer.add(sender)
+    first = RtpPacket.parse(pacer.on_tick(0.0)[0][0][1])
+    packets, _ = pacer.on_tick(0.125)  # the loop stalled for 105 ms past the 20 ms deadline
+    assert len(packets) == 1  # one packet, not six
+    second = RtpPacket.parse(packets[0][1])
+    assert (second.timestamp - first.timestamp) == 6 * FRAME_SAMPLES  # slot at 120 ms
+    assert (second.sequence - first.sequence) == 1  # no sequence gap
+    assert pacer.skipped_slots == 5 and sender.skipped_frames == 5
+    assert pacer.next_deadline() == pytest.approx(0.14)
+
+
+def test_silence_when_audio_is_not_ready():
+    q = FrameQueue(0xD5)
+    sender = RtpSender(8, "PCMA", lambda d: None, q)
+    pkt = RtpPacket.parse(sender.next_packet(0.0))
+    assert pkt.payload == b"\xd5" * 160 and sender.silence_frames == 1
+    q.push(b"\x01" * 160)
+    pkt = RtpPacket.parse(sender.next_packet(0.02))
+    assert pkt.payload == b"\x01" * 160 and sender.first_audio_at == 0.02

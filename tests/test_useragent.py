@@ -1,0 +1,236 @@
+"""The sans-IO user agent driven with bytes and a fake clock: no sockets, no sleeps."""
+
+import pytest
+
+from telephony.sip import CallConfirmed, CallEnded, IncomingCall, Request, Response, parse_message
+from telephony.sip.transaction import T1
+from telephony.sip.useragent import UserAgent, UserAgentConfig
+from tests.sipmsg import invite, request
+
+CALLER = ("10.0.0.5", 5062)
+
+
+@pytest.fixture
+def ua():
+    return UserAgent(UserAgentConfig("192.0.2.1", 5060))
+
+
+def sent(ua):
+    return [(parse_message(d), addr) for d, addr in ua.datagrams_to_send()]
+
+
+def statuses(ua):
+    return [m.status for m, _ in sent(ua) if isinstance(m, Response)]
+
+
+def start_call(ua, now=0.0, **kw):
+    ua.receive_datagram(invite(**kw), CALLER, now)
+    events = ua.next_events()
+    assert len(events) == 1 and isinstance(events[0], IncomingCall)
+    return events[0]
+
+
+def test_invite_gets_100_at_once_and_an_incoming_call(ua):
+    ua.receive_datagram(invite(), CALLER, 0.0)
+    out = sent(ua)
+    assert [m.status for m, _ in out] == [100]
+    assert out[0][1] == CALLER  # to the source address
+    (ev,) = ua.next_events()
+    assert isinstance(ev, IncomingCall)
+    assert ev.dialed == "1000" and ev.caller == "5551234"
+
+
+def test_rport_and_received_are_stamped_on_the_response_via(ua):
+    ua.receive_datagram(invite(), CALLER, 0.0)
+    (resp, addr), = sent(ua)
+    via = resp.headers.get("Via")
+    assert "rport=5062" in via and "received=10.0.0.5" in via
+    assert addr == CALLER
+
+
+def test_answer_retransmits_until_ack_then_confirms(ua):
+    ev = start_call(ua)
+    sent(ua)
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    (ok, _), = sent(ua)
+    assert ok.status == 200
+    assert ok.headers.get("Content-Type") == "application/sdp"
+    assert ";tag=" in ok.headers.get("To")
+    assert ok.headers.get("Contact") == "<sip:sip-tts@192.0.2.1:5060>"
+    times = []
+    now = 0.0
+    while now < 7.5:
+        now = ua.get_timer()
+        ua.handle_timer(now)
+        times += [now for _ in sent(ua)]
+    assert times == [0.5, 1.5, 3.5, 7.5]  # Timer G: T1 doubling
+    to_tag = ok.headers.get("To").split("tag=")[1]
+    ua.receive_datagram(request("ACK", cseq=1, to_tag=to_tag), CALLER, now)
+    assert ua.next_events() == [CallConfirmed(ev.call_id)]
+    assert ua.get_timer() is None  # no more retransmissions
+
+
+def test_no_ack_tears_the_call_down_after_64_t1(ua):
+    ev = start_call(ua)
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    while (t := ua.get_timer()) is not None:
+        ua.handle_timer(t)
+    assert ua.next_events() == [CallEnded(ev.call_id, "ack-timeout")]
+    assert t is None and ua.active_calls == 0
+    assert ua._calls == {} and ua._transactions == {}
+
+
+def test_retransmitted_invite_gets_the_last_response_and_no_second_call(ua):
+    data = invite(branch="z9hG4bKsame")
+    ua.receive_datagram(data, CALLER, 0.0)
+    (ev,) = ua.next_events()
+    sent(ua)
+    ua.receive_datagram(data, CALLER, 0.2)
+    assert statuses(ua) == [100]
+    ua.answer(ev.call_id, b"v=0\r\n", 0.3)
+    sent(ua)
+    ua.receive_datagram(data, CALLER, 0.4)
+    assert statuses(ua) == [200]
+    assert ua.next_events() == []
+
+
+def test_same_call_id_new_branch_is_a_loop(ua):
+    start_call(ua)
+    sent(ua)
+    ua.receive_datagram(invite(), CALLER, 0.1)
+    assert statuses(ua) == [482]
+
+
+def test_cancel_gets_200_and_the_invite_487(ua):
+    ev = start_call(ua, branch="z9hG4bKc1")
+    sent(ua)
+    ua.receive_datagram(request("CANCEL", branch="z9hG4bKc1", cseq=1), CALLER, 0.5)
+    out = sent(ua)
+    assert sorted((m.status, m.cseq[1]) for m, _ in out) == [(200, "CANCEL"), (487, "INVITE")]
+    assert ua.next_events() == [CallEnded(ev.call_id, "cancel")]
+    ua.receive_datagram(request("ACK", branch="z9hG4bKc1", cseq=1), CALLER, 0.6)
+    assert ua.next_events() == []  # the ACK for the 487 is absorbed
+
+
+def test_cancel_for_unknown_transaction_is_481(ua):
+    ua.receive_datagram(request("CANCEL", cseq=1), CALLER, 0.0)
+    assert statuses(ua) == [481]
+
+
+def test_bye_ends_the_call(ua):
+    ev = start_call(ua)
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    sent(ua)
+    to_tag = ua._calls[ev.call_id].dialog.local_tag
+    ua.receive_datagram(request("ACK", cseq=1, to_tag=to_tag), CALLER, 0.1)
+    ua.next_events()
+    ua.receive_datagram(request("BYE", cseq=2, to_tag=to_tag), CALLER, 1.0)
+    assert statuses(ua) == [200]
+    assert ua.next_events() == [CallEnded(ev.call_id, "remote-bye")]
+    assert ua.active_calls == 0
+
+
+def test_bye_for_unknown_dialog_is_481(ua):
+    ua.receive_datagram(request("BYE", to_tag="nope"), CALLER, 0.0)
+    assert statuses(ua) == [481]
+
+
+def test_options_lists_allow_accept_supported(ua):
+    ua.receive_datagram(request("OPTIONS"), CALLER, 0.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 200
+    assert "INVITE" in resp.headers.get_all("Allow") and "BYE" in resp.headers.get_all("Allow")
+    assert resp.headers.get("Accept") == "application/sdp"
+    assert "Supported" in resp.headers
+
+
+def test_options_503_when_not_accepting(ua):
+    ua.accepting = False
+    ua.receive_datagram(request("OPTIONS"), CALLER, 0.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 503 and resp.headers.get("Retry-After")
+
+
+def test_unknown_method_501_known_unserved_405_with_allow(ua):
+    ua.receive_datagram(request("FOO"), CALLER, 0.0)
+    ua.receive_datagram(request("REGISTER"), CALLER, 0.0)
+    out = [m for m, _ in sent(ua)]
+    assert [m.status for m in out] == [501, 405]
+    assert "INVITE" in out[1].headers.get_all("Allow")
+
+
+def test_malformed_request_gets_400_and_garbage_is_dropped(ua):
+    bad = invite().replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
+    ua.receive_datagram(bad, CALLER, 0.0)
+    (data, addr), = ua.datagrams_to_send()
+    assert data.startswith(b"SIP/2.0 400 ") and addr == CALLER
+    ua.receive_datagram(b"\x00\xffgarbage", CALLER, 0.0)
+    ua.receive_datagram(b"\r\n\r\n", CALLER, 0.0)
+    assert sent(ua) == [] and ua.next_events() == []
+
+
+def test_bad_header_value_is_400_not_a_traceback(ua):
+    ua.receive_datagram(invite().replace(b"Via: SIP/2.0/UDP", b"Via: HTTP/1.1"), CALLER, 0.0)
+    assert statuses(ua) == [400]
+
+
+def test_invite_without_sdp_is_488_and_unsupported_require_420(ua):
+    ua.receive_datagram(invite(sdp=None), CALLER, 0.0)
+    ua.receive_datagram(invite(call_id="c2", extra="Require: 100rel\r\n"), CALLER, 0.0)
+    assert statuses(ua) == [100, 488, 420]
+
+
+def test_reject_sends_final_with_to_tag(ua):
+    ev = start_call(ua)
+    sent(ua)
+    ua.reject(ev.call_id, 404, 0.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 404 and ";tag=" in resp.headers.get("To")
+
+
+def test_hangup_sends_bye_along_the_route_set(ua):
+    rr = "Record-Route: <sip:proxy2.example;lr>\r\nRecord-Route: <sip:10.9.9.9:5070;lr>\r\n"
+    ev = start_call(ua, extra=rr)
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    ok = [m for m, _ in sent(ua) if isinstance(m, Response) and m.status == 200][0]
+    assert ok.headers.get_all("Record-Route") == ["<sip:proxy2.example;lr>", "<sip:10.9.9.9:5070;lr>"]
+    to_tag = ua._calls[ev.call_id].dialog.local_tag
+    ua.receive_datagram(request("ACK", cseq=1, to_tag=to_tag), CALLER, 0.1)
+    ua.next_events()
+    ua.hangup(ev.call_id, 1.0)
+    assert ua.next_events() == [CallEnded(ev.call_id, "local-bye")]
+    (bye, addr), = sent(ua)
+    assert isinstance(bye, Request) and bye.method == "BYE"
+    assert bye.uri == "sip:5551234@10.0.0.5:5060"  # the remote target (Contact)
+    assert bye.headers.get_all("Route") == ["<sip:proxy2.example;lr>", "<sip:10.9.9.9:5070;lr>"]
+    assert bye.headers.get("From").endswith(f"tag={to_tag}")
+    assert bye.headers.get("To").endswith("tag=caller1")
+    assert bye.cseq[1] == "BYE"
+    assert addr == (CALLER[0], 5060)  # first route is a name: no resolver in the core, back to the source
+    # retransmitted until answered
+    ua.handle_timer(1.0 + T1)
+    assert [m.method for m, _ in sent(ua)] == ["BYE"]
+    resp = Response(200, "OK", bye.headers.copy())
+    ua.receive_datagram(resp.serialize(), CALLER, 1.6)
+    ua.handle_timer(1.6 + 2 * T1)
+    assert sent(ua) == []
+
+
+def test_hangup_route_with_ip_goes_to_that_proxy(ua):
+    ev = start_call(ua, extra="Record-Route: <sip:10.9.9.9:5070;lr>\r\n")
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    sent(ua)
+    ua.hangup(ev.call_id, 1.0)
+    (bye, addr), = [x for x in sent(ua) if isinstance(x[0], Request)]
+    assert addr == ("10.9.9.9", 5070)
+
+
+def test_reinvite_in_dialog_is_answered_with_the_same_sdp(ua):
+    ev = start_call(ua)
+    ua.answer(ev.call_id, b"v=0\r\nanswer\r\n", 0.0)
+    sent(ua)
+    to_tag = ua._calls[ev.call_id].dialog.local_tag
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=2), CALLER, 5.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 200 and resp.body == b"v=0\r\nanswer\r\n"
+    assert ua.next_events() == []
