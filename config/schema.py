@@ -59,10 +59,17 @@ class SipSettings(_Strict):
         host = self.listen_host
         if host not in ("0.0.0.0", "::"):
             return host
+        # The first non-loopback IPv4 address of this host's name; set
+        # advertised_address explicitly on multi-homed hosts or behind NAT.
         try:
-            return socket.gethostbyname(socket.gethostname())
+            infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_DGRAM)
         except OSError:
-            return "127.0.0.1"
+            infos = []
+        for info in infos:
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+        return "127.0.0.1"
 
 
 class RtpSettings(_Strict):

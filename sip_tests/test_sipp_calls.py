@@ -19,8 +19,12 @@ def test_20_calls_5_at_a_time_each_ended_by_our_bye_with_perfect_rtp(server, cap
     assert counts["SuccessfulCall(C)"] == 20
     assert counts["FailedCall(C)"] == 0
 
-    streams = rtp_streams(read_udp(cap.path))
+    packets = read_udp(cap.path)
+    streams = rtp_streams(packets)
     assert len(streams) == 20, f"expected one RTP stream per call, got {len(streams)}"
+    lo, hi = server.rtp_range
+    assert all(lo <= p.src[1] <= hi for p in packets)  # our RTP ports come from the configured range
+    assert server.log_text().count("ended: prompt-done") == 20
     report = []
     for s in streams.values():
         report.append((s.packets, round(s.median_ms, 2), round(s.p99_abs_dev_ms, 2), round(s.max_interval_ms, 2)))
