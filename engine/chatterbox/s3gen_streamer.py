@@ -1,0 +1,251 @@
+"""S3Gen + HiFT on token windows, as tokens arrive, batched across utterances.
+
+Flow (tokens → mel). The stock model attends over the whole sequence (the
+10 s reference's 250 tokens / 500 mel frames included), so a window's mel is
+computed from the reference plus every token so far, and only the frames not
+emitted yet are kept. The last 3 tokens are lookahead: their frames are
+produced by the next window (or by the final one). Windows of different
+utterances run as one right-padded batch (padding is masked exactly: causal
+convolutions, per-frame LayerNorm and key masks in attention). What depends
+only on the voice — the reference's token ids, its mel (the decoder's
+condition), the speaker projection and the reference's share of the initial
+noise — is prepared once per voice (``VoiceGen``).
+
+Vocoder (mel → 24 kHz). HiFT's convolutions look both ways, so each window is
+vocoded with ``LEFT`` frames of already-emitted mel as left context, and its
+last ``HOLD`` frames are held back until the next window supplies their right
+context; the overlap is cross-faded over ``XFADE`` samples. The neural source
+is made continuous across windows: the harmonic phase is carried from one
+window to the next and the source noise is indexed by absolute sample
+position (a fixed noise table), so it does not depend on where windows fall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 480  # HiFT: 8 * 5 * 3 upsampling * 4 iSTFT hop
+LOOKAHEAD_TOKENS = 3
+TOKEN_MEL_RATIO = 2
+LEFT = 16  # mel frames of left context for the vocoder
+HOLD = 6  # mel frames held back until their right context exists
+XFADE = 240  # samples cross-faded at each join (10 ms)
+NOISE_FRAMES = 512  # the source-noise table: about 10 s, indexed by absolute frame
+SILENCE_TOKEN = 4299  # S3GEN_SIL: appended (x3) at the end, as the stock pipeline does
+
+
+@dataclass
+class VoiceGen:
+    """The per-voice part of S3Gen's input, prepared once."""
+
+    prompt_token: torch.Tensor  # [Tp] long
+    prompt_feat: torch.Tensor  # [2*Tp, 80]
+    spk: torch.Tensor  # [80] speaker embedding after normalise + affine
+    prompt_noise: torch.Tensor  # [80, 2*Tp] the reference's share of the initial noise
+
+
+@dataclass
+class UtteranceAudio:
+    """Streaming state of one utterance on the S3Gen side."""
+
+    voice: VoiceGen
+    seed: int
+    noise: torch.Tensor  # [80, max_frames] initial noise of the generated mel frames
+    phase0: torch.Tensor  # [harmonics] random initial phase (harmonic 0 is 0)
+    noise_offset: int  # where this utterance starts in the source-noise table
+    mel_done: int = 0  # generated mel frames produced by the flow so far
+    mel: list[torch.Tensor] = field(default_factory=list)  # produced mel chunks [80, n] (kept for context)
+    emitted_frames: int = 0  # mel frames whose audio has been emitted
+    tail: torch.Tensor | None = None  # held-back audio of the last window, from frame emitted_frames
+    phase_at: dict[int, torch.Tensor] = field(default_factory=dict)  # frame → cumulative harmonic phase (cycles)
+    started: bool = False
+
+    def mel_range(self, start: int, end: int) -> torch.Tensor:
+        allm = torch.cat(self.mel, dim=1) if len(self.mel) > 1 else self.mel[0]
+        self.mel = [allm]
+        return allm[:, start:end]
+
+
+@dataclass
+class FlowJob:
+    utt: UtteranceAudio
+    tokens: torch.Tensor  # all generated speech tokens so far [N] (long, on device)
+    final: bool
+
+
+class S3GenStreamer:
+    def __init__(self, s3gen: torch.nn.Module, device: str | torch.device = "cpu",
+                 flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.s3gen = s3gen
+        self.flow = s3gen.flow.to(self.device, flow_dtype)
+        self.hift = s3gen.mel2wav.to(self.device, hift_dtype)
+        self.flow_dtype = flow_dtype
+        self.hift_dtype = hift_dtype
+        src = self.hift.m_source
+        self.harmonics = src.l_sin_gen.harmonic_num + 1
+        self.sine_amp = src.l_sin_gen.sine_amp
+        self.noise_std = src.l_sin_gen.noise_std
+        self.voiced_threshold = src.l_sin_gen.voiced_threshold
+        g = torch.Generator(device="cpu").manual_seed(1234)
+        self.noise_table = torch.randn(self.harmonics, NOISE_FRAMES * SAMPLES_PER_FRAME, generator=g).to(self.device)
+        n_trim = SAMPLE_RATE // 50
+        fade = torch.zeros(2 * n_trim)
+        fade[n_trim:] = (torch.cos(torch.linspace(torch.pi, 0, n_trim)) + 1) / 2
+        self.trim_fade = fade.to(self.device)
+        self.xfade = torch.linspace(0.0, 1.0, XFADE, device=self.device)
+
+    # -- per voice / per utterance --------------------------------------------------
+    @torch.inference_mode()
+    def prepare_voice(self, gen: dict, seed: int = 0) -> VoiceGen:
+        token = torch.as_tensor(gen["prompt_token"]).to(self.device).view(-1).long()
+        feat = torch.as_tensor(gen["prompt_feat"]).to(self.device, self.flow_dtype).view(-1, 80)
+        emb = torch.as_tensor(gen["embedding"]).to(self.device, self.flow_dtype).view(1, -1)
+        spk = self.flow.spk_embed_affine_layer(F.normalize(emb, dim=1))[0]
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(80, feat.size(0), generator=g).to(self.device, self.flow_dtype)
+        return VoiceGen(token, feat, spk, noise)
+
+    def new_utterance(self, voice: VoiceGen, seed: int, max_tokens: int) -> UtteranceAudio:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        frames = TOKEN_MEL_RATIO * (max_tokens + 8)
+        noise = torch.randn(80, frames, generator=g).to(self.device, self.flow_dtype)
+        phase0 = (torch.rand(self.harmonics, generator=g) * 2 - 1) * np.pi
+        phase0[0] = 0
+        offset = int(torch.randint(0, NOISE_FRAMES, (1,), generator=g))
+        return UtteranceAudio(voice, seed, noise, phase0.to(self.device), offset)
+
+    # -- flow: tokens → mel -----------------------------------------------------------
+    @torch.inference_mode()
+    def flow_batch(self, jobs: list[FlowJob], n_steps: int = 2) -> list[torch.Tensor]:
+        """New mel frames [80, n] for each job (possibly empty)."""
+        items = []
+        for job in jobs:
+            n = job.tokens.numel()
+            usable = n if job.final else max(0, n - LOOKAHEAD_TOKENS)
+            items.append((job, n, TOKEN_MEL_RATIO * usable))
+        live = [(j, n, frames) for j, n, frames in items if frames > j.utt.mel_done]
+        out: dict[int, torch.Tensor] = {}
+        if live:
+            mels = self._run_flow(live, n_steps)
+            for (job, _, frames), mel in zip(live, mels):
+                new = mel[:, job.utt.mel_done:frames]
+                job.utt.mel.append(new)
+                job.utt.mel_done = frames
+                out[id(job)] = new
+        empty = torch.zeros(80, 0, device=self.device, dtype=self.flow_dtype)
+        return [out.get(id(job), empty) for job in jobs]
+
+    def _run_flow(self, live: list[tuple[FlowJob, int, int]], n_steps: int) -> list[torch.Tensor]:
+        flow = self.flow
+        b = len(live)
+        tp = [j.utt.voice.prompt_token.numel() for j, _, _ in live]
+        lens = [t + n for t, (_, n, _) in zip(tp, live)]
+        lmax = max(lens)
+        tokens = torch.zeros(b, lmax, dtype=torch.long, device=self.device)
+        for i, (job, n, _) in enumerate(live):
+            tokens[i, :tp[i]] = job.utt.voice.prompt_token
+            tokens[i, tp[i]:tp[i] + n] = job.tokens
+        token_len = torch.tensor(lens, device=self.device)
+        key = torch.arange(lmax, device=self.device)
+        tmask = (key[None, :] < token_len[:, None]).unsqueeze(-1).to(self.flow_dtype)
+        x = flow.input_embedding(tokens) * tmask
+        h, _ = flow.encoder(x, token_len)  # [B, 2*lmax, 512]
+        h = flow.encoder_proj(h)
+        # decoder frames per item: reference frames + the usable generated frames
+        dec_len = [2 * t + frames for t, (_, _, frames) in zip(tp, live)]
+        tmax = max(dec_len)
+        h = h[:, :tmax]
+        fkey = torch.arange(tmax, device=self.device)
+        mask = (fkey[None, :] < torch.tensor(dec_len, device=self.device)[:, None]).unsqueeze(1).to(h.dtype)
+        conds = torch.zeros(b, 80, tmax, device=self.device, dtype=h.dtype)
+        z = torch.zeros(b, 80, tmax, device=self.device, dtype=h.dtype)
+        spks = torch.stack([j.utt.voice.spk for j, _, _ in live]).to(h.dtype)
+        for i, (job, _, frames) in enumerate(live):
+            p = 2 * tp[i]
+            conds[i, :, :p] = job.utt.voice.prompt_feat.t()
+            z[i, :, :p] = job.utt.voice.prompt_noise
+            z[i, :, p:p + frames] = job.utt.noise[:, :frames]
+        mu = h.transpose(1, 2).contiguous()
+        est = flow.decoder.estimator
+        t_span = torch.linspace(0, 1, n_steps + 1, device=self.device, dtype=h.dtype)
+        x = z
+        for t, r in zip(t_span[:-1], t_span[1:]):
+            dxdt = est.forward(x, mask=mask, mu=mu, t=t[None].expand(b), spks=spks, cond=conds, r=r[None].expand(b))
+            x = x + (r - t) * dxdt
+        return [x[i, :, 2 * tp[i]:dec_len[i]].float() for i in range(b)]
+
+    # -- vocoder: mel → audio ------------------------------------------------------
+    def _source(self, f0: torch.Tensor, utts: list[UtteranceAudio], start_frames: list[int]) -> torch.Tensor:
+        """The harmonic-plus-noise excitation [B, 1, samples], continuous across windows."""
+        b, frames = f0.shape
+        n = frames * SAMPLES_PER_FRAME
+        f0_up = f0.repeat_interleave(SAMPLES_PER_FRAME, dim=1)  # nearest upsampling
+        mult = torch.arange(1, self.harmonics + 1, device=f0.device, dtype=torch.float64)
+        cycles = f0_up.double()[:, None, :] * mult[None, :, None] / SAMPLE_RATE  # [B, H, n]
+        start_phase = torch.stack([
+            u.phase_at.get(s, torch.zeros(self.harmonics, device=f0.device, dtype=torch.float64))
+            for u, s in zip(utts, start_frames)])
+        cum = torch.cumsum(cycles, dim=-1) + start_phase[:, :, None]
+        for i, (u, s) in enumerate(zip(utts, start_frames)):
+            ends = cum[i, :, SAMPLES_PER_FRAME - 1::SAMPLES_PER_FRAME] % 1.0  # phase at each frame end
+            for k in range(frames):
+                u.phase_at[s + k + 1] = ends[:, k]
+            for old in [f for f in u.phase_at if f < s]:
+                del u.phase_at[old]
+        theta = 2 * np.pi * (cum % 1.0)
+        phase0 = torch.stack([u.phase0 for u in utts]).double()
+        sine = self.sine_amp * torch.sin(theta + phase0[:, :, None])
+        uv = (f0_up > self.voiced_threshold).to(sine.dtype)[:, None, :]
+        noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
+        total = self.noise_table.size(1)
+        idx = torch.stack([
+            (torch.arange(n, device=f0.device) + (s + u.noise_offset) * SAMPLES_PER_FRAME) % total
+            for u, s in zip(utts, start_frames)])
+        noise = self.noise_table[:, idx].permute(1, 0, 2).double()  # [B, H, n]
+        waves = (sine * uv + noise_amp * noise).to(self.hift_dtype).transpose(1, 2)  # [B, n, H]
+        lin = self.hift.m_source.l_linear
+        return torch.tanh(lin(waves)).transpose(1, 2)  # [B, 1, n]
+
+    @torch.inference_mode()
+    def vocode(self, utts: list[UtteranceAudio], final: list[bool]) -> list[np.ndarray]:
+        """Audio (float32, 24 kHz) newly ready for each utterance, from the mel produced so far."""
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(utts)
+        groups: dict[int, list[int]] = {}
+        plans = []
+        for i, (u, fin) in enumerate(zip(utts, final)):
+            end = u.mel_done
+            ready = end if fin else end - HOLD
+            if ready <= u.emitted_frames:
+                plans.append(None)
+                continue
+            start = max(0, u.emitted_frames - LEFT)
+            plans.append((start, end, ready))
+            groups.setdefault(end - start, []).append(i)
+        for length, members in groups.items():
+            mel = torch.stack([utts[i].mel_range(plans[i][0], plans[i][1]) for i in members]).to(self.hift_dtype)
+            f0 = self.hift.f0_predictor(mel)
+            s = self._source(f0, [utts[i] for i in members], [plans[i][0] for i in members])
+            audio = self.hift.decode(x=mel, s=s).float()  # [b, samples]
+            for row, i in enumerate(members):
+                out[i] = self._emit(utts[i], audio[row], *plans[i])
+        return out
+
+    def _emit(self, u: UtteranceAudio, audio: torch.Tensor, start: int, end: int, ready: int) -> np.ndarray:
+        off = (u.emitted_frames - start) * SAMPLES_PER_FRAME
+        new = audio[off:(ready - start) * SAMPLES_PER_FRAME].clone()
+        if u.tail is not None and new.numel():
+            k = min(XFADE, new.numel(), u.tail.numel())
+            new[:k] = u.tail[:k] * (1 - self.xfade[:k]) + new[:k] * self.xfade[:k]
+        if not u.started and new.numel():
+            k = min(self.trim_fade.numel(), new.numel())
+            new[:k] *= self.trim_fade[:k]
+            u.started = True
+        u.tail = audio[(ready - start) * SAMPLES_PER_FRAME:].clone()
+        u.emitted_frames = ready
+        return new.cpu().numpy()
