@@ -1,20 +1,39 @@
 # sip-tts: `make run` starts the server on the embedded engine; `make test` installs
-# everything (Python venv, Debian peers: sipp, baresip, kamailio, tcpdump) and runs the tests.
+# everything (Python venv with CPU torch and the GPU engine's packages, Debian peers:
+# sipp, baresip, kamailio, tcpdump) and runs the tests.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 PEERS ?= $(abspath ../shared/peers)
 CONFIG ?= config/server.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit sip-tests peers check-config clean
+.PHONY: install install-engine run test unit sip-tests peers check-config bench-cpu clean
 
+# Base install: the server on the embedded espeak engine (what `make run` needs).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) -e '.[test]'
+	touch $@
+
+# The Chatterbox engine's Python side, on CPU torch (what CI tests):
+#  1. torch 2.13.0 CPU first (a local file on these machines), so nothing pulls a CUDA build;
+#  2. the engine's dependencies (pyproject extra "chatterbox");
+#  3. chatterbox-tts, s3tokenizer, resemble-perth, torchaudio without their dependencies;
+#  4. PyPI's torchaudio wheel is CUDA-built and its compiled extension cannot load beside a
+#     CPU torch; we use only its pure-Python parts (Kaldi fbank, Resample), so the extension
+#     libraries are removed and torchaudio falls back to them.
+$(VENV)/.installed-engine: $(VENV)/.installed pyproject.toml
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test,chatterbox]'
+	$(PIP) --no-deps chatterbox-tts==0.1.7 s3tokenizer==0.3.0 resemble-perth==1.0.1 torchaudio==2.11.0
+	rm -f $(VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
+	$(PY) -c "import torch, torchaudio.compliance.kaldi, chatterbox.models.s3gen, chatterbox.models.t3"
 	touch $@
 
 install: $(VENV)/.installed
+install-engine: $(VENV)/.installed-engine
 
 run: install
 	$(VENV)/bin/sip-tts serve --config $(CONFIG)
@@ -26,10 +45,10 @@ peers:
 	@test -x $(PEERS)/install.sh || { echo "peer kit not found at $(PEERS) (set PEERS=...)"; exit 1; }
 	bash $(PEERS)/install.sh
 
-test: install peers
+test: install-engine peers
 	PEERS_DIR=$(PEERS) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-unit: install
+unit: install-engine
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 sip-tests: install peers

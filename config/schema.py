@@ -92,9 +92,18 @@ class EspeakSettings(_Strict):
 
 class ChatterboxSettings(_Strict):
     kind: Literal["chatterbox"]
-    model_dir: str
+    model_dir: str = Field(description="local checkpoint directory (public Chatterbox Turbo layout)")
     device: str = "cuda"
-    voice_wav: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    voice_wav: str | None = Field(None, description="reference WAV (>= 5 s) for the default voice; "
+                                                    "none: the checkpoint's built-in voice (conds.pt)")
+    voice_cache_dir: str | None = Field(None, description="where computed voice conditioning is kept")
+    max_streams: int = Field(64, ge=1, le=512, description="utterances decoded together (KV-cache slots)")
+    max_tokens: int = Field(750, ge=10, le=4000, description="speech tokens per utterance (25 per second)")
+    temperature: float = Field(0.8, gt=0, le=2)
+    top_k: int = Field(1000, ge=1)
+    top_p: float = Field(0.95, gt=0, le=1)
+    repetition_penalty: float = Field(1.2, ge=1, le=3)
 
 
 class LimitSettings(_Strict):

@@ -35,7 +35,14 @@ def _load(path: str) -> ServerConfig:
 async def serve(cfg: ServerConfig, listen: str | None) -> int:
     prompts = load_prompts(cfg.prompts_path())
     engine, voice = build_engine(cfg)
-    await engine.start()
+    try:
+        await engine.start()
+    except ImportError as exc:
+        log.error("engine %s needs packages that are not installed (%s): see README, 'GPU engine'", engine.name, exc)
+        return 1
+    except (RuntimeError, OSError, ValueError) as exc:
+        log.error("engine %s failed to start: %s", engine.name, exc)
+        return 1
     host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
     settings = ServerSettings(
         listen_host=host, listen_port=port,

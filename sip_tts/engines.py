@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from config.schema import EspeakSettings, ServerConfig
 from engine.audio import LineEncoder
@@ -17,7 +18,22 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
     if isinstance(settings, EspeakSettings):
         voice = VoiceSpec("default", (("voice", settings.voice), ("rate", settings.rate), ("pitch", settings.pitch)))
         return EspeakEngine(default_voice=settings.voice), voice
-    raise SystemExit(f"engine {settings.kind!r} is not available in this build")
+    from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions  # torch is imported lazily
+
+    base = cfg.source.parent if cfg.source is not None else None
+
+    def resolve(path: str | None) -> str | None:
+        if path is None or base is None or Path(path).is_absolute():
+            return path
+        return str(base / path)
+
+    options = ChatterboxOptions(
+        model_dir=resolve(settings.model_dir) or settings.model_dir, device=settings.device, dtype=settings.dtype,
+        max_streams=settings.max_streams, max_tokens=settings.max_tokens,
+        voice_cache_dir=resolve(settings.voice_cache_dir), temperature=settings.temperature,
+        top_k=settings.top_k, top_p=settings.top_p, repetition_penalty=settings.repetition_penalty)
+    voice = VoiceSpec("default", (("voice_wav", resolve(settings.voice_wav)),) if settings.voice_wav else ())
+    return ChatterboxEngine(options), voice
 
 
 @dataclass

@@ -131,6 +131,8 @@ class T3Runner:
         self.seen = torch.zeros(max_slots, self.speech_emb.size(0), dtype=torch.bool, device=self.device)
         self._key_index = torch.arange(max_len, device=self.device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.last_logits: torch.Tensor | None = None
+        self._capturing = False
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_slots]
         if self.buckets[-1] != max_slots:
@@ -187,6 +189,8 @@ class T3Runner:
 
     def _step_eager(self, n: int) -> torch.Tensor:
         logits = self._decode(n)
+        if not self._capturing:
+            self.last_logits = logits  # for tests and diagnostics (not kept inside graphs)
         new = sample_tokens(logits, self.seen[:n], self.sampling)
         rows = torch.arange(n, device=self.device)
         self.seen[rows, new] = True
@@ -264,8 +268,12 @@ class T3Runner:
         torch.cuda.current_stream().wait_stream(s)
         self.tokens.copy_(saved[0]); self.positions.copy_(saved[1]); self.seen.copy_(saved[2])
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._step_eager(b)
+        self._capturing = True
+        try:
+            with torch.cuda.graph(graph):
+                out = self._step_eager(b)
+        finally:
+            self._capturing = False
         self.tokens.copy_(saved[0]); self.positions.copy_(saved[1]); self.seen.copy_(saved[2])
         self._graphs[b] = (graph, out)
         return graph, out

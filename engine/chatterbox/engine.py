@@ -1,0 +1,135 @@
+"""The Chatterbox Turbo engine behind the common streaming interface.
+
+``stream(text, voice)`` submits one utterance to the GPU worker and yields its
+24 kHz float32 chunks as they are produced. Closing the iterator (the caller
+hung up, barge-in) cancels the request; the worker frees its slot before its
+next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import numpy as np
+
+from ..base import EngineError, VoiceSpec
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 24000
+
+
+@dataclass
+class ChatterboxOptions:
+    model_dir: str
+    device: str = "cuda"
+    dtype: str = "bfloat16"  # T3 and the flow decoder; the vocoder stays in float32
+    max_streams: int = 64  # T3 KV-cache slots
+    max_len: int = 1024  # positions per slot: voice prefix + text + speech tokens
+    max_tokens: int = 750  # speech tokens per utterance (30 s)
+    voice_cache_dir: str | None = None
+    temperature: float = 0.8
+    top_k: int = 1000
+    top_p: float = 0.95
+    repetition_penalty: float = 1.2
+    cuda_graphs: bool = True
+
+
+class ChatterboxEngine:
+    name = "chatterbox"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, options: ChatterboxOptions) -> None:
+        self.options = options
+        self._scheduler = None
+        self._voices: dict[str, object] = {}
+        self._ckpt = None
+        self._seeds = itertools.count(1)
+
+    async def start(self) -> None:
+        if self._scheduler is None:
+            await asyncio.get_running_loop().run_in_executor(None, self._load)
+
+    def _load(self) -> None:
+        import torch
+
+        from .checkpoint import load_checkpoint
+        from .s3gen_streamer import S3GenStreamer
+        from .scheduler import Scheduler
+        from .t3_runner import SamplingParams, T3Runner
+
+        o = self.options
+        if o.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError("engine chatterbox: device is cuda but no GPU is visible")
+        dtype = getattr(torch, o.dtype)
+        self._ckpt = load_checkpoint(o.model_dir, o.device)
+        sampling = SamplingParams(o.temperature, o.top_k, o.top_p, o.repetition_penalty)
+        runner = T3Runner(self._ckpt.t3, o.device, dtype, o.max_streams, o.max_len, sampling, o.cuda_graphs)
+        streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype)
+        self._scheduler = Scheduler(runner, streamer)
+        self._voices["default"] = self._make_voice("default", self._ckpt.conds)
+        runner.capture_all()
+        self._scheduler.start()
+
+    def _make_voice(self, name: str, conds: object) -> object:
+        from .scheduler import Voice
+
+        assert self._scheduler is not None
+        prefix = self._scheduler.runner.voice_prefix(conds.t3)  # type: ignore[attr-defined]
+        gen = self._scheduler.streamer.prepare_voice(conds.gen)  # type: ignore[attr-defined]
+        return Voice(name, prefix, gen)
+
+    def _voice_for(self, spec: VoiceSpec) -> object:
+        wav = spec.get("voice_wav")
+        if not wav:
+            return self._voices["default"]
+        key = str(wav)
+        if key not in self._voices:
+            from .voices import conditionals_from_wav
+
+            assert self._ckpt is not None
+            cache = Path(self.options.voice_cache_dir) if self.options.voice_cache_dir else None
+            conds = conditionals_from_wav(self._ckpt, Path(key), cache, self.options.device)
+            self._voices[key] = self._make_voice(key, conds)
+        return self._voices[key]
+
+    def tokenize(self, text: str) -> "object":
+        from chatterbox.tts_turbo import punc_norm
+
+        assert self._ckpt is not None
+        return self._ckpt.tokenizer(punc_norm(text), return_tensors="pt").input_ids[0]
+
+    async def stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[np.ndarray]:
+        from .scheduler import Request
+
+        await self.start()
+        assert self._scheduler is not None
+        loop = asyncio.get_running_loop()
+        voice_obj = await loop.run_in_executor(None, self._voice_for, voice)
+        out: "asyncio.Queue[np.ndarray | BaseException | None]" = asyncio.Queue()
+
+        def deliver(item: "np.ndarray | BaseException | None") -> None:
+            loop.call_soon_threadsafe(out.put_nowait, item)
+
+        req = Request(self.tokenize(text), voice_obj, deliver,  # type: ignore[arg-type]
+                      max_tokens=self.options.max_tokens, seed=next(self._seeds))
+        self._scheduler.submit(req)
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise EngineError(f"synthesis failed: {item}") from item
+                yield item
+        finally:
+            req.cancel()
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._scheduler.stop)
+            self._scheduler = None

@@ -1,0 +1,296 @@
+"""Our Chatterbox Turbo inference path against the stock classes, on the CPU, random weights.
+
+The checkpoint is written by the test in the public file layout (a narrow 4-layer
+T3; S3Gen and the voice encoder at full size) and loaded through the same code
+the server uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.base import EngineError, VoiceSpec  # noqa: E402
+from engine.chatterbox.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.s3gen_streamer import (  # noqa: E402
+    SAMPLES_PER_FRAME, FlowJob, S3GenStreamer,
+)
+from engine.chatterbox.t3_runner import SamplingParams, T3Runner  # noqa: E402
+
+GREEDY = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt"), t3_layers=4, t3_width=256, seed=3, block_stop=True)
+
+
+@pytest.fixture(scope="module")
+def ckpt(ckpt_dir):
+    return load_checkpoint(ckpt_dir)
+
+
+def text_ids(ckpt, text):
+    return ckpt.tokenizer(text, return_tensors="pt").input_ids
+
+
+# -- loading ------------------------------------------------------------------------
+def test_missing_file_is_named(ckpt_dir, tmp_path):
+    bad = tmp_path / "ckpt"
+    shutil.copytree(ckpt_dir, bad)
+    (bad / "ve.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"ve\.safetensors: missing checkpoint file"):
+        load_checkpoint(bad)
+
+
+def test_missing_tensor_is_named(ckpt_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "ckpt"
+    shutil.copytree(ckpt_dir, bad)
+    state = load_file(str(bad / "t3_turbo_v1.safetensors"))
+    del state["tfmr.h.2.attn.c_proj.weight"]
+    save_file(state, str(bad / "t3_turbo_v1.safetensors"))
+    with pytest.raises(CheckpointError, match=r"t3_turbo_v1\.safetensors: missing tensor\(s\) tfmr\.h\.2\.attn\.c_proj\.weight"):
+        load_checkpoint(bad)
+
+
+def test_corrupt_file_is_named(ckpt_dir, tmp_path):
+    bad = tmp_path / "ckpt"
+    shutil.copytree(ckpt_dir, bad)
+    (bad / "s3gen_meanflow.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"s3gen_meanflow\.safetensors: cannot read"):
+        load_checkpoint(bad)
+
+
+# -- T3 -----------------------------------------------------------------------------
+def _stock_logits(t3, cond, ids, generated):
+    """Stock HF GPT-2 forward over the prompt + start token + generated tokens: logits at each step."""
+    with torch.inference_mode():
+        speech = torch.tensor([[6561] + generated[:-1]])
+        emb, _ = t3.prepare_input_embeds(t3_cond=cond, text_tokens=ids, speech_tokens=speech)
+        hidden = t3.tfmr(inputs_embeds=emb)[0]
+        return t3.speech_head(hidden[0, -len(generated):])
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.2])
+def test_greedy_tokens_and_logits_match_stock_for_30_steps(ckpt, penalty):
+    t3, cond = ckpt.t3, ckpt.conds.t3
+    ids = text_ids(ckpt, "Hi, this is Sarah from customer service. How can I help you today?")
+    torch.manual_seed(0)
+    stock = t3.inference_turbo(cond, ids, temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=penalty,
+                               max_gen_len=29)[0].tolist()
+    params = SamplingParams(1.0, 1, 1.0, penalty)
+    runner = T3Runner(t3, "cpu", torch.float32, max_slots=4, max_len=512, sampling=params)
+    prefix = runner.voice_prefix(cond)
+    _, first_logits = runner.admit(1, prefix, ids[0])
+    ours = [int(runner.tokens[1])]
+    logits = [first_logits]
+    for _ in range(29):
+        ours.append(int(runner.step(2)[1]))
+        logits.append(runner.last_logits[1])
+    assert len(stock) == 30
+    assert ours == stock
+    ref = _stock_logits(t3, cond, ids, ours)
+    ours_logits = torch.stack(logits)
+    err = (ours_logits - ref).abs().max().item()
+    assert err < 1e-4 * ref.abs().max().item(), err
+
+
+def test_continuous_batching_matches_decoding_alone(ckpt):
+    t3, cond = ckpt.t3, ckpt.conds.t3
+    texts = ["Hello there.", "Your appointment is tomorrow.", "Press one for sales, two for support."]
+
+    def alone(text, steps):
+        r = T3Runner(t3, "cpu", torch.float32, max_slots=4, max_len=512, sampling=GREEDY)
+        r.admit(0, r.voice_prefix(cond), text_ids(ckpt, text)[0])
+        out = [int(r.tokens[0])]
+        for _ in range(steps):
+            out.append(int(r.step(1)[0]))
+        return out
+
+    r = T3Runner(t3, "cpu", torch.float32, max_slots=4, max_len=512, sampling=GREEDY)
+    prefix = r.voice_prefix(cond)
+    got: dict[int, list[int]] = {}
+    r.admit(0, prefix, text_ids(ckpt, texts[0])[0])
+    got[0] = [int(r.tokens[0])]
+    for step in range(12):
+        if step == 4:  # a new utterance joins between steps
+            r.admit(1, prefix, text_ids(ckpt, texts[1])[0])
+            got[1] = [int(r.tokens[1])]
+        if step == 6:
+            r.admit(2, prefix, text_ids(ckpt, texts[2])[0])
+            got[2] = [int(r.tokens[2])]
+        new = r.step(len(got))
+        for i in got:
+            got[i].append(int(new[i]))
+    # utterance 0 leaves: utterance 2 moves down into its slot and goes on
+    r.move_slot(2, 0, int(r.positions[2]))
+    for _ in range(3):
+        got[2].append(int(r.step(2)[0]))
+    assert got[0] == alone(texts[0], 12)
+    assert got[1] == alone(texts[1], 8)
+    assert got[2] == alone(texts[2], len(got[2]) - 1)
+
+
+def test_sampling_follows_the_stock_chain():
+    from engine.chatterbox.t3_runner import sample_tokens
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(1)
+    logits = torch.randn(3, 500) * 3
+    history = torch.randint(0, 500, (3, 20))
+    seen = torch.zeros(3, 500, dtype=torch.bool)
+    seen.scatter_(1, history, True)
+    chain = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.9),
+                                 RepetitionPenaltyLogitsProcessor(1.2)])
+    expected = chain(history, logits.clone()).softmax(-1)
+    params = SamplingParams(0.8, 50, 0.9, 1.2)
+    counts = torch.zeros(3, 500)
+    for _ in range(4000):
+        tok = sample_tokens(logits, seen, params)
+        counts[torch.arange(3), tok] += 1
+    freq = counts / counts.sum(1, keepdim=True)
+    assert (freq[expected == 0] == 0).all()  # never outside the top-k/top-p set
+    assert (freq - expected).abs().max() < 0.03  # same distribution
+
+
+# -- S3Gen + HiFT -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s3_case(ckpt):
+    s3 = ckpt.s3gen
+    gen = ckpt.conds.gen
+    n = 70
+    tokens = torch.randint(0, 6561, (n,), generator=torch.Generator().manual_seed(5))
+    tp = gen["prompt_token"].shape[1]
+    torch.manual_seed(7)
+    z = torch.randn(1, 80, 2 * (tp + n))
+    streamer = S3GenStreamer(s3, "cpu")
+    voice = streamer.prepare_voice(gen)
+    voice.prompt_noise = z[0, :, :2 * tp].clone()  # the noise stock draws for the reference part
+    utt = streamer.new_utterance(voice, 11, n)
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        mel, _ = s3.flow.inference(
+            token=tokens[None], token_len=torch.tensor([n]), prompt_token=gen["prompt_token"],
+            prompt_token_len=gen["prompt_token_len"], prompt_feat=gen["prompt_feat"], prompt_feat_len=None,
+            embedding=gen["embedding"], finalize=True, n_timesteps=2, noised_mels=utt.noise[:, :2 * n][None],
+            meanflow=True)
+        src = streamer._source(s3.mel2wav.f0_predictor(mel), [streamer.new_utterance(voice, 11, n)], [0])
+        audio = s3.mel2wav.decode(x=mel, s=src)[0]
+        audio[:960] *= streamer.trim_fade
+    return streamer, voice, tokens, mel[0], audio.numpy()
+
+
+def test_whole_utterance_flow_equals_stock(s3_case):
+    streamer, voice, tokens, ref_mel, _ = s3_case
+    utt = streamer.new_utterance(voice, 11, tokens.numel())
+    (mel,) = streamer.flow_batch([FlowJob(utt, tokens, True)])
+    assert mel.shape == ref_mel.shape
+    assert (mel - ref_mel).abs().max() < 1e-4
+
+
+def snr_db(ref, x):
+    ref = np.asarray(ref, dtype=np.float64)
+    err = ref - np.asarray(x, dtype=np.float64)
+    return 10 * np.log10((ref ** 2).sum() / max((err ** 2).sum(), 1e-30))
+
+
+def test_streaming_windows_against_whole_utterance(s3_case, capsys):
+    streamer, voice, tokens, ref_mel, ref_audio = s3_case
+    utt = streamer.new_utterance(voice, 11, tokens.numel())
+    windows = [13, 38, tokens.numel()]  # first window 10 tokens (+3 lookahead), then 25, then the end
+    chunks = []
+    for n in windows:
+        final = n == tokens.numel()
+        streamer.flow_batch([FlowJob(utt, tokens[:n], final)])
+        chunks.append(streamer.vocode([utt], [final])[0])
+    audio = np.concatenate(chunks)
+    assert len(audio) == len(ref_audio) == ref_mel.shape[1] * SAMPLES_PER_FRAME
+    mel_snr = snr_db(ref_mel.numpy(), torch.cat(utt.mel, 1).numpy())
+    audio_snr = snr_db(ref_audio, audio)
+    with capsys.disabled():
+        print(f"\nstreaming vs whole utterance (random weights): mel SNR {mel_snr:.1f} dB, audio SNR {audio_snr:.1f} dB")
+    assert audio_snr >= 20.0
+    # no click at the joins: the step across each join is within the signal's own sample-to-sample steps
+    steps = np.abs(np.diff(audio))
+    joins = np.cumsum([len(c) for c in chunks])[:-1]
+    typical = np.percentile(steps, 99.9)
+    for j in joins:
+        assert steps[j - 1] <= typical, (j, steps[j - 1], typical)
+
+
+def test_windows_of_different_utterances_batch_like_alone(s3_case):
+    streamer, voice, tokens, _, _ = s3_case
+    a = streamer.new_utterance(voice, 21, 70)
+    b = streamer.new_utterance(voice, 22, 70)
+    streamer.flow_batch([FlowJob(a, tokens[:20], False), FlowJob(b, tokens[:45], False)])
+    batched = (torch.cat(a.mel, 1), torch.cat(b.mel, 1))
+    a2 = streamer.new_utterance(voice, 21, 70)
+    b2 = streamer.new_utterance(voice, 22, 70)
+    streamer.flow_batch([FlowJob(a2, tokens[:20], False)])
+    streamer.flow_batch([FlowJob(b2, tokens[:45], False)])
+    assert torch.allclose(batched[0], torch.cat(a2.mel, 1), atol=1e-4)
+    assert torch.allclose(batched[1], torch.cat(b2.mel, 1), atol=1e-4)
+
+
+# -- the engine ---------------------------------------------------------------------
+def test_engine_streams_chunks_and_cancels(ckpt_dir):
+    from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions
+
+    async def main():
+        engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=4,
+                                                    max_len=512, max_tokens=40))
+        await engine.start()
+        chunks = [c async for c in engine.stream("Hello there.", VoiceSpec())]
+        stream = engine.stream("Please hold the line.", VoiceSpec())
+        first = await stream.__anext__()
+        await stream.aclose()  # the caller hung up
+        for _ in range(100):
+            if engine._scheduler.stats.cancelled:
+                break
+            await asyncio.sleep(0.05)
+        stats = engine._scheduler.stats
+        await engine.close()
+        return chunks, first, stats
+
+    chunks, first, stats = asyncio.run(main())
+    audio = np.concatenate(chunks)
+    assert len(chunks) >= 2  # streamed in windows, not one blob
+    assert len(audio) == (40 + 3) * 2 * SAMPLES_PER_FRAME  # 40 tokens (start/stop blocked) + 3 silence tokens
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert len(first) > 0 and stats.cancelled == 1
+
+
+def test_voice_from_wav_is_cached_and_short_wavs_refused(ckpt, tmp_path):
+    import wave
+
+    from engine.chatterbox.voices import conditionals_from_wav
+
+    def write(path, seconds):
+        t = np.arange(int(16000 * seconds)) / 16000
+        x = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes((x * 16000).astype(np.int16).tobytes())
+
+    write(tmp_path / "short.wav", 3)
+    with pytest.raises(EngineError, match="at least 5 s"):
+        conditionals_from_wav(ckpt, tmp_path / "short.wav", tmp_path / "cache", "cpu")
+    write(tmp_path / "ref.wav", 6)
+    conds = conditionals_from_wav(ckpt, tmp_path / "ref.wav", tmp_path / "cache", "cpu")
+    assert conds.t3.cond_prompt_speech_tokens.shape[-1] <= 375
+    assert conds.gen["prompt_feat"].shape[-1] == 80
+    cached = list((tmp_path / "cache").glob("voice-*.pt"))
+    assert len(cached) == 1
+    again = conditionals_from_wav(ckpt, tmp_path / "ref.wav", tmp_path / "cache", "cpu")
+    assert torch.equal(again.t3.speaker_emb, conds.t3.speaker_emb)
