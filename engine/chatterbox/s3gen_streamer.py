@@ -22,6 +22,7 @@ position (a fixed noise table), so it does not depend on where windows fall.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,13 @@ HOLD = 6  # mel frames held back until their right context exists
 XFADE = 240  # samples cross-faded at each join (10 ms)
 NOISE_FRAMES = 512  # the source-noise table: about 10 s, indexed by absolute frame
 SILENCE_TOKEN = 4299  # S3GEN_SIL: appended (x3) at the end, as the stock pipeline does
+
+
+def _on(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    param = next(module.parameters())
+    if param.dtype == dtype and param.device == device:
+        return module
+    return copy.deepcopy(module).to(device, dtype)
 
 
 @dataclass
@@ -83,8 +91,9 @@ class S3GenStreamer:
                  flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device)
         self.s3gen = s3gen
-        self.flow = s3gen.flow.to(self.device, flow_dtype)
-        self.hift = s3gen.mel2wav.to(self.device, hift_dtype)
+        # Our own copies when the precision differs, so the stock module stays usable as it was.
+        self.flow = _on(s3gen.flow, self.device, flow_dtype)
+        self.hift = _on(s3gen.mel2wav, self.device, hift_dtype)
         self.flow_dtype = flow_dtype
         self.hift_dtype = hift_dtype
         src = self.hift.m_source

@@ -45,7 +45,7 @@ class Voice:
     gen: VoiceGen
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: requests are compared by object, never by value
 class Request:
     text_ids: torch.Tensor
     voice: Voice
