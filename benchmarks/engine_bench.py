@@ -325,6 +325,9 @@ def main() -> int:
     voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
     t0 = time.perf_counter()
     runner.capture_all()
+    if streamer.graphs is not None:
+        prompt = int(ckpt.conds.gen["prompt_token"].shape[-1])
+        streamer.graphs.capture_all(2 * prompt + 2 * (15 * TOKENS_PER_S + 3))
     print(f"CUDA graphs captured in {time.perf_counter() - t0:.1f} s", flush=True)
     sched.start()
     closed_loop(sched, voice, 2, 2.0, rng)  # warm-up (allocator, cuDNN autotune)

@@ -47,6 +47,120 @@ def _on(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> to
     return copy.deepcopy(module).to(device, dtype)
 
 
+def estimator_forward(est: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                      spks: torch.Tensor, cond: torch.Tensor, r: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The stock ConditionalDecoder.forward, minus its per-block host syncs.
+
+    Stock rebuilds the attention mask in every block through
+    ``add_optional_chunk_mask``, which calls ``.item()`` (a device sync) each time
+    and so cannot be captured in a CUDA graph. With ``static_chunk_size == 0`` and
+    one resolution level, every block uses the same key mask: ``bias`` is computed
+    once by the caller. Everything else is the stock modules, called in the stock order.
+    """
+    temb = est.time_mlp(est.time_embeddings(t).to(t.dtype))
+    if est.meanflow:
+        remb = est.time_mlp(est.time_embeddings(r).to(t.dtype))
+        temb = est.time_embed_mixer(torch.cat([temb, remb], dim=1))
+    h = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[-1]), cond], dim=1)
+    hiddens = []
+    for resnet, blocks, downsample in est.down_blocks:
+        h = resnet(h, mask, temb)
+        h = h.transpose(1, 2).contiguous()
+        for block in blocks:
+            h = block(hidden_states=h, attention_mask=bias, timestep=temb)
+        h = h.transpose(1, 2).contiguous()
+        hiddens.append(h)
+        h = downsample(h * mask)
+    for resnet, blocks in est.mid_blocks:
+        h = resnet(h, mask, temb)
+        h = h.transpose(1, 2).contiguous()
+        for block in blocks:
+            h = block(hidden_states=h, attention_mask=bias, timestep=temb)
+        h = h.transpose(1, 2).contiguous()
+    for resnet, blocks, upsample in est.up_blocks:
+        skip = hiddens.pop()
+        h = torch.cat([h[:, :, :skip.shape[-1]], skip], dim=1)
+        h = resnet(h, mask, temb)
+        h = h.transpose(1, 2).contiguous()
+        for block in blocks:
+            h = block(hidden_states=h, attention_mask=bias, timestep=temb)
+        h = h.transpose(1, 2).contiguous()
+        h = upsample(h * mask)
+    h = est.final_block(h, mask)
+    return est.final_proj(h * mask) * mask
+
+
+def solve_meanflow(est: torch.nn.Module, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
+                   cond: torch.Tensor, n_steps: int = 2) -> torch.Tensor:
+    """Meanflow Euler steps from noise ``z`` (the stock ``basic_euler``, batched)."""
+    b = z.shape[0]
+    bias = (1.0 - mask.to(z.dtype)) * -1.0e10  # [B, 1, T]: the stock mask_to_bias
+    x = z
+    for i in range(n_steps):
+        t = torch.full((b,), i / n_steps, device=z.device, dtype=z.dtype)
+        r = torch.full((b,), (i + 1) / n_steps, device=z.device, dtype=z.dtype)
+        x = x + (1.0 / n_steps) * estimator_forward(est, x, mask, mu, t, spks, cond, r, bias)
+    return x
+
+
+class FlowGraphs:
+    """CUDA graphs of the whole meanflow solve, per (batch, frames) bucket; padding is masked exactly."""
+
+    def __init__(self, est: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                 batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32), frame_step: int = 128) -> None:
+        self.est = est
+        self.device = device
+        self.dtype = dtype
+        self.batches = batches
+        self.frame_step = frame_step
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+
+    def bucket(self, b: int, t: int) -> tuple[int, int]:
+        bb = next((x for x in self.batches if x >= b), None)
+        if bb is None:
+            raise ValueError(f"flow batch {b} exceeds {self.batches[-1]}")
+        return bb, -(-t // self.frame_step) * self.frame_step
+
+    def _capture(self, b: int, t: int) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
+        d, dt = self.device, self.dtype
+        ins = dict(z=torch.zeros(b, 80, t, device=d, dtype=dt), mask=torch.zeros(b, 1, t, device=d, dtype=dt),
+                   mu=torch.zeros(b, 80, t, device=d, dtype=dt), spks=torch.zeros(b, 80, device=d, dtype=dt),
+                   cond=torch.zeros(b, 80, t, device=d, dtype=dt))
+        ins["mask"][:, :, :1] = 1
+        side = torch.cuda.Stream(device=d)
+        side.wait_stream(torch.cuda.current_stream(d))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                solve_meanflow(self.est, **ins)
+        torch.cuda.current_stream(d).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = solve_meanflow(self.est, **ins)
+        self.graphs[(b, t)] = (graph, ins, out)
+        return self.graphs[(b, t)]
+
+    def capture_all(self, max_frames: int) -> None:
+        for b in self.batches:
+            for t in range(self.frame_step, max_frames + self.frame_step, self.frame_step):
+                if (b, t) not in self.graphs:
+                    self._capture(b, t)
+
+    def __call__(self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
+                 cond: torch.Tensor) -> torch.Tensor:
+        b, _, t = z.shape
+        key = self.bucket(b, t)
+        entry = self.graphs.get(key) or self._capture(*key)
+        graph, ins, out = entry
+        for name, value in (("z", z), ("mask", mask), ("mu", mu), ("cond", cond)):
+            ins[name].zero_()
+            ins[name][:b, :, :t] = value
+        ins["spks"].zero_()
+        ins["spks"][:b] = spks
+        graph.replay()
+        return out[:b, :, :t].clone()
+
+
 @dataclass
 class VoiceGen:
     """The per-voice part of S3Gen's input, prepared once."""
@@ -88,7 +202,8 @@ class FlowJob:
 
 class S3GenStreamer:
     def __init__(self, s3gen: torch.nn.Module, device: str | torch.device = "cpu",
-                 flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32) -> None:
+                 flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32,
+                 cuda_graphs: bool = True) -> None:
         self.device = torch.device(device)
         self.s3gen = s3gen
         # Our own copies when the precision differs, so the stock module stays usable as it was.
@@ -108,6 +223,8 @@ class S3GenStreamer:
         fade[n_trim:] = (torch.cos(torch.linspace(torch.pi, 0, n_trim)) + 1) / 2
         self.trim_fade = fade.to(self.device)
         self.xfade = torch.linspace(0.0, 1.0, XFADE, device=self.device)
+        self.graphs = FlowGraphs(self.flow.decoder.estimator, self.device, flow_dtype) \
+            if cuda_graphs and self.device.type == "cuda" else None
 
     # -- per voice / per utterance --------------------------------------------------
     @torch.inference_mode()
@@ -181,12 +298,10 @@ class S3GenStreamer:
             z[i, :, :p] = job.utt.voice.prompt_noise
             z[i, :, p:p + frames] = job.utt.noise[:, :frames]
         mu = h.transpose(1, 2).contiguous()
-        est = flow.decoder.estimator
-        t_span = torch.linspace(0, 1, n_steps + 1, device=self.device, dtype=h.dtype)
-        x = z
-        for t, r in zip(t_span[:-1], t_span[1:]):
-            dxdt = est.forward(x, mask=mask, mu=mu, t=t[None].expand(b), spks=spks, cond=conds, r=r[None].expand(b))
-            x = x + (r - t) * dxdt
+        if self.graphs is not None and n_steps == 2:
+            x = self.graphs(z, mask, mu, spks, conds)
+        else:
+            x = solve_meanflow(flow.decoder.estimator, z, mask, mu, spks, conds, n_steps)
         return [x[i, :, 2 * tp[i]:dec_len[i]].float() for i in range(b)]
 
     # -- vocoder: mel → audio ------------------------------------------------------

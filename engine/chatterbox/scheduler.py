@@ -1,18 +1,22 @@
-"""The GPU worker: one thread owns the models and interleaves T3 steps with S3Gen windows.
+"""The GPU workers: T3 decoding and S3Gen windows, each on its own thread and CUDA stream.
 
-Each turn of the loop:
+T3 thread, each turn:
 
-1. take new requests and cancellations from a thread-safe queue; admit new
-   utterances into free KV-cache slots (prefill), drop cancelled ones (their slot
-   is free before the next step);
-2. one batched T3 decode step for every active utterance (continuous batching:
+1. take new requests from a thread-safe queue and admit them into free KV-cache
+   slots (prefill); drop cancelled ones (their slot is free before the next step);
+2. one batched decode step for every active utterance (continuous batching:
    active utterances always occupy slots ``[0, n)``; a finished one's slot is
    filled by moving the last one down);
-3. every utterance whose next token window is complete (or whose tokens ended)
-   gets its window of S3Gen + HiFT, all such windows batched together;
-4. audio chunks go back to their requesters through their ``deliver`` callback
-   (``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
+3. an utterance whose next token window is complete (or whose tokens ended) is
+   handed to the S3Gen thread.
 
+S3Gen thread: takes the ready utterances, most urgent first (no audio yet, then
+the one whose played-out audio runs out soonest), up to ``max_flow_batch`` at a
+time, runs one batched flow + vocoder pass and hands each its chunk through its
+``deliver`` callback (``loop.call_soon_threadsafe`` on the asyncio side).
+
+The two run concurrently on the GPU, so a long S3Gen batch never stalls token
+generation (a single loop that alternated them starved T3 below real time).
 Window sizes grow (``windows``: 10, 25, 50 … tokens): the first is small so
 first audio comes early, later ones are larger because each window re-reads
 the reference and the context.
@@ -62,6 +66,15 @@ class Request:
     next_window_at: int = 0
     t3_done: bool = False
     first_audio: float | None = None
+    queued: bool = False  # handed to the S3Gen thread, not yet served
+    dropped: bool = False  # cancelled and counted
+    audio_seconds: float = 0.0  # delivered so far
+
+    def urgency(self) -> float:
+        """When the caller runs out of audio (requests with none yet come first)."""
+        if self.first_audio is None:
+            return self.submitted - 1e6
+        return self.first_audio + self.audio_seconds
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -82,24 +95,27 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 25, 50),
-                 max_flow_batch: int = 32, sync: bool = True) -> None:
+                 max_flow_batch: int = 32) -> None:
         self.runner = runner
         self.streamer = streamer
         self.windows = windows
         self.max_flow_batch = max_flow_batch
         self._inbox: "queue.Queue[Request | None]" = queue.Queue()
+        self._ready: "queue.Queue[Request | None]" = queue.Queue()
         self._active: list[Request] = []  # T3 running; index == slot
-        self._audio: list[Request] = []  # T3 done or running, S3Gen still owes audio
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stop = False
+        self._ready_lock = threading.Lock()  # guards Request.queued across the two threads
         self.stats = SchedulerStats()
-        self._sync = sync
 
     # -- API (any thread) -------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tts-gpu-worker", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._stop = False
+            self._threads = [threading.Thread(target=self._guard, args=(self._t3_turn,), name="tts-t3", daemon=True),
+                             threading.Thread(target=self._s3gen_loop, name="tts-s3gen", daemon=True)]
+            for t in self._threads:
+                t.start()
 
     def submit(self, req: Request) -> None:
         self._inbox.put(req)
@@ -107,35 +123,39 @@ class Scheduler:
     def stop(self) -> None:
         self._stop = True
         self._inbox.put(None)
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._ready.put(None)
+        for t in self._threads:
+            t.join(10)
+        self._threads = []
 
     @property
     def queue_depth(self) -> int:
         return self._inbox.qsize()
 
-    # -- the loop -----------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                self._turn()
-            except Exception as exc:  # a failed batch fails its requests, never the worker
-                log.exception("GPU worker turn failed")
-                for req in self._active + self._audio:
-                    req.deliver(exc)
-                self._active.clear()
-                self._audio.clear()
+    # -- T3 thread ------------------------------------------------------------------
+    def _stream(self) -> "torch.cuda.Stream | None":
+        dev = self.runner.device
+        return torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
 
-    def _turn(self) -> None:
-        block = not self._active and not self._audio
-        self._take_inbox(block)
+    def _guard(self, turn: Callable[[], None]) -> None:
+        stream = self._stream()
+        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
+        with ctx:
+            while not self._stop:
+                try:
+                    turn()
+                except Exception as exc:  # a failed step fails its requests, never the worker
+                    log.exception("T3 turn failed")
+                    for req in list(self._active):
+                        req.deliver(exc)
+                        req.slot = -1
+                    self._active.clear()
+
+    def _t3_turn(self) -> None:
+        self._take_inbox(block=not self._active)
         self._drop_cancelled()
         if self._active:
             self._t3_step()
-        ready = [r for r in self._audio if self._window_ready(r)]
-        if ready:
-            self._s3gen(ready[: self.max_flow_batch])
 
     def _take_inbox(self, block: bool) -> None:
         while True:
@@ -166,10 +186,9 @@ class Scheduler:
         req.utt = self.streamer.new_utterance(req.voice.gen, req.seed, req.max_tokens + LOOKAHEAD_TOKENS)
         req.next_window_at = self.windows[0] + LOOKAHEAD_TOKENS
         self._active.append(req)
-        self._audio.append(req)
         self.stats.admitted += 1
         self.stats.t3_seconds += time.perf_counter() - t0
-        self._check_end(req)
+        self._after_token(req)
 
     def _free_slot(self, req: Request) -> None:
         if req.slot < 0:
@@ -183,10 +202,15 @@ class Scheduler:
         req.slot = -1
 
     def _drop_cancelled(self) -> None:
-        for req in [r for r in self._audio if r.cancelled.is_set()]:
+        for req in [r for r in self._active if r.cancelled.is_set()]:
             self._free_slot(req)
-            self._audio.remove(req)
-            self.stats.cancelled += 1
+            self._count_cancel(req)
+
+    def _count_cancel(self, req: Request) -> None:
+        with self._ready_lock:
+            if not req.dropped:
+                req.dropped = True
+                self.stats.cancelled += 1
 
     def _t3_step(self) -> None:
         t0 = time.perf_counter()
@@ -196,44 +220,98 @@ class Scheduler:
         self.stats.step_batch_sum += n
         for req, tok in zip(list(self._active), new):
             req.tokens.append(tok)
-            self._check_end(req)
+            self._after_token(req)
         self.stats.t3_seconds += time.perf_counter() - t0
 
-    def _check_end(self, req: Request) -> None:
+    def _after_token(self, req: Request) -> None:
         last = req.tokens[-1]
         if last == STOP_TOKEN or len(req.tokens) >= req.max_tokens:
             req.tokens = [t for t in req.tokens if t < SPEECH_VOCAB] + [SILENCE_TOKEN] * 3
-            req.t3_done = True
+            req.t3_done = True  # set after the final token list: the S3Gen thread reads them in this order
             self._free_slot(req)
+        self._mark_ready(req)
 
-    def _window_ready(self, req: Request) -> bool:
-        return req.t3_done or len(req.tokens) >= req.next_window_at
+    def _mark_ready(self, req: Request) -> None:
+        with self._ready_lock:
+            if not req.queued and (req.t3_done or len(req.tokens) >= req.next_window_at):
+                req.queued = True
+                self._ready.put(req)
+
+    # -- S3Gen thread -------------------------------------------------------------------
+    def _s3gen_loop(self) -> None:
+        stream = self._stream()
+        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
+        pending: list[Request] = []
+        with ctx:
+            while not self._stop:
+                if not pending:
+                    item = self._ready.get()
+                    if item is None:
+                        return
+                    pending.append(item)
+                while True:
+                    try:
+                        item = self._ready.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        return
+                    pending.append(item)
+                for req in [r for r in dict.fromkeys(pending) if r.cancelled.is_set()]:
+                    self._count_cancel(req)
+                pending = [r for r in dict.fromkeys(pending) if not r.cancelled.is_set()]
+                if not pending:
+                    continue
+                pending.sort(key=Request.urgency)
+                batch, pending = pending[: self.max_flow_batch], pending[self.max_flow_batch:]
+                try:
+                    self._s3gen(batch)
+                except Exception as exc:
+                    log.exception("S3Gen batch failed")
+                    for req in batch:
+                        req.cancel()
+                        req.deliver(exc)
 
     def _s3gen(self, ready: list[Request]) -> None:
         t0 = time.perf_counter()
         device = self.streamer.device
         jobs = []
+        finals = []
         for req in ready:
-            toks = [t for t in req.tokens if t < SPEECH_VOCAB] if not req.t3_done else req.tokens
-            jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), req.t3_done))
+            final = req.t3_done
+            toks = req.tokens if final else [t for t in list(req.tokens) if t < SPEECH_VOCAB]
+            finals.append(final)
+            jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), final))
         self.streamer.flow_batch(jobs)
-        audio = self.streamer.vocode([r.utt for r in ready], [r.t3_done for r in ready])
-        if self._sync and device.type == "cuda":
-            torch.cuda.synchronize(device)
+        audio = self.streamer.vocode([r.utt for r in ready], finals)  # ends in a host copy: synchronised
         self.stats.flow_batches += 1
         self.stats.flow_items += len(ready)
         now = time.perf_counter()
-        for req, chunk in zip(ready, audio):
+        for req, chunk, final in zip(ready, audio, finals):
+            if req.cancelled.is_set():  # hung up while its window ran: nothing more to send
+                self._count_cancel(req)
+                continue
             if chunk.size:
                 if req.first_audio is None:
                     req.first_audio = now
+                req.audio_seconds += chunk.size / 24000
                 req.deliver(chunk)
-            if req.t3_done:
+            if final:
                 req.deliver(None)
-                self._audio.remove(req)
                 self.stats.finished += 1
-            else:
-                req.window_index += 1
-                step = self.windows[min(req.window_index, len(self.windows) - 1)]
-                req.next_window_at = len(req.tokens) + step
+                continue
+            req.window_index += 1
+            step = self.windows[min(req.window_index, len(self.windows) - 1)]
+            with self._ready_lock:
+                req.next_window_at = len(jobs[ready.index(req)].tokens) + step
+                req.queued = False
+            self._mark_ready(req)  # it may be ready again already
         self.stats.s3_seconds += time.perf_counter() - t0
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

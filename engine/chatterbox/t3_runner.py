@@ -130,6 +130,7 @@ class T3Runner:
         self.positions = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.seen = torch.zeros(max_slots, self.speech_emb.size(0), dtype=torch.bool, device=self.device)
         self._key_index = torch.arange(max_len, device=self.device)
+        self._true = torch.ones(max_slots, dtype=torch.bool, device=self.device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.last_logits: torch.Tensor | None = None
         self._capturing = False
@@ -193,7 +194,7 @@ class T3Runner:
             self.last_logits = logits  # for tests and diagnostics (not kept inside graphs)
         new = sample_tokens(logits, self.seen[:n], self.sampling)
         rows = torch.arange(n, device=self.device)
-        self.seen[rows, new] = True
+        self.seen.index_put_((rows, new), self._true[:n])  # a device tensor: no host copy inside a graph
         self.tokens[:n] = new
         self.positions[:n] += 1
         return new
