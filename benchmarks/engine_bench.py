@@ -167,6 +167,12 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
     t0 = time.perf_counter()
     while True:
         now = time.perf_counter()
+        if now > t_end + 40:  # watchdog: report what never finished instead of hanging
+            for tr in current:
+                if tr is not None and not tr.done.is_set():
+                    tr.error = RuntimeError(f"stuck: {len(tr.chunks)} chunks after {now - tr.submitted:.0f} s")
+            print(f"  watchdog: stats {sched.stats}", flush=True)
+            break
         busy = False
         for i in range(n):
             tr = current[i]
@@ -278,7 +284,11 @@ def main() -> int:
     ap.add_argument("--durations", default="1,2,3,5,8,10,12,15", help="stock utterance lengths, s")
     ap.add_argument("--small", action="store_true", help="a 4x256 T3 (smoke test on a CPU)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--stack-dump-after", type=float, default=0, help="dump all threads' stacks after S seconds")
     a = ap.parse_args()
+    if a.stack_dump_after:
+        import faulthandler
+        faulthandler.dump_traceback_later(a.stack_dump_after, exit=True)
     device = torch.device(a.device)
     rng = random.Random(0)
     torch.manual_seed(0)
@@ -323,11 +333,19 @@ def main() -> int:
     streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype)
     sched = Scheduler(runner, streamer)
     voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
+    def mem(tag: str) -> None:
+        if device.type == "cuda":
+            print(f"  [{tag}] allocated {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB, "
+                  f"reserved {torch.cuda.memory_reserved(device) / 2**30:.1f} GiB", flush=True)
+
+    mem("models + KV cache")
     t0 = time.perf_counter()
     runner.capture_all()
+    mem("T3 graphs")
     if streamer.graphs is not None:
         prompt = int(ckpt.conds.gen["prompt_token"].shape[-1])
         streamer.graphs.capture_all(2 * prompt + 2 * (15 * TOKENS_PER_S + 3))
+        mem("flow graphs")
     print(f"CUDA graphs captured in {time.perf_counter() - t0:.1f} s", flush=True)
     sched.start()
     closed_loop(sched, voice, 2, 2.0, rng)  # warm-up (allocator, cuDNN autotune)

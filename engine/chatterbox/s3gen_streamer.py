@@ -114,6 +114,7 @@ class FlowGraphs:
         self.batches = batches
         self.frame_step = frame_step
         self.pool = torch.cuda.graph_pool_handle()
+        self.warm = False
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
 
     def bucket(self, b: int, t: int) -> tuple[int, int]:
@@ -122,18 +123,20 @@ class FlowGraphs:
             raise ValueError(f"flow batch {b} exceeds {self.batches[-1]}")
         return bb, -(-t // self.frame_step) * self.frame_step
 
+    @torch.inference_mode()  # no autograd records (they would keep every activation alive)
     def _capture(self, b: int, t: int) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
         d, dt = self.device, self.dtype
         ins = dict(z=torch.zeros(b, 80, t, device=d, dtype=dt), mask=torch.zeros(b, 1, t, device=d, dtype=dt),
                    mu=torch.zeros(b, 80, t, device=d, dtype=dt), spks=torch.zeros(b, 80, device=d, dtype=dt),
                    cond=torch.zeros(b, 80, t, device=d, dtype=dt))
         ins["mask"][:, :, :1] = 1
-        side = torch.cuda.Stream(device=d)
-        side.wait_stream(torch.cuda.current_stream(d))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                solve_meanflow(self.est, **ins)
-        torch.cuda.current_stream(d).wait_stream(side)
+        if not self.warm:
+            # Lazy initialisation (cuBLAS/cuDNN handles, autotuning) once, outside any capture,
+            # on the current stream: blocks cached on a side stream could not be reused later.
+            solve_meanflow(self.est, **ins)
+            torch.cuda.synchronize(d)
+            torch.cuda.empty_cache()  # the graphs' private pool cannot use blocks cached here
+            self.warm = True
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = solve_meanflow(self.est, **ins)
@@ -141,8 +144,9 @@ class FlowGraphs:
         return self.graphs[(b, t)]
 
     def capture_all(self, max_frames: int) -> None:
-        for b in self.batches:
-            for t in range(self.frame_step, max_frames + self.frame_step, self.frame_step):
+        # Largest first: the shared pool is sized by the first capture and reused by the rest.
+        for b in reversed(self.batches):
+            for t in range(-(-max_frames // self.frame_step) * self.frame_step, 0, -self.frame_step):
                 if (b, t) not in self.graphs:
                     self._capture(b, t)
 
