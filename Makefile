@@ -8,6 +8,8 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 PEERS ?= $(abspath ../shared/peers)
 CONFIG ?= config/server.yaml
 PYTEST_ARGS ?=
+# CPU torch (a local file here). On a GPU host: make install-engine TORCH=torch==2.11.0 (PyPI's CUDA build)
+TORCH ?= torch==2.13.0
 
 .PHONY: install install-engine run test unit sip-tests peers check-config bench-cpu clean
 
@@ -25,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 #     CPU torch; we use only its pure-Python parts (Kaldi fbank, Resample), so the extension
 #     libraries are removed and torchaudio falls back to them.
 $(VENV)/.installed-engine: $(VENV)/.installed pyproject.toml
-	$(PIP) torch==2.13.0
+	$(PIP) $(TORCH)
 	$(PIP) -e '.[test,chatterbox]'
 	$(PIP) --no-deps chatterbox-tts==0.1.7 s3tokenizer==0.3.0 resemble-perth==1.0.1 torchaudio==2.11.0
 	rm -f $(VENV)/lib/python3*/site-packages/torchaudio/lib/*.so

@@ -1,22 +1,26 @@
-"""The GPU workers: T3 decoding and S3Gen windows, each on its own thread and CUDA stream.
+"""The GPU worker: one thread owns the models and interleaves T3 steps with S3Gen windows.
 
-T3 thread, each turn:
+Each turn of its loop:
 
 1. take new requests from a thread-safe queue and admit them into free KV-cache
    slots (prefill); drop cancelled ones (their slot is free before the next step);
-2. one batched decode step for every active utterance (continuous batching:
-   active utterances always occupy slots ``[0, n)``; a finished one's slot is
-   filled by moving the last one down);
-3. an utterance whose next token window is complete (or whose tokens ended) is
-   handed to the S3Gen thread.
+2. if an S3Gen window is *due* (an utterance with no audio yet whose first
+   window is complete, one whose tokens ended, or one whose caller has less
+   than ``slack`` seconds of audio left), run one batched flow + vocoder pass
+   over the complete windows, most urgent first, up to ``max_flow_batch``
+   (batching amortises the launch-bound parts);
+3. otherwise one batched T3 decode step for every active utterance (continuous
+   batching: active utterances occupy slots ``[0, n)``; a finished one's slot is
+   filled by moving the last one down).
 
-S3Gen thread: takes the ready utterances, most urgent first (no audio yet, then
-the one whose played-out audio runs out soonest), up to ``max_flow_batch`` at a
-time, runs one batched flow + vocoder pass and hands each its chunk through its
-``deliver`` callback (``loop.call_soon_threadsafe`` on the asyncio side).
+Audio goes back through each request's ``deliver`` callback
+(``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
 
-The two run concurrently on the GPU, so a long S3Gen batch never stalls token
-generation (a single loop that alternated them starved T3 below real time).
+Why one thread: a version that ran T3 and S3Gen on two threads and two CUDA
+streams overlapped them but hung under load on an H100 (both threads blocked in
+device syncs, see benchmarks/results/engine_notes.md); an earlier single loop
+that ran S3Gen whenever any window was complete starved T3 below real time.
+Running S3Gen only when a window is due keeps T3 ahead in one thread.
 Window sizes grow (``windows``: 10, 25, 50 … tokens): the first is small so
 first audio comes early, later ones are larger because each window re-reads
 the reference and the context.
@@ -66,7 +70,7 @@ class Request:
     next_window_at: int = 0
     t3_done: bool = False
     first_audio: float | None = None
-    queued: bool = False  # handed to the S3Gen thread, not yet served
+    queued: bool = False  # a complete window waits for S3Gen
     dropped: bool = False  # cancelled and counted
     audio_seconds: float = 0.0  # delivered so far
 
@@ -95,27 +99,25 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 25, 50),
-                 max_flow_batch: int = 32) -> None:
+                 max_flow_batch: int = 32, slack: float = 1.0) -> None:
         self.runner = runner
         self.streamer = streamer
         self.windows = windows
         self.max_flow_batch = max_flow_batch
+        self.slack = slack
         self._inbox: "queue.Queue[Request | None]" = queue.Queue()
-        self._ready: "queue.Queue[Request | None]" = queue.Queue()
         self._active: list[Request] = []  # T3 running; index == slot
-        self._threads: list[threading.Thread] = []
+        self._pending: list[Request] = []  # a complete window waits for S3Gen
+        self._thread: threading.Thread | None = None
         self._stop = False
-        self._ready_lock = threading.Lock()  # guards Request.queued across the two threads
         self.stats = SchedulerStats()
 
     # -- API (any thread) -------------------------------------------------------------
     def start(self) -> None:
-        if not self._threads:
+        if self._thread is None:
             self._stop = False
-            self._threads = [threading.Thread(target=self._guard, args=(self._t3_turn,), name="tts-t3", daemon=True),
-                             threading.Thread(target=self._s3gen_loop, name="tts-s3gen", daemon=True)]
-            for t in self._threads:
-                t.start()
+            self._thread = threading.Thread(target=self._run, name="tts-gpu-worker", daemon=True)
+            self._thread.start()
 
     def submit(self, req: Request) -> None:
         self._inbox.put(req)
@@ -123,39 +125,51 @@ class Scheduler:
     def stop(self) -> None:
         self._stop = True
         self._inbox.put(None)
-        self._ready.put(None)
-        for t in self._threads:
-            t.join(10)
-        self._threads = []
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
 
     @property
     def queue_depth(self) -> int:
         return self._inbox.qsize()
 
-    # -- T3 thread ------------------------------------------------------------------
-    def _stream(self) -> "torch.cuda.Stream | None":
-        dev = self.runner.device
-        return torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
+    # -- the loop -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self._turn()
+            except Exception as exc:  # a failed batch fails its requests, never the worker
+                log.exception("GPU worker turn failed")
+                for req in dict.fromkeys(self._active + self._pending):
+                    req.deliver(exc)
+                    req.slot = -1
+                self._active.clear()
+                self._pending.clear()
 
-    def _guard(self, turn: Callable[[], None]) -> None:
-        stream = self._stream()
-        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
-        with ctx:
-            while not self._stop:
-                try:
-                    turn()
-                except Exception as exc:  # a failed step fails its requests, never the worker
-                    log.exception("T3 turn failed")
-                    for req in list(self._active):
-                        req.deliver(exc)
-                        req.slot = -1
-                    self._active.clear()
-
-    def _t3_turn(self) -> None:
-        self._take_inbox(block=not self._active)
+    def _turn(self) -> None:
+        self._take_inbox(block=not self._active and not self._pending)
         self._drop_cancelled()
-        if self._active:
+        due = self._due_windows()
+        if due:
+            self._s3gen(due)
+        elif self._active:
             self._t3_step()
+
+    def _due_windows(self) -> list[Request]:
+        if not self._pending:
+            return []
+        now = time.perf_counter()
+        idle = not self._active  # nothing else to do: serve whatever is complete
+
+        def is_due(r: Request) -> bool:
+            return idle or r.t3_done or r.first_audio is None or r.urgency() - now < self.slack
+
+        if not any(is_due(r) for r in self._pending):
+            return []
+        self._pending.sort(key=Request.urgency)
+        batch = self._pending[: self.max_flow_batch]
+        self._pending = self._pending[self.max_flow_batch:]
+        return batch
 
     def _take_inbox(self, block: bool) -> None:
         while True:
@@ -205,12 +219,14 @@ class Scheduler:
         for req in [r for r in self._active if r.cancelled.is_set()]:
             self._free_slot(req)
             self._count_cancel(req)
+        for req in [r for r in self._pending if r.cancelled.is_set()]:
+            self._pending.remove(req)
+            self._count_cancel(req)
 
     def _count_cancel(self, req: Request) -> None:
-        with self._ready_lock:
-            if not req.dropped:
-                req.dropped = True
-                self.stats.cancelled += 1
+        if not req.dropped:
+            req.dropped = True
+            self.stats.cancelled += 1
 
     def _t3_step(self) -> None:
         t0 = time.perf_counter()
@@ -227,67 +243,29 @@ class Scheduler:
         last = req.tokens[-1]
         if last == STOP_TOKEN or len(req.tokens) >= req.max_tokens:
             req.tokens = [t for t in req.tokens if t < SPEECH_VOCAB] + [SILENCE_TOKEN] * 3
-            req.t3_done = True  # set after the final token list: the S3Gen thread reads them in this order
+            req.t3_done = True
             self._free_slot(req)
         self._mark_ready(req)
 
     def _mark_ready(self, req: Request) -> None:
-        with self._ready_lock:
-            if not req.queued and (req.t3_done or len(req.tokens) >= req.next_window_at):
-                req.queued = True
-                self._ready.put(req)
-
-    # -- S3Gen thread -------------------------------------------------------------------
-    def _s3gen_loop(self) -> None:
-        stream = self._stream()
-        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
-        pending: list[Request] = []
-        with ctx:
-            while not self._stop:
-                if not pending:
-                    item = self._ready.get()
-                    if item is None:
-                        return
-                    pending.append(item)
-                while True:
-                    try:
-                        item = self._ready.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        return
-                    pending.append(item)
-                for req in [r for r in dict.fromkeys(pending) if r.cancelled.is_set()]:
-                    self._count_cancel(req)
-                pending = [r for r in dict.fromkeys(pending) if not r.cancelled.is_set()]
-                if not pending:
-                    continue
-                pending.sort(key=Request.urgency)
-                batch, pending = pending[: self.max_flow_batch], pending[self.max_flow_batch:]
-                try:
-                    self._s3gen(batch)
-                except Exception as exc:
-                    log.exception("S3Gen batch failed")
-                    for req in batch:
-                        req.cancel()
-                        req.deliver(exc)
+        if not req.queued and (req.t3_done or len(req.tokens) >= req.next_window_at):
+            req.queued = True
+            self._pending.append(req)
 
     def _s3gen(self, ready: list[Request]) -> None:
         t0 = time.perf_counter()
         device = self.streamer.device
         jobs = []
-        finals = []
         for req in ready:
-            final = req.t3_done
-            toks = req.tokens if final else [t for t in list(req.tokens) if t < SPEECH_VOCAB]
-            finals.append(final)
-            jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), final))
+            toks = req.tokens if req.t3_done else [t for t in req.tokens if t < SPEECH_VOCAB]
+            jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), req.t3_done))
         self.streamer.flow_batch(jobs)
-        audio = self.streamer.vocode([r.utt for r in ready], finals)  # ends in a host copy: synchronised
+        audio = self.streamer.vocode([r.utt for r in ready], [j.final for j in jobs])  # ends in a host copy
         self.stats.flow_batches += 1
         self.stats.flow_items += len(ready)
         now = time.perf_counter()
-        for req, chunk, final in zip(ready, audio, finals):
+        for req, job, chunk in zip(ready, jobs, audio):
+            req.queued = False
             if req.cancelled.is_set():  # hung up while its window ran: nothing more to send
                 self._count_cancel(req)
                 continue
@@ -296,22 +274,11 @@ class Scheduler:
                     req.first_audio = now
                 req.audio_seconds += chunk.size / 24000
                 req.deliver(chunk)
-            if final:
+            if job.final:
                 req.deliver(None)
                 self.stats.finished += 1
                 continue
             req.window_index += 1
-            step = self.windows[min(req.window_index, len(self.windows) - 1)]
-            with self._ready_lock:
-                req.next_window_at = len(jobs[ready.index(req)].tokens) + step
-                req.queued = False
-            self._mark_ready(req)  # it may be ready again already
+            req.next_window_at = job.tokens.numel() + self.windows[min(req.window_index, len(self.windows) - 1)]
+            self._mark_ready(req)  # it may be complete again already
         self.stats.s3_seconds += time.perf_counter() - t0
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
