@@ -108,6 +108,22 @@ class ChatterboxSettings(_Strict):
 
 class LimitSettings(_Strict):
     max_calls: int = Field(500, ge=1, description="concurrent calls; more get 503")
+    max_message_bytes: int = Field(8192, ge=1500, le=65535, description="larger SIP messages get 513")
+    max_headers: int = Field(100, ge=20, le=1000, description="more header lines get 400")
+    invite_rate_per_source: float = Field(0, ge=0, description="new INVITEs per second per source IP; 0: no limit")
+    invite_burst_per_source: float = Field(0, ge=0, description="burst above that rate; 0: twice the rate")
+
+
+class AccessSettings(_Strict):
+    allow: list[str] = Field(default_factory=list, description="source networks (CIDR) allowed to send SIP; "
+                                                                 "empty: everyone. Others get 403.")
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad entry
+        return v
 
 
 class ServerConfig(_Strict):
@@ -118,6 +134,9 @@ class ServerConfig(_Strict):
     engine: EspeakSettings | ChatterboxSettings = Field(EspeakSettings(), discriminator="kind")
     prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
     limits: LimitSettings = LimitSettings()
+    access: AccessSettings = AccessSettings()
+    drain_timeout_s: float = Field(30, ge=0, le=3600, description="on SIGTERM: how long calls in progress "
+                                                                  "may finish before we hang up")
     hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,
                                         description="silence after the prompt before our BYE")
 

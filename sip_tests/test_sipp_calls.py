@@ -70,18 +70,36 @@ def test_no_g711_offer_gets_488(server, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:]
 
 
-def test_sigterm_hangs_up_calls_in_progress_and_exits_0(server, tmp_path):
-    import subprocess, time
+def test_sigterm_drains_new_calls_get_503_calls_in_progress_finish_exit_0(server, tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    from telephony.sip import parse_message
+    from tests.sipmsg import OFFER, invite, request
+
     from .conftest import PEERS, free_udp_port
     sipp = subprocess.Popen(
-        ["sipp", server.uri_host, "-sf", str(PEERS / "sipp" / "uac_pcmu_wait_bye.xml"), "-s", "3000",
+        ["sipp", server.uri_host, "-sf", str(PEERS / "sipp" / "uac_pcmu_wait_bye.xml"), "-s", "1000",
          "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", "17200",
          "-m", "2", "-l", "2", "-nostdin", "-recv_timeout", "20000"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(2.0)  # both calls up and playing the long prompt
-    t0 = time.monotonic()
-    assert server.stop() == 0
+    time.sleep(1.0)  # both calls up and playing
+    server.proc.send_signal(__import__("signal").SIGTERM)
+    time.sleep(0.3)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2)
+    s.sendto(request("OPTIONS"), ("127.0.0.1", server.port))
+    s.sendto(invite(call_id="late-call", sdp=OFFER), ("127.0.0.1", server.port))
+    got = []
+    while len(got) < 3:
+        got.append(parse_message(s.recvfrom(65535)[0]))
+    s.close()
+    assert sorted((m.status, m.cseq[1]) for m in got) == [(100, "INVITE"), (503, "INVITE"), (503, "OPTIONS")]
+    assert all(m.headers.get("Retry-After") for m in got if m.status == 503)
     out, _ = sipp.communicate(timeout=30)
-    assert sipp.returncode == 0, out[-2000:]  # both calls got our BYE
-    assert time.monotonic() - t0 < 5
-    assert "shutdown" in server.log_text()
+    assert sipp.returncode == 0, out[-2000:]  # both calls finished with our BYE at the end of the prompt
+    assert server.proc.wait(15) == 0
+    log = server.log_text()
+    assert log.count("ended: prompt-done") == 2 and "shutdown" not in log

@@ -18,6 +18,7 @@ from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
 from telephony.call import CallInfo
 from telephony.rtp.pacer import FrameQueue
+from telephony.admission import AdmissionPolicy
 from telephony.server import ServerSettings, SipServer
 
 from .engines import SpokenPrompt, build_engine
@@ -49,7 +50,10 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         advertised_host=cfg.sip.advertised_address or (host if host not in ("0.0.0.0", "::") else cfg.sip.advertised()),
         rtp_port_min=cfg.rtp.port_min, rtp_port_max=cfg.rtp.port_max, codecs=list(cfg.codecs),
         max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
-        user_agent=cfg.sip.user_agent)
+        user_agent=cfg.sip.user_agent,
+        admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
+                                  invite_burst=cfg.limits.invite_burst_per_source,
+                                  max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))
 
     def route(info: CallInfo) -> SpokenPrompt | None:
         prompt = prompts.lookup(info.dialed)
@@ -63,12 +67,21 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         await engine.close()
         return 1
     print(f"sip-tts ready: udp {host}:{server.port}, engine {engine.name}", flush=True)
-    stop = asyncio.Event()
+    signals = 0
+    first, second = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        (first if signals == 1 else second).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: hanging up %d call(s)", len(server.calls))
+        loop.add_signal_handler(sig, on_signal)
+    await first.wait()
+    # First signal: drain (calls in progress finish, new ones get 503). A second one: hang up now.
+    left = await server.drain(cfg.drain_timeout_s, interrupted=second)
+    log.info("stopping: hanging up %d call(s)", left)
     await server.stop()
     await engine.close()
     return 0

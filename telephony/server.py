@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .call import AudioSource, Call, CallInfo, Router
+from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
 from .sip.events import CallConfirmed, CallEnded, IncomingCall
@@ -35,6 +36,7 @@ class ServerSettings:
     max_calls: int = 500
     hangup_after_prompt_ms: int = 300
     user_agent: str = "sip-tts/0.1"
+    admission: AdmissionPolicy | None = None
 
 
 class _SipProtocol(asyncio.DatagramProtocol):
@@ -83,7 +85,10 @@ class SipServer:
             lambda: _SipProtocol(self), local_addr=(self.settings.listen_host, self.settings.listen_port))
         self._transport = transport
         port = transport.get_extra_info("sockname")[1]
-        self.ua = UserAgent(UserAgentConfig(self.settings.advertised_host, port, self.settings.user_agent))
+        self.ua = UserAgent(UserAgentConfig(self.settings.advertised_host, port, self.settings.user_agent),
+                            max_calls=self.settings.max_calls)
+        if self.settings.admission is not None:
+            self.ua.admission = Admission(self.settings.admission)
         log.info("listening on udp %s:%d (advertised %s)", self.settings.listen_host, port,
                  self.settings.advertised_host)
 
@@ -92,10 +97,25 @@ class SipServer:
         assert self.ua is not None
         return self.ua.config.port
 
+    async def drain(self, timeout: float, interrupted: asyncio.Event | None = None) -> int:
+        """Refuse new calls (503, OPTIONS too) and let the ones in progress finish.
+
+        Returns how many calls were still up when ``timeout`` passed (or ``interrupted`` was set).
+        """
+        assert self.ua is not None and self._loop is not None
+        self.ua.draining = True
+        log.info("draining: %d call(s) in progress, new calls get 503", len(self.calls))
+        deadline = self._loop.time() + timeout
+        while self.calls and self._loop.time() < deadline:
+            if interrupted is not None and interrupted.is_set():
+                break
+            await asyncio.sleep(0.05)
+        return len(self.calls)
+
     async def stop(self, grace: float = 2.0) -> None:
         """Refuse new calls, hang up the ones in progress, wait for their BYEs, close."""
         assert self.ua is not None and self._loop is not None
-        self.ua.accepting = False
+        self.ua.draining = True
         for call in list(self.calls.values()):
             self._hangup(call, "shutdown")
         self._pump()

@@ -144,8 +144,8 @@ def test_options_lists_allow_accept_supported(ua):
     assert "Supported" in resp.headers
 
 
-def test_options_503_when_not_accepting(ua):
-    ua.accepting = False
+def test_options_503_when_draining(ua):
+    ua.draining = True
     ua.receive_datagram(request("OPTIONS"), CALLER, 0.0)
     (resp, _), = sent(ua)
     assert resp.status == 503 and resp.headers.get("Retry-After")
@@ -234,3 +234,71 @@ def test_reinvite_in_dialog_is_answered_with_the_same_sdp(ua):
     (resp, _), = sent(ua)
     assert resp.status == 200 and resp.body == b"v=0\r\nanswer\r\n"
     assert ua.next_events() == []
+
+
+def test_full_server_answers_503_with_retry_after_and_options_says_so(ua):
+    ua.max_calls = 1
+    start_call(ua, call_id="c1")
+    sent(ua)
+    ua.receive_datagram(invite(call_id="c2"), CALLER, 0.1)
+    ua.receive_datagram(request("OPTIONS"), CALLER, 0.1)
+    out = [m for m, _ in sent(ua)]
+    assert [m.status for m in out] == [100, 503, 503]
+    assert out[1].headers.get("Retry-After") and out[2].headers.get("Retry-After")
+    assert ua.next_events() == []
+
+
+def test_draining_refuses_new_calls_but_keeps_the_ones_in_progress(ua):
+    ev = start_call(ua, call_id="c1")
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    sent(ua)
+    ua.draining = True
+    ua.receive_datagram(invite(call_id="c2"), CALLER, 0.1)
+    assert statuses(ua) == [100, 503]
+    to_tag = ua._calls["c1"].dialog.local_tag
+    ua.receive_datagram(request("BYE", call_id="c1", to_tag=to_tag), CALLER, 1.0)
+    assert statuses(ua) == [200]
+    assert ua.next_events() == [CallEnded("c1", "remote-bye")]
+
+
+def test_allow_list_403_logged_once_a_minute(ua, caplog):
+    from telephony.admission import Admission, AdmissionPolicy
+
+    ua.admission = Admission(AdmissionPolicy(allow=["192.168.0.0/16"]))
+    with caplog.at_level("WARNING"):
+        ua.receive_datagram(invite(), CALLER, 0.0)
+        ua.receive_datagram(request("OPTIONS"), CALLER, 10.0)
+        ua.receive_datagram(request("ACK"), CALLER, 11.0)  # no response to an ACK
+        ua.receive_datagram(request("OPTIONS"), CALLER, 61.0)
+    assert statuses(ua) == [403, 403, 403]
+    assert ua.next_events() == []
+    assert len([r for r in caplog.records if "allow-list" in r.message]) == 2
+    ua.receive_datagram(request("OPTIONS"), ("192.168.1.9", 5060), 62.0)
+    assert statuses(ua) == [200]
+
+
+def test_per_source_invite_rate_limit(ua):
+    from telephony.admission import Admission, AdmissionPolicy
+
+    ua.admission = Admission(AdmissionPolicy(invite_rate=2, invite_burst=2))
+    for i in range(3):
+        ua.receive_datagram(invite(call_id=f"r{i}"), CALLER, 0.0)
+    out = [m for m, _ in sent(ua)]
+    assert [m.status for m in out] == [100, 100, 503]
+    assert "rate" in out[2].reason
+    ua.receive_datagram(invite(call_id="other"), ("10.9.9.9", 5060), 0.0)  # another source is not limited
+    ua.receive_datagram(invite(call_id="r9"), CALLER, 1.0)  # refilled after a second
+    assert statuses(ua) == [100, 100]
+
+
+def test_oversized_message_513_and_header_flood_400(ua):
+    from telephony.admission import Admission, AdmissionPolicy
+
+    ua.admission = Admission(AdmissionPolicy(max_message_bytes=1500, max_headers=40))
+    big = invite(extra="X-Pad: " + "a" * 2000 + "\r\n")
+    ua.receive_datagram(big, CALLER, 0.0)
+    assert statuses(ua) == [513]
+    flood = invite(call_id="f", extra="".join(f"X-H{i}: v\r\n" for i in range(60)))
+    ua.receive_datagram(flood, CALLER, 0.0)
+    (data, _), = ua.datagrams_to_send()
+    assert data.startswith(b"SIP/2.0 400 ") and b"header lines" in data

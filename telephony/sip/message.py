@@ -272,8 +272,12 @@ def _unfold(head: str) -> list[str]:
     return lines
 
 
-def parse_message(data: bytes) -> Message:
-    """Parse one SIP message from a datagram (or a framed stream chunk)."""
+def parse_message(data: bytes, max_headers: int = 0) -> Message:
+    """Parse one SIP message from a datagram (or a framed stream chunk).
+
+    ``max_headers`` > 0 refuses messages with more header lines than that
+    (a cheap guard against header floods).
+    """
     data = data.lstrip(b"\r\n")
     if not data:
         raise SipParseError("empty message")
@@ -285,6 +289,7 @@ def parse_message(data: bytes) -> Message:
     lines = _unfold(head)
     start_line = lines[0].strip()
     headers = Headers()
+    too_many = bool(max_headers) and len(lines) - 1 > max_headers
     for line in lines[1:]:
         if not line.strip():
             continue
@@ -299,6 +304,8 @@ def parse_message(data: bytes) -> Message:
         else:
             headers.add(name, value)
 
+    if too_many:  # reported with the headers parsed, so the sender still gets its 400
+        raise SipParseError(f"more than {max_headers} header lines", start_line, headers)
     msg: Message
     status = _STATUS_LINE.match(start_line)
     if status:

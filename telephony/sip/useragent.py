@@ -20,6 +20,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
+from ..admission import Admission
 from .dialog import Dialog, new_branch, new_tag
 from .events import CallConfirmed, CallEnded, Event, IncomingCall
 from .message import (
@@ -77,25 +78,36 @@ class _Call:
 @dataclass
 class UserAgent:
     config: UserAgentConfig
-    accepting: bool = True  # False: new INVITEs and OPTIONS get 503 (full or draining)
+    draining: bool = False  # True: new INVITEs and OPTIONS get 503 (shutting down)
+    max_calls: int = 0  # concurrent calls; 0: no cap. Full: new INVITEs and OPTIONS get 503
     retry_after: int = 5
+    admission: Admission | None = None
     _outgoing: list[tuple[bytes, Address]] = field(default_factory=list)
     _events: list[Event] = field(default_factory=list)
     _transactions: dict[str, tuple[_Transaction, Address]] = field(default_factory=dict)
     _calls: dict[str, _Call] = field(default_factory=dict)
     _call_of_tx: dict[str, str] = field(default_factory=dict)  # transaction key → Call-ID
 
+    @property
+    def accepting(self) -> bool:
+        """Whether a new call would be taken now (what OPTIONS tells a load balancer)."""
+        return not self.draining and (self.max_calls <= 0 or self.active_calls < self.max_calls)
+
     # -- I/O-facing API -----------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF) or padding
+        adm = self.admission
+        max_headers = adm.policy.max_headers if adm else 0
         try:
-            msg = parse_message(data)
+            msg = parse_message(data, max_headers=max_headers)
         except SipParseError as err:
-            if err.can_respond:
+            if err.can_respond and (adm is None or adm.allowed(addr[0])):
                 self._send_response(response_for_error(err), addr, err.headers.get("Via"))
             else:
                 log.debug("dropped unparseable datagram from %s: %s", addr, err.reason)
+            return
+        if adm is not None and not self._admit(msg, data, addr, now, adm):
             return
         try:
             if isinstance(msg, Request):
@@ -110,6 +122,21 @@ class UserAgent:
             else:
                 log.debug("dropped bad message from %s: %s", addr, exc)
         self._flush_all()
+
+    def _admit(self, msg: Request | Response, data: bytes, addr: Address, now: float, adm: Admission) -> bool:
+        """Allow-list and size checks; False: answered (403/513) or dropped here."""
+        if not adm.allowed(addr[0]):
+            if adm.should_log_refusal(addr[0], now):
+                log.warning("refused %s from %s: not in the allow-list", getattr(msg, "method", "response"), addr[0])
+            adm.refused_sources += 1
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self._send_response(response_for(msg, 403, to_tag=new_tag()), addr, None)
+            return False
+        if len(data) > adm.policy.max_message_bytes:
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self._send_response(response_for(msg, 513, to_tag=new_tag()), addr, None)
+            return False
+        return True
 
     def next_events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -233,12 +260,17 @@ class UserAgent:
             return
         tx = InviteServerTransaction(key=key)
         self._transactions[key] = (tx, addr)
+        if self.admission is not None and not self.admission.take_invite(addr[0], now):
+            tx.handle(Input.FAILURE, now, response_for(
+                req, 503, "Service Unavailable - rate limited", to_tag=new_tag(),
+                extra=[("Retry-After", str(self.retry_after))]).serialize())
+            return
         if req.headers.get("Require"):
             tx.handle(Input.FAILURE, now, response_for(
                 req, 420, to_tag=new_tag(), extra=[("Unsupported", req.headers.get("Require") or "")]).serialize())
             return
         tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
-        if not self.accepting:
+        if not self.accepting:  # draining or full
             tx.handle(Input.FAILURE, now, response_for(
                 req, 503, to_tag=new_tag(), extra=[("Retry-After", str(self.retry_after))]).serialize())
             return
