@@ -76,7 +76,7 @@ def test_sigterm_drains_new_calls_get_503_calls_in_progress_finish_exit_0(server
     import time
 
     from telephony.sip import parse_message
-    from tests.sipmsg import OFFER, invite, request
+    from tests.sipmsg import LOOPBACK, invite, offer, request
 
     from .conftest import PEERS, free_udp_port
     sipp = subprocess.Popen(
@@ -91,7 +91,7 @@ def test_sigterm_drains_new_calls_get_503_calls_in_progress_finish_exit_0(server
     s.bind(("127.0.0.1", 0))
     s.settimeout(2)
     s.sendto(request("OPTIONS"), ("127.0.0.1", server.port))
-    s.sendto(invite(call_id="late-call", sdp=OFFER), ("127.0.0.1", server.port))
+    s.sendto(invite(call_id="late-call", sdp=offer(LOOPBACK), host=LOOPBACK), ("127.0.0.1", server.port))
     got = []
     while len(got) < 3:
         got.append(parse_message(s.recvfrom(65535)[0]))

@@ -4,7 +4,7 @@ import socket
 import time
 
 from telephony.sip import Response, parse_message
-from tests.sipmsg import invite, request
+from tests.sipmsg import LOOPBACK, invite, offer, request
 
 
 def exchange(server, data, expect=1, timeout=3.0):
@@ -45,7 +45,7 @@ def test_garbage_is_ignored_and_malformed_gets_400_and_the_server_lives_on(serve
 
 def test_unknown_number_without_default_route_gets_404(start_server):
     srv = start_server(prompts='routes:\n  "1000": "hello"\n')
-    got = exchange(srv, invite(user="999", sdp=invite().split(b"\r\n\r\n", 1)[1].decode()), expect=2)
+    got = exchange(srv, invite(user="999", sdp=offer(LOOPBACK), host=LOOPBACK), expect=2)
     assert [parse_message(d).status for d, _ in got] == [100, 404]
 
 
@@ -54,7 +54,7 @@ def test_cancel_before_answer_races_cleanly(server):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     s.settimeout(2)
-    inv = invite(branch="z9hG4bKrace1", call_id="race-1")
+    inv = invite(branch="z9hG4bKrace1", call_id="race-1", sdp=offer(LOOPBACK), host=LOOPBACK)
     s.sendto(inv, ("127.0.0.1", server.port))
     s.sendto(request("CANCEL", branch="z9hG4bKrace1", call_id="race-1", cseq=1), ("127.0.0.1", server.port))
     statuses = []
