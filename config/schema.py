@@ -37,6 +37,9 @@ class SipSettings(_Strict):
         None, description="address put in Contact, Via and SDP; default: the listen host, "
                           "or this host's primary address when listening on 0.0.0.0")
     user_agent: str = "sip-tts/0.1"
+    tcp: bool = Field(True, description="also listen on TCP (same address and port)")
+    tcp_idle_timeout_s: float = Field(120, ge=5, description="close TCP connections idle this long (not carrying a call)")
+    tcp_max_connections_per_source: int = Field(32, ge=1, description="more TCP connections from one IP are refused")
 
     @field_validator("listen")
     @classmethod

@@ -50,7 +50,8 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         advertised_host=cfg.sip.advertised_address or (host if host not in ("0.0.0.0", "::") else cfg.sip.advertised()),
         rtp_port_min=cfg.rtp.port_min, rtp_port_max=cfg.rtp.port_max, codecs=list(cfg.codecs),
         max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
-        user_agent=cfg.sip.user_agent,
+        user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
+        tcp_max_per_source=cfg.sip.tcp_max_connections_per_source, max_message_bytes=cfg.limits.max_message_bytes,
         admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
                                   invite_burst=cfg.limits.invite_burst_per_source,
                                   max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))
@@ -66,7 +67,8 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
         await engine.close()
         return 1
-    print(f"sip-tts ready: udp {host}:{server.port}, engine {engine.name}", flush=True)
+    tcp = " and tcp" if cfg.sip.tcp else ""
+    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()
 

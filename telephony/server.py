@@ -19,6 +19,7 @@ from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
 from .sip.events import CallConfirmed, CallEnded, IncomingCall
+from .sip.message import SipParseError, frame_length
 from .sip.sdp import SdpError, build_answer, negotiate
 from .sip.useragent import UserAgent, UserAgentConfig
 
@@ -37,6 +38,10 @@ class ServerSettings:
     hangup_after_prompt_ms: int = 300
     user_agent: str = "sip-tts/0.1"
     admission: AdmissionPolicy | None = None
+    tcp: bool = True
+    tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
+    tcp_max_per_source: int = 32
+    max_message_bytes: int = 65535
 
 
 class _SipProtocol(asyncio.DatagramProtocol):
@@ -48,6 +53,50 @@ class _SipProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket error: %s", exc)
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One SIP-over-TCP connection: messages framed by Content-Length (RFC 3261 §18.3)."""
+
+    def __init__(self, server: "SipServer") -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.last_activity = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+        self.last_activity = self.server._now()
+        if not self.server._tcp_register(self):
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.server._now()
+        self.buffer += data
+        while self.buffer:
+            try:
+                n = frame_length(bytes(self.buffer))
+            except SipParseError:
+                log.info("closing TCP connection from %s: unframeable data", self.peer)
+                self.buffer.clear()
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if n is None:
+                if len(self.buffer) > self.server.settings.max_message_bytes:
+                    log.info("closing TCP connection from %s: message over the size limit", self.peer)
+                    self.buffer.clear()
+                    assert self.transport is not None
+                    self.transport.close()
+                return
+            message = bytes(self.buffer[:n])
+            del self.buffer[:n]
+            self.server._on_sip_message(message, self.peer, "TCP")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._tcp_unregister(self)
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -75,7 +124,9 @@ class SipServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clock: PacerClock | None = None
         self.completed_calls = 0
-        self.first_audio_ms: list[float] = []
+        self._tcp: dict[tuple[str, int], _TcpConnection] = {}
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._tcp_sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,6 +136,10 @@ class SipServer:
             lambda: _SipProtocol(self), local_addr=(self.settings.listen_host, self.settings.listen_port))
         self._transport = transport
         port = transport.get_extra_info("sockname")[1]
+        if self.settings.tcp:
+            self._tcp_server = await self._loop.create_server(
+                lambda: _TcpConnection(self), self.settings.listen_host, port, reuse_address=True)
+            self._tcp_sweeper = self._loop.call_later(5.0, self._sweep_tcp)
         self.ua = UserAgent(UserAgentConfig(self.settings.advertised_host, port, self.settings.user_agent),
                             max_calls=self.settings.max_calls)
         if self.settings.admission is not None:
@@ -128,6 +183,13 @@ class SipServer:
             self.clock.close()
         if self._transport:
             self._transport.close()
+        if self._tcp_sweeper is not None:
+            self._tcp_sweeper.cancel()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            for conn in list(self._tcp.values()):
+                if conn.transport is not None:
+                    conn.transport.close()
 
     # -- SIP I/O ------------------------------------------------------------------
     def _now(self) -> float:
@@ -135,9 +197,44 @@ class SipServer:
         return self._loop.time()
 
     def _on_sip_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._on_sip_message(data, addr, "UDP")
+
+    def _on_sip_message(self, data: bytes, addr: tuple[str, int], transport: str) -> None:
         assert self.ua is not None
-        self.ua.receive_datagram(data, addr, self._now())
+        self.ua.receive_datagram(data, addr, self._now(), transport)
         self._pump()
+
+    # -- TCP connections --------------------------------------------------------------
+    def _tcp_register(self, conn: _TcpConnection) -> bool:
+        same_source = sum(1 for peer in self._tcp if peer[0] == conn.peer[0])
+        if same_source >= self.settings.tcp_max_per_source:
+            log.warning("refused TCP connection from %s: %d already open", conn.peer[0], same_source)
+            return False
+        self._tcp[conn.peer] = conn
+        return True
+
+    def _tcp_unregister(self, conn: _TcpConnection) -> None:
+        if self._tcp.get(conn.peer) is conn:
+            del self._tcp[conn.peer]
+
+    def _sweep_tcp(self) -> None:
+        """Close connections idle past the timeout that no call still needs (for its BYE)."""
+        now = self._now()
+        in_use = {c.incoming.source for c in self.calls.values()}
+        for peer, conn in list(self._tcp.items()):
+            if now - conn.last_activity > self.settings.tcp_idle_timeout and peer not in in_use:
+                log.info("closing idle TCP connection from %s", peer)
+                if conn.transport is not None:
+                    conn.transport.close()
+        assert self._loop is not None
+        self._tcp_sweeper = self._loop.call_later(5.0, self._sweep_tcp)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        conn = self._tcp.get(addr)
+        if conn is not None and conn.transport is not None and b"SIP/2.0/TCP" in data[:1024].upper():
+            conn.transport.write(data)
+        elif self._transport is not None:
+            self._transport.sendto(data, addr)
 
     def _on_sip_timer(self) -> None:
         assert self.ua is not None
@@ -160,11 +257,10 @@ class SipServer:
                 elif isinstance(event, CallEnded):
                     self._on_ended(event.call_id, event.reason)
         for data, addr in self.ua.datagrams_to_send():
-            if self._transport is not None:
-                try:
-                    self._transport.sendto(data, addr)
-                except OSError as exc:
-                    log.warning("SIP send to %s failed: %s", addr, exc)
+            try:
+                self._send(data, addr)
+            except OSError as exc:
+                log.warning("SIP send to %s failed: %s", addr, exc)
         when = self.ua.get_timer()
         if self._timer is not None and (when is None or abs(self._timer.when() - when) > 1e-4):
             self._timer.cancel()

@@ -33,6 +33,7 @@ class Dialog:
     remote_cseq: int = 0
     local_cseq: int = 0
     source: tuple[str, int] = ("", 0)  # where the INVITE came from
+    transport: str = "UDP"  # the INVITE's transport: in-dialog requests use it too
 
     @classmethod
     def from_invite(cls, invite: Request, local_tag: str, source: tuple[str, int]) -> "Dialog":

@@ -224,12 +224,14 @@ class NonInviteClientTransaction(_Transaction):
     request: bytes = b""
 
     @classmethod
-    def start(cls, key: str, request: bytes, now: float) -> "NonInviteClientTransaction":
+    def start(cls, key: str, request: bytes, now: float, reliable: bool = False) -> "NonInviteClientTransaction":
+        """Send ``request``; over a reliable transport there is no Timer E (§17.1.2.2)."""
         tx = cls(key=key)
         tx.state = State.TRYING
         tx.request = request
         tx.outbox.append(request)
-        tx.timers[Input.TIMER_E] = now + T1
+        if not reliable:
+            tx.timers[Input.TIMER_E] = now + T1
         tx.timers[Input.TIMER_F] = now + 64 * T1
         return tx
 

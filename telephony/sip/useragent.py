@@ -60,7 +60,6 @@ class UserAgentConfig:
     advertised_host: str  # what goes in Contact and Via
     port: int
     user_agent: str = "sip-tts/0.1"
-    transport: str = "UDP"
 
 
 @dataclass
@@ -87,6 +86,7 @@ class UserAgent:
     _transactions: dict[str, tuple[_Transaction, Address]] = field(default_factory=dict)
     _calls: dict[str, _Call] = field(default_factory=dict)
     _call_of_tx: dict[str, str] = field(default_factory=dict)  # transaction key → Call-ID
+    _current_transport: str = "UDP"
 
     @property
     def accepting(self) -> bool:
@@ -94,7 +94,12 @@ class UserAgent:
         return not self.draining and (self.max_calls <= 0 or self.active_calls < self.max_calls)
 
     # -- I/O-facing API -----------------------------------------------------------------
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: Address, now: float, transport: str = "UDP") -> None:
+        """One message from ``addr``; ``transport`` is "UDP" or "TCP" (a framed message from a stream).
+
+        Responses go back to ``addr``; over TCP the I/O layer maps it to the connection.
+        """
+        self._current_transport = transport
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF) or padding
         adm = self.admission
@@ -167,8 +172,8 @@ class UserAgent:
             return
         call.answered = True
         call.last_answer = sdp
-        extra = [("Contact", self._contact()), ("Allow", ", ".join(SERVED)), ("Server", self.config.user_agent),
-                 ("Content-Type", "application/sdp")]
+        extra = [("Contact", self._contact(call.dialog.transport)), ("Allow", ", ".join(SERVED)),
+                 ("Server", self.config.user_agent), ("Content-Type", "application/sdp")]
         extra += [("Record-Route", rr) for rr in call.invite.headers.get_all("Record-Route")]
         resp = response_for(call.invite, 200, to_tag=call.dialog.local_tag, extra=extra, body=sdp)
         call.invite_tx.handle(Input.SUCCESS, now, resp.serialize())
@@ -194,13 +199,15 @@ class UserAgent:
             return
         call.ended = True
         branch = new_branch()
-        via = f"SIP/2.0/{self.config.transport} {self._hostport()};branch={branch};rport"
-        bye = call.dialog.build_request("BYE", via, self._contact(), [("User-Agent", self.config.user_agent)])
+        transport = call.dialog.transport
+        via = f"SIP/2.0/{transport} {self._hostport()};branch={branch};rport"
+        bye = call.dialog.build_request("BYE", via, self._contact(transport), [("User-Agent", self.config.user_agent)])
         dest = self._destination(call.dialog)
         key = f"{branch}:BYE"
         call.bye_key = key
         self._call_of_tx[key] = call_id
-        self._transactions[key] = (NonInviteClientTransaction.start(key, bye.serialize(), now), dest)
+        tx = NonInviteClientTransaction.start(key, bye.serialize(), now, reliable=transport != "UDP")
+        self._transactions[key] = (tx, dest)
         self._events.append(CallEnded(call_id, "local-bye"))
         self._flush_all()
 
@@ -288,6 +295,7 @@ class UserAgent:
                 req, 488, f"Not Acceptable Here - {exc}"[:80], to_tag=new_tag()).serialize())
             return
         dialog = Dialog.from_invite(req, new_tag(), addr)
+        dialog.transport = self._current_transport
         self._calls[req.call_id] = _Call(dialog, req, tx, key)
         self._call_of_tx[key] = req.call_id
         self._events.append(IncomingCall(req.call_id, _dialed(req), _user_of(req.headers.get("From")), req, offer, addr))
@@ -450,6 +458,10 @@ class UserAgent:
         return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}:{method}"
 
     def _destination(self, dialog: Dialog) -> Address:
+        if dialog.transport != "UDP":
+            # Over a stream we answer on the connection the call came in on (the peer may be
+            # behind NAT and not listening where its Contact says).
+            return dialog.source
         uri = SipUri.parse(dialog.next_hop_uri())
         host = uri.params.get("maddr") or uri.host
         if not _is_ip(host.strip("[]")):
@@ -462,8 +474,9 @@ class UserAgent:
             host = f"[{host}]"
         return f"{host}:{self.config.port}"
 
-    def _contact(self) -> str:
-        return f"<sip:sip-tts@{self._hostport()}>"
+    def _contact(self, transport: str = "UDP") -> str:
+        param = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"<sip:sip-tts@{self._hostport()}{param}>"
 
     def _capabilities(self) -> list[tuple[str, str]]:
         caps = [("Allow", ", ".join(SERVED)), ("Accept", ACCEPT)]
