@@ -60,7 +60,7 @@ step = st.tuples(st.integers(0, len(seeds()) - 1),
                  st.floats(0, 5, allow_nan=False), st.booleans(), st.booleans())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, min_size=1, max_size=12))
 def test_sequences_of_mutated_messages_never_break_the_user_agent(steps):
     ua = UserAgent(UserAgentConfig("192.0.2.1", 5060), max_calls=2)
@@ -77,7 +77,7 @@ def test_sequences_of_mutated_messages_never_break_the_user_agent(steps):
     for call_id in list(ua._calls):
         ua.hangup(call_id, now)
     drain(ua, now)
-    assert ua._transactions == {} and ua._calls == {} and ua._call_of_tx == {}
+    assert (ua._transactions, ua._calls, ua._call_of_tx) == ({}, {}, {}), (steps, ua._calls, ua._call_of_tx)
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.name for p in CORPUS])

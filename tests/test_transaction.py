@@ -33,8 +33,13 @@ def test_2xx_is_retransmitted_with_timer_g_doubling_to_t2_until_ack():
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert max(gaps) == T2
     events = tx.handle(Input.ACK, 20.0)
-    assert events == [TuEvent.ACK_RECEIVED, TuEvent.TERMINATED]
-    assert tx.deadline() is None
+    assert events == [TuEvent.ACK_RECEIVED]
+    assert tx.handle(Input.ACK, 20.1) == []  # ACK retransmission absorbed
+    tx.handle(Input.REQUEST, 21.0)  # a late INVITE retransmission still gets the 2xx
+    assert tx.outbox == [b"200"]
+    assert tx.deadline() == 20.0 + 64 * T1  # Timer L, no more Timer G
+    _, events = run_until(tx, 100.0, start=20.0)
+    assert events == [TuEvent.TERMINATED]
 
 
 def test_no_ack_within_64_t1_times_out():

@@ -67,7 +67,9 @@ def test_answer_retransmits_until_ack_then_confirms(ua):
     to_tag = ok.headers.get("To").split("tag=")[1]
     ua.receive_datagram(request("ACK", cseq=1, to_tag=to_tag), CALLER, now)
     assert ua.next_events() == [CallConfirmed(ev.call_id)]
-    assert ua.get_timer() is None  # no more retransmissions
+    assert ua.get_timer() == now + 64 * T1  # only Timer L is left: no more retransmissions
+    ua.handle_timer(now + 64 * T1)
+    assert sent(ua) == [] and ua.get_timer() is None
 
 
 def test_no_ack_tears_the_call_down_after_64_t1(ua):
@@ -302,3 +304,37 @@ def test_oversized_message_513_and_header_flood_400(ua):
     ua.receive_datagram(flood, CALLER, 0.0)
     (data, _), = ua.datagrams_to_send()
     assert data.startswith(b"SIP/2.0 400 ") and b"header lines" in data
+
+
+def _run_out(ua, now):
+    while (t := ua.get_timer()) is not None:
+        now = t
+        ua.handle_timer(now)
+        ua.datagrams_to_send()
+        ua.next_events()
+    return now
+
+
+def test_found_by_fuzzing_late_invite_retransmission_after_ack(ua):
+    ev = start_call(ua, branch="z9hG4bKlate")
+    ua.answer(ev.call_id, b"v=0\r\n", 0.0)
+    to_tag = ua._calls[ev.call_id].dialog.local_tag
+    ua.receive_datagram(request("ACK", cseq=1, to_tag=to_tag), CALLER, 0.1)
+    ua.next_events()
+    sent(ua)
+    ua.receive_datagram(invite(branch="z9hG4bKlate"), CALLER, 0.5)  # arrives after the ACK
+    assert statuses(ua) == [200]  # the 2xx again, not 482
+    ua.hangup(ev.call_id, 1.0)
+    _run_out(ua, 1.0)
+    assert ua._calls == {} and ua._transactions == {} and ua._call_of_tx == {}
+
+
+def test_found_by_fuzzing_bad_contact_is_a_400_and_leaves_nothing_behind(ua):
+    data = invite(branch="z9hG4bKbadc").replace(b"Contact: <sip:5551234@10.0.0.5:5060>", b"Contact: <http://x>")
+    ua.receive_datagram(data, CALLER, 0.0)
+    assert statuses(ua) == [400]
+    ua.receive_datagram(data, CALLER, 0.2)  # retransmission: the same 400
+    assert statuses(ua) == [400]
+    assert ua.next_events() == []
+    _run_out(ua, 0.2)
+    assert ua._calls == {} and ua._transactions == {}

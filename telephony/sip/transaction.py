@@ -9,7 +9,8 @@ user must learn (``TuEvent``); bytes to send are appended to ``outbox``.
 The INVITE server transaction also owns the retransmission of our 2xx until the
 ACK arrives (the "Accepted" state of RFC 6026 with the UAS core's Timer G
 behaviour of §13.3.1.4): a call that never sees its ACK within 64*T1 is
-reported as ``ACK_TIMEOUT`` so the call can be torn down.
+reported as ``ACK_TIMEOUT`` so the call can be torn down. After the ACK it stays
+in Accepted for Timer L (64*T1) to absorb late INVITE and ACK retransmissions.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Input(enum.Enum):
     TIMER_E = "E"  # client request retransmit
     TIMER_F = "F"  # client transaction timeout
     TIMER_K = "K"  # client: absorb response retransmissions
+    TIMER_L = "L"  # accepted INVITE: absorb INVITE/ACK retransmissions after the ACK (RFC 6026)
 
 
 class State(enum.Enum):
@@ -138,7 +140,16 @@ class InviteServerTransaction(_Transaction):
         return []
 
     def _accepted_ack(self, now: float, data: bytes | None) -> list[TuEvent]:
-        return self._terminate(TuEvent.ACK_RECEIVED)
+        # Stop retransmitting, but stay a while (Timer L) so a late INVITE retransmission
+        # is answered with the 2xx again instead of looking like a new request.
+        if Input.TIMER_L in self.timers:
+            return []  # a retransmitted ACK
+        self.timers.clear()
+        self.timers[Input.TIMER_L] = now + 64 * T1
+        return [TuEvent.ACK_RECEIVED]
+
+    def _accepted_done(self, now: float, data: bytes | None) -> list[TuEvent]:
+        return self._terminate()
 
     def _accepted_timeout(self, now: float, data: bytes | None) -> list[TuEvent]:
         return self._terminate(TuEvent.ACK_TIMEOUT)
@@ -164,6 +175,7 @@ class InviteServerTransaction(_Transaction):
             Input.TIMER_G: _timer_g,
             Input.ACK: _accepted_ack,
             Input.TIMER_H: _accepted_timeout,
+            Input.TIMER_L: _accepted_done,
         },
         State.COMPLETED: {
             Input.REQUEST: _Transaction._resend_last,

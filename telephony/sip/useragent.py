@@ -16,6 +16,7 @@ as a UAC, and answers everything else with 405 or 501. Malformed input gets
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import logging
 from dataclasses import dataclass, field
@@ -55,6 +56,21 @@ ACCEPT = "application/sdp"
 SUPPORTED = ""  # no option tags yet (timer, 100rel arrive with later issues)
 
 
+class _Sink(list):  # type: ignore[type-arg]
+    """A transaction's outbox that goes straight to the UA's outgoing queue, tagged with its address.
+
+    So the UA never scans every transaction for something to send (that was O(calls) per message).
+    """
+
+    def __init__(self, out: list[tuple[bytes, "Address"]], addr: "Address") -> None:
+        super().__init__()
+        self._out = out
+        self._addr = addr
+
+    def append(self, data: bytes) -> None:  # type: ignore[override]
+        self._out.append((data, self._addr))
+
+
 @dataclass
 class UserAgentConfig:
     advertised_host: str  # what goes in Contact and Via
@@ -87,6 +103,10 @@ class UserAgent:
     _calls: dict[str, _Call] = field(default_factory=dict)
     _call_of_tx: dict[str, str] = field(default_factory=dict)  # transaction key → Call-ID
     _current_transport: str = "UDP"
+    _request_key: str | None = None  # transaction key of the request being handled
+    _timers: list[tuple[float, int, str]] = field(default_factory=list)  # heap of (deadline, seq, key)
+    _touched: set[str] = field(default_factory=set)  # transactions whose deadline may have changed
+    _seq: int = 0
 
     @property
     def accepting(self) -> bool:
@@ -123,10 +143,19 @@ class UserAgent:
             # A well-framed message whose header values are nonsense (a bad URI, Via, tag).
             if isinstance(msg, Request) and msg.method != "ACK":
                 reason = f"Bad Request - {str(exc)[:60]}".replace("\r", " ").replace("\n", " ")
-                self._send_response(response_for(msg, 400, reason), addr, None)
+                resp = response_for(msg, 400, reason, to_tag=new_tag())
+                entry = self._transactions.get(self._request_key) if self._request_key else None
+                if entry is not None and entry[0].state in (State.TRYING, State.PROCEEDING):
+                    # Its transaction already exists (it sent 100 Trying): answer through it, so
+                    # it ends normally and a retransmission gets the 400 again.
+                    entry[0].handle(Input.FAILURE, now, resp.serialize())
+                    self._touched.add(self._request_key)
+                    self._drop_unanswered_call(self._request_key)
+                else:
+                    self._send_response(resp, addr, None)
             else:
                 log.debug("dropped bad message from %s: %s", addr, exc)
-        self._flush_all()
+        self._settle()
 
     def _admit(self, msg: Request | Response, data: bytes, addr: Address, now: float, adm: Admission) -> bool:
         """Allow-list and size checks; False: answered (403/513) or dropped here."""
@@ -148,21 +177,34 @@ class UserAgent:
         return events
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
-        self._flush_all()
-        out, self._outgoing = self._outgoing, []
+        self._settle()
+        out = list(self._outgoing)
+        self._outgoing.clear()  # in place: the transactions' sinks hold this list
         return out
 
     def get_timer(self) -> float | None:
-        deadlines = [tx.deadline() for tx, _ in self._transactions.values()]
-        live = [d for d in deadlines if d is not None]
-        return min(live) if live else None
+        self._settle()
+        heap = self._timers
+        while heap:
+            when, _, key = heap[0]
+            entry = self._transactions.get(key)
+            if entry is not None and entry[0].deadline() == when:
+                return when
+            heapq.heappop(heap)  # stale: the transaction ended or its deadline moved
+        return None
 
     def handle_timer(self, now: float) -> None:
-        for key, (tx, addr) in list(self._transactions.items()):
-            d = tx.deadline()
-            if d is not None and d <= now:
-                self._apply(key, tx, tx.handle_timers(now))
-        self._flush_all()
+        self._settle()
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            when, _, key = heapq.heappop(heap)
+            entry = self._transactions.get(key)
+            if entry is None or entry[0].deadline() != when:
+                continue
+            tx = entry[0]
+            self._apply(key, tx, tx.handle_timers(now))
+            self._touched.add(key)
+        self._settle()
 
     # -- call-layer API -------------------------------------------------------------
     def answer(self, call_id: str, sdp: bytes, now: float) -> None:
@@ -177,7 +219,8 @@ class UserAgent:
         extra += [("Record-Route", rr) for rr in call.invite.headers.get_all("Record-Route")]
         resp = response_for(call.invite, 200, to_tag=call.dialog.local_tag, extra=extra, body=sdp)
         call.invite_tx.handle(Input.SUCCESS, now, resp.serialize())
-        self._flush_all()
+        self._touched.add(call.invite_branch_key)
+        self._settle()
 
     def reject(self, call_id: str, status: int, now: float, extra: list[tuple[str, str]] | None = None) -> None:
         call = self._calls.get(call_id)
@@ -185,8 +228,9 @@ class UserAgent:
             return
         resp = response_for(call.invite, status, to_tag=call.dialog.local_tag, extra=extra or [])
         call.invite_tx.handle(Input.FAILURE, now, resp.serialize())
+        self._touched.add(call.invite_branch_key)
         call.ended = True
-        self._flush_all()
+        self._settle()
 
     def hangup(self, call_id: str, now: float) -> None:
         """End an answered call with BYE (or reject it if not answered yet)."""
@@ -207,9 +251,9 @@ class UserAgent:
         call.bye_key = key
         self._call_of_tx[key] = call_id
         tx = NonInviteClientTransaction.start(key, bye.serialize(), now, reliable=transport != "UDP")
-        self._transactions[key] = (tx, dest)
+        self._add_tx(key, tx, dest)
         self._events.append(CallEnded(call_id, "local-bye"))
-        self._flush_all()
+        self._settle()
 
     @property
     def awaiting_responses(self) -> int:
@@ -223,10 +267,12 @@ class UserAgent:
 
     # -- requests -------------------------------------------------------------------
     def _receive_request(self, req: Request, addr: Address, now: float) -> None:
+        self._request_key = None
         top_via = req.headers.get("Via") or ""
         via = Via.parse(top_via)
         self._stamp_via(req, via, addr)
         key = self._tx_key(req, via)
+        self._request_key = key
 
         if req.method == "ACK":
             self._receive_ack(req, key, now)
@@ -235,6 +281,7 @@ class UserAgent:
         if existing is not None:  # a retransmission: the transaction replays its last response
             tx, _ = existing
             tx.handle(Input.REQUEST, now)
+            self._touched.add(key)
             return
 
         if req.method == "INVITE":
@@ -257,6 +304,10 @@ class UserAgent:
     def _receive_invite(self, req: Request, key: str, addr: Address, now: float) -> None:
         to = NameAddr.parse(req.headers.get("To") or "")
         NameAddr.parse(req.headers.get("From") or "")  # validates: a bad From is a 400
+        # The addresses our BYE will use must be SIP URIs we can route to: check them now (400).
+        for value in [req.headers.get("Contact") or "", *req.headers.get_all("Record-Route")]:
+            if value and value.strip() != "*":
+                SipUri.parse(NameAddr.parse(value).uri)
         existing = self._calls.get(req.call_id)
         if to.tag is not None:
             self._receive_reinvite(req, key, addr, now, existing, to.tag)
@@ -266,7 +317,7 @@ class UserAgent:
             self._respond_new(req, key, addr, now, 482)
             return
         tx = InviteServerTransaction(key=key)
-        self._transactions[key] = (tx, addr)
+        self._add_tx(key, tx, addr)
         if self.admission is not None and not self.admission.take_invite(addr[0], now):
             tx.handle(Input.FAILURE, now, response_for(
                 req, 503, "Service Unavailable - rate limited", to_tag=new_tag(),
@@ -313,7 +364,7 @@ class UserAgent:
         # Session refresh: we keep the media as it is and repeat our answer.
         # (Hold/resume via re-INVITE comes with the mid-dialog issue.)
         tx = InviteServerTransaction(key=key)
-        self._transactions[key] = (tx, addr)
+        self._add_tx(key, tx, addr)
         extra = [("Contact", self._contact()), ("Content-Type", "application/sdp")]
         tx.handle(Input.SUCCESS, now, response_for(req, 200, to_tag=to_tag, extra=extra, body=call.last_answer).serialize())
 
@@ -332,6 +383,7 @@ class UserAgent:
             invite_key = call.invite_branch_key
         tx, _ = entry
         self._apply(invite_key, tx, tx.handle(Input.ACK, now))
+        self._touched.add(invite_key)
 
     def _receive_cancel(self, req: Request, key: str, addr: Address, now: float) -> None:
         invite_key = key.rsplit(":", 1)[0] + ":INVITE"
@@ -346,6 +398,7 @@ class UserAgent:
             call.ended = True
             resp = response_for(call.invite, 487, to_tag=call.dialog.local_tag)
             tx.handle(Input.FAILURE, now, resp.serialize())
+            self._touched.add(invite_key)
             self._events.append(CallEnded(req.call_id, "cancel"))
 
     def _receive_bye(self, req: Request, key: str, addr: Address, now: float) -> None:
@@ -360,18 +413,19 @@ class UserAgent:
             if not call.answered:  # BYE before our 2xx: RFC 3261 §15.1.2, answer the INVITE with 487
                 call.invite_tx.handle(Input.FAILURE, now, response_for(
                     call.invite, 487, to_tag=call.dialog.local_tag).serialize())
+                self._touched.add(call.invite_branch_key)
             self._events.append(CallEnded(req.call_id, "remote-bye"))
             self._forget_if_finished(call)
 
     def _respond_new(self, req: Request, key: str, addr: Address, now: float, status: int,
                      extra: list[tuple[str, str]] | None = None) -> None:
         tx = NonInviteServerTransaction(key=key) if req.method != "INVITE" else InviteServerTransaction(key=key)
-        self._transactions[key] = (tx, addr)
+        self._add_tx(key, tx, addr)
         # response_for keeps a To-tag that is already there (BYE, CANCEL in a dialog)
         to_tag = None if status == 100 else new_tag()
         resp = response_for(req, status, to_tag=to_tag, extra=(extra or []) + [("Server", self.config.user_agent)])
         tx.handle(response_input(status), now, resp.serialize())
-        self._flush(key)  # keep wire order: this answer before anything it causes (200 CANCEL, then 487)
+        # (wire order is kept: this answer is queued before anything it causes, e.g. 200 CANCEL then 487)
 
     # -- responses (to our BYE) -------------------------------------------------------
     def _receive_response(self, resp: Response, now: float) -> None:
@@ -384,6 +438,7 @@ class UserAgent:
             return
         tx, _ = entry
         self._apply(key, tx, tx.handle(response_input(resp.status), now))
+        self._touched.add(key)
 
     # -- helpers ------------------------------------------------------------------
     def _apply(self, key: str, tx: _Transaction, events: list[TuEvent]) -> None:
@@ -400,32 +455,46 @@ class UserAgent:
             elif ev is TuEvent.TIMEOUT:
                 log.info("no response to our request %s", key)
             elif ev is TuEvent.TERMINATED:
-                self._flush(key)
                 self._transactions.pop(key, None)
                 self._call_of_tx.pop(key, None)
                 if call is not None:
                     self._forget_if_finished(call)
 
+    def _drop_unanswered_call(self, key: str) -> None:
+        call_id = self._call_of_tx.get(key)
+        call = self._calls.get(call_id) if call_id is not None else None
+        if call is not None and not call.answered:
+            call.ended = True
+
     def _forget_if_finished(self, call: _Call) -> None:
-        if not call.ended or call.invite_branch_key in self._transactions:
+        if not call.ended:
+            return
+        entry = self._transactions.get(call.invite_branch_key)
+        if entry is not None and entry[0] is call.invite_tx:
             return
         if call.bye_key is not None and call.bye_key in self._transactions:
             return
         if self._calls.get(call.dialog.call_id) is call:
             del self._calls[call.dialog.call_id]
 
-    def _flush(self, key: str) -> None:
-        entry = self._transactions.get(key)
-        if entry is None:
-            return
-        tx, addr = entry
+    def _add_tx(self, key: str, tx: _Transaction, addr: Address) -> None:
+        """Register a transaction; what it sends goes straight to the outgoing queue."""
         for data in tx.outbox:
             self._outgoing.append((data, addr))
-        tx.outbox.clear()
+        tx.outbox = _Sink(self._outgoing, addr)
+        self._transactions[key] = (tx, addr)
+        self._touched.add(key)
 
-    def _flush_all(self) -> None:
-        for key in list(self._transactions):
-            self._flush(key)
+    def _settle(self) -> None:
+        """Put the deadlines of the transactions touched since the last call into the timer heap."""
+        for key in self._touched:
+            entry = self._transactions.get(key)
+            if entry is not None:
+                when = entry[0].deadline()
+                if when is not None:
+                    self._seq += 1
+                    heapq.heappush(self._timers, (when, self._seq, key))
+        self._touched.clear()
 
     def _send_response(self, resp: Response, addr: Address, top_via: str | None) -> None:
         self._outgoing.append((resp.serialize(), addr))
@@ -458,6 +527,12 @@ class UserAgent:
         return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}:{method}"
 
     def _destination(self, dialog: Dialog) -> Address:
+        try:
+            return self._route_destination(dialog)
+        except ValueError:  # checked at INVITE time; never fail a hangup over it
+            return dialog.source
+
+    def _route_destination(self, dialog: Dialog) -> Address:
         if dialog.transport != "UDP":
             # Over a stream we answer on the connection the call came in on (the peer may be
             # behind NAT and not listening where its Contact says).
