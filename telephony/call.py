@@ -53,6 +53,10 @@ class Call:
     cleaned: bool = False  # port released, socket closed
     end_reason: str = ""
     hangup_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    session_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    sdp_version: int = 1
+    session_id: int = 0
+    held: bool = False
 
     @property
     def remote(self) -> tuple[str, int]:

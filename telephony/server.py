@@ -19,7 +19,7 @@ from .call import AudioSource, Call, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
-from .sip.events import CallConfirmed, CallEnded, IncomingCall
+from .sip.events import CallConfirmed, CallEnded, IncomingCall, InfoReceived, SessionUpdate
 from .sip.message import SipParseError, frame_length
 from .sip.sdp import SdpError, build_answer, negotiate
 from .sip.useragent import UserAgent, UserAgentConfig
@@ -257,6 +257,10 @@ class SipServer:
                     self._on_confirmed(event.call_id)
                 elif isinstance(event, CallEnded):
                     self._on_ended(event.call_id, event.reason)
+                elif isinstance(event, SessionUpdate):
+                    self._on_session_update(event)
+                elif isinstance(event, InfoReceived):
+                    log.info("call %s: INFO %s (%d bytes)", event.call_id, event.content_type, len(event.body))
         for data, addr in self.ua.datagrams_to_send():
             try:
                 self._send(data, addr)
@@ -294,11 +298,13 @@ class SipServer:
             return
         call = Call(info, ev, media, port, FrameQueue(SILENCE[media.codec]), invite_at=time.monotonic())
         self.calls[ev.call_id] = call
+        call.held = media.direction in ("sendonly", "inactive")
+        self._arm_session_timer(call, ev.session_expires)
         # Synthesis starts now, while the socket binds and the 200 OK travels.
         call.producer = asyncio.ensure_future(self._produce(call, source))
-        session_id = secrets.randbelow(2**31)
+        call.session_id = secrets.randbelow(2**31)
         answer = lambda rtp_port: build_answer(  # noqa: E731
-            ev.offer, media, index, self.settings.advertised_host, rtp_port, session_id)
+            ev.offer, media, index, self.settings.advertised_host, rtp_port, call.session_id)
         asyncio.ensure_future(self._bind_and_answer(call, answer))
 
     async def _bind_and_answer(self, call: Call, answer: Callable[[int], bytes]) -> None:
@@ -363,12 +369,56 @@ class SipServer:
             return
         call.confirmed_at = time.monotonic()
         transport = call.transport
-        remote = call.remote
         call.sender = RtpSender(
             payload_type=call.media.payload_type, codec=call.info.codec,
-            send=lambda data: transport.sendto(data, remote), queue=call.queue,
+            send=lambda data: transport.sendto(data, call.remote), queue=call.queue,  # remote may move (re-INVITE)
             on_done=lambda: self._on_prompt_done(call))
+        call.sender.paused = call.held
         self.clock.add(call.sender)
+
+    def _on_session_update(self, ev: SessionUpdate) -> None:
+        """re-INVITE/UPDATE: hold, resume, a new remote address; refreshes the session timer."""
+        assert self.ua is not None
+        call = self.calls.get(ev.call_id)
+        now = self._now()
+        if call is None or call.ended:
+            self.ua.reject_update(ev.call_id, 481, now)
+            return
+        media, index = call.media, 0
+        offer = ev.offer
+        if offer is not None:
+            try:
+                media, index = negotiate(offer, [call.info.codec])  # the call keeps its codec
+            except SdpError as exc:
+                log.info("call %s: re-offer refused: %s", ev.call_id, exc)
+                self.ua.reject_update(ev.call_id, 488, now)
+                return
+            call.media = media
+            call.held = media.direction in ("sendonly", "inactive")
+            if call.sender is not None:
+                call.sender.paused = call.held
+            log.info("call %s: %s", ev.call_id, "on hold" if call.held else "active")
+        call.sdp_version += 1
+        if offer is None:  # no offer in the re-INVITE: ours is the current session
+            offer = call.incoming.offer
+            media, index = negotiate(offer, [call.info.codec])
+        sdp = build_answer(offer, media, index, self.settings.advertised_host, call.local_port, call.session_id,
+                           call.sdp_version)
+        self.ua.answer_update(ev.call_id, sdp, now)
+        self._arm_session_timer(call, self.ua.session_expires(ev.call_id))
+
+    def _arm_session_timer(self, call: Call, seconds: int | None) -> None:
+        """RFC 4028: the caller refreshes; if it does not within the interval, the session is over."""
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
+        if seconds and self._loop is not None:
+            call.session_timer = self._loop.call_later(seconds, self._on_session_expired, call)
+
+    def _on_session_expired(self, call: Call) -> None:
+        log.info("call %s: session expired without a refresh", call.info.call_id)
+        self._hangup(call, "session-expired")
+        self._pump()
 
     def _on_prompt_done(self, call: Call) -> None:
         self._hangup(call, "prompt-done")
@@ -405,6 +455,8 @@ class SipServer:
         if call.cleaned:
             return
         call.cleaned = True
+        if call.session_timer is not None:
+            call.session_timer.cancel()
         if call.sender is not None and self.clock is not None:
             self.clock.remove(call.sender)
         if call.producer is not None and not call.producer.done():

@@ -5,7 +5,7 @@ import pytest
 from telephony.sip import CallConfirmed, CallEnded, IncomingCall, Request, Response, parse_message
 from telephony.sip.transaction import T1
 from telephony.sip.useragent import UserAgent, UserAgentConfig
-from tests.sipmsg import invite, request
+from tests.sipmsg import OFFER, invite, request
 
 CALLER = ("10.0.0.5", 5062)
 
@@ -227,14 +227,61 @@ def test_hangup_route_with_ip_goes_to_that_proxy(ua):
     assert addr == ("10.9.9.9", 5070)
 
 
-def test_reinvite_in_dialog_is_answered_with_the_same_sdp(ua):
-    ev = start_call(ua)
+def _answered_call(ua, extra=""):
+    ev = start_call(ua, extra=extra)
     ua.answer(ev.call_id, b"v=0\r\nanswer\r\n", 0.0)
-    sent(ua)
-    to_tag = ua._calls[ev.call_id].dialog.local_tag
-    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=2), CALLER, 5.0)
+    out = sent(ua)
+    return ev, ua._calls[ev.call_id].dialog.local_tag, out
+
+
+def test_reinvite_hands_the_offer_to_the_call_layer_and_answers_with_its_sdp(ua):
+    from telephony.sip.events import SessionUpdate
+
+    ev, to_tag, _ = _answered_call(ua)
+    hold = OFFER.replace("a=sendrecv", "a=sendonly")
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=2, sdp=hold), CALLER, 5.0)
+    assert statuses(ua) == [100]
+    (upd,) = ua.next_events()
+    assert isinstance(upd, SessionUpdate) and upd.method == "INVITE" and upd.offer.media[0].direction == "sendonly"
+    ua.answer_update(ev.call_id, b"v=0\r\nheld\r\n", 5.0)
     (resp, _), = sent(ua)
-    assert resp.status == 200 and resp.body == b"v=0\r\nanswer\r\n"
+    assert resp.status == 200 and resp.body == b"v=0\r\nheld\r\n" and resp.cseq == (2, "INVITE")
+
+
+def test_update_and_info_in_dialog_and_491_while_an_offer_is_open(ua):
+    from telephony.sip.events import InfoReceived, SessionUpdate
+
+    ev, to_tag, _ = _answered_call(ua)
+    upd = request("UPDATE", call_id=ev.call_id, cseq=3, to_tag=to_tag, extra="Content-Type: application/sdp\r\n")
+    upd = upd.replace(b"Content-Length: 0\r\n\r\n", f"Content-Length: {len(OFFER)}\r\n\r\n{OFFER}".encode())
+    ua.receive_datagram(upd, CALLER, 1.0)
+    assert [type(e) for e in ua.next_events()] == [SessionUpdate]
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=4), CALLER, 1.1)  # glare
+    assert statuses(ua) == [100, 491]
+    ua.answer_update(ev.call_id, b"v=0\r\n", 1.2)
+    assert statuses(ua) == [200]
+    info = request("INFO", call_id=ev.call_id, cseq=5, to_tag=to_tag,
+                   extra="Content-Type: application/dtmf-relay\r\n").replace(
+        b"Content-Length: 0\r\n\r\n", b"Content-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n")
+    ua.receive_datagram(info, CALLER, 2.0)
+    assert statuses(ua) == [200]
+    assert ua.next_events() == [InfoReceived(ev.call_id, "application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n")]
+    ua.receive_datagram(request("INFO", call_id="nope", to_tag="x"), CALLER, 2.0)
+    assert statuses(ua) == [481]
+
+
+def test_session_timer_agreed_with_the_caller_refreshing(ua):
+    ev, _, out = _answered_call(ua, extra="Session-Expires: 1800\r\nSupported: timer\r\n")
+    assert ev.session_expires == 1800
+    ok = [m for m, _ in out if isinstance(m, Response) and m.status == 200][0]
+    assert ok.headers.get("Session-Expires") == "1800;refresher=uac"
+    assert ok.headers.get("Require") == "timer"
+
+
+def test_session_interval_too_small_is_422_with_min_se(ua):
+    ua.receive_datagram(invite(extra="Session-Expires: 30\r\nSupported: timer\r\n"), CALLER, 0.0)
+    out = [m for m, _ in sent(ua)]
+    assert [m.status for m in out] == [100, 422] and out[1].headers.get("Min-SE") == "90"
     assert ua.next_events() == []
 
 

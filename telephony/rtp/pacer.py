@@ -14,6 +14,11 @@ Silence: while a call's audio is not ready yet (synthesis still running) the
 pacer sends G.711 silence frames with continuous sequence numbers and
 timestamps. Continuous silence keeps NAT bindings and jitter buffers steady and
 is what a PSTN leg does anyway; the marker bit is set only on the first packet.
+
+Hold: a held call (the caller's SDP says sendonly or inactive) sends nothing and
+its prompt waits; its timestamp keeps following the clock. On resume the same
+SSRC goes on with the next sequence number, a timestamp that reflects the time
+on hold, and the marker bit (a new talkspurt, RFC 3551 §4.1).
 """
 
 from __future__ import annotations
@@ -93,7 +98,13 @@ class RtpSender:
     silence_frames: int = 0  # frames sent as silence because audio was not ready
     skipped_frames: int = 0  # slots lost to a stalled loop
     first_audio_at: float | None = None
+    paused: bool = False  # on hold: nothing is sent, the prompt waits, the clock goes on
     _marker: bool = True
+
+    def skip_slot(self) -> None:
+        """A slot passes while on hold: the timestamp follows the clock; the next packet is a new talkspurt."""
+        self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        self._marker = True
 
     def next_packet(self, now: float, skipped_slots: int = 0) -> bytes:
         if skipped_slots:
@@ -148,6 +159,10 @@ class Pacer:
             if sender.queue.exhausted:
                 del self._senders[key]
                 done.append(sender)
+                continue
+            if sender.paused:
+                for _ in range(skipped + 1):
+                    sender.skip_slot()
                 continue
             out.append((sender, sender.next_packet(now, skipped)))
         self._slot += 1

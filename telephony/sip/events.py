@@ -18,6 +18,7 @@ class IncomingCall:
     request: Request
     offer: SessionDescription
     source: tuple[str, int]
+    session_expires: int | None = None  # RFC 4028 interval agreed (the caller refreshes), if any
 
 
 @dataclass(frozen=True)
@@ -35,4 +36,26 @@ class CallEnded:
     reason: str
 
 
-Event = IncomingCall | CallConfirmed | CallEnded
+@dataclass(frozen=True)
+class SessionUpdate:
+    """A re-INVITE or UPDATE inside the dialog: answer with ``UserAgent.answer_update`` (or reject it).
+
+    ``offer`` is None for a re-INVITE without SDP (we offer our current session in the 200).
+    Any update also refreshes the session timer.
+    """
+
+    call_id: str
+    method: str
+    offer: SessionDescription | None
+
+
+@dataclass(frozen=True)
+class InfoReceived:
+    """INFO inside the dialog (already answered 200), e.g. application/dtmf-relay."""
+
+    call_id: str
+    content_type: str
+    body: bytes
+
+
+Event = IncomingCall | CallConfirmed | CallEnded | SessionUpdate | InfoReceived

@@ -146,7 +146,9 @@ def negotiate(offer: SessionDescription, preference: list[str]) -> tuple[Negotia
                 host = line.connection or offer.connection
                 if not host:
                     raise SdpError("no c= line for the audio stream")
-                return NegotiatedAudio(host, line.port, name, offered[name], dtmf, line.direction), index
+                # c=0.0.0.0 is the RFC 2543 way to say "hold"
+                direction = "inactive" if host in ("0.0.0.0", "::") else line.direction
+                return NegotiatedAudio(host, line.port, name, offered[name], dtmf, direction), index
     raise SdpError("no G.711 (PCMU/PCMA) audio stream offered")
 
 

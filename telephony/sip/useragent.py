@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..admission import Admission
 from .dialog import Dialog, new_branch, new_tag
-from .events import CallConfirmed, CallEnded, Event, IncomingCall
+from .events import CallConfirmed, CallEnded, Event, IncomingCall, InfoReceived, SessionUpdate
 from .message import (
     Request,
     Response,
@@ -49,11 +49,12 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
-SERVED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS")
+SERVED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 # Methods we know (RFC 3261 and common extensions) but do not serve: 405 + Allow.
-KNOWN_UNSERVED = ("REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
+KNOWN_UNSERVED = ("REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 ACCEPT = "application/sdp"
-SUPPORTED = ""  # no option tags yet (timer, 100rel arrive with later issues)
+SUPPORTED = "timer"  # RFC 4028 session timers (we never refresh: the caller does)
+MIN_SE = 90  # RFC 4028 minimum session interval, seconds
 
 
 class _Sink(list):  # type: ignore[type-arg]
@@ -88,6 +89,8 @@ class _Call:
     ended: bool = False
     last_answer: bytes = b""
     bye_key: str | None = None
+    session_expires: int | None = None  # agreed RFC 4028 interval (the caller refreshes)
+    pending_update: tuple[str, Request] | None = None  # (transaction key, request) awaiting answer_update
 
 
 @dataclass
@@ -217,6 +220,7 @@ class UserAgent:
         extra = [("Contact", self._contact(call.dialog.transport)), ("Allow", ", ".join(SERVED)),
                  ("Server", self.config.user_agent), ("Content-Type", "application/sdp")]
         extra += [("Record-Route", rr) for rr in call.invite.headers.get_all("Record-Route")]
+        extra += self._session_timer_headers(call)
         resp = response_for(call.invite, 200, to_tag=call.dialog.local_tag, extra=extra, body=sdp)
         call.invite_tx.handle(Input.SUCCESS, now, resp.serialize())
         self._touched.add(call.invite_branch_key)
@@ -290,6 +294,8 @@ class UserAgent:
             self._receive_cancel(req, key, addr, now)
         elif req.method == "BYE":
             self._receive_bye(req, key, addr, now)
+        elif req.method in ("UPDATE", "INFO"):
+            self._receive_in_dialog(req, key, addr, now)
         elif req.method == "OPTIONS":
             status = 200 if self.accepting else 503
             extra = self._capabilities()
@@ -345,11 +351,19 @@ class UserAgent:
             tx.handle(Input.FAILURE, now, response_for(
                 req, 488, f"Not Acceptable Here - {exc}"[:80], to_tag=new_tag()).serialize())
             return
+        session_expires, too_small = _session_interval(req)
+        if too_small:
+            tx.handle(Input.FAILURE, now, response_for(
+                req, 422, "Session Interval Too Small", to_tag=new_tag(),
+                extra=[("Min-SE", str(MIN_SE))]).serialize())
+            return
         dialog = Dialog.from_invite(req, new_tag(), addr)
         dialog.transport = self._current_transport
-        self._calls[req.call_id] = _Call(dialog, req, tx, key)
+        call = _Call(dialog, req, tx, key, session_expires=session_expires)
+        self._calls[req.call_id] = call
         self._call_of_tx[key] = req.call_id
-        self._events.append(IncomingCall(req.call_id, _dialed(req), _user_of(req.headers.get("From")), req, offer, addr))
+        self._events.append(IncomingCall(req.call_id, _dialed(req), _user_of(req.headers.get("From")), req, offer,
+                                         addr, session_expires))
 
     def _receive_reinvite(self, req: Request, key: str, addr: Address, now: float,
                           call: _Call | None, to_tag: str) -> None:
@@ -361,12 +375,69 @@ class UserAgent:
             self._respond_new(req, key, addr, now, 500, [("Retry-After", "1")])
             return
         call.dialog.remote_cseq = cseq
-        # Session refresh: we keep the media as it is and repeat our answer.
-        # (Hold/resume via re-INVITE comes with the mid-dialog issue.)
-        tx = InviteServerTransaction(key=key)
+        self._start_update(req, key, addr, now, call, InviteServerTransaction(key=key))
+
+    def _start_update(self, req: Request, key: str, addr: Address, now: float, call: _Call,
+                      tx: _Transaction) -> None:
+        """re-INVITE or UPDATE: hand the offer to the call layer, which answers with answer_update."""
         self._add_tx(key, tx, addr)
-        extra = [("Contact", self._contact()), ("Content-Type", "application/sdp")]
-        tx.handle(Input.SUCCESS, now, response_for(req, 200, to_tag=to_tag, extra=extra, body=call.last_answer).serialize())
+        if req.method == "INVITE":
+            tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
+        if call.pending_update is not None:  # an offer is still open (RFC 3261 §14.2, RFC 3311 §5.2)
+            tx.handle(Input.FAILURE, now, response_for(req, 491, extra=[("Retry-After", "1")]).serialize())
+            return
+        offer = None
+        if req.body:
+            try:
+                offer = parse_sdp(req.body)
+            except SdpError as exc:
+                tx.handle(Input.FAILURE, now, response_for(req, 488, f"Not Acceptable Here - {exc}"[:80]).serialize())
+                return
+        se, too_small = _session_interval(req)
+        if too_small:
+            tx.handle(Input.FAILURE, now, response_for(
+                req, 422, "Session Interval Too Small", extra=[("Min-SE", str(MIN_SE))]).serialize())
+            return
+        if se is not None:
+            call.session_expires = se
+        call.pending_update = (key, req)
+        self._events.append(SessionUpdate(call.dialog.call_id, req.method, offer))
+
+    def answer_update(self, call_id: str, sdp: bytes, now: float) -> None:
+        """200 with our SDP to the pending re-INVITE/UPDATE."""
+        self._finish_update(call_id, 200, now, sdp)
+
+    def reject_update(self, call_id: str, status: int, now: float) -> None:
+        """Refuse the pending re-INVITE/UPDATE (e.g. 488); the session stays as it was."""
+        self._finish_update(call_id, status, now, b"")
+
+    def _finish_update(self, call_id: str, status: int, now: float, sdp: bytes) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.pending_update is None:
+            return
+        key, req = call.pending_update
+        call.pending_update = None
+        entry = self._transactions.get(key)
+        if entry is None:
+            return
+        extra = [("Contact", self._contact(call.dialog.transport))]
+        if status == 200:
+            call.last_answer = sdp
+            extra += [("Content-Type", "application/sdp")] + self._session_timer_headers(call)
+        resp = response_for(req, status, extra=extra, body=sdp if status == 200 else b"")
+        entry[0].handle(response_input(status), now, resp.serialize())
+        self._touched.add(key)
+        self._settle()
+
+    def session_expires(self, call_id: str) -> int | None:
+        call = self._calls.get(call_id)
+        return call.session_expires if call is not None else None
+
+    def _session_timer_headers(self, call: _Call) -> list[tuple[str, str]]:
+        if call.session_expires is None:
+            return []
+        return [("Session-Expires", f"{call.session_expires};refresher=uac"), ("Require", "timer"),
+                ("Supported", SUPPORTED)]
 
     def _receive_ack(self, req: Request, key: str, now: float) -> None:
         # ACK for a non-2xx shares the INVITE's branch; ACK for a 2xx is a new transaction
@@ -400,6 +471,24 @@ class UserAgent:
             tx.handle(Input.FAILURE, now, resp.serialize())
             self._touched.add(invite_key)
             self._events.append(CallEnded(req.call_id, "cancel"))
+
+    def _receive_in_dialog(self, req: Request, key: str, addr: Address, now: float) -> None:
+        call = self._calls.get(req.call_id)
+        to_tag = NameAddr.parse(req.headers.get("To") or "").tag
+        if call is None or call.ended or to_tag != call.dialog.local_tag:
+            self._respond_new(req, key, addr, now, 481)
+            return
+        cseq, _ = req.cseq
+        if cseq <= call.dialog.remote_cseq:
+            self._respond_new(req, key, addr, now, 500, [("Retry-After", "1")])
+            return
+        call.dialog.remote_cseq = cseq
+        if req.method == "INFO":
+            self._respond_new(req, key, addr, now, 200)
+            ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            self._events.append(InfoReceived(req.call_id, ctype, req.body))
+            return
+        self._start_update(req, key, addr, now, call, NonInviteServerTransaction(key=key))
 
     def _receive_bye(self, req: Request, key: str, addr: Address, now: float) -> None:
         call = self._calls.get(req.call_id)
@@ -557,6 +646,32 @@ class UserAgent:
         caps = [("Allow", ", ".join(SERVED)), ("Accept", ACCEPT)]
         caps.append(("Supported", SUPPORTED))
         return caps
+
+
+def _session_interval(req: Request) -> tuple[int | None, bool]:
+    """RFC 4028: the interval we agree to (None: no session timer), and whether it is below Min-SE.
+
+    We take part only when the caller supports timers and leaves refreshing to itself
+    (refresher=uac or unset): we never send refreshes.
+    """
+    value = req.headers.get("Session-Expires")
+    if not value:
+        return None, False
+    number, _, params = value.partition(";")
+    if not number.strip().isdigit():
+        raise ValueError(f"bad Session-Expires {value!r}")
+    seconds = int(number.strip())
+    if seconds < MIN_SE:
+        return None, True
+    supported = {t.strip().lower() for v in req.headers.get_all("Supported") for t in v.split(",")}
+    refresher = ""
+    for param in params.split(";"):
+        name, _, val = param.partition("=")
+        if name.strip().lower() == "refresher":
+            refresher = val.strip().lower()
+    if "timer" not in supported or refresher == "uas":
+        return None, False
+    return seconds, False
 
 
 def _is_ip(host: str) -> bool:
