@@ -129,6 +129,14 @@ class AccessSettings(_Strict):
         return v
 
 
+class AuthSettings(_Strict):
+    realm: str = "sip-tts"
+    users: dict[str, str] = Field(min_length=1, description="username → password")
+    algorithms: list[Literal["SHA-256", "MD5"]] = Field(["SHA-256", "MD5"], min_length=1,
+                                                        description="offered in this order (RFC 8760)")
+    nonce_ttl_s: float = Field(300, ge=10, le=86400)
+
+
 class ServerConfig(_Strict):
     sip: SipSettings = SipSettings()
     rtp: RtpSettings = RtpSettings()
@@ -138,6 +146,7 @@ class ServerConfig(_Strict):
     prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
     limits: LimitSettings = LimitSettings()
     access: AccessSettings = AccessSettings()
+    auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
     drain_timeout_s: float = Field(30, ge=0, le=3600, description="on SIGTERM: how long calls in progress "
                                                                   "may finish before we hang up")
     hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,

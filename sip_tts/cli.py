@@ -20,6 +20,7 @@ from engine.base import TtsEngine, VoiceSpec
 from telephony.call import CallInfo
 from telephony.rtp.pacer import FrameQueue
 from telephony.admission import AdmissionPolicy
+from telephony.sip.auth import DigestAuthenticator
 from telephony.server import ServerSettings, SipServer
 
 from .engines import SpokenPrompt, build_engine
@@ -53,6 +54,8 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
         user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
         tcp_max_per_source=cfg.sip.tcp_max_connections_per_source, max_message_bytes=cfg.limits.max_message_bytes,
+        authenticator=DigestAuthenticator(cfg.auth.realm, dict(cfg.auth.users), tuple(cfg.auth.algorithms),
+                                          cfg.auth.nonce_ttl_s) if cfg.auth else None,
         admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
                                   invite_burst=cfg.limits.invite_burst_per_source,
                                   max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))

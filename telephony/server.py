@@ -19,6 +19,7 @@ from .call import AudioSource, Call, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
+from .sip.auth import DigestAuthenticator
 from .sip.events import CallConfirmed, CallEnded, IncomingCall, InfoReceived, SessionUpdate
 from .sip.message import SipParseError, frame_length
 from .sip.sdp import SdpError, build_answer, negotiate
@@ -39,6 +40,7 @@ class ServerSettings:
     hangup_after_prompt_ms: int = 300
     user_agent: str = "sip-tts/0.1"
     admission: AdmissionPolicy | None = None
+    authenticator: DigestAuthenticator | None = None
     tcp: bool = True
     tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
     tcp_max_per_source: int = 32
@@ -145,6 +147,7 @@ class SipServer:
                             max_calls=self.settings.max_calls)
         if self.settings.admission is not None:
             self.ua.admission = Admission(self.settings.admission)
+        self.ua.authenticator = self.settings.authenticator
         log.info("listening on udp %s:%d (advertised %s)", self.settings.listen_host, port,
                  self.settings.advertised_host)
 

@@ -385,3 +385,50 @@ def test_found_by_fuzzing_bad_contact_is_a_400_and_leaves_nothing_behind(ua):
     assert ua.next_events() == []
     _run_out(ua, 0.2)
     assert ua._calls == {} and ua._transactions == {}
+
+
+def _authorization(challenge: str, user: str, password: str, nc: str, algorithm: str, method="INVITE",
+                   uri="sip:1000@192.0.2.1:5060", password_override=None):
+    from telephony.sip.auth import digest_response, parse_digest
+
+    p = parse_digest(challenge)
+    resp = digest_response(algorithm, user, p["realm"], password_override or password, method, uri, p["nonce"], nc, "c0ffee")
+    return (f'Authorization: Digest username="{user}", realm="{p["realm"]}", nonce="{p["nonce"]}", uri="{uri}", '
+            f'response="{resp}", algorithm={algorithm}, qop=auth, nc={nc}, cnonce="c0ffee"\r\n')
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
+def test_digest_auth_challenge_then_accept_and_replay_refused(ua, algorithm):
+    from telephony.sip.auth import DigestAuthenticator
+
+    ua.authenticator = DigestAuthenticator("sip-tts", {"pbx": "s3cret"})
+    ua.receive_datagram(invite(call_id="a1"), CALLER, 0.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 401
+    challenges = resp.headers.get_all("WWW-Authenticate")
+    assert [c.split("algorithm=")[1].split(",")[0] for c in challenges] == ["SHA-256", "MD5"]  # strongest first
+    chosen = [c for c in challenges if f"algorithm={algorithm}," in c][0]
+    good = _authorization(chosen, "pbx", "s3cret", "00000001", algorithm)
+    ua.receive_datagram(invite(call_id="a2", extra=good), CALLER, 1.0)
+    assert statuses(ua) == [100] and len(ua.next_events()) == 1
+    ua.receive_datagram(invite(call_id="a3", extra=good), CALLER, 2.0)  # same nonce, same nc: a replay
+    assert statuses(ua) == [401]
+    ua.receive_datagram(invite(call_id="a4", extra=_authorization(chosen, "pbx", "s3cret", "00000002", algorithm)),
+                        CALLER, 3.0)
+    assert statuses(ua) == [100]  # a higher nc on the same nonce is fine
+    bad = _authorization(chosen, "pbx", "s3cret", "00000003", algorithm, password_override="wrong")
+    ua.receive_datagram(invite(call_id="a5", extra=bad), CALLER, 4.0)
+    assert statuses(ua) == [401]
+
+
+def test_digest_auth_expired_nonce_is_stale(ua):
+    from telephony.sip.auth import DigestAuthenticator
+
+    ua.authenticator = DigestAuthenticator("sip-tts", {"pbx": "s3cret"}, nonce_ttl=60)
+    ua.receive_datagram(invite(call_id="s1"), CALLER, 0.0)
+    (resp, _), = sent(ua)
+    challenge = resp.headers.get_all("WWW-Authenticate")[0]
+    late = _authorization(challenge, "pbx", "s3cret", "00000001", "SHA-256")
+    ua.receive_datagram(invite(call_id="s2", extra=late), CALLER, 120.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 401 and "stale=true" in resp.headers.get("WWW-Authenticate")

@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..admission import Admission
+from .auth import DigestAuthenticator
 from .dialog import Dialog, new_branch, new_tag
 from .events import CallConfirmed, CallEnded, Event, IncomingCall, InfoReceived, SessionUpdate
 from .message import (
@@ -100,6 +101,7 @@ class UserAgent:
     max_calls: int = 0  # concurrent calls; 0: no cap. Full: new INVITEs and OPTIONS get 503
     retry_after: int = 5
     admission: Admission | None = None
+    authenticator: DigestAuthenticator | None = None  # set: new INVITEs need digest credentials
     _outgoing: list[tuple[bytes, Address]] = field(default_factory=list)
     _events: list[Event] = field(default_factory=list)
     _transactions: dict[str, tuple[_Transaction, Address]] = field(default_factory=dict)
@@ -329,6 +331,12 @@ class UserAgent:
                 req, 503, "Service Unavailable - rate limited", to_tag=new_tag(),
                 extra=[("Retry-After", str(self.retry_after))]).serialize())
             return
+        if self.authenticator is not None:
+            ok, stale = self.authenticator.check(req, now)
+            if not ok:
+                tx.handle(Input.FAILURE, now, response_for(
+                    req, 401, to_tag=new_tag(), extra=self.authenticator.challenges(now, stale)).serialize())
+                return
         if req.headers.get("Require"):
             tx.handle(Input.FAILURE, now, response_for(
                 req, 420, to_tag=new_tag(), extra=[("Unsupported", req.headers.get("Require") or "")]).serialize())
