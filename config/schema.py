@@ -137,6 +137,21 @@ class AuthSettings(_Strict):
     nonce_ttl_s: float = Field(300, ge=10, le=86400)
 
 
+class RegisterSettings(_Strict):
+    registrar: str = Field(description="SIP URI REGISTER goes to, e.g. sip:pbx.example.com:5060")
+    aor: str = Field(description="address of record, e.g. sip:1000@pbx.example.com")
+    username: str = ""
+    password: str = ""
+    expires: int = Field(300, ge=30, le=86400)
+
+    @field_validator("registrar", "aor")
+    @classmethod
+    def _sip_uri(cls, v: str) -> str:
+        if not v.lower().startswith(("sip:", "sips:")):
+            raise ValueError("must be a sip: URI")
+        return v
+
+
 class ServerConfig(_Strict):
     sip: SipSettings = SipSettings()
     rtp: RtpSettings = RtpSettings()
@@ -147,6 +162,7 @@ class ServerConfig(_Strict):
     limits: LimitSettings = LimitSettings()
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
+    register: RegisterSettings | None = Field(None, description="keep a contact registered at a PBX; none: off")
     drain_timeout_s: float = Field(30, ge=0, le=3600, description="on SIGTERM: how long calls in progress "
                                                                   "may finish before we hang up")
     hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,

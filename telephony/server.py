@@ -20,6 +20,8 @@ from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
 from .sip.auth import DigestAuthenticator
+from .sip.registration import Registration, RegistrationConfig
+from .sip.uri import SipUri
 from .sip.events import CallConfirmed, CallEnded, IncomingCall, InfoReceived, SessionUpdate
 from .sip.message import SipParseError, frame_length
 from .sip.sdp import SdpError, build_answer, negotiate
@@ -41,6 +43,7 @@ class ServerSettings:
     user_agent: str = "sip-tts/0.1"
     admission: AdmissionPolicy | None = None
     authenticator: DigestAuthenticator | None = None
+    registration: RegistrationConfig | None = None
     tcp: bool = True
     tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
     tcp_max_per_source: int = 32
@@ -148,8 +151,23 @@ class SipServer:
         if self.settings.admission is not None:
             self.ua.admission = Admission(self.settings.admission)
         self.ua.authenticator = self.settings.authenticator
+        if self.settings.registration is not None:
+            await self._start_registration(self.settings.registration, port)
         log.info("listening on udp %s:%d (advertised %s)", self.settings.listen_host, port,
                  self.settings.advertised_host)
+
+    async def _start_registration(self, cfg: RegistrationConfig, port: int) -> None:
+        """Resolve the registrar once (the sans-IO core has no resolver) and start registering."""
+        assert self.ua is not None and self._loop is not None
+        uri = SipUri.parse(cfg.registrar_uri)
+        infos = await self._loop.getaddrinfo(uri.host.strip("[]"), uri.port or 5060, type=socket.SOCK_DGRAM)
+        registrar = infos[0][4][:2]
+        user = SipUri.parse(cfg.aor).user or "sip-tts"
+        host = self.settings.advertised_host
+        cfg.contact = cfg.contact or f"sip:{user}@{f'[{host}]' if ':' in host else host}:{port}"
+        self.ua.start_registration(Registration(cfg, f"{host}:{port}"), registrar)
+        log.info("registering %s at %s (%s:%d)", cfg.aor, cfg.registrar_uri, *registrar)
+        self._pump()
 
     @property
     def port(self) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ..admission import Admission
 from .auth import DigestAuthenticator
 from .dialog import Dialog, new_branch, new_tag
+from .registration import Registration
 from .events import CallConfirmed, CallEnded, Event, IncomingCall, InfoReceived, SessionUpdate
 from .message import (
     Request,
@@ -102,6 +103,8 @@ class UserAgent:
     retry_after: int = 5
     admission: Admission | None = None
     authenticator: DigestAuthenticator | None = None  # set: new INVITEs need digest credentials
+    registration: Registration | None = None  # set: keep a contact registered (see start_registration)
+    registrar: Address | None = None
     _outgoing: list[tuple[bytes, Address]] = field(default_factory=list)
     _events: list[Event] = field(default_factory=list)
     _transactions: dict[str, tuple[_Transaction, Address]] = field(default_factory=dict)
@@ -109,6 +112,7 @@ class UserAgent:
     _call_of_tx: dict[str, str] = field(default_factory=dict)  # transaction key → Call-ID
     _current_transport: str = "UDP"
     _request_key: str | None = None  # transaction key of the request being handled
+    _now: float = 0.0  # the time of the current entry point
     _timers: list[tuple[float, int, str]] = field(default_factory=list)  # heap of (deadline, seq, key)
     _touched: set[str] = field(default_factory=set)  # transactions whose deadline may have changed
     _seq: int = 0
@@ -125,6 +129,7 @@ class UserAgent:
         Responses go back to ``addr``; over TCP the I/O layer maps it to the connection.
         """
         self._current_transport = transport
+        self._now = now
         if not data.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF) or padding
         adm = self.admission
@@ -187,8 +192,20 @@ class UserAgent:
         self._outgoing.clear()  # in place: the transactions' sinks hold this list
         return out
 
+    def start_registration(self, registration: Registration, registrar: Address) -> None:
+        """Register (and keep registering) ``registration`` at ``registrar`` (an IP address and port)."""
+        self.registration = registration
+        self.registrar = registrar
+
     def get_timer(self) -> float | None:
         self._settle()
+        reg = self.registration.deadline() if self.registration is not None else None
+        tx = self._tx_timer()
+        if reg is None or (tx is not None and tx < reg):
+            return tx
+        return reg
+
+    def _tx_timer(self) -> float | None:
         heap = self._timers
         while heap:
             when, _, key = heap[0]
@@ -199,7 +216,11 @@ class UserAgent:
         return None
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         self._settle()
+        if self.registration is not None:
+            self.registration.handle_timer(now)
+            self._pump_registration(now)
         heap = self._timers
         while heap and heap[0][0] <= now:
             when, _, key = heapq.heappop(heap)
@@ -534,8 +555,22 @@ class UserAgent:
             # A retransmitted 2xx to an INVITE we never sent, or a stray response: ignore.
             return
         tx, _ = entry
+        final_before = tx.state not in (State.TRYING, State.PROCEEDING)
         self._apply(key, tx, tx.handle(response_input(resp.status), now))
         self._touched.add(key)
+        reg = self.registration
+        if reg is not None and method == "REGISTER" and via.branch == reg.pending_branch and not final_before:
+            reg.on_response(resp, now)
+            self._pump_registration(now)
+
+    def _pump_registration(self, now: float) -> None:
+        reg = self.registration
+        if reg is None or not reg.outbox or self.registrar is None:
+            return
+        for data in reg.outbox:
+            key = f"{reg.pending_branch}:REGISTER"
+            self._add_tx(key, NonInviteClientTransaction.start(key, data, now), self.registrar)
+        reg.outbox.clear()
 
     # -- helpers ------------------------------------------------------------------
     def _apply(self, key: str, tx: _Transaction, events: list[TuEvent]) -> None:
@@ -551,6 +586,10 @@ class UserAgent:
                     self._events.append(CallEnded(call.dialog.call_id, "ack-timeout"))
             elif ev is TuEvent.TIMEOUT:
                 log.info("no response to our request %s", key)
+                reg = self.registration
+                if reg is not None and key == f"{reg.pending_branch}:REGISTER":
+                    reg.on_timeout(self._now)
+                    self._pump_registration(self._now)
             elif ev is TuEvent.TERMINATED:
                 self._transactions.pop(key, None)
                 self._call_of_tx.pop(key, None)
