@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
@@ -162,7 +162,9 @@ class ServerConfig(_Strict):
     limits: LimitSettings = LimitSettings()
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
-    register: RegisterSettings | None = Field(None, description="keep a contact registered at a PBX; none: off")
+    # YAML key "register" (an alias: the name itself would shadow ABCMeta.register)
+    registration: RegisterSettings | None = Field(None, alias="register",
+                                                  description="keep a contact registered at a PBX; none: off")
     drain_timeout_s: float = Field(30, ge=0, le=3600, description="on SIGTERM: how long calls in progress "
                                                                   "may finish before we hang up")
     hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,

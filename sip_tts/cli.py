@@ -55,9 +55,10 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
         user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
         tcp_max_per_source=cfg.sip.tcp_max_connections_per_source, max_message_bytes=cfg.limits.max_message_bytes,
-        registration=RegistrationConfig(cfg.register.registrar, cfg.register.aor, "", cfg.register.username,
-                                        cfg.register.password, cfg.register.expires,
-                                        user_agent=cfg.sip.user_agent) if cfg.register else None,
+        registration=RegistrationConfig(cfg.registration.registrar, cfg.registration.aor, "",
+                                        cfg.registration.username, cfg.registration.password,
+                                        cfg.registration.expires, user_agent=cfg.sip.user_agent)
+        if cfg.registration else None,
         authenticator=DigestAuthenticator(cfg.auth.realm, dict(cfg.auth.users), tuple(cfg.auth.algorithms),
                                           cfg.auth.nonce_ttl_s) if cfg.auth else None,
         admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
