@@ -189,12 +189,10 @@ class Headers:
         return Headers(list(self.items))
 
 
-@dataclass
-class Request:
-    method: str
-    uri: str
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
+class _Fields:
+    """What requests and responses both read from their headers."""
+
+    headers: Headers
 
     @property
     def call_id(self) -> str:
@@ -203,25 +201,25 @@ class Request:
     @property
     def cseq(self) -> tuple[int, str]:
         return parse_cseq(self.headers.get("CSeq") or "")
+
+
+@dataclass
+class Request(_Fields):
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
 
     def serialize(self) -> bytes:
         return _serialize(f"{self.method} {self.uri} {SIP_VERSION}", self.headers, self.body)
 
 
 @dataclass
-class Response:
+class Response(_Fields):
     status: int
     reason: str = ""
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
-
-    @property
-    def call_id(self) -> str:
-        return self.headers.get("Call-ID") or ""
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.headers.get("CSeq") or "")
 
     def serialize(self) -> bytes:
         reason = self.reason or REASON_PHRASES.get(self.status, "Unknown")

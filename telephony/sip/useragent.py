@@ -396,15 +396,22 @@ class UserAgent:
 
     def _receive_reinvite(self, req: Request, key: str, addr: Address, now: float,
                           call: _Call | None, to_tag: str) -> None:
-        if call is None or call.dialog.local_tag != to_tag or call.ended:
+        if self._in_dialog(req, key, addr, now, call, to_tag):
+            assert call is not None
+            self._start_update(req, key, addr, now, call, InviteServerTransaction(key=key))
+
+    def _in_dialog(self, req: Request, key: str, addr: Address, now: float, call: _Call | None,
+                   to_tag: str | None) -> bool:
+        """A request inside our dialog, in CSeq order; otherwise answered 481 or 500 here."""
+        if call is None or call.ended or to_tag != call.dialog.local_tag:
             self._respond_new(req, key, addr, now, 481)
-            return
+            return False
         cseq, _ = req.cseq
         if cseq <= call.dialog.remote_cseq:
             self._respond_new(req, key, addr, now, 500, [("Retry-After", "1")])
-            return
+            return False
         call.dialog.remote_cseq = cseq
-        self._start_update(req, key, addr, now, call, InviteServerTransaction(key=key))
+        return True
 
     def _start_update(self, req: Request, key: str, addr: Address, now: float, call: _Call,
                       tx: _Transaction) -> None:
@@ -503,15 +510,9 @@ class UserAgent:
 
     def _receive_in_dialog(self, req: Request, key: str, addr: Address, now: float) -> None:
         call = self._calls.get(req.call_id)
-        to_tag = NameAddr.parse(req.headers.get("To") or "").tag
-        if call is None or call.ended or to_tag != call.dialog.local_tag:
-            self._respond_new(req, key, addr, now, 481)
+        if not self._in_dialog(req, key, addr, now, call, NameAddr.parse(req.headers.get("To") or "").tag):
             return
-        cseq, _ = req.cseq
-        if cseq <= call.dialog.remote_cseq:
-            self._respond_new(req, key, addr, now, 500, [("Retry-After", "1")])
-            return
-        call.dialog.remote_cseq = cseq
+        assert call is not None
         if req.method == "INFO":
             self._respond_new(req, key, addr, now, 200)
             ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
