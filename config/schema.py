@@ -152,6 +152,12 @@ class RegisterSettings(_Strict):
         return v
 
 
+class MediaSettings(_Strict):
+    timeout_s: float = Field(0, ge=0, le=3600, description="no RTP from the caller this long: BYE (0: off)")
+    dscp: int = Field(46, ge=0, le=63, description="DSCP of our RTP packets (46 = EF); 0: unmarked")
+    barge_in: bool = Field(False, description="a DTMF digit stops the prompt at once")
+
+
 class ServerConfig(_Strict):
     sip: SipSettings = SipSettings()
     rtp: RtpSettings = RtpSettings()
@@ -160,6 +166,7 @@ class ServerConfig(_Strict):
     engine: EspeakSettings | ChatterboxSettings = Field(EspeakSettings(), discriminator="kind")
     prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
     limits: LimitSettings = LimitSettings()
+    media: MediaSettings = MediaSettings()
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
     # YAML key "register" (an alias: the name itself would shadow ABCMeta.register)

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from .rtp.dtmf import DtmfDigit, Rfc4733Detector
 from .rtp.pacer import FrameQueue, RtpSender
 from .sip.events import IncomingCall
 from .sip.sdp import NegotiatedAudio
@@ -48,6 +49,7 @@ class Call:
     producer: asyncio.Task[None] | None = None
     invite_at: float = 0.0
     confirmed_at: float | None = None
+    confirmed_loop_time: float | None = None
     ended: bool = False
     binding: bool = False  # RTP socket being bound
     cleaned: bool = False  # port released, socket closed
@@ -57,6 +59,10 @@ class Call:
     sdp_version: int = 1
     session_id: int = 0
     held: bool = False
+    dtmf: Rfc4733Detector | None = None
+    digits: list[DtmfDigit] = field(default_factory=list)
+    last_rtp_at: float | None = None  # when the caller's RTP last arrived (loop time)
+    latched: bool = False  # symmetric RTP: remote taken from the caller's first packet
 
     @property
     def remote(self) -> tuple[str, int]:

@@ -8,6 +8,7 @@ stops each call's audio. Nothing here blocks the loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import socket
@@ -18,6 +19,8 @@ from typing import Callable
 from .call import AudioSource, Call, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
+from .rtp.dtmf import DtmfDigit, Rfc4733Detector, parse_info
+from .rtp.packet import RtpError, RtpPacket
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
 from .sip.auth import DigestAuthenticator
 from .sip.registration import Registration, RegistrationConfig
@@ -44,6 +47,9 @@ class ServerSettings:
     admission: AdmissionPolicy | None = None
     authenticator: DigestAuthenticator | None = None
     registration: RegistrationConfig | None = None
+    media_timeout: float = 0.0  # no RTP from the caller for this long: BYE (0: off)
+    dscp: int = 46  # DSCP of our RTP (46 = EF); 0: leave unmarked
+    barge_in: bool = False  # a DTMF digit stops the prompt at once
     tcp: bool = True
     tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
     tcp_max_per_source: int = 32
@@ -106,13 +112,14 @@ class _TcpConnection(asyncio.Protocol):
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    """The caller's RTP: drained for now (DTMF, RTCP and latching arrive with the media issue)."""
+    """The caller's RTP: DTMF (RFC 4733), symmetric-RTP latching, media-timeout bookkeeping."""
 
-    def __init__(self) -> None:
-        self.received = 0
+    def __init__(self, server: "SipServer", call: Call) -> None:
+        self.server = server
+        self.call = call
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        self.received += 1
+        self.server._on_rtp(self.call, data, addr[:2])
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the caller is gone: nothing to do
@@ -133,6 +140,7 @@ class SipServer:
         self._tcp: dict[tuple[str, int], _TcpConnection] = {}
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tcp_sweeper: asyncio.TimerHandle | None = None
+        self._media_sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,6 +150,8 @@ class SipServer:
             lambda: _SipProtocol(self), local_addr=(self.settings.listen_host, self.settings.listen_port))
         self._transport = transport
         port = transport.get_extra_info("sockname")[1]
+        if self.settings.media_timeout > 0:
+            self._media_sweeper = self._loop.call_later(1.0, self._sweep_media)
         if self.settings.tcp:
             self._tcp_server = await self._loop.create_server(
                 lambda: _TcpConnection(self), self.settings.listen_host, port, reuse_address=True)
@@ -207,6 +217,8 @@ class SipServer:
             self._transport.close()
         if self._tcp_sweeper is not None:
             self._tcp_sweeper.cancel()
+        if self._media_sweeper is not None:
+            self._media_sweeper.cancel()
         if self._tcp_server is not None:
             self._tcp_server.close()
             for conn in list(self._tcp.values()):
@@ -281,7 +293,7 @@ class SipServer:
                 elif isinstance(event, SessionUpdate):
                     self._on_session_update(event)
                 elif isinstance(event, InfoReceived):
-                    log.info("call %s: INFO %s (%d bytes)", event.call_id, event.content_type, len(event.body))
+                    self._on_info(event)
         for data, addr in self.ua.datagrams_to_send():
             try:
                 self._send(data, addr)
@@ -320,6 +332,8 @@ class SipServer:
         call = Call(info, ev, media, port, FrameQueue(SILENCE[media.codec]), invite_at=time.monotonic())
         self.calls[ev.call_id] = call
         call.held = media.direction in ("sendonly", "inactive")
+        if media.dtmf_payload_type is not None:
+            call.dtmf = Rfc4733Detector(8000)
         self._arm_session_timer(call, ev.session_expires)
         # Synthesis starts now, while the socket binds and the 200 OK travels.
         call.producer = asyncio.ensure_future(self._produce(call, source))
@@ -368,7 +382,16 @@ class SipServer:
                     return None
                 continue
             sock.setblocking(False)
-            transport, _ = await self._loop.create_datagram_endpoint(_RtpProtocol, sock=sock)
+            if self.settings.dscp:
+                tos = self.settings.dscp << 2  # DSCP in the upper six bits of TOS / traffic class
+                try:
+                    if family == socket.AF_INET:
+                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+                    else:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+                except OSError:
+                    pass
+            transport, _ = await self._loop.create_datagram_endpoint(lambda: _RtpProtocol(self, call), sock=sock)
             return transport
         return None
 
@@ -389,6 +412,7 @@ class SipServer:
         if call is None or call.ended or call.transport is None or self.clock is None:
             return
         call.confirmed_at = time.monotonic()
+        call.confirmed_loop_time = self._now()
         transport = call.transport
         call.sender = RtpSender(
             payload_type=call.media.payload_type, codec=call.info.codec,
@@ -415,6 +439,7 @@ class SipServer:
                 self.ua.reject_update(ev.call_id, 488, now)
                 return
             call.media = media
+            call.latched = False  # the caller may have moved: latch again on its next packet
             call.held = media.direction in ("sendonly", "inactive")
             if call.sender is not None:
                 call.sender.paused = call.held
@@ -427,6 +452,59 @@ class SipServer:
                            call.sdp_version)
         self.ua.answer_update(ev.call_id, sdp, now)
         self._arm_session_timer(call, self.ua.session_expires(ev.call_id))
+
+    # -- the caller's media --------------------------------------------------------
+    def _on_rtp(self, call: Call, data: bytes, addr: tuple[str, int]) -> None:
+        call.last_rtp_at = self._now()
+        if not call.latched and addr[1] != 0:  # (port 0: a raw-socket sender, e.g. SIPp's pcap player)
+            # Symmetric RTP (RFC 4961): send where the caller's packets really come from,
+            # decided once per call (and again after a re-INVITE): the SDP may lie behind NAT.
+            call.latched = True
+            if addr != call.remote:
+                log.info("call %s: RTP latched to %s:%d (SDP said %s:%d)", call.info.call_id, *addr, *call.remote)
+                call.media = dataclasses.replace(call.media, remote_host=addr[0], remote_port=addr[1])
+        if call.dtmf is None or len(data) < 12 or (data[1] & 0x7F) != call.media.dtmf_payload_type:
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            return
+        for digit in call.dtmf.feed(packet.timestamp, packet.payload):
+            self._on_digit(call, digit)
+
+    def _on_info(self, ev: InfoReceived) -> None:
+        call = self.calls.get(ev.call_id)
+        digit = parse_info(ev.content_type, ev.body)
+        if call is not None and digit is not None:
+            self._on_digit(call, digit)
+
+    def _on_digit(self, call: Call, digit: DtmfDigit) -> None:
+        call.digits.append(digit)
+        log.info("call %s: DTMF %s (%d ms, %s)", call.info.call_id, digit.digit, digit.duration_ms, digit.source)
+        if self.settings.barge_in and not call.ended:
+            self.barge_in(call)
+
+    def barge_in(self, call: Call) -> None:
+        """Stop the current prompt now: queued frames flushed, synthesis cancelled."""
+        call.queue.flush()
+        if call.producer is not None and not call.producer.done():
+            call.producer.cancel()
+        call.queue.finish()  # with nothing queued the pacer ends the prompt on its next slot
+        log.info("call %s: barge-in", call.info.call_id)
+
+    def _sweep_media(self) -> None:
+        """Media timeout: no RTP from the caller for ``media_timeout`` seconds ends the call."""
+        now = self._now()
+        for call in list(self.calls.values()):
+            if call.ended or call.confirmed_at is None or call.held:
+                continue
+            since = call.last_rtp_at if call.last_rtp_at is not None else call.confirmed_loop_time
+            if since is not None and now - since > self.settings.media_timeout:
+                log.info("call %s: no RTP for %.0f s", call.info.call_id, now - since)
+                self._hangup(call, "media-timeout")
+        self._pump()
+        assert self._loop is not None
+        self._media_sweeper = self._loop.call_later(1.0, self._sweep_media)
 
     def _arm_session_timer(self, call: Call, seconds: int | None) -> None:
         """RFC 4028: the caller refreshes; if it does not within the interval, the session is over."""

@@ -1,0 +1,107 @@
+"""DTMF from real callers: SIPp's RFC 4733 capture, SIP INFO; barge-in; symmetric RTP."""
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import decode_g711
+from telephony.rtp.packet import RtpPacket
+from telephony.sip import Response, parse_message
+from tests.sipmsg import LOOPBACK, invite, offer, request
+
+from .conftest import free_udp_port
+from .pcap import read_udp
+
+SCENARIO = Path(__file__).parent / "scenarios" / "uac_dtmf_wait_bye.xml"
+
+
+def sipp_dtmf(srv, tmp_path, media_port: int, sdp_port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sipp", srv.uri_host, "-sf", str(SCENARIO), "-s", "3000", "-i", "127.0.0.1", "-p", str(free_udp_port()),
+         "-mi", "127.0.0.1", "-mp", str(media_port), "-key", "sdp_port", str(sdp_port), "-m", "1", "-nostdin",
+         "-recv_timeout", "30000"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def _log_time(line: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_rfc4733_digit_from_sipp_barges_in_within_a_frame(start_server, capture, tmp_path):
+    srv = start_server(extra_yaml="media:\n  barge_in: true\n")
+    cap = capture("udp and dst host 127.0.0.1 and dst port 18100")
+    res = sipp_dtmf(srv, tmp_path, 18100, 18100)
+    cap.stop()
+    assert res.returncode == 0, res.stdout[-2000:]
+    log = srv.log_text()
+    assert "DTMF 1 (280 ms, rfc4733)" in log and "barge-in" in log and "ended: prompt-done" in log
+    # SIPp's pcap player sends through a raw socket that the capture does not see, so the
+    # digit's arrival is taken from the server's log line (millisecond resolution).
+    digit_at = _log_time(next(line for line in log.splitlines() if "DTMF 1" in line))
+    ours = []
+    for p in read_udp(cap.path):
+        rtp = RtpPacket.parse(p.payload)
+        loud = np.sqrt(np.mean(decode_g711(rtp.payload, "PCMU").astype(float) ** 2)) > 100
+        ours.append((p.time, loud))
+    last_loud = max(t for t, loud in ours if loud)
+    assert any(loud for t, loud in ours if t < digit_at - 0.5)  # the prompt was playing before
+    assert last_loud - digit_at < 0.045, last_loud - digit_at  # and stopped within a frame or two
+
+
+def test_symmetric_rtp_latches_when_the_sdp_lies(server, tmp_path):
+    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sig.bind(("127.0.0.1", 0))
+    sig.settimeout(2)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind(("127.0.0.1", 0))  # where our RTP really comes from
+    media.settimeout(2)
+    dest = ("127.0.0.1", server.port)
+    sig.sendto(invite(call_id="latch-1", sdp=offer(LOOPBACK, 9), host=LOOPBACK), dest)  # the SDP says port 9
+    ok = None
+    while ok is None:
+        msg = parse_message(sig.recvfrom(65535)[0])
+        if isinstance(msg, Response) and msg.status == 200:
+            ok = msg
+    tag = ok.headers.get("To").split("tag=")[1]
+    rtp_port = int(ok.body.decode().split("m=audio ")[1].split()[0])
+    sig.sendto(request("ACK", call_id="latch-1", cseq=1, to_tag=tag), dest)
+    for i in range(3):
+        media.sendto(RtpPacket(0, i, 160 * i, 1234, b"\xff" * 160).serialize(), ("127.0.0.1", rtp_port))
+    got = [RtpPacket.parse(media.recvfrom(2048)[0]) for _ in range(10)]  # our audio reaches the real port
+    assert all(p.payload_type == 0 and len(p.payload) == 160 for p in got)
+    sig.sendto(request("BYE", call_id="latch-1", cseq=2, to_tag=tag), dest)
+    sig.close()
+    media.close()
+    time.sleep(0.2)
+    assert "RTP latched to 127.0.0.1:" in server.log_text()
+    assert "(SDP said 127.0.0.1:9)" in server.log_text()
+
+
+def test_dtmf_in_sip_info(server):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2)
+    dest = ("127.0.0.1", server.port)
+    s.sendto(invite(call_id="info-1", sdp=offer(LOOPBACK, 18300), host=LOOPBACK), dest)
+    ok = None
+    while ok is None:
+        msg = parse_message(s.recvfrom(65535)[0])
+        if isinstance(msg, Response) and msg.status == 200:
+            ok = msg
+    tag = ok.headers.get("To").split("tag=")[1]
+    s.sendto(request("ACK", call_id="info-1", cseq=1, to_tag=tag), dest)
+    body = b"Signal=5\r\nDuration=160\r\n"
+    info = request("INFO", call_id="info-1", cseq=2, to_tag=tag, extra="Content-Type: application/dtmf-relay\r\n")
+    s.sendto(info.replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: %d\r\n\r\n" % len(body) + body), dest)
+    resp = parse_message(s.recvfrom(65535)[0])
+    while resp.cseq[1] != "INFO":
+        resp = parse_message(s.recvfrom(65535)[0])
+    assert resp.status == 200
+    s.sendto(request("BYE", call_id="info-1", cseq=3, to_tag=tag), dest)
+    s.close()
+    time.sleep(0.3)
+    assert "call info-1: DTMF 5 (160 ms, info)" in server.log_text()
