@@ -29,7 +29,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .packet import RtpPacket
+import struct
+
+_HEADER = struct.Struct("!BBHII")
 
 FRAME_SECONDS = 0.020
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
@@ -116,12 +118,15 @@ class RtpSender:
             self.silence_frames += 1
         elif self.first_audio_at is None:
             self.first_audio_at = now
-        packet = RtpPacket(self.payload_type, self.sequence, self.timestamp, self.ssrc, frame, self._marker)
+        # The fixed header packed directly (this runs for every call every 20 ms; the
+        # RtpPacket dataclass is for parsing and tests): same bytes as RtpPacket.serialize().
+        head = _HEADER.pack(0x80, (0x80 if self._marker else 0) | self.payload_type, self.sequence,
+                            self.timestamp, self.ssrc)
         self._marker = False
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
         self.packets_sent += 1
-        return packet.serialize()
+        return head + frame
 
 
 class Pacer:
