@@ -65,14 +65,15 @@ default: "The number you dialed is not in service."
 """
 
 
-def _start_server(tmp_path: Path, extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "") -> RunningServer:
+def _start_server(tmp_path: Path, extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "",
+                  drain: float = 3) -> RunningServer:
     port = free_udp_port()
     rtp_min = 21000 + (port % 200) * 100
     (tmp_path / "prompts.yaml").write_text(prompts)
     (tmp_path / "server.yaml").write_text(
         f"sip:\n  listen: 127.0.0.1:{port}\n  advertised_address: 127.0.0.1\n{sip_yaml}"
         f"rtp:\n  port_min: {rtp_min}\n  port_max: {rtp_min + 99}\n"
-        f"prompts: prompts.yaml\n{extra_yaml}")
+        f"prompts: prompts.yaml\ndrain_timeout_s: {drain}\n{extra_yaml}")
     log = tmp_path / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(tmp_path / "server.yaml")],
@@ -96,11 +97,11 @@ def server(tmp_path):
 def start_server(tmp_path):
     started: list[RunningServer] = []
 
-    def start(extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "") -> RunningServer:
-        """``sip_yaml``: more lines of the sip: section, indented two spaces."""
+    def start(extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "", drain: float = 3) -> RunningServer:
+        """``sip_yaml``: more lines of the sip: section, indented two spaces; ``drain``: drain_timeout_s."""
         d = tmp_path / f"srv{len(started)}"
         d.mkdir()
-        srv = _start_server(d, extra_yaml, prompts, sip_yaml)
+        srv = _start_server(d, extra_yaml, prompts, sip_yaml, drain)
         started.append(srv)
         return srv
 

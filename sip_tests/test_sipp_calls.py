@@ -70,7 +70,7 @@ def test_no_g711_offer_gets_488(server, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:]
 
 
-def test_sigterm_drains_new_calls_get_503_calls_in_progress_finish_exit_0(server, tmp_path):
+def test_sigterm_drains_new_calls_get_503_calls_in_progress_finish_exit_0(start_server, tmp_path):
     import socket
     import subprocess
     import time
@@ -79,6 +79,7 @@ def test_sigterm_drains_new_calls_get_503_calls_in_progress_finish_exit_0(server
     from tests.sipmsg import LOOPBACK, invite, offer, request
 
     from .conftest import PEERS, free_udp_port
+    server = start_server(drain=20)
     sipp = subprocess.Popen(
         ["sipp", server.uri_host, "-sf", str(PEERS / "sipp" / "uac_pcmu_wait_bye.xml"), "-s", "1000",
          "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", "17200",

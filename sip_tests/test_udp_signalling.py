@@ -58,6 +58,7 @@ def test_cancel_before_answer_races_cleanly(server):
     s.sendto(inv, ("127.0.0.1", server.port))
     s.sendto(request("CANCEL", branch="z9hG4bKrace1", call_id="race-1", cseq=1), ("127.0.0.1", server.port))
     statuses = []
+    answered = []
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         try:
@@ -67,8 +68,14 @@ def test_cancel_before_answer_races_cleanly(server):
         msg = parse_message(data)
         if isinstance(msg, Response):
             statuses.append((msg.status, msg.cseq[1]))
+            if msg.status >= 200:
+                answered.append(msg)
             if len([x for x in statuses if x[0] >= 200]) == 2:
                 break
+    if (200, "INVITE") in statuses:  # the 200 won the race: the call is up, so end it properly
+        to_tag = [m for m in answered if m.cseq[1] == "INVITE"][0].headers.get("To").split("tag=")[1]
+        s.sendto(request("ACK", branch="z9hG4bKrace1ack", call_id="race-1", cseq=1, to_tag=to_tag), ("127.0.0.1", server.port))
+        s.sendto(request("BYE", call_id="race-1", cseq=2, to_tag=to_tag), ("127.0.0.1", server.port))
     s.close()
     assert (200, "CANCEL") in statuses or (481, "CANCEL") in statuses
     assert (487, "INVITE") in statuses or (200, "INVITE") in statuses

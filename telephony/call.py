@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector
+from .rtp.rtcp import ReceiveStats, ReportBlock
 from .rtp.pacer import FrameQueue, RtpSender
 from .sip.events import IncomingCall
 from .sip.sdp import NegotiatedAudio
@@ -63,6 +64,11 @@ class Call:
     digits: list[DtmfDigit] = field(default_factory=list)
     last_rtp_at: float | None = None  # when the caller's RTP last arrived (loop time)
     latched: bool = False  # symmetric RTP: remote taken from the caller's first packet
+    rx: ReceiveStats = field(default_factory=ReceiveStats)  # the caller's stream: loss, jitter
+    rtcp: asyncio.DatagramTransport | None = None
+    rtcp_remote: tuple[str, int] | None = None  # where the caller's RTCP comes from (else RTP port + 1)
+    rtcp_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    peer_report: ReportBlock | None = None  # the caller's view of our stream
 
     @property
     def remote(self) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import secrets
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +23,8 @@ from .ports import PortAllocator, PortsExhausted
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector, parse_info
 from .rtp.packet import RtpError, RtpPacket
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
+from .rtp.rtcp import RtcpError, SenderReport, parse_compound, report_interval, sdes_cname
+from .rtp.rtcp import bye as rtcp_bye
 from .sip.auth import DigestAuthenticator
 from .sip.registration import Registration, RegistrationConfig
 from .sip.uri import SipUri
@@ -123,6 +126,18 @@ class _RtpProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the caller is gone: nothing to do
+
+
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: "SipServer", call: Call) -> None:
+        self.server = server
+        self.call = call
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.server._on_rtcp(self.call, data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        pass
 
 
 class SipServer:
@@ -357,8 +372,22 @@ class SipServer:
             self._cleanup(call)
         else:
             call.transport = transport
+            await self._bind_rtcp(call)
             self.ua.answer(call.info.call_id, answer(call.local_port), self._now())
         self._pump()
+
+    async def _bind_rtcp(self, call: Call) -> None:
+        """RTCP on the odd port above RTP (RFC 3550 §11); calls work without it if it is taken."""
+        assert self._loop is not None
+        family = socket.AF_INET6 if ":" in self.settings.listen_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.settings.listen_host, call.local_port + 1))
+        except OSError:
+            sock.close()
+            return
+        sock.setblocking(False)
+        call.rtcp, _ = await self._loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, call), sock=sock)
 
     async def _bind_rtp(self, call: Call) -> asyncio.DatagramTransport | None:
         """Bind the call's RTP socket; a port taken by another process is skipped.
@@ -420,6 +449,7 @@ class SipServer:
             on_done=lambda: self._on_prompt_done(call))
         call.sender.paused = call.held
         self.clock.add(call.sender)
+        self._schedule_rtcp(call)
 
     def _on_session_update(self, ev: SessionUpdate) -> None:
         """re-INVITE/UPDATE: hold, resume, a new remote address; refreshes the session timer."""
@@ -455,7 +485,11 @@ class SipServer:
 
     # -- the caller's media --------------------------------------------------------
     def _on_rtp(self, call: Call, data: bytes, addr: tuple[str, int]) -> None:
-        call.last_rtp_at = self._now()
+        now = self._now()
+        call.last_rtp_at = now
+        if len(data) >= 12 and data[0] >> 6 == 2:
+            seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
+            call.rx.feed(ssrc, seq, ts, now)
         if not call.latched and addr[1] != 0:  # (port 0: a raw-socket sender, e.g. SIPp's pcap player)
             # Symmetric RTP (RFC 4961): send where the caller's packets really come from,
             # decided once per call (and again after a re-INVITE): the SDP may lie behind NAT.
@@ -471,6 +505,40 @@ class SipServer:
             return
         for digit in call.dtmf.feed(packet.timestamp, packet.payload):
             self._on_digit(call, digit)
+
+    def _on_rtcp(self, call: Call, data: bytes, addr: tuple[str, int]) -> None:
+        call.rtcp_remote = addr
+        try:
+            reports = parse_compound(data)
+        except RtcpError:
+            return
+        for report in reports:
+            for block in report.blocks:
+                if call.sender is not None and block.ssrc == call.sender.ssrc:
+                    call.peer_report = block
+
+    def _schedule_rtcp(self, call: Call) -> None:
+        if self._loop is not None and not call.ended:
+            call.rtcp_timer = self._loop.call_later(report_interval(), self._send_rtcp, call)
+
+    def _send_rtcp(self, call: Call, final: bool = False) -> None:
+        """A sender report (with a block about the caller's stream) and our CNAME; BYE at the end."""
+        sender = call.sender
+        if call.rtcp is None or sender is None:
+            return
+        block = call.rx.report_block()
+        sr = SenderReport(sender.ssrc, time.time(), sender.timestamp, sender.packets_sent,
+                          sender.packets_sent * 160, [block] if block else [])
+        packet = sr.serialize() + sdes_cname(sender.ssrc, f"sip-tts@{self.settings.advertised_host}")
+        if final:
+            packet += rtcp_bye(sender.ssrc)
+        dest = call.rtcp_remote or (call.remote[0], call.remote[1] + 1)
+        try:
+            call.rtcp.sendto(packet, dest)
+        except OSError:
+            pass
+        if not final:
+            self._schedule_rtcp(call)
 
     def _on_info(self, ev: InfoReceived) -> None:
         call = self.calls.get(ev.call_id)
@@ -510,6 +578,18 @@ class SipServer:
         """RFC 4028: the caller refreshes; if it does not within the interval, the session is over."""
         if call.session_timer is not None:
             call.session_timer.cancel()
+        if call.rtcp_timer is not None:
+            call.rtcp_timer.cancel()
+        if call.rtcp is not None:
+            self._send_rtcp(call, final=True)
+            call.rtcp.close()
+            call.rtcp = None
+        if call.rx.ssrc is not None:
+            peer = call.peer_report
+            log.info("call %s media: caller's stream %d packets, %d lost, jitter %.1f ms%s", call.info.call_id,
+                     call.rx.received, call.rx.lost, call.rx.jitter_ms,
+                     f"; caller reports {peer.fraction_lost / 2.56:.1f}% loss, jitter {peer.jitter / 8:.1f} ms"
+                     if peer else "")
             call.session_timer = None
         if seconds and self._loop is not None:
             call.session_timer = self._loop.call_later(seconds, self._on_session_expired, call)
@@ -556,6 +636,18 @@ class SipServer:
         call.cleaned = True
         if call.session_timer is not None:
             call.session_timer.cancel()
+        if call.rtcp_timer is not None:
+            call.rtcp_timer.cancel()
+        if call.rtcp is not None:
+            self._send_rtcp(call, final=True)
+            call.rtcp.close()
+            call.rtcp = None
+        if call.rx.ssrc is not None:
+            peer = call.peer_report
+            log.info("call %s media: caller's stream %d packets, %d lost, jitter %.1f ms%s", call.info.call_id,
+                     call.rx.received, call.rx.lost, call.rx.jitter_ms,
+                     f"; caller reports {peer.fraction_lost / 2.56:.1f}% loss, jitter {peer.jitter / 8:.1f} ms"
+                     if peer else "")
         if call.sender is not None and self.clock is not None:
             self.clock.remove(call.sender)
         if call.producer is not None and not call.producer.done():
