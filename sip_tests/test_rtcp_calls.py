@@ -40,7 +40,14 @@ def test_sender_report_with_the_callers_loss_and_tshark_decodes_it(server, captu
         media.sendto(RtpPacket(0, seq, 160 * seq, 0xABCD, b"\xff" * 160).serialize(), ("127.0.0.1", rtp_port))
         time.sleep(0.02)
     ours = RtpPacket.parse(media.recvfrom(2048)[0])
-    sig.sendto(request("BYE", call_id="rtcp-1", cseq=2, to_tag=tag), dest)
+    # a session refresh (re-INVITE) in the middle must not disturb RTCP
+    sig.sendto(invite(call_id="rtcp-1", sdp=offer(LOOPBACK, mport), host=LOOPBACK, to_tag=tag, cseq=2), dest)
+    while True:
+        msg = parse_message(sig.recvfrom(65535)[0])
+        if isinstance(msg, Response) and msg.status == 200 and msg.cseq == (2, "INVITE"):
+            break
+    sig.sendto(request("ACK", call_id="rtcp-1", cseq=2, to_tag=tag, branch="z9hG4bKack2"), dest)
+    sig.sendto(request("BYE", call_id="rtcp-1", cseq=3, to_tag=tag), dest)
     reports = []
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
@@ -59,6 +66,7 @@ def test_sender_report_with_the_callers_loss_and_tshark_decodes_it(server, captu
     assert block.ssrc == 0xABCD and block.cumulative_lost == 3 and block.highest_seq == 49
     time.sleep(0.2)
     assert "caller's stream 47 packets, 3 lost" in server.log_text()
+    assert server.log_text().count(" media: ") == 1  # one summary, at the end of the call
     require("tshark")
     out = subprocess.run(["tshark", "-r", str(cap.path), "-d", f"udp.port=={mport + 1},rtcp",
                           "-T", "fields", "-e", "rtcp.pt"], capture_output=True, text=True, timeout=60).stdout

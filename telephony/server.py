@@ -540,6 +540,21 @@ class SipServer:
         if not final:
             self._schedule_rtcp(call)
 
+    def _end_rtcp(self, call: Call) -> None:
+        """Final SR + BYE, and the call's media summary line."""
+        if call.rtcp_timer is not None:
+            call.rtcp_timer.cancel()
+        if call.rtcp is not None:
+            self._send_rtcp(call, final=True)
+            call.rtcp.close()
+            call.rtcp = None
+        if call.rx.ssrc is not None:
+            peer = call.peer_report
+            log.info("call %s media: caller's stream %d packets, %d lost, jitter %.1f ms%s", call.info.call_id,
+                     call.rx.received, call.rx.lost, call.rx.jitter_ms,
+                     f"; caller reports {peer.fraction_lost / 2.56:.1f}% loss, jitter {peer.jitter / 8:.1f} ms"
+                     if peer else "")
+
     def _on_info(self, ev: InfoReceived) -> None:
         call = self.calls.get(ev.call_id)
         digit = parse_info(ev.content_type, ev.body)
@@ -578,18 +593,6 @@ class SipServer:
         """RFC 4028: the caller refreshes; if it does not within the interval, the session is over."""
         if call.session_timer is not None:
             call.session_timer.cancel()
-        if call.rtcp_timer is not None:
-            call.rtcp_timer.cancel()
-        if call.rtcp is not None:
-            self._send_rtcp(call, final=True)
-            call.rtcp.close()
-            call.rtcp = None
-        if call.rx.ssrc is not None:
-            peer = call.peer_report
-            log.info("call %s media: caller's stream %d packets, %d lost, jitter %.1f ms%s", call.info.call_id,
-                     call.rx.received, call.rx.lost, call.rx.jitter_ms,
-                     f"; caller reports {peer.fraction_lost / 2.56:.1f}% loss, jitter {peer.jitter / 8:.1f} ms"
-                     if peer else "")
             call.session_timer = None
         if seconds and self._loop is not None:
             call.session_timer = self._loop.call_later(seconds, self._on_session_expired, call)
@@ -636,18 +639,7 @@ class SipServer:
         call.cleaned = True
         if call.session_timer is not None:
             call.session_timer.cancel()
-        if call.rtcp_timer is not None:
-            call.rtcp_timer.cancel()
-        if call.rtcp is not None:
-            self._send_rtcp(call, final=True)
-            call.rtcp.close()
-            call.rtcp = None
-        if call.rx.ssrc is not None:
-            peer = call.peer_report
-            log.info("call %s media: caller's stream %d packets, %d lost, jitter %.1f ms%s", call.info.call_id,
-                     call.rx.received, call.rx.lost, call.rx.jitter_ms,
-                     f"; caller reports {peer.fraction_lost / 2.56:.1f}% loss, jitter {peer.jitter / 8:.1f} ms"
-                     if peer else "")
+        self._end_rtcp(call)
         if call.sender is not None and self.clock is not None:
             self.clock.remove(call.sender)
         if call.producer is not None and not call.producer.done():
