@@ -105,3 +105,25 @@ def test_dtmf_in_sip_info(server):
     s.close()
     time.sleep(0.3)
     assert "call info-1: DTMF 5 (160 ms, info)" in server.log_text()
+
+
+def test_media_timeout_ends_a_call_whose_rtp_stopped(start_server):
+    srv = start_server(extra_yaml="media:\n  timeout_s: 2\n", prompts='default: "' + "This prompt is long. " * 20 + '"\n')
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2)
+    dest = ("127.0.0.1", srv.port)
+    s.sendto(invite(call_id="quiet-1", sdp=offer(LOOPBACK, 18400), host=LOOPBACK), dest)
+    ok = None
+    while ok is None:
+        msg = parse_message(s.recvfrom(65535)[0])
+        if isinstance(msg, Response) and msg.status == 200:
+            ok = msg
+    t0 = time.monotonic()
+    s.sendto(request("ACK", call_id="quiet-1", cseq=1, to_tag=ok.headers.get("To").split("tag=")[1]), dest)
+    s.close()
+    while "ended: media-timeout" not in srv.log_text() and time.monotonic() - t0 < 6:
+        time.sleep(0.1)
+    elapsed = time.monotonic() - t0
+    assert "call quiet-1 to 1000 ended: media-timeout" in srv.log_text()
+    assert 2.0 <= elapsed < 3.6  # 2 s without RTP, checked every second
