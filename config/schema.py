@@ -158,6 +158,17 @@ class MediaSettings(_Strict):
     barge_in: bool = Field(False, description="a DTMF digit stops the prompt at once")
 
 
+class MetricsSettings(_Strict):
+    listen: str = Field("127.0.0.1:9100", description="HOST:PORT for GET /metrics and GET /health")
+
+    @field_validator("listen")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        host, _ = parse_hostport(v, 9100)
+        ipaddress.ip_address(host)
+        return v
+
+
 class ServerConfig(_Strict):
     sip: SipSettings = SipSettings()
     rtp: RtpSettings = RtpSettings()
@@ -167,6 +178,7 @@ class ServerConfig(_Strict):
     prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
     limits: LimitSettings = LimitSettings()
     media: MediaSettings = MediaSettings()
+    metrics: MetricsSettings | None = Field(None, description="Prometheus metrics and health endpoint; none: off")
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
     # YAML key "register" (an alias: the name itself would shadow ABCMeta.register)

@@ -61,6 +61,10 @@ class EspeakEngine:
         if self._init_error is not None:
             raise EngineError(f"espeak-ng failed to start: {self._init_error}") from self._init_error
 
+    def queue_depth(self) -> int:
+        """Utterances waiting for the worker thread."""
+        return self._jobs.qsize()
+
     async def close(self) -> None:
         if self._thread is not None:
             self._jobs.put(None)

@@ -70,7 +70,13 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         prompt = prompts.lookup(info.dialed)
         return None if prompt is None else SpokenPrompt(engine, prompt.text, voice, info.codec)
 
-    server = SipServer(settings, route)
+    metrics = None
+    if cfg.metrics is not None:
+        from .metrics import Metrics
+
+        queue = getattr(engine, "queue_depth", None)
+        metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None)
+    server = SipServer(settings, route, hooks=metrics)
     try:
         await server.start()
     except OSError as exc:
@@ -84,6 +90,23 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    if metrics is not None and cfg.metrics is not None:
+        from .metrics import serve_http
+
+        def health() -> tuple[int, str]:
+            ua = server.ua
+            if ua is None or ua.draining:
+                return 503, "draining"
+            return (200, "ready") if ua.accepting else (503, "full")
+
+        mhost, mport = parse_hostport(cfg.metrics.listen, 9100)
+        try:
+            await serve_http(mhost, mport, metrics, health)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", cfg.metrics.listen, exc.strerror or exc)
+            await server.stop()
+            await engine.close()
+            return 1
     print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()

@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from .call import AudioSource, Call, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
@@ -57,6 +57,14 @@ class ServerSettings:
     tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
     tcp_max_per_source: int = 32
     max_message_bytes: int = 65535
+
+
+class ServerHooks(Protocol):
+    """What the server reports as calls go (metrics live outside telephony/)."""
+
+    def call_answered(self, call: Call, seconds: float) -> None: ...
+
+    def call_ended(self, call: Call, reason: str) -> None: ...
 
 
 class _SipProtocol(asyncio.DatagramProtocol):
@@ -141,9 +149,10 @@ class _RtcpProtocol(asyncio.DatagramProtocol):
 
 
 class SipServer:
-    def __init__(self, settings: ServerSettings, router: Router) -> None:
+    def __init__(self, settings: ServerSettings, router: Router, hooks: ServerHooks | None = None) -> None:
         self.settings = settings
         self.router = router
+        self.hooks = hooks
         self.ports = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
         self.calls: dict[str, Call] = {}
         self.ua: UserAgent | None = None
@@ -374,6 +383,8 @@ class SipServer:
             call.transport = transport
             await self._bind_rtcp(call)
             self.ua.answer(call.info.call_id, answer(call.local_port), self._now())
+            if self.hooks is not None:
+                self.hooks.call_answered(call, time.monotonic() - call.invite_at)
         self._pump()
 
     async def _bind_rtcp(self, call: Call) -> None:
@@ -625,6 +636,8 @@ class SipServer:
         call.end_reason = reason
         self.completed_calls += 1
         log.info("call %s to %s ended: %s", call.info.call_id, call.info.dialed, reason)
+        if self.hooks is not None:
+            self.hooks.call_ended(call, reason)
         if call.binding:
             # still binding its socket: _bind_and_answer cleans up when it resumes
             if call.producer is not None:

@@ -132,6 +132,10 @@ class ChatterboxEngine:
         finally:
             req.cancel()
 
+    def queue_depth(self) -> int:
+        """Utterances submitted but not yet admitted into a decoding slot."""
+        return self._scheduler.queue_depth if self._scheduler is not None else 0
+
     async def close(self) -> None:
         if self._scheduler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._scheduler.stop)

@@ -1,0 +1,45 @@
+"""Metrics and health over HTTP while real calls run."""
+
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from .conftest import PEERS, free_udp_port, run_sipp
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_server, tmp_path):
+    mport = free_udp_port()
+    srv = start_server(extra_yaml=f"metrics:\n  listen: 127.0.0.1:{mport}\n", drain=20)
+    assert get(mport, "/health") == (200, "ready\n")
+    res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "2000", tmp_path, "-m", "3", "-l", "3",
+                   "-recv_timeout", "20000", media_port=18500)
+    assert res.returncode == 0, res.stdout[-1500:]
+    status, text = get(mport, "/metrics")
+    assert status == 200
+    assert 'sip_tts_calls_total{outcome="prompt-done"} 3.0' in text
+    assert "sip_tts_invite_to_200_seconds_count 3.0" in text
+    assert "sip_tts_first_audio_seconds_count 3.0" in text
+    assert "sip_tts_calls_active 0.0" in text
+    assert get(mport, "/nope")[0] == 404
+    # a call in progress, then SIGTERM: health says draining while it finishes
+    sipp = subprocess.Popen(
+        ["sipp", srv.uri_host, "-sf", str(PEERS / "sipp" / "uac_pcmu_wait_bye.xml"), "-s", "1000",
+         "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", "18600", "-m", "1",
+         "-nostdin", "-recv_timeout", "20000"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    assert "sip_tts_calls_active 1.0" in get(mport, "/metrics")[1]
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert get(mport, "/health") == (503, "draining\n")
+    assert sipp.wait(30) == 0
+    assert srv.proc.wait(20) == 0

@@ -1,0 +1,88 @@
+"""Prometheus metrics and the health endpoint, on their own port.
+
+``GET /metrics`` — the Prometheus text format; ``GET /health`` — 200 ``ready``
+while calls are taken, 503 ``draining`` (or ``full``) otherwise, so a load
+balancer or an orchestrator can read it. The server reports through the
+``ServerHooks`` seam; telephony/ itself knows nothing of Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from telephony.call import Call
+
+log = logging.getLogger("sip_tts.metrics")
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self, active: Callable[[], int], engine_queue: Callable[[], int] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls_active = Gauge("sip_tts_calls_active", "calls in progress", registry=r)
+        self.calls_active.set_function(active)
+        self.calls_total = Counter("sip_tts_calls_total", "calls ended, by outcome", ["outcome"], registry=r)
+        self.invite_to_200 = Histogram("sip_tts_invite_to_200_seconds", "INVITE received to 200 OK sent",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.first_audio = Histogram("sip_tts_first_audio_seconds", "INVITE received to the first audible RTP packet",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.late_frames = Counter("sip_tts_late_frames_total", "20 ms slots skipped because the loop stalled",
+                                   registry=r)
+        self.silence_frames = Counter("sip_tts_silence_frames_total",
+                                      "frames sent as silence because audio was not ready", registry=r)
+        self.dtmf = Counter("sip_tts_dtmf_digits_total", "DTMF digits received", ["source"], registry=r)
+        self.engine_queue = Gauge("sip_tts_engine_queue_depth", "utterances waiting for the engine", registry=r)
+        if engine_queue is not None:
+            self.engine_queue.set_function(engine_queue)
+
+    # -- ServerHooks ------------------------------------------------------------------
+    def call_answered(self, call: Call, seconds: float) -> None:
+        self.invite_to_200.observe(seconds)
+
+    def call_ended(self, call: Call, reason: str) -> None:
+        self.calls_total.labels(reason).inc()
+        sender = call.sender
+        if sender is not None:
+            self.late_frames.inc(sender.skipped_frames)
+            self.silence_frames.inc(sender.silence_frames)
+            if sender.first_audio_at is not None:
+                self.first_audio.observe(max(0.0, sender.first_audio_at - call.invite_at))
+        for digit in call.digits:
+            self.dtmf.labels(digit.source).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve_http(host: str, port: int, metrics: Metrics, health: Callable[[], tuple[int, str]]) -> asyncio.Server:
+    """A minimal HTTP/1.0 server: GET /metrics and GET /health, nothing else."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else ""
+            if path.startswith("/metrics"):
+                status, ctype, body = 200, CONTENT_TYPE_LATEST, metrics.render()
+            elif path.startswith("/health"):
+                code, text = health()
+                status, ctype, body = code, "text/plain; charset=utf-8", (text + "\n").encode()
+            else:
+                status, ctype, body = 404, "text/plain; charset=utf-8", b"not found\n"
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "OK")
+            writer.write(f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    log.info("metrics and health on http://%s:%d/", host, port)
+    return server
