@@ -24,6 +24,7 @@ from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
+from . import systemd
 from .engines import SpokenPrompt, build_engine
 
 log = logging.getLogger("sip_tts")
@@ -36,7 +37,7 @@ def _load(path: str) -> ServerConfig:
     return cfg
 
 
-async def serve(cfg: ServerConfig, listen: str | None) -> int:
+async def serve(cfg: ServerConfig, listen: str | None, rtp_ports: tuple[int, int] | None = None) -> int:
     prompts = load_prompts(cfg.prompts_path())
     engine, voice = build_engine(cfg)
     try:
@@ -48,10 +49,11 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
         log.error("engine %s failed to start: %s", engine.name, exc)
         return 1
     host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
+    rtp_min, rtp_max = rtp_ports or (cfg.rtp.port_min, cfg.rtp.port_max)
     settings = ServerSettings(
         listen_host=host, listen_port=port,
         advertised_host=cfg.sip.advertised_address or (host if host not in ("0.0.0.0", "::") else cfg.sip.advertised()),
-        rtp_port_min=cfg.rtp.port_min, rtp_port_max=cfg.rtp.port_max, codecs=list(cfg.codecs),
+        rtp_port_min=rtp_min, rtp_port_max=rtp_max, codecs=list(cfg.codecs),
         max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
         user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, media_timeout=cfg.media.timeout_s, dscp=cfg.media.dscp,
         barge_in=cfg.media.barge_in, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
@@ -107,6 +109,8 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
             await server.stop()
             await engine.close()
             return 1
+    systemd.notify(f"READY=1\nSTATUS=serving on {host}:{server.port}")
+    systemd.start_watchdog(asyncio.get_running_loop())
     print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()
@@ -120,6 +124,7 @@ async def serve(cfg: ServerConfig, listen: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     await first.wait()
+    systemd.notify("STOPPING=1\nSTATUS=draining")
     # First signal: drain (calls in progress finish, new ones get 503). A second one: hang up now.
     left = await server.drain(cfg.drain_timeout_s, interrupted=second)
     log.info("stopping: hanging up %d call(s)", left)
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="answer calls and speak their prompts")
     p_serve.add_argument("--config", default=str(DEFAULT_CONFIG))
     p_serve.add_argument("--listen", help="HOST:PORT, overrides sip.listen")
+    p_serve.add_argument("--rtp-ports", help="MIN-MAX, overrides rtp.port_min/port_max (one range per instance)")
     p_serve.add_argument("--log-level", default="INFO")
     p_say = sub.add_parser("say", help="render TEXT as a caller would hear it")
     p_say.add_argument("text")
@@ -182,8 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         write_wav(args.out, samples)
         print(f"{args.out}: {len(samples) / 8000:.2f} s")
         return 0
+    rtp_ports = None
+    if args.rtp_ports:
+        lo, _, hi = args.rtp_ports.partition("-")
+        if not (lo.isdigit() and hi.isdigit() and 1024 <= int(lo) < int(hi) <= 65535):
+            print(f"--rtp-ports: expected MIN-MAX within 1024-65535, got {args.rtp_ports!r}", file=sys.stderr)
+            return 2
+        rtp_ports = (int(lo), int(hi))
     try:
-        return asyncio.run(serve(cfg, args.listen))
+        return asyncio.run(serve(cfg, args.listen, rtp_ports))
     except KeyboardInterrupt:
         return 0
 
