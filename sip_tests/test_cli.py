@@ -50,3 +50,36 @@ def test_say_writes_what_a_caller_hears(tmp_path):
     # 8 kHz G.711 round trip: every sample is a G.711 level, so re-encoding changes nothing
     from engine.audio import decode_g711, encode_g711
     assert np.array_equal(decode_g711(encode_g711(x.astype(np.int16), "PCMU"), "PCMU"), x.astype(np.int16))
+
+
+def test_sighup_reloads_prompts_and_a_bad_file_keeps_the_running_ones(start_server):
+    import signal
+    import socket
+    import time
+
+    from telephony.sip import parse_message
+    from tests.sipmsg import LOOPBACK, invite, offer
+
+    srv = start_server(prompts='routes:\n  "1000": "hello"\n')
+
+    def status_for(user: str) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.sendto(invite(user=user, call_id=f"hup-{user}-{time.monotonic()}", sdp=offer(LOOPBACK, 9), host=LOOPBACK),
+                 ("127.0.0.1", srv.port))
+        codes = [parse_message(s.recvfrom(65535)[0]).status for _ in range(2)]
+        s.close()
+        return codes[-1]
+
+    assert status_for("2000") == 404
+    (srv.workdir / "prompts.yaml").write_text('routes:\n  "1000": "hello"\n  "2000": "new route"\n')
+    srv.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert "reloaded" in srv.log_text()
+    assert status_for("2000") == 200
+    (srv.workdir / "prompts.yaml").write_text("routes: [broken\n")
+    srv.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert "reload refused" in srv.log_text() and "prompts.yaml:" in srv.log_text()
+    assert status_for("2000") == 200  # still serving the last good prompts
+    assert srv.proc.poll() is None

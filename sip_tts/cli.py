@@ -120,9 +120,21 @@ async def serve(cfg: ServerConfig, listen: str | None, rtp_ports: tuple[int, int
         signals += 1
         (first if signals == 1 else second).set()
 
+    def reload_prompts() -> None:
+        # SIGHUP: re-read the prompts file; a bad file is refused and the running prompts stay.
+        # Calls in progress keep what they are playing. (server.yaml changes need a restart.)
+        nonlocal prompts
+        try:
+            prompts = load_prompts(cfg.prompts_path())
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running prompts:\n%s", exc)
+            return
+        log.info("reloaded %s: %d routes", cfg.prompts_path(), len(prompts.routes))
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, reload_prompts)
     await first.wait()
     systemd.notify("STOPPING=1\nSTATUS=draining")
     # First signal: drain (calls in progress finish, new ones get 503). A second one: hang up now.
