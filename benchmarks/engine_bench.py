@@ -35,7 +35,6 @@ import json
 import math
 import os
 import random
-import statistics
 import sys
 import threading
 import time

@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time

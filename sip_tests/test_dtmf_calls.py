@@ -9,11 +9,11 @@ import numpy as np
 
 from engine.audio import decode_g711
 from telephony.rtp.packet import RtpPacket
-from telephony.sip import Response, parse_message
-from tests.sipmsg import LOOPBACK, invite, offer, request
+from tests.sipmsg import request
 
 from .conftest import free_udp_port
 from .pcap import read_udp
+from .raw_caller import answered_rtp_port, dial, to_tag, wait_for
 
 SCENARIO = Path(__file__).parent / "scenarios" / "uac_dtmf_wait_bye.xml"
 
@@ -60,14 +60,8 @@ def test_symmetric_rtp_latches_when_the_sdp_lies(server, tmp_path):
     media.bind(("127.0.0.1", 0))  # where our RTP really comes from
     media.settimeout(2)
     dest = ("127.0.0.1", server.port)
-    sig.sendto(invite(call_id="latch-1", sdp=offer(LOOPBACK, 9), host=LOOPBACK), dest)  # the SDP says port 9
-    ok = None
-    while ok is None:
-        msg = parse_message(sig.recvfrom(65535)[0])
-        if isinstance(msg, Response) and msg.status == 200:
-            ok = msg
-    tag = ok.headers.get("To").split("tag=")[1]
-    rtp_port = int(ok.body.decode().split("m=audio ")[1].split()[0])
+    ok = dial(sig, server.port, "latch-1", 9)  # the SDP says port 9
+    tag, rtp_port = to_tag(ok), answered_rtp_port(ok)
     sig.sendto(request("ACK", call_id="latch-1", cseq=1, to_tag=tag), dest)
     for i in range(3):
         media.sendto(RtpPacket(0, i, 160 * i, 1234, b"\xff" * 160).serialize(), ("127.0.0.1", rtp_port))
@@ -86,21 +80,12 @@ def test_dtmf_in_sip_info(server):
     s.bind(("127.0.0.1", 0))
     s.settimeout(2)
     dest = ("127.0.0.1", server.port)
-    s.sendto(invite(call_id="info-1", sdp=offer(LOOPBACK, 18300), host=LOOPBACK), dest)
-    ok = None
-    while ok is None:
-        msg = parse_message(s.recvfrom(65535)[0])
-        if isinstance(msg, Response) and msg.status == 200:
-            ok = msg
-    tag = ok.headers.get("To").split("tag=")[1]
+    tag = to_tag(dial(s, server.port, "info-1", 18300))
     s.sendto(request("ACK", call_id="info-1", cseq=1, to_tag=tag), dest)
     body = b"Signal=5\r\nDuration=160\r\n"
     info = request("INFO", call_id="info-1", cseq=2, to_tag=tag, extra="Content-Type: application/dtmf-relay\r\n")
     s.sendto(info.replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: %d\r\n\r\n" % len(body) + body), dest)
-    resp = parse_message(s.recvfrom(65535)[0])
-    while resp.cseq[1] != "INFO":
-        resp = parse_message(s.recvfrom(65535)[0])
-    assert resp.status == 200
+    wait_for(s, "INFO", 200)
     s.sendto(request("BYE", call_id="info-1", cseq=3, to_tag=tag), dest)
     s.close()
     time.sleep(0.3)
@@ -113,14 +98,9 @@ def test_media_timeout_ends_a_call_whose_rtp_stopped(start_server):
     s.bind(("127.0.0.1", 0))
     s.settimeout(2)
     dest = ("127.0.0.1", srv.port)
-    s.sendto(invite(call_id="quiet-1", sdp=offer(LOOPBACK, 18400), host=LOOPBACK), dest)
-    ok = None
-    while ok is None:
-        msg = parse_message(s.recvfrom(65535)[0])
-        if isinstance(msg, Response) and msg.status == 200:
-            ok = msg
+    ok = dial(s, srv.port, "quiet-1", 18400)
     t0 = time.monotonic()
-    s.sendto(request("ACK", call_id="quiet-1", cseq=1, to_tag=ok.headers.get("To").split("tag=")[1]), dest)
+    s.sendto(request("ACK", call_id="quiet-1", cseq=1, to_tag=to_tag(ok)), dest)
     s.close()
     while "ended: media-timeout" not in srv.log_text() and time.monotonic() - t0 < 6:
         time.sleep(0.1)

@@ -10,6 +10,7 @@ from tests.sipmsg import LOOPBACK, invite, offer, request
 
 from .conftest import run_sipp, sipp_counts
 from .pcap import read_udp
+from .raw_caller import dial, to_tag
 from .rtp_analysis import rtp_streams
 from .udp_relay import LossyRelay
 
@@ -90,16 +91,10 @@ def test_bye_racing_the_first_rtp_packet(server):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     s.settimeout(2)
-    s.sendto(invite(call_id="race-bye", sdp=offer(LOOPBACK), host=LOOPBACK), ("127.0.0.1", server.port))
-    ok = None
-    while ok is None:
-        msg = parse_message(s.recvfrom(65535)[0])
-        if isinstance(msg, Response) and msg.status == 200:
-            ok = msg
-    to_tag = ok.headers.get("To").split("tag=")[1]
+    tag = to_tag(dial(s, server.port, "race-bye", 40000))
     # ACK and BYE back to back: the BYE arrives before the first 20 ms slot
-    s.sendto(request("ACK", call_id="race-bye", cseq=1, to_tag=to_tag), ("127.0.0.1", server.port))
-    s.sendto(request("BYE", call_id="race-bye", cseq=2, to_tag=to_tag), ("127.0.0.1", server.port))
+    s.sendto(request("ACK", call_id="race-bye", cseq=1, to_tag=tag), ("127.0.0.1", server.port))
+    s.sendto(request("BYE", call_id="race-bye", cseq=2, to_tag=tag), ("127.0.0.1", server.port))
     resp = parse_message(s.recvfrom(65535)[0])
     assert (resp.status, resp.cseq[1]) == (200, "BYE")
     s.close()

@@ -6,10 +6,10 @@ import time
 
 from telephony.rtp.packet import RtpPacket
 from telephony.rtp.rtcp import SenderReport, parse_compound
-from telephony.sip import Response, parse_message
-from tests.sipmsg import LOOPBACK, invite, offer, request
+from tests.sipmsg import request
 
 from .conftest import require
+from .raw_caller import answered_rtp_port, dial, to_tag
 
 
 def test_sender_report_with_the_callers_loss_and_tshark_decodes_it(server, capture, tmp_path):
@@ -25,14 +25,8 @@ def test_sender_report_with_the_callers_loss_and_tshark_decodes_it(server, captu
     sig.bind(("127.0.0.1", 0))
     sig.settimeout(2)
     dest = ("127.0.0.1", server.port)
-    sig.sendto(invite(call_id="rtcp-1", sdp=offer(LOOPBACK, mport), host=LOOPBACK), dest)
-    ok = None
-    while ok is None:
-        msg = parse_message(sig.recvfrom(65535)[0])
-        if isinstance(msg, Response) and msg.status == 200:
-            ok = msg
-    tag = ok.headers.get("To").split("tag=")[1]
-    rtp_port = int(ok.body.decode().split("m=audio ")[1].split()[0])
+    ok = dial(sig, server.port, "rtcp-1", mport)
+    tag, rtp_port = to_tag(ok), answered_rtp_port(ok)
     sig.sendto(request("ACK", call_id="rtcp-1", cseq=1, to_tag=tag), dest)
     for seq in range(50):
         if seq in (10, 11, 30):
@@ -41,11 +35,7 @@ def test_sender_report_with_the_callers_loss_and_tshark_decodes_it(server, captu
         time.sleep(0.02)
     ours = RtpPacket.parse(media.recvfrom(2048)[0])
     # a session refresh (re-INVITE) in the middle must not disturb RTCP
-    sig.sendto(invite(call_id="rtcp-1", sdp=offer(LOOPBACK, mport), host=LOOPBACK, to_tag=tag, cseq=2), dest)
-    while True:
-        msg = parse_message(sig.recvfrom(65535)[0])
-        if isinstance(msg, Response) and msg.status == 200 and msg.cseq == (2, "INVITE"):
-            break
+    assert dial(sig, server.port, "rtcp-1", mport, to_tag=tag, cseq=2).cseq == (2, "INVITE")
     sig.sendto(request("ACK", call_id="rtcp-1", cseq=2, to_tag=tag, branch="z9hG4bKack2"), dest)
     sig.sendto(request("BYE", call_id="rtcp-1", cseq=3, to_tag=tag), dest)
     reports = []

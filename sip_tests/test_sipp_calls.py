@@ -1,6 +1,5 @@
 """SIPp places calls to the real server; the RTP it receives is captured and measured."""
 
-import numpy as np
 
 from .conftest import run_sipp, sipp_counts
 from .pcap import read_udp

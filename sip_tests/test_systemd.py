@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from telephony.sip import Response, parse_message
-from tests.sipmsg import LOOPBACK, invite, offer, request
+from tests.sipmsg import request
 
 from .conftest import ROOT, free_udp_port
+from .raw_caller import answered_rtp_port, dial, to_tag
 
 
 def test_template_unit_passes_systemd_analyze_verify(tmp_path):
@@ -56,15 +56,9 @@ def test_notify_ready_watchdog_stopping_and_per_instance_rtp_range(tmp_path):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         s.settimeout(3)
-        s.sendto(invite(call_id="unit-1", sdp=offer(LOOPBACK, 18700), host=LOOPBACK), ("127.0.0.1", port))
-        ok = None
-        while ok is None:
-            msg = parse_message(s.recvfrom(65535)[0])
-            if isinstance(msg, Response) and msg.status == 200:
-                ok = msg
-        rtp_port = int(ok.body.decode().split("m=audio ")[1].split()[0])
-        assert 41000 <= rtp_port <= 41009  # --rtp-ports, as the unit passes it
-        tag = ok.headers.get("To").split("tag=")[1]
+        ok = dial(s, port, "unit-1", 18700)
+        assert 41000 <= answered_rtp_port(ok) <= 41009  # --rtp-ports, as the unit passes it
+        tag = to_tag(ok)
         s.sendto(request("ACK", call_id="unit-1", cseq=1, to_tag=tag), ("127.0.0.1", port))
         s.sendto(request("BYE", call_id="unit-1", cseq=2, to_tag=tag), ("127.0.0.1", port))
         s.close()

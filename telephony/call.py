@@ -55,7 +55,6 @@ class Call:
     binding: bool = False  # RTP socket being bound
     cleaned: bool = False  # port released, socket closed
     end_reason: str = ""
-    hangup_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     session_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     sdp_version: int = 1
     session_id: int = 0

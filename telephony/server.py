@@ -122,30 +122,18 @@ class _TcpConnection(asyncio.Protocol):
         self.server._tcp_unregister(self)
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
-    """The caller's RTP: DTMF (RFC 4733), symmetric-RTP latching, media-timeout bookkeeping."""
+class _CallSocket(asyncio.DatagramProtocol):
+    """A call's RTP or RTCP socket: what arrives goes to the server method it was made for."""
 
-    def __init__(self, server: "SipServer", call: Call) -> None:
-        self.server = server
+    def __init__(self, on_datagram: Callable[[Call, bytes, tuple[str, int]], None], call: Call) -> None:
+        self.on_datagram = on_datagram
         self.call = call
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        self.server._on_rtp(self.call, data, addr[:2])
+        self.on_datagram(self.call, data, addr[:2])
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the caller is gone: nothing to do
-
-
-class _RtcpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: "SipServer", call: Call) -> None:
-        self.server = server
-        self.call = call
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        self.server._on_rtcp(self.call, data, addr[:2])
-
-    def error_received(self, exc: Exception) -> None:
-        pass
 
 
 class SipServer:
@@ -160,7 +148,6 @@ class SipServer:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clock: PacerClock | None = None
-        self.completed_calls = 0
         self._tcp: dict[tuple[str, int], _TcpConnection] = {}
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tcp_sweeper: asyncio.TimerHandle | None = None
@@ -398,7 +385,7 @@ class SipServer:
             sock.close()
             return
         sock.setblocking(False)
-        call.rtcp, _ = await self._loop.create_datagram_endpoint(lambda: _RtcpProtocol(self, call), sock=sock)
+        call.rtcp, _ = await self._loop.create_datagram_endpoint(lambda: _CallSocket(self._on_rtcp, call), sock=sock)
 
     async def _bind_rtp(self, call: Call) -> asyncio.DatagramTransport | None:
         """Bind the call's RTP socket; a port taken by another process is skipped.
@@ -431,7 +418,7 @@ class SipServer:
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
                 except OSError:
                     pass
-            transport, _ = await self._loop.create_datagram_endpoint(lambda: _RtpProtocol(self, call), sock=sock)
+            transport, _ = await self._loop.create_datagram_endpoint(lambda: _CallSocket(self._on_rtp, call), sock=sock)
             return transport
         return None
 
@@ -634,7 +621,6 @@ class SipServer:
             return
         call.ended = True
         call.end_reason = reason
-        self.completed_calls += 1
         log.info("call %s to %s ended: %s", call.info.call_id, call.info.dialed, reason)
         if self.hooks is not None:
             self.hooks.call_ended(call, reason)

@@ -82,9 +82,6 @@ class Registration:
                   authorization.removeprefix("Proxy:"))
         self.outbox.append(Request("REGISTER", self.config.registrar_uri, h).serialize())
 
-    def sent_branch(self) -> str | None:
-        return self.pending_branch
-
     def on_timeout(self, now: float) -> None:
         """The REGISTER transaction got no final response (Timer F)."""
         log.warning("REGISTER to %s: no response", self.config.registrar_uri)

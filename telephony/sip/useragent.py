@@ -138,7 +138,7 @@ class UserAgent:
             msg = parse_message(data, max_headers=max_headers)
         except SipParseError as err:
             if err.can_respond and (adm is None or adm.allowed(addr[0])):
-                self._send_response(response_for_error(err), addr, err.headers.get("Via"))
+                self._send_response(response_for_error(err), addr)
             else:
                 log.debug("dropped unparseable datagram from %s: %s", addr, err.reason)
             return
@@ -162,7 +162,7 @@ class UserAgent:
                     self._touched.add(self._request_key)
                     self._drop_unanswered_call(self._request_key)
                 else:
-                    self._send_response(resp, addr, None)
+                    self._send_response(resp, addr)
             else:
                 log.debug("dropped bad message from %s: %s", addr, exc)
         self._settle()
@@ -174,11 +174,11 @@ class UserAgent:
                 log.warning("refused %s from %s: not in the allow-list", getattr(msg, "method", "response"), addr[0])
             adm.refused_sources += 1
             if isinstance(msg, Request) and msg.method != "ACK":
-                self._send_response(response_for(msg, 403, to_tag=new_tag()), addr, None)
+                self._send_response(response_for(msg, 403, to_tag=new_tag()), addr)
             return False
         if len(data) > adm.policy.max_message_bytes:
             if isinstance(msg, Request) and msg.method != "ACK":
-                self._send_response(response_for(msg, 513, to_tag=new_tag()), addr, None)
+                self._send_response(response_for(msg, 513, to_tag=new_tag()), addr)
             return False
         return True
 
@@ -633,7 +633,7 @@ class UserAgent:
                     heapq.heappush(self._timers, (when, self._seq, key))
         self._touched.clear()
 
-    def _send_response(self, resp: Response, addr: Address, top_via: str | None) -> None:
+    def _send_response(self, resp: Response, addr: Address) -> None:
         self._outgoing.append((resp.serialize(), addr))
 
     @staticmethod
