@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, load_prompts, load_server
-from config.schema import ServerConfig, parse_hostport
+from config.schema import PromptsConfig, ServerConfig, parse_hostport
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
 from telephony.call import CallInfo
@@ -31,14 +31,14 @@ log = logging.getLogger("sip_tts")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "server.yaml"
 
 
-def _load(path: str) -> ServerConfig:
+def _load(path: str) -> tuple[ServerConfig, PromptsConfig]:
+    """Both files, validated before anything starts: a bad one stops start-up."""
     cfg = load_server(path)
-    load_prompts(cfg.prompts_path())  # validate now: a bad prompts file stops start-up
-    return cfg
+    return cfg, load_prompts(cfg.prompts_path())
 
 
-async def serve(cfg: ServerConfig, listen: str | None, rtp_ports: tuple[int, int] | None = None) -> int:
-    prompts = load_prompts(cfg.prompts_path())
+async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
+                rtp_ports: tuple[int, int] | None = None) -> int:
     engine, voice = build_engine(cfg)
     try:
         await engine.start()
@@ -186,12 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        cfg = _load(args.config)
+        cfg, prompts = _load(args.config)
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        prompts = load_prompts(cfg.prompts_path())
         print(f"{args.config}: ok ({len(prompts.routes)} routes, default {'set' if prompts.default else 'none'})")
         return 0
     if args.command == "say":
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rtp_ports = (int(lo), int(hi))
     try:
-        return asyncio.run(serve(cfg, args.listen, rtp_ports))
+        return asyncio.run(serve(cfg, prompts, args.listen, rtp_ports))
     except KeyboardInterrupt:
         return 0
 
