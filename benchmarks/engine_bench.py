@@ -339,12 +339,8 @@ def main() -> int:
 
     mem("models + KV cache")
     t0 = time.perf_counter()
-    runner.capture_all()
-    mem("T3 graphs")
-    if streamer.graphs is not None:
-        prompt = int(ckpt.conds.gen["prompt_token"].shape[-1])
-        streamer.graphs.capture_all(2 * prompt + 2 * (15 * TOKENS_PER_S + 3))
-        mem("flow graphs")
+    sched.capture_graphs(voice)
+    mem("T3 + flow graphs")
     print(f"CUDA graphs captured in {time.perf_counter() - t0:.1f} s", flush=True)
     sched.start()
     closed_loop(sched, voice, 2, 2.0, rng)  # warm-up (allocator, cuDNN autotune)
@@ -399,6 +395,17 @@ def render_md(r: dict) -> str:
               f"| max real-time streams (0 underruns) | {stock.get('max_realtime_streams', '-')} | {ours['max_realtime_streams']} |",
               f"| audio s per GPU s | {stock.get('audio_s_per_gpu_s', float('nan')):.2f} | {ours['audio_s_per_gpu_s']:.2f} |",
               f"| peak GPU memory GiB | {stock.get('gpu_mem_gb') or float('nan'):.1f} | {ours.get('gpu_mem_gb') or float('nan'):.1f} |"]
+    if r.get("e2e"):
+        lines += ["", "End to end (benchmarks/e2e_load.py): the server with this engine, N calls from UDP callers on "
+                  "loopback started within 1 s; prompts of "
+                  f"{r['e2e']['max_tokens']} speech tokens; gaps = RTP packets > 30 ms after the previous one.", "",
+                  "| calls | ok | INVITE→200 p50 ms | INVITE→first RTP p50 / p95 ms | INVITE→first audible RTP p50 / p95 ms | gaps / packets |",
+                  "|---|---|---|---|---|---|"]
+        for row in r["e2e"]["rows"]:
+            lines.append(f"| {row['calls']} | {row['ok']} | {row['invite_200_ms']['p50']:.1f} | "
+                         f"{row['first_rtp_ms']['p50']:.0f} / {row['first_rtp_ms']['p95']:.0f} | "
+                         f"{row['first_audio_ms']['p50']:.0f} / {row['first_audio_ms']['p95']:.0f} | "
+                         f"{row['gaps']} / {row['packets']} |")
     if "throughput_ratio" in r:
         lines.append(f"\nThroughput ratio ours/stock: **{r['throughput_ratio']:.1f}x**")
     if "precision" in r:

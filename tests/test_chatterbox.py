@@ -174,7 +174,7 @@ def s3_case(ckpt):
     tp = gen["prompt_token"].shape[1]
     torch.manual_seed(7)
     z = torch.randn(1, 80, 2 * (tp + n))
-    streamer = S3GenStreamer(s3, "cpu")
+    streamer = S3GenStreamer(s3, "cpu", reference_cache=False)  # stock's full attention, for the exact checks
     voice = streamer.prepare_voice(gen)
     voice.prompt_noise = z[0, :, :2 * tp].clone()  # the noise stock draws for the reference part
     utt = streamer.new_utterance(voice, 11, n)
@@ -205,21 +205,42 @@ def snr_db(ref, x):
     return 10 * np.log10((ref ** 2).sum() / max((err ** 2).sum(), 1e-30))
 
 
-def test_streaming_windows_against_whole_utterance(s3_case, capsys):
-    streamer, voice, tokens, ref_mel, ref_audio = s3_case
+def stream_windows(streamer, voice, tokens, windows):
     utt = streamer.new_utterance(voice, 11, tokens.numel())
-    windows = [13, 38, tokens.numel()]  # first window 10 tokens (+3 lookahead), then 25, then the end
     chunks = []
     for n in windows:
         final = n == tokens.numel()
         streamer.flow_batch([FlowJob(utt, tokens[:n], final)])
         chunks.append(streamer.vocode([utt], [final])[0])
+    return utt, chunks
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["full-attention", "reference-cache"])
+def test_streaming_windows_against_whole_utterance(s3_case, ckpt, cached, capsys):
+    """Streaming (windows 10, 25, rest) vs stock's whole utterance: SNR >= 20 dB, no clicks at joins.
+
+    full-attention: every window re-runs the reference and all tokens so far (stock attention);
+    reference-cache: the production path (block-causal reference computed once per voice,
+    25 tokens of context before each window's new ones).
+    """
+    streamer, voice, tokens, ref_mel, ref_audio = s3_case
+    if cached:
+        streamer = S3GenStreamer(ckpt.s3gen, "cpu", reference_cache=True)
+        noise = voice.prompt_noise
+        voice = streamer.prepare_voice(ckpt.conds.gen)
+        assert voice.tapes is not None
+        voice.prompt_noise = noise
+        from engine.chatterbox.flow_cache import record_voice
+        mu = streamer._encode([voice.prompt_token])[0]
+        voice.tapes = record_voice(streamer.flow.decoder.estimator, noise, mu, voice.spk, voice.prompt_feat.t())
+    utt, chunks = stream_windows(streamer, voice, tokens, [13, 38, tokens.numel()])
     audio = np.concatenate(chunks)
     assert len(audio) == len(ref_audio) == ref_mel.shape[1] * SAMPLES_PER_FRAME
     mel_snr = snr_db(ref_mel.numpy(), torch.cat(utt.mel, 1).numpy())
     audio_snr = snr_db(ref_audio, audio)
     with capsys.disabled():
-        print(f"\nstreaming vs whole utterance (random weights): mel SNR {mel_snr:.1f} dB, audio SNR {audio_snr:.1f} dB")
+        print(f"\nstreaming ({'reference cache' if cached else 'full attention'}) vs whole utterance "
+              f"(random weights): mel SNR {mel_snr:.1f} dB, audio SNR {audio_snr:.1f} dB")
     assert audio_snr >= 20.0
     # no click at the joins: the step across each join is within the signal's own sample-to-sample steps
     steps = np.abs(np.diff(audio))
@@ -227,6 +248,40 @@ def test_streaming_windows_against_whole_utterance(s3_case, capsys):
     typical = np.percentile(steps, 99.9)
     for j in joins:
         assert steps[j - 1] <= typical, (j, steps[j - 1], typical)
+
+
+def test_reference_cache_equals_block_causal_full_pass(ckpt):
+    """Generated frames from the voice's tapes == the full sequence with a block-causal mask."""
+    from engine.chatterbox.flow_cache import solve_meanflow_cached
+    from engine.chatterbox.s3gen_streamer import estimator_forward
+
+    streamer = S3GenStreamer(ckpt.s3gen, "cpu", reference_cache=True)
+    voice = streamer.prepare_voice(ckpt.conds.gen)
+    est = streamer.flow.decoder.estimator
+    g = torch.Generator().manual_seed(9)
+    tg = 37
+    z = torch.randn(2, 80, tg, generator=g)
+    mu_gen = torch.randn(2, 80, tg, generator=g)
+    mask = torch.ones(2, 1, tg)
+    mask[1, :, 30:] = 0  # a shorter second item: padding must be masked exactly
+    spks = voice.spk[None].expand(2, -1)
+    with torch.inference_mode():
+        ours = solve_meanflow_cached(est, voice.tapes, z, mask, mu_gen, spks)
+        mu_ref = streamer._encode([voice.prompt_token])[0]
+        tr = mu_ref.shape[1]
+        for row, length in ((0, tg), (1, 30)):
+            x = torch.cat([voice.prompt_noise, z[row, :, :length]], 1)[None]
+            mu = torch.cat([mu_ref, mu_gen[row, :, :length]], 1)[None]
+            cond = torch.cat([voice.prompt_feat.t(), torch.zeros(80, length)], 1)[None]
+            t_all = tr + length
+            bias = torch.zeros(1, t_all, t_all)
+            bias[:, :tr, tr:] = -1.0e10  # the reference sees only itself
+            full_mask = torch.ones(1, 1, t_all)
+            for i in range(2):
+                t = torch.full((1,), i / 2)
+                r = torch.full((1,), (i + 1) / 2)
+                x = x + 0.5 * estimator_forward(est, x, full_mask, mu, t, spks[:1], cond, r, bias)
+            assert torch.allclose(ours[row, :, :length], x[0, :, tr:], atol=1e-4), (ours[row, :, :length] - x[0, :, tr:]).abs().max()
 
 
 def test_windows_of_different_utterances_batch_like_alone(s3_case):

@@ -72,10 +72,7 @@ class ChatterboxEngine:
         streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype)
         self._scheduler = Scheduler(runner, streamer)
         self._voices["default"] = self._make_voice("default", self._ckpt.conds)
-        runner.capture_all()
-        if streamer.graphs is not None:  # start-up is slower, first audio is not
-            prompt = int(self._ckpt.conds.gen["prompt_token"].shape[-1])
-            streamer.graphs.capture_all(2 * prompt + 2 * (o.max_tokens + 3))
+        self._scheduler.capture_graphs(self._voices["default"])  # start-up is slower, first audio is not
         self._scheduler.start()
 
     def _make_voice(self, name: str, conds: object) -> object:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .flow_cache import Tape, check_supported, record_voice, solve_meanflow_cached
+
 SAMPLE_RATE = 24000
 SAMPLES_PER_FRAME = 480  # HiFT: 8 * 5 * 3 upsampling * 4 iSTFT hop
 LOOKAHEAD_TOKENS = 3
@@ -38,6 +40,7 @@ HOLD = 6  # mel frames held back until their right context exists
 XFADE = 240  # samples cross-faded at each join (10 ms)
 NOISE_FRAMES = 512  # the source-noise table: about 10 s, indexed by absolute frame
 SILENCE_TOKEN = 4299  # S3GEN_SIL: appended (x3) at the end, as the stock pipeline does
+CONTEXT_TOKENS = 25  # already emitted tokens (1 s) re-run before each window's new ones
 
 
 def _on(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -104,17 +107,26 @@ def solve_meanflow(est: torch.nn.Module, z: torch.Tensor, mask: torch.Tensor, mu
 
 
 class FlowGraphs:
-    """CUDA graphs of the whole meanflow solve, per (batch, frames) bucket; padding is masked exactly."""
+    """CUDA graphs of the whole meanflow solve over generated frames, per (batch, frames) bucket.
+
+    The voice's reference states (``Tape``s) are graph inputs: static buffers,
+    padded to ``ref_frames`` keys, refilled when a batch of another voice comes.
+    Padding (batch rows, frames, reference keys) is masked exactly.
+    """
 
     def __init__(self, est: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                 batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32), frame_step: int = 128) -> None:
+                 batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32), frame_step: int = 32,
+                 ref_frames: int = 512) -> None:
         self.est = est
         self.device = device
         self.dtype = dtype
         self.batches = batches
         self.frame_step = frame_step
+        self.ref_frames = ref_frames
         self.pool = torch.cuda.graph_pool_handle()
         self.warm = False
+        self.tapes: list[Tape] | None = None  # static reference states read by every graph
+        self.loaded: object = None  # the voice whose states are in ``tapes``
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
 
     def bucket(self, b: int, t: int) -> tuple[int, int]:
@@ -123,23 +135,37 @@ class FlowGraphs:
             raise ValueError(f"flow batch {b} exceeds {self.batches[-1]}")
         return bb, -(-t // self.frame_step) * self.frame_step
 
+    def load_voice(self, voice: "VoiceGen") -> None:
+        if self.loaded is voice:
+            return
+        padded = [tape.padded(self.ref_frames) for tape in voice.tapes]
+        if self.tapes is None:
+            self.tapes = padded
+        else:
+            for static, new in zip(self.tapes, padded):
+                for a, b in zip(static.conv_tails + static.keys + static.values + [static.key_bias],
+                                new.conv_tails + new.keys + new.values + [new.key_bias]):
+                    a.copy_(b)
+        self.loaded = voice
+
     @torch.inference_mode()  # no autograd records (they would keep every activation alive)
     def _capture(self, b: int, t: int) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
+        if self.tapes is None:
+            raise RuntimeError("FlowGraphs: load a voice before capturing")
         d, dt = self.device, self.dtype
         ins = dict(z=torch.zeros(b, 80, t, device=d, dtype=dt), mask=torch.zeros(b, 1, t, device=d, dtype=dt),
-                   mu=torch.zeros(b, 80, t, device=d, dtype=dt), spks=torch.zeros(b, 80, device=d, dtype=dt),
-                   cond=torch.zeros(b, 80, t, device=d, dtype=dt))
+                   mu=torch.zeros(b, 80, t, device=d, dtype=dt), spks=torch.zeros(b, 80, device=d, dtype=dt))
         ins["mask"][:, :, :1] = 1
         if not self.warm:
             # Lazy initialisation (cuBLAS/cuDNN handles, autotuning) once, outside any capture,
             # on the current stream: blocks cached on a side stream could not be reused later.
-            solve_meanflow(self.est, **ins)
+            solve_meanflow_cached(self.est, self.tapes, **ins)
             torch.cuda.synchronize(d)
             torch.cuda.empty_cache()  # the graphs' private pool cannot use blocks cached here
             self.warm = True
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = solve_meanflow(self.est, **ins)
+            out = solve_meanflow_cached(self.est, self.tapes, **ins)
         self.graphs[(b, t)] = (graph, ins, out)
         return self.graphs[(b, t)]
 
@@ -150,13 +176,14 @@ class FlowGraphs:
                 if (b, t) not in self.graphs:
                     self._capture(b, t)
 
-    def __call__(self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
-                 cond: torch.Tensor) -> torch.Tensor:
+    def __call__(self, voice: "VoiceGen", z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor,
+                 spks: torch.Tensor) -> torch.Tensor:
+        self.load_voice(voice)
         b, _, t = z.shape
         key = self.bucket(b, t)
         entry = self.graphs.get(key) or self._capture(*key)
         graph, ins, out = entry
-        for name, value in (("z", z), ("mask", mask), ("mu", mu), ("cond", cond)):
+        for name, value in (("z", z), ("mask", mask), ("mu", mu)):
             ins[name].zero_()
             ins[name][:b, :, :t] = value
         ins["spks"].zero_()
@@ -173,6 +200,7 @@ class VoiceGen:
     prompt_feat: torch.Tensor  # [2*Tp, 80]
     spk: torch.Tensor  # [80] speaker embedding after normalise + affine
     prompt_noise: torch.Tensor  # [80, 2*Tp] the reference's share of the initial noise
+    tapes: list[Tape] | None = None  # the reference's estimator states per meanflow step (flow_cache)
 
 
 @dataclass
@@ -207,8 +235,10 @@ class FlowJob:
 class S3GenStreamer:
     def __init__(self, s3gen: torch.nn.Module, device: str | torch.device = "cpu",
                  flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, reference_cache: bool = True, context_tokens: int = CONTEXT_TOKENS) -> None:
         self.device = torch.device(device)
+        self.reference_cache = reference_cache
+        self.context_tokens = context_tokens
         self.s3gen = s3gen
         # Our own copies when the precision differs, so the stock module stays usable as it was.
         self.flow = _on(s3gen.flow, self.device, flow_dtype)
@@ -227,8 +257,10 @@ class S3GenStreamer:
         fade[n_trim:] = (torch.cos(torch.linspace(torch.pi, 0, n_trim)) + 1) / 2
         self.trim_fade = fade.to(self.device)
         self.xfade = torch.linspace(0.0, 1.0, XFADE, device=self.device)
+        if reference_cache:
+            check_supported(self.flow.decoder.estimator)
         self.graphs = FlowGraphs(self.flow.decoder.estimator, self.device, flow_dtype) \
-            if cuda_graphs and self.device.type == "cuda" else None
+            if cuda_graphs and reference_cache and self.device.type == "cuda" else None
 
     # -- per voice / per utterance --------------------------------------------------
     @torch.inference_mode()
@@ -239,7 +271,28 @@ class S3GenStreamer:
         spk = self.flow.spk_embed_affine_layer(F.normalize(emb, dim=1))[0]
         g = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(80, feat.size(0), generator=g).to(self.device, self.flow_dtype)
-        return VoiceGen(token, feat, spk, noise)
+        voice = VoiceGen(token, feat, spk, noise)
+        if self.reference_cache:
+            # The reference alone through the encoder and every meanflow step: its share of
+            # each window's work, done once (flow_cache explains why this is exact).
+            mu = self._encode([token])[0][:, :feat.size(0)]
+            voice.tapes = record_voice(self.flow.decoder.estimator, noise, mu, spk, feat.t())
+        return voice
+
+    def _encode(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The flow encoder over token sequences (right-padded batch): [80, 2*len] each."""
+        flow = self.flow
+        lens = [q.numel() for q in seqs]
+        lmax = max(lens)
+        tokens = torch.zeros(len(seqs), lmax, dtype=torch.long, device=self.device)
+        for i, q in enumerate(seqs):
+            tokens[i, :lens[i]] = q
+        token_len = torch.tensor(lens, device=self.device)
+        key = torch.arange(lmax, device=self.device)
+        tmask = (key[None, :] < token_len[:, None]).unsqueeze(-1).to(self.flow_dtype)
+        h, _ = flow.encoder(flow.input_embedding(tokens) * tmask, token_len)
+        h = flow.encoder_proj(h).transpose(1, 2)  # [B, 80, 2*lmax]
+        return [h[i, :, :2 * n] for i, n in enumerate(lens)]
 
     def new_utterance(self, voice: VoiceGen, seed: int, max_tokens: int) -> UtteranceAudio:
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -262,14 +315,56 @@ class S3GenStreamer:
         live = [(j, n, frames) for j, n, frames in items if frames > j.utt.mel_done]
         out: dict[int, torch.Tensor] = {}
         if live:
-            mels = self._run_flow(live, n_steps)
-            for (job, _, frames), mel in zip(live, mels):
-                new = mel[:, job.utt.mel_done:frames]
+            if self.reference_cache:
+                mels = self._run_flow_cached(live, n_steps)
+            else:
+                mels = [(0, m) for m in self._run_flow(live, n_steps)]
+            for (job, _, frames), (offset, mel) in zip(live, mels):
+                new = mel[:, job.utt.mel_done - offset:frames - offset]
                 job.utt.mel.append(new)
                 job.utt.mel_done = frames
                 out[id(job)] = new
         empty = torch.zeros(80, 0, device=self.device, dtype=self.flow_dtype)
         return [out.get(id(job), empty) for job in jobs]
+
+    def _run_flow_cached(self, live: list[tuple[FlowJob, int, int]], n_steps: int) -> list[tuple[int, torch.Tensor]]:
+        """Generated frames only: ``context_tokens`` already emitted tokens, then the new ones.
+
+        The encoder still sees the reference's tokens (cheap; the generated tokens attend to
+        them as in stock); the estimator gets the reference from the voice's tapes.
+        Returns (first absolute frame, mel [80, n]) per job.
+        """
+        starts = [max(0, j.utt.mel_done // TOKEN_MEL_RATIO - self.context_tokens) for j, _, _ in live]
+        seqs = [torch.cat([j.utt.voice.prompt_token, j.tokens[s:n]]) for (j, n, _), s in zip(live, starts)]
+        mus = self._encode(seqs)
+        results: list[tuple[int, torch.Tensor] | None] = [None] * len(live)
+        by_voice: dict[int, list[int]] = {}
+        for i, (job, _, _) in enumerate(live):
+            by_voice.setdefault(id(job.utt.voice), []).append(i)
+        for members in by_voice.values():
+            voice = live[members[0]][0].utt.voice
+            if n_steps != len(voice.tapes):
+                raise ValueError(f"voice recorded for {len(voice.tapes)} meanflow steps, asked for {n_steps}")
+            gen = [live[i][2] - TOKEN_MEL_RATIO * starts[i] for i in members]  # generated frames per item
+            tmax = max(gen)
+            b = len(members)
+            z = torch.zeros(b, 80, tmax, device=self.device, dtype=self.flow_dtype)
+            mu = torch.zeros_like(z)
+            for row, (i, g) in enumerate(zip(members, gen)):
+                first = TOKEN_MEL_RATIO * starts[i]
+                p = voice.prompt_feat.size(0)
+                z[row, :, :g] = live[i][0].utt.noise[:, first:first + g]
+                mu[row, :, :g] = mus[i][:, p:p + g]
+            lens = torch.tensor(gen, device=self.device)
+            mask = (torch.arange(tmax, device=self.device)[None, :] < lens[:, None]).unsqueeze(1).to(z.dtype)
+            spks = voice.spk[None].expand(b, -1).to(z.dtype)
+            if self.graphs is not None:
+                x = self.graphs(voice, z, mask, mu, spks)
+            else:
+                x = solve_meanflow_cached(self.flow.decoder.estimator, voice.tapes, z, mask, mu, spks)
+            for row, (i, g) in enumerate(zip(members, gen)):
+                results[i] = (TOKEN_MEL_RATIO * starts[i], x[row, :, :g].float())
+        return results  # type: ignore[return-value]
 
     def _run_flow(self, live: list[tuple[FlowJob, int, int]], n_steps: int) -> list[torch.Tensor]:
         flow = self.flow
@@ -309,8 +404,13 @@ class S3GenStreamer:
         return [x[i, :, 2 * tp[i]:dec_len[i]].float() for i in range(b)]
 
     # -- vocoder: mel → audio ------------------------------------------------------
-    def _source(self, f0: torch.Tensor, utts: list[UtteranceAudio], start_frames: list[int]) -> torch.Tensor:
-        """The harmonic-plus-noise excitation [B, 1, samples], continuous across windows."""
+    def _source(self, f0: torch.Tensor, utts: list[UtteranceAudio], start_frames: list[int],
+                keep: list[int] | None = None) -> torch.Tensor:
+        """The harmonic-plus-noise excitation [B, 1, samples], continuous across windows.
+
+        ``keep``: per utterance, the frame where its next window will start; the phase
+        there is remembered (None: remember every frame's).
+        """
         b, frames = f0.shape
         n = frames * SAMPLES_PER_FRAME
         f0_up = f0.repeat_interleave(SAMPLES_PER_FRAME, dim=1)  # nearest upsampling
@@ -321,11 +421,14 @@ class S3GenStreamer:
             for u, s in zip(utts, start_frames)])
         cum = torch.cumsum(cycles, dim=-1) + start_phase[:, :, None]
         for i, (u, s) in enumerate(zip(utts, start_frames)):
-            ends = cum[i, :, SAMPLES_PER_FRAME - 1::SAMPLES_PER_FRAME] % 1.0  # phase at each frame end
-            for k in range(frames):
-                u.phase_at[s + k + 1] = ends[:, k]
-            for old in [f for f in u.phase_at if f < s]:
+            for old in [f for f in u.phase_at if f <= s]:
                 del u.phase_at[old]
+            if keep is None:
+                ends = cum[i, :, SAMPLES_PER_FRAME - 1::SAMPLES_PER_FRAME] % 1.0  # phase at each frame end
+                for k in range(frames):
+                    u.phase_at[s + k + 1] = ends[:, k]
+            elif s < keep[i] <= s + frames:
+                u.phase_at[keep[i]] = cum[i, :, (keep[i] - s) * SAMPLES_PER_FRAME - 1] % 1.0
         theta = 2 * np.pi * (cum % 1.0)
         phase0 = torch.stack([u.phase0 for u in utts]).double()
         sine = self.sine_amp * torch.sin(theta + phase0[:, :, None])
@@ -358,7 +461,8 @@ class S3GenStreamer:
         for length, members in groups.items():
             mel = torch.stack([utts[i].mel_range(plans[i][0], plans[i][1]) for i in members]).to(self.hift_dtype)
             f0 = self.hift.f0_predictor(mel)
-            s = self._source(f0, [utts[i] for i in members], [plans[i][0] for i in members])
+            s = self._source(f0, [utts[i] for i in members], [plans[i][0] for i in members],
+                             [max(0, plans[i][2] - LEFT) for i in members])
             audio = self.hift.decode(x=mel, s=s).float()  # [b, samples]
             for row, i in enumerate(members):
                 out[i] = self._emit(utts[i], audio[row], *plans[i])

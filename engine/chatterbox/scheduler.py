@@ -4,14 +4,22 @@ Each turn of its loop:
 
 1. take new requests from a thread-safe queue and admit them into free KV-cache
    slots (prefill); drop cancelled ones (their slot is free before the next step);
-2. if an S3Gen window is *due* (an utterance with no audio yet whose first
-   window is complete, one whose tokens ended, or one whose caller has less
-   than ``slack`` seconds of audio left), run one batched flow + vocoder pass
-   over the complete windows, most urgent first, up to ``max_flow_batch``
+2. if an S3Gen window is *due*, run one batched flow + vocoder pass over the
+   complete windows, earliest deadline first, up to ``max_flow_batch``
    (batching amortises the launch-bound parts);
 3. otherwise one batched T3 decode step for every active utterance (continuous
    batching: active utterances occupy slots ``[0, n)``; a finished one's slot is
    filled by moving the last one down).
+
+Deadlines: a first window's is ``submitted + first_audio_budget``; a later
+window's is when its caller runs out of audio. A window is *critical* when its
+deadline is closer than twice the recent cost of an S3Gen batch: it runs at
+once. Otherwise complete windows run when they are worth running (a first or
+last window, or a caller with less than ``slack`` seconds of audio left) and T3
+has had its share of the GPU since the last S3Gen batch (``t3_share`` times that
+batch's duration): without that share, a stream of new callers, each wanting
+its first window at once, starves every caller's T3 below real time.
+Windows hold at most ``windows[-1]`` new tokens, so one batch's cost is bounded.
 
 Audio goes back through each request's ``deliver`` callback
 (``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
@@ -38,7 +46,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .s3gen_streamer import LOOKAHEAD_TOKENS, SILENCE_TOKEN, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen
+from .s3gen_streamer import LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen
 from .t3_runner import STOP_TOKEN, T3Runner, VoicePrefix
 
 log = logging.getLogger(__name__)
@@ -74,12 +82,6 @@ class Request:
     dropped: bool = False  # cancelled and counted
     audio_seconds: float = 0.0  # delivered so far
 
-    def urgency(self) -> float:
-        """When the caller runs out of audio (requests with none yet come first)."""
-        if self.first_audio is None:
-            return self.submitted - 1e6
-        return self.first_audio + self.audio_seconds
-
     def cancel(self) -> None:
         self.cancelled.set()
 
@@ -98,13 +100,19 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 25, 50),
-                 max_flow_batch: int = 32, slack: float = 1.0) -> None:
+    def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 25, 50, 75),
+                 max_flow_batch: int = 32, slack: float = 1.0, first_audio_budget: float = 0.15,
+                 t3_share: float = 0.5) -> None:
         self.runner = runner
         self.streamer = streamer
         self.windows = windows
         self.max_flow_batch = max_flow_batch
         self.slack = slack
+        self.first_audio_budget = first_audio_budget
+        self.t3_share = t3_share
+        self._flow_cost = 0.02  # seconds, moving average of an S3Gen batch
+        self._last_flow = 0.0  # duration of the last S3Gen batch
+        self._t3_since_flow = 0.0  # T3 time since it
         self._inbox: "queue.Queue[Request | None]" = queue.Queue()
         self._active: list[Request] = []  # T3 running; index == slot
         self._pending: list[Request] = []  # a complete window waits for S3Gen
@@ -118,6 +126,14 @@ class Scheduler:
             self._stop = False
             self._thread = threading.Thread(target=self._run, name="tts-gpu-worker", daemon=True)
             self._thread.start()
+
+    def capture_graphs(self, voice: Voice) -> None:
+        """CUDA graphs of every T3 batch bucket and every S3Gen (batch, frames) bucket a window can hit."""
+        self.runner.capture_all()
+        if self.streamer.graphs is not None:
+            self.streamer.graphs.load_voice(voice.gen)
+            frames = TOKEN_MEL_RATIO * (self.streamer.context_tokens + self.windows[-1] + LOOKAHEAD_TOKENS)
+            self.streamer.graphs.capture_all(frames)
 
     def submit(self, req: Request) -> None:
         self._inbox.put(req)
@@ -155,18 +171,23 @@ class Scheduler:
         elif self._active:
             self._t3_step()
 
+    def _deadline(self, r: Request) -> float:
+        if r.first_audio is None:
+            return r.submitted + self.first_audio_budget
+        return r.first_audio + r.audio_seconds
+
     def _due_windows(self) -> list[Request]:
         if not self._pending:
             return []
         now = time.perf_counter()
-        idle = not self._active  # nothing else to do: serve whatever is complete
-
-        def is_due(r: Request) -> bool:
-            return idle or r.t3_done or r.first_audio is None or r.urgency() - now < self.slack
-
-        if not any(is_due(r) for r in self._pending):
-            return []
-        self._pending.sort(key=Request.urgency)
+        self._pending.sort(key=self._deadline)
+        critical = self._deadline(self._pending[0]) - now < 2 * self._flow_cost
+        if not critical and self._active:
+            if self._t3_since_flow < self.t3_share * self._last_flow:
+                return []
+            if not any(r.t3_done or r.first_audio is None or self._deadline(r) - now < self.slack
+                       for r in self._pending):
+                return []
         batch = self._pending[: self.max_flow_batch]
         self._pending = self._pending[self.max_flow_batch:]
         return batch
@@ -237,7 +258,9 @@ class Scheduler:
         for req, tok in zip(list(self._active), new):
             req.tokens.append(tok)
             self._after_token(req)
-        self.stats.t3_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.stats.t3_seconds += dt
+        self._t3_since_flow += dt
 
     def _after_token(self, req: Request) -> None:
         last = req.tokens[-1]
@@ -258,7 +281,11 @@ class Scheduler:
         jobs = []
         for req in ready:
             toks = req.tokens if req.t3_done else [t for t in req.tokens if t < SPEECH_VOCAB]
-            jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), req.t3_done))
+            final = req.t3_done
+            limit = req.utt.mel_done // TOKEN_MEL_RATIO + self.windows[-1] + LOOKAHEAD_TOKENS
+            if len(toks) > limit:  # bounded window: the rest waits for the next one
+                toks, final = toks[:limit], False
+            jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), final))
         self.streamer.flow_batch(jobs)
         audio = self.streamer.vocode([r.utt for r in ready], [j.final for j in jobs])  # ends in a host copy
         self.stats.flow_batches += 1
@@ -281,4 +308,8 @@ class Scheduler:
             req.window_index += 1
             req.next_window_at = job.tokens.numel() + self.windows[min(req.window_index, len(self.windows) - 1)]
             self._mark_ready(req)  # it may be complete again already
-        self.stats.s3_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.stats.s3_seconds += dt
+        self._last_flow = dt
+        self._flow_cost = 0.8 * self._flow_cost + 0.2 * dt
+        self._t3_since_flow = 0.0

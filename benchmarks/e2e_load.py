@@ -1,0 +1,210 @@
+"""End to end on the GPU: the server with the Chatterbox engine, N concurrent calls on loopback.
+
+    python benchmarks/e2e_load.py [--model-dir DIR] [--calls 1,32,128] [--listen-s 4]
+
+Starts ``sip-tts serve`` with ``engine: chatterbox`` (random weights in the real
+architecture unless --model-dir; speech then lasts ``--max-tokens`` tokens because
+random weights never stop), then for each N starts N callers at once (spread over
+``--spread-s``): each sends an INVITE with a loopback SDP offer, ACKs the 200, and
+listens to its RTP for ``--listen-s`` seconds after the first audible packet, then
+hangs up. Measured per call: INVITE → 200, INVITE → first RTP packet, INVITE →
+first audible packet (a 20 ms G.711 frame above -50 dBFS), and packets that
+arrived more than 30 ms after the one before (gaps, while listening).
+
+Adds an "e2e" section to benchmarks/results/engine.json and re-renders engine.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.audio import decode_g711  # noqa: E402
+from telephony.sip.message import Request as SipRequest, Response, parse_message, response_for  # noqa: E402
+from tests.sipmsg import LOOPBACK, invite, offer, request  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.queue.put_nowait((time.perf_counter(), data))
+
+
+async def one_call(server_port: int, listen_s: float, delay: float) -> dict:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(delay)
+    sip_t, sip = await loop.create_datagram_endpoint(_Udp, local_addr=(LOOPBACK, 0))
+    rtp_t, rtp = await loop.create_datagram_endpoint(_Udp, local_addr=(LOOPBACK, 0))
+    call_id = uuid.uuid4().hex
+    sip_port = sip_t.get_extra_info("sockname")[1]
+    out: dict = {}
+    try:
+        t0 = time.perf_counter()
+        sip_t.sendto(invite(call_id=call_id, sdp=offer(LOOPBACK, rtp_t.get_extra_info("sockname")[1]),
+                            host=LOOPBACK, via_host=f"{LOOPBACK}:{sip_port}"), (LOOPBACK, server_port))
+        while True:
+            t, data = await asyncio.wait_for(sip.queue.get(), 30)
+            msg = parse_message(data)
+            if isinstance(msg, Response) and msg.cseq[1] == "INVITE" and msg.status >= 200:
+                break
+        if msg.status != 200:
+            return dict(error=f"INVITE got {msg.status}")
+        out["invite_200_ms"] = (t - t0) * 1e3
+        tag = (msg.headers.get("To") or "").split("tag=")[1]
+        sip_t.sendto(request("ACK", call_id, cseq=1, to_tag=tag, via_host=f"{LOOPBACK}:{sip_port}"),
+                     (LOOPBACK, server_port))
+        arrivals: list[float] = []
+        audible_at = None
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline:
+            try:
+                t, pkt = await asyncio.wait_for(rtp.queue.get(), max(0.01, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                break
+            if len(pkt) < 12:
+                continue
+            arrivals.append(t)
+            if audible_at is None:
+                pcm = decode_g711(pkt[12:], "PCMU").astype(np.float64) / 32768
+                if np.sqrt(np.mean(pcm ** 2)) > 10 ** (-50 / 20):
+                    audible_at = t
+                    deadline = t + listen_s
+        if not arrivals:
+            return dict(error="no RTP")
+        out["first_rtp_ms"] = (arrivals[0] - t0) * 1e3
+        if audible_at is None:
+            return dict(out, error="no audible RTP")
+        out["first_audio_ms"] = (audible_at - t0) * 1e3
+        heard = [a for a in arrivals if a >= audible_at]
+        out["gaps"] = int(sum(1 for a, b in zip(heard, heard[1:]) if b - a > 0.030))
+        out["packets"] = len(heard)
+        sip_t.sendto(request("BYE", call_id, cseq=2, to_tag=tag, via_host=f"{LOOPBACK}:{sip_port}"),
+                     (LOOPBACK, server_port))
+        end = time.perf_counter() + 5
+        while time.perf_counter() < end:  # the 200 to our BYE (or the server's own BYE, answered)
+            try:
+                _, data = await asyncio.wait_for(sip.queue.get(), end - time.perf_counter())
+            except asyncio.TimeoutError:
+                break
+            msg = parse_message(data)
+            if isinstance(msg, Response) and msg.cseq[1] == "BYE":
+                break
+            if isinstance(msg, SipRequest) and msg.method == "BYE":
+                sip_t.sendto(response_for(msg, 200).serialize(), (LOOPBACK, server_port))
+        return out
+    except asyncio.TimeoutError:
+        return dict(out, error="timeout")
+    finally:
+        sip_t.close()
+        rtp_t.close()
+
+
+def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str) -> subprocess.Popen:
+    (work / "prompts.yaml").write_text('default: "Thank you for calling. Your appointment is confirmed for Tuesday '
+                                       'at nine in the morning. Press one to repeat this message."\n')
+    (work / "server.yaml").write_text(
+        f"sip:\n  listen: {LOOPBACK}:{port}\n  advertised_address: {LOOPBACK}\n  tcp: false\n"
+        "rtp:\n  port_min: 30000\n  port_max: 39999\n"
+        f"engine:\n  kind: chatterbox\n  model_dir: {model_dir}\n  device: {device}\n"
+        f"  max_streams: {max(calls, 1)}\n  max_tokens: {max_tokens}\n"
+        f"limits:\n  max_calls: {calls * 2}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
+        "hangup_after_prompt_ms: 10000\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
+                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=open(work / "server.log", "w"), text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "ready" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}\n{(work / 'server.log').read_text()[-3000:]}")
+    return proc
+
+
+async def load(port: int, n: int, listen_s: float, spread: float) -> dict:
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one_call(port, listen_s, spread * i / max(n, 1)) for i in range(n)))
+    ok = [r for r in results if "error" not in r]
+    errors = [r["error"] for r in results if "error" in r]
+    row = dict(calls=n, ok=len(ok), errors=errors[:5], wall_s=time.perf_counter() - t0)
+    for key in ("invite_200_ms", "first_rtp_ms", "first_audio_ms"):
+        vals = [r[key] for r in ok]
+        row[key] = dict(p50=pct(vals, 50), p95=pct(vals, 95), max=max(vals) if vals else float("nan"))
+    row["gaps"] = int(sum(r["gaps"] for r in ok))
+    row["packets"] = int(sum(r["packets"] for r in ok))
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", default="/tmp/chatterbox-random")
+    ap.add_argument("--calls", default="1,32,128")
+    ap.add_argument("--listen-s", type=float, default=4.0)
+    ap.add_argument("--spread-s", type=float, default=1.0)
+    ap.add_argument("--max-tokens", type=int, default=150, help="speech tokens per prompt (random weights)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    if not Path(a.model_dir, "conds.pt").exists():
+        from engine.chatterbox.random_checkpoint import write_random_checkpoint
+        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
+    counts = [int(x) for x in a.calls.split(",")]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device)
+        try:
+            asyncio.run(load(port, 1, 1.0, 0))  # warm-up
+            for n in counts:
+                row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0))
+                rows.append(row)
+                print(f"  e2e N={n:4d}: ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
+                      f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
+                      f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
+                      f"gaps {row['gaps']} of {row['packets']} packets, errors {row['errors']}", flush=True)
+                time.sleep(1.0)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "engine.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result["e2e"] = dict(rows=rows, max_tokens=a.max_tokens, listen_s=a.listen_s,
+                         method="server subprocess, engine chatterbox, callers on loopback UDP (benchmarks/e2e_load.py)")
+    path.write_text(json.dumps(result, indent=1))
+    if "ours" in result:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from engine_bench import render_md
+        (out / "engine.md").write_text(render_md(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
