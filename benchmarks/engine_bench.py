@@ -355,8 +355,20 @@ def main() -> int:
               f"underrun frames {r['underrun_frames']} ({r['utterances_with_underrun']}/{r['utterances']} utt), "
               f"errors {r['errors']}", flush=True)
     sat_n = a.max_slots
+    before = dict(sched.stats.__dict__)
     sat = closed_loop(sched, voice, sat_n, a.window, rng, realtime=False)
     print(f"  ours saturated N={sat_n}: {sat['audio_s'] / sat['wall_s']:.1f} audio s per s", flush=True)
+    # where the GPU worker's time goes at saturation (a second run, with a sync at each phase's end)
+    streamer.profile = True
+    before = dict(sched.stats.__dict__)
+    prof = closed_loop(sched, voice, sat_n, min(a.window, 5.0), rng, realtime=False)
+    streamer.profile = False
+    after = sched.stats.__dict__
+    profile = {k: after[k] - before[k] for k in ("t3_seconds", "s3_seconds", "steps", "step_batch_sum",
+                                                  "flow_batches", "flow_items")}
+    profile.update({f"s3_{k}_seconds": v for k, v in streamer.timings.items()})
+    profile["wall_s"] = prof["wall_s"]
+    print(f"  profile at saturation: {json.dumps(profile)}", flush=True)
     sched.stop()
     ok_n = [int(n) for n, r in runs.items() if r["underrun_frames"] == 0 and not r["errors"]]
     ours = dict(
@@ -365,6 +377,7 @@ def main() -> int:
         max_realtime_streams=max(ok_n) if ok_n else 0,
         audio_s_per_gpu_s=sat["audio_s"] / sat["wall_s"],
         saturated=sat,
+        profile=profile,
         gpu_mem_gb=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
         stats=sched.stats.__dict__,
         dtype=a.dtype,

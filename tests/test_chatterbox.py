@@ -296,6 +296,12 @@ def test_windows_of_different_utterances_batch_like_alone(s3_case):
     streamer.flow_batch([FlowJob(b2, tokens[:45], False)])
     assert torch.allclose(batched[0], torch.cat(a2.mel, 1), atol=1e-4)
     assert torch.allclose(batched[1], torch.cat(b2.mel, 1), atol=1e-4)
+    # the vocoder: windows of different lengths in one padded batch give what each gives alone
+    together = streamer.vocode([a, b], [False, False])
+    alone = streamer.vocode([a2], [False])[0], streamer.vocode([b2], [False])[0]
+    for x, y in zip(together, alone):
+        assert x.shape == y.shape and x.size > 0
+        assert np.abs(x - y).max() < 1e-4, np.abs(x - y).max()
 
 
 # -- the engine ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ position (a fixed noise table), so it does not depend on where windows fall.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -237,6 +238,9 @@ class S3GenStreamer:
                  flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32,
                  cuda_graphs: bool = True, reference_cache: bool = True, context_tokens: int = CONTEXT_TOKENS) -> None:
         self.device = torch.device(device)
+        self.profile = False  # True: sync at phase ends and add each phase's time to ``timings``
+        self.timings: dict[str, float] = {}
+        self._t = 0.0
         self.reference_cache = reference_cache
         self.context_tokens = context_tokens
         self.s3gen = s3gen
@@ -261,6 +265,17 @@ class S3GenStreamer:
             check_supported(self.flow.decoder.estimator)
         self.graphs = FlowGraphs(self.flow.decoder.estimator, self.device, flow_dtype) \
             if cuda_graphs and reference_cache and self.device.type == "cuda" else None
+
+    def _phase(self, name: str | None) -> None:
+        """Profiling: time since the last mark goes to ``name`` (None: start)."""
+        if not self.profile:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if name is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self._t
+        self._t = now
 
     # -- per voice / per utterance --------------------------------------------------
     @torch.inference_mode()
@@ -334,9 +349,11 @@ class S3GenStreamer:
         them as in stock); the estimator gets the reference from the voice's tapes.
         Returns (first absolute frame, mel [80, n]) per job.
         """
+        self._phase(None)
         starts = [max(0, j.utt.mel_done // TOKEN_MEL_RATIO - self.context_tokens) for j, _, _ in live]
         seqs = [torch.cat([j.utt.voice.prompt_token, j.tokens[s:n]]) for (j, n, _), s in zip(live, starts)]
         mus = self._encode(seqs)
+        self._phase("encoder")
         results: list[tuple[int, torch.Tensor] | None] = [None] * len(live)
         by_voice: dict[int, list[int]] = {}
         for i, (job, _, _) in enumerate(live):
@@ -364,6 +381,7 @@ class S3GenStreamer:
                 x = solve_meanflow_cached(self.flow.decoder.estimator, voice.tapes, z, mask, mu, spks)
             for row, (i, g) in enumerate(zip(members, gen)):
                 results[i] = (TOKEN_MEL_RATIO * starts[i], x[row, :, :g].float())
+        self._phase("estimator")
         return results  # type: ignore[return-value]
 
     def _run_flow(self, live: list[tuple[FlowJob, int, int]], n_steps: int) -> list[torch.Tensor]:
@@ -445,10 +463,15 @@ class S3GenStreamer:
 
     @torch.inference_mode()
     def vocode(self, utts: list[UtteranceAudio], final: list[bool]) -> list[np.ndarray]:
-        """Audio (float32, 24 kHz) newly ready for each utterance, from the mel produced so far."""
-        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(utts)
-        groups: dict[int, list[int]] = {}
-        plans = []
+        """Audio (float32, 24 kHz) newly ready for each utterance, from the mel produced so far.
+
+        Windows that are not an utterance's last run as one right-padded batch: what the
+        padding changes lies within the ``HOLD`` frames, which are held back anyway. Last
+        windows are grouped by exact length (their end is the end of the audio). The new
+        audio of the whole batch comes to the host in one copy.
+        """
+        groups: dict[object, list[int]] = {}
+        plans: list[tuple[int, int, int] | None] = []
         for i, (u, fin) in enumerate(zip(utts, final)):
             end = u.mel_done
             ready = end if fin else end - HOLD
@@ -457,18 +480,32 @@ class S3GenStreamer:
                 continue
             start = max(0, u.emitted_frames - LEFT)
             plans.append((start, end, ready))
-            groups.setdefault(end - start, []).append(i)
-        for length, members in groups.items():
-            mel = torch.stack([utts[i].mel_range(plans[i][0], plans[i][1]) for i in members]).to(self.hift_dtype)
+            groups.setdefault(end - start if fin else "padded", []).append(i)
+        self._phase(None)
+        pieces: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            mels = [utts[i].mel_range(plans[i][0], plans[i][1]) for i in members]
+            longest = max(m.shape[1] for m in mels)
+            mel = torch.stack([F.pad(m, (0, longest - m.shape[1])) for m in mels]).to(self.hift_dtype)
             f0 = self.hift.f0_predictor(mel)
             s = self._source(f0, [utts[i] for i in members], [plans[i][0] for i in members],
                              [max(0, plans[i][2] - LEFT) for i in members])
             audio = self.hift.decode(x=mel, s=s).float()  # [b, samples]
             for row, i in enumerate(members):
-                out[i] = self._emit(utts[i], audio[row], *plans[i])
+                pieces[i] = self._emit(utts[i], audio[row], *plans[i])
+        out = [np.zeros(0, dtype=np.float32)] * len(utts)
+        if pieces:
+            order = sorted(pieces)
+            host = torch.cat([pieces[i] for i in order]).cpu().numpy()
+            at = 0
+            for i in order:
+                n = pieces[i].numel()
+                out[i] = host[at:at + n]
+                at += n
+        self._phase("vocoder")
         return out
 
-    def _emit(self, u: UtteranceAudio, audio: torch.Tensor, start: int, end: int, ready: int) -> np.ndarray:
+    def _emit(self, u: UtteranceAudio, audio: torch.Tensor, start: int, end: int, ready: int) -> torch.Tensor:
         off = (u.emitted_frames - start) * SAMPLES_PER_FRAME
         new = audio[off:(ready - start) * SAMPLES_PER_FRAME].clone()
         if u.tail is not None and new.numel():
@@ -478,6 +515,6 @@ class S3GenStreamer:
             k = min(self.trim_fade.numel(), new.numel())
             new[:k] *= self.trim_fade[:k]
             u.started = True
-        u.tail = audio[(ready - start) * SAMPLES_PER_FRAME:].clone()
+        u.tail = audio[(ready - start) * SAMPLES_PER_FRAME:(end - start) * SAMPLES_PER_FRAME].clone()
         u.emitted_frames = ready
-        return new.cpu().numpy()
+        return new

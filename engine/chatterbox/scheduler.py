@@ -20,6 +20,8 @@ has had its share of the GPU since the last S3Gen batch (``t3_share`` times that
 batch's duration): without that share, a stream of new callers, each wanting
 its first window at once, starves every caller's T3 below real time.
 Windows hold at most ``windows[-1]`` new tokens, so one batch's cost is bounded.
+A caller about to run out of audio whose next window is not complete yet gets
+a short window of the tokens that exist (``_rescue``): a shorter chunk beats a gap.
 
 Audio goes back through each request's ``deliver`` callback
 (``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
@@ -46,7 +48,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .s3gen_streamer import LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen
+from .s3gen_streamer import (
+    HOLD, LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen,
+)
 from .t3_runner import STOP_TOKEN, T3Runner, VoicePrefix
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,7 @@ class SchedulerStats:
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
+    rescued: int = 0  # windows cut short because a caller was about to run out of audio
     t3_seconds: float = 0.0
     s3_seconds: float = 0.0
 
@@ -176,10 +181,23 @@ class Scheduler:
             return r.submitted + self.first_audio_budget
         return r.first_audio + r.audio_seconds
 
+    def _rescue(self, now: float) -> None:
+        """A caller about to run out of audio gets a short window of whatever tokens exist."""
+        limit = now + 2 * self._flow_cost + 0.05
+        for req in self._active:
+            if req.queued or req.first_audio is None or req.first_audio + req.audio_seconds > limit:
+                continue
+            usable = len(req.tokens) - LOOKAHEAD_TOKENS
+            if usable * TOKEN_MEL_RATIO > req.utt.mel_done + HOLD + 2:
+                req.queued = True
+                self._pending.append(req)
+                self.stats.rescued += 1
+
     def _due_windows(self) -> list[Request]:
+        now = time.perf_counter()
+        self._rescue(now)
         if not self._pending:
             return []
-        now = time.perf_counter()
         self._pending.sort(key=self._deadline)
         critical = self._deadline(self._pending[0]) - now < 2 * self._flow_cost
         if not critical and self._active:
