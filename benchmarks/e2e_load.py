@@ -33,12 +33,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.audio import decode_g711  # noqa: E402
-from telephony.sip.message import Request as SipRequest, Response, parse_message, response_for  # noqa: E402
+from telephony.sip.message import (  # noqa: E402
+    Request as SipRequest, Response, SipParseError, parse_message, response_for,
+)
 from tests.sipmsg import LOOPBACK, invite, offer, request  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _parse(data: bytes):
+    """A SIP message, or None (another call's RTCP can land here: RTP port + 1 may be our SIP port)."""
+    try:
+        return parse_message(data)
+    except SipParseError:
+        return None
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -67,7 +77,7 @@ async def one_call(server_port: int, listen_s: float, delay: float) -> dict:
                             host=LOOPBACK, via_host=f"{LOOPBACK}:{sip_port}"), (LOOPBACK, server_port))
         while True:
             t, data = await asyncio.wait_for(sip.queue.get(), 30)
-            msg = parse_message(data)
+            msg = _parse(data)
             if isinstance(msg, Response) and msg.cseq[1] == "INVITE" and msg.status >= 200:
                 break
         if msg.status != 200:
@@ -109,7 +119,7 @@ async def one_call(server_port: int, listen_s: float, delay: float) -> dict:
                 _, data = await asyncio.wait_for(sip.queue.get(), end - time.perf_counter())
             except asyncio.TimeoutError:
                 break
-            msg = parse_message(data)
+            msg = _parse(data)
             if isinstance(msg, Response) and msg.cseq[1] == "BYE":
                 break
             if isinstance(msg, SipRequest) and msg.method == "BYE":

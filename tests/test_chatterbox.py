@@ -79,6 +79,22 @@ def _stock_logits(t3, cond, ids, generated):
         return t3.speech_head(hidden[0, -len(generated):])
 
 
+def test_batched_prefill_equals_one_at_a_time(ckpt):
+    """Texts of different lengths prefilled together: same logits and same next steps as alone."""
+    t3, cond = ckpt.t3, ckpt.conds.t3
+    texts = ["Hello.", "Your appointment is on Tuesday at nine.", "Press one to repeat this message, or two."]
+    ids = [text_ids(ckpt, t)[0] for t in texts]
+    together = T3Runner(t3, "cpu", torch.float32, max_slots=4, max_len=512, sampling=GREEDY)
+    prefix = together.voice_prefix(cond)
+    _, logits = together.admit_many([0, 1, 2], prefix, ids)
+    steps = [together.step(3).tolist() for _ in range(5)]
+    for row, one in enumerate(ids):
+        alone = T3Runner(t3, "cpu", torch.float32, max_slots=4, max_len=512, sampling=GREEDY)
+        _, lg = alone.admit(0, alone.voice_prefix(cond), one)
+        assert torch.allclose(lg, logits[row], atol=1e-4)
+        assert [alone.step(1).tolist()[0] for _ in range(5)] == [s[row] for s in steps]
+
+
 @pytest.mark.parametrize("penalty", [1.0, 1.2])
 def test_greedy_tokens_and_logits_match_stock_for_30_steps(ckpt, penalty):
     t3, cond = ckpt.t3, ckpt.conds.t3

@@ -20,8 +20,6 @@ has had its share of the GPU since the last S3Gen batch (``t3_share`` times that
 batch's duration): without that share, a stream of new callers, each wanting
 its first window at once, starves every caller's T3 below real time.
 Windows hold at most ``windows[-1]`` new tokens, so one batch's cost is bounded.
-A caller about to run out of audio whose next window is not complete yet gets
-a short window of the tokens that exist (``_rescue``): a shorter chunk beats a gap.
 
 Audio goes back through each request's ``deliver`` callback
 (``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
@@ -49,7 +47,7 @@ import numpy as np
 import torch
 
 from .s3gen_streamer import (
-    HOLD, LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen,
+    LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen,
 )
 from .t3_runner import STOP_TOKEN, T3Runner, VoicePrefix
 
@@ -99,7 +97,6 @@ class SchedulerStats:
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
-    rescued: int = 0  # windows cut short because a caller was about to run out of audio
     t3_seconds: float = 0.0
     s3_seconds: float = 0.0
 
@@ -107,7 +104,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 25, 50, 75),
                  max_flow_batch: int = 32, slack: float = 1.0, first_audio_budget: float = 0.15,
-                 t3_share: float = 0.5) -> None:
+                 t3_share: float = 0.5, max_admit: int = 32) -> None:
         self.runner = runner
         self.streamer = streamer
         self.windows = windows
@@ -115,6 +112,7 @@ class Scheduler:
         self.slack = slack
         self.first_audio_budget = first_audio_budget
         self.t3_share = t3_share
+        self.max_admit = max_admit  # prefills batched per turn
         self._flow_cost = 0.02  # seconds, moving average of an S3Gen batch
         self._last_flow = 0.0  # duration of the last S3Gen batch
         self._t3_since_flow = 0.0  # T3 time since it
@@ -181,23 +179,10 @@ class Scheduler:
             return r.submitted + self.first_audio_budget
         return r.first_audio + r.audio_seconds
 
-    def _rescue(self, now: float) -> None:
-        """A caller about to run out of audio gets a short window of whatever tokens exist."""
-        limit = now + 2 * self._flow_cost + 0.05
-        for req in self._active:
-            if req.queued or req.first_audio is None or req.first_audio + req.audio_seconds > limit:
-                continue
-            usable = len(req.tokens) - LOOKAHEAD_TOKENS
-            if usable * TOKEN_MEL_RATIO > req.utt.mel_done + HOLD + 2:
-                req.queued = True
-                self._pending.append(req)
-                self.stats.rescued += 1
-
     def _due_windows(self) -> list[Request]:
-        now = time.perf_counter()
-        self._rescue(now)
         if not self._pending:
             return []
+        now = time.perf_counter()
         self._pending.sort(key=self._deadline)
         critical = self._deadline(self._pending[0]) - now < 2 * self._flow_cost
         if not critical and self._active:
@@ -211,37 +196,51 @@ class Scheduler:
         return batch
 
     def _take_inbox(self, block: bool) -> None:
-        while True:
+        """Admit waiting requests into free slots: one batched prefill per voice."""
+        taken: list[Request] = []
+        free = self.runner.max_slots - len(self._active)
+        while len(taken) < min(free, self.max_admit):
             try:
                 req = self._inbox.get(block=block, timeout=None if block else 0)
             except queue.Empty:
-                return
+                break
             block = False
             if req is None:
-                return
-            if req.cancelled.is_set():
-                continue
-            if len(self._active) >= self.runner.max_slots:
-                self._inbox.put(req)  # full: stays queued until a slot frees
-                return
-            self._admit(req)
+                break
+            if not req.cancelled.is_set():
+                taken.append(req)
+        by_voice: dict[int, list[Request]] = {}
+        for req in taken:
+            by_voice.setdefault(id(req.voice), []).append(req)
+        for group in by_voice.values():
+            self._admit(group)
 
-    def _admit(self, req: Request) -> None:
+    def _admit(self, reqs: list[Request]) -> None:
         t0 = time.perf_counter()
-        slot = len(self._active)
-        try:
-            self.runner.admit(slot, req.voice.prefix, req.text_ids)
-        except ValueError as exc:
-            req.deliver(exc)
+        prefix = reqs[0].voice.prefix
+        ok = []
+        for req in reqs:
+            if prefix.length + req.text_ids.numel() + 2 >= self.runner.max_len:
+                req.deliver(ValueError(f"text too long: {req.text_ids.numel()} tokens with a "
+                                       f"{prefix.length}-token voice prefix exceed the "
+                                       f"{self.runner.max_len}-position cache"))
+            else:
+                ok.append(req)
+        if not ok:
             return
-        req.slot = slot
-        req.tokens = [int(self.runner.tokens[slot])]
-        req.utt = self.streamer.new_utterance(req.voice.gen, req.seed, req.max_tokens + LOOKAHEAD_TOKENS)
-        req.next_window_at = self.windows[0] + LOOKAHEAD_TOKENS
-        self._active.append(req)
-        self.stats.admitted += 1
+        slots = list(range(len(self._active), len(self._active) + len(ok)))
+        self.runner.admit_many(slots, prefix, [r.text_ids for r in ok])
+        firsts = self.runner.tokens[slots[0]:slots[-1] + 1].tolist()  # one host sync for the group
+        for req, slot, first in zip(ok, slots, firsts):
+            req.slot = slot
+            req.tokens = [int(first)]
+            req.utt = self.streamer.new_utterance(req.voice.gen, req.seed, req.max_tokens + LOOKAHEAD_TOKENS)
+            req.next_window_at = self.windows[0] + LOOKAHEAD_TOKENS
+            self._active.append(req)
+            self.stats.admitted += 1
         self.stats.t3_seconds += time.perf_counter() - t0
-        self._after_token(req)
+        for req in ok:
+            self._after_token(req)
 
     def _free_slot(self, req: Request) -> None:
         if req.slot < 0:

@@ -218,27 +218,68 @@ class T3Runner:
     def admit(self, slot: int, prefix: VoicePrefix, text_ids: torch.Tensor) -> tuple[int, torch.Tensor]:
         """Start an utterance in ``slot``: voice K/V copied, text + start token prefilled.
 
-        Returns the first sampled token (as a 0-d device tensor) and the prefill logits.
+        Returns the position after the prefill and the prefill logits.
+        """
+        lengths, logits = self.admit_many([slot], prefix, [text_ids])
+        return lengths[0], logits[0]
+
+    @torch.inference_mode()
+    def admit_many(self, slots: list[int], prefix: VoicePrefix,
+                   texts: list[torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+        """Start several utterances of one voice in one batched prefill (right-padded texts).
+
+        Padding sits after each row's last real token, so the causal mask keeps it out of
+        the real rows; the K/V it writes lies beyond the row's position and is overwritten
+        by the row's next decode steps before any query can see it. The first tokens are
+        sampled into ``self.tokens`` (device); returns each row's position and the logits.
         """
         p = prefix.length
-        self.k_cache[:, slot, :, :p] = prefix.kv[:, 0]
-        self.v_cache[:, slot, :, :p] = prefix.kv[:, 1]
-        ids = text_ids.to(self.device).view(-1)
+        b = len(slots)
+        idx = torch.tensor(slots, device=self.device)
         start = torch.tensor([START_SPEECH], device=self.device)
-        x = torch.cat([self.text_emb[ids], self.speech_emb[start]])
-        if p + x.size(0) + 1 >= self.max_len:
-            raise ValueError(f"text too long: {x.size(0)} tokens with a {p}-token voice prefix "
+        rows = [torch.cat([self.text_emb[t.to(self.device).view(-1)], self.speech_emb[start]]) for t in texts]
+        lens = [r.size(0) for r in rows]
+        t = max(lens)
+        if p + t + 1 >= self.max_len:
+            raise ValueError(f"text too long: {t} tokens with a {p}-token voice prefix "
                              f"exceeds the {self.max_len}-position cache")
-        hidden = self._forward_span(slot, p, x)
-        logits = self._logits(hidden[-1:])
-        self.seen[slot] = False
-        self.seen[slot, START_SPEECH] = True  # stock: the first pick is penalised against the start token
-        first = sample_tokens(logits, self.seen[slot:slot + 1], self.sampling)[0]
-        self.seen[slot] = False
-        self.seen[slot, first] = True
-        self.tokens[slot] = first
-        self.positions[slot] = p + x.size(0)
-        return p + x.size(0), logits[0]
+        x = torch.zeros(b, t, self.width, device=self.device, dtype=self.dtype)
+        for i, r in enumerate(rows):
+            x[i, :lens[i]] = r
+        self.k_cache[:, idx, :, :p] = prefix.kv[:, 0].unsqueeze(1).expand(-1, b, -1, -1, -1)
+        self.v_cache[:, idx, :, :p] = prefix.kv[:, 1].unsqueeze(1).expand(-1, b, -1, -1, -1)
+        hidden = self._prefill(idx, p, x)
+        last = torch.tensor([n - 1 for n in lens], device=self.device)
+        logits = self._logits(hidden[torch.arange(b, device=self.device), last])
+        self.seen[idx] = False
+        self.seen[idx, START_SPEECH] = True  # stock: the first pick is penalised against the start token
+        first = sample_tokens(logits, self.seen[idx], self.sampling)
+        self.seen[idx] = False
+        self.seen[idx, first] = True
+        self.tokens[idx] = first
+        self.positions[idx] = torch.tensor([p + n for n in lens], device=self.device)
+        return [p + n for n in lens], logits
+
+    def _prefill(self, idx: torch.Tensor, start: int, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, T, D] at positions start.. for the slots ``idx``, through all layers, filling their caches."""
+        b, t, _ = x.shape
+        end = start + t
+        x = x + self.wpe[start:end]
+        causal = torch.ones(t, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
+        for i, layer in enumerate(self.layers):
+            h = self._layer_norm(x, layer.ln1_w, layer.ln1_b, layer.eps)
+            qkv = (h @ layer.qkv_w + layer.qkv_b).view(b, t, 3, self.n_head, self.head_dim)
+            q, k, v = qkv.unbind(2)  # [B, T, H, d]
+            self.k_cache[i, idx, :, start:end] = k.transpose(1, 2)
+            self.v_cache[i, idx, :, start:end] = v.transpose(1, 2)
+            keys = self.k_cache[i, idx, :, :end]
+            values = self.v_cache[i, idx, :, :end]
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=causal)
+            a = a.transpose(1, 2).reshape(b, t, self.width)
+            x = x + (a @ layer.proj_w + layer.proj_b)
+            h = self._layer_norm(x, layer.ln2_w, layer.ln2_b, layer.eps)
+            x = x + (_gelu_new(h @ layer.fc_w + layer.fc_b) @ layer.fc2_w + layer.fc2_b)
+        return self._layer_norm(x, self.lnf_w, self.lnf_b, self.lnf_eps)
 
     def bucket_for(self, n: int) -> int:
         for b in self.buckets:
