@@ -112,6 +112,21 @@ def load_server(path: str | Path) -> ServerConfig:
 
 
 def load_prompts(path: str | Path) -> PromptsConfig:
+    """The prompts file, validated; unknown scripts or voices are errors, the rest warnings."""
     p = Path(path)
     data, lines = read_yaml(p)
-    return validate(PromptsConfig, data, p, lines)
+    if isinstance(data, dict) and ("source" in data or "warnings" in data):
+        key = "source" if "source" in data else "warnings"
+        raise ConfigError([(str(p), lines.get((key,)), key, "unknown field")])
+    data = PromptsConfig.upgrade(data, lines)
+    cfg = validate(PromptsConfig, data, p, lines)
+    cfg.source = p
+    errors, warnings = cfg.references()
+
+    def where(loc: tuple, msg: str) -> tuple[str, int | None, str, str]:
+        return (str(p), _line_of(loc, lines), ".".join(str(x) for x in loc), msg)
+
+    if errors:
+        raise ConfigError([where(loc, msg) for loc, msg in errors])
+    cfg.warnings = [ConfigError.format(where(loc, msg)) for loc, msg in warnings]
+    return cfg

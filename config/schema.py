@@ -198,8 +198,22 @@ class ServerConfig(_Strict):
         return p
 
 
-class Prompt(_Strict):
-    text: str = Field(min_length=1)
+# -- prompts.yaml: voices, routes, scripts ------------------------------------------------
+class VoiceDef(_Strict):
+    """A named voice: the engine it needs and that engine's settings."""
+
+    engine: Literal["espeak", "chatterbox"] | None = Field(None, description="default: the server's engine")
+    voice: str | None = Field(None, description="espeak: voice name (en-us, en-gb+f3, ...)")
+    rate: int | None = Field(None, ge=80, le=450, description="espeak: words per minute")
+    pitch: int | None = Field(None, ge=0, le=99, description="espeak: pitch")
+    wav: str | None = Field(None, description="chatterbox: reference WAV (>= 5 s), relative to this file")
+
+
+class SayStep(_Strict):
+    text: str = Field(min_length=1, description="what to say; {caller}, {called}, {date}, {time}, "
+                                                "{headers[Name]}, route vars and collected digits fill in")
+    voice: str | None = None
+    barge_in: bool = Field(False, description="a digit stops this prompt (the digit is kept for the next menu)")
 
     @field_validator("text")
     @classmethod
@@ -209,22 +223,257 @@ class Prompt(_Strict):
         return v
 
 
-class PromptsConfig(_Strict):
-    routes: dict[str, Prompt] = Field(default_factory=dict, description="dialed number → prompt")
-    default: Prompt | None = Field(None, description="prompt for numbers without a route; "
-                                                     "none: such calls get 404")
+class PlayStep(_Strict):
+    file: str = Field(description="WAV file (any rate, mono or stereo), relative to this file")
+    barge_in: bool = False
+
+
+class MenuStep(_Strict):
+    prompt: SayStep | None = None
+    options: dict[str, str] = Field(min_length=1, description="digit → script to go to")
+    timeout_s: float | None = Field(None, gt=0, le=60, description="wait for a digit after the prompt (default 5)")
+    retries: int = Field(2, ge=0, le=10, description="prompt again this often on timeout or a wrong digit")
+    invalid: SayStep | None = Field(None, description="said after a wrong digit")
+    on_timeout: str | None = Field(None, description="script after the last retry; none: hang up")
+
+    @field_validator("options")
+    @classmethod
+    def _digits(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if len(k) != 1 or k not in "0123456789*#ABCD":
+                raise ValueError(f"option {k!r} is not one DTMF digit (0-9 * # A-D)")
+        return v
+
+
+class CollectStep(_Strict):
+    prompt: SayStep | None = None
+    into: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable the digits go into")
+    max_digits: int = Field(16, ge=1, le=64)
+    terminator: str = Field("#", pattern=r"^[0-9*#]?$", description="ends input early (not kept)")
+    timeout_s: float = Field(5.0, gt=0, le=60, description="after the prompt and between digits")
+
+
+class Step(_Strict):
+    """One script step: exactly one of the fields below (``hangup`` may be written alone)."""
+
+    say: SayStep | None = None
+    play: PlayStep | None = None
+    pause: float | None = Field(None, gt=0, le=60, description="seconds of silence")
+    menu: MenuStep | None = None
+    collect: CollectStep | None = None
+    goto: str | None = None
+    hangup: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _strings_are_text(cls, data: object) -> object:
-        # Allow the short form  "1000": "Hello"  as well as  "1000": {text: "Hello"}.
+    def _short_forms(cls, data: object) -> object:
+        if data == "hangup":
+            return {"hangup": True}
         if isinstance(data, dict):
-            routes = data.get("routes")
-            if isinstance(routes, dict):
-                data = {**data, "routes": {k: ({"text": v} if isinstance(v, str) else v) for k, v in routes.items()}}
-            if isinstance(data.get("default"), str):
-                data = {**data, "default": {"text": data["default"]}}
+            data = dict(data)
+            if isinstance(data.get("say"), str):
+                data["say"] = {"text": data["say"]}
+            if isinstance(data.get("play"), str):
+                data["play"] = {"file": data["play"]}
+            for key in ("menu", "collect"):
+                if isinstance(data.get(key), dict) and isinstance(data[key].get("prompt"), str):
+                    data[key] = {**data[key], "prompt": {"text": data[key]["prompt"], "barge_in": True}}
+            if isinstance(data.get("menu"), dict) and isinstance(data["menu"].get("invalid"), str):
+                data["menu"] = {**data["menu"], "invalid": {"text": data["menu"]["invalid"]}}
         return data
 
-    def lookup(self, dialed: str) -> Prompt | None:
-        return self.routes.get(dialed, self.default)
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Step":
+        set_ = [k for k in ("say", "play", "pause", "menu", "collect", "goto", "hangup") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError("a step is exactly one of say, play, pause, menu, collect, goto, hangup"
+                             + (f" (got {', '.join(set_)})" if set_ else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("say", "play", "pause", "menu", "collect", "goto", "hangup")
+                    if getattr(self, k) is not None)
+
+
+class Route(_Strict):
+    """Which calls take this route, and what they hear."""
+
+    number: str | None = Field(None, description="dialed number, exact")
+    prefix: str | None = Field(None, description="dialed number starts with this")
+    pattern: str | None = Field(None, description="regular expression the whole dialed number matches")
+    caller: str | None = Field(None, description="regular expression the whole caller number matches")
+    headers: dict[str, str] = Field(default_factory=dict, description="SIP header name → regular expression (search)")
+    voice: str | None = None
+    script: str | None = Field(None, description="a script from `scripts`")
+    say: str | None = Field(None, min_length=1, description="short form: a one-step script")
+    steps: list[Step] | None = Field(None, description="an inline script")
+    vars: dict[str, str] = Field(default_factory=dict, description="values for templates")
+    early_media: bool = Field(False, description="play the script as early media (183 Session Progress) "
+                                                 "instead of answering; the call then ends with 480, unbilled")
+
+    @field_validator("say")
+    @classmethod
+    def _say_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("text is blank")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Route":
+        import re as _re
+
+        for name in ("pattern", "caller"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    _re.compile(value)
+                except _re.error as exc:
+                    raise ValueError(f"{name}: bad regular expression: {exc}") from None
+        for name, value in self.headers.items():
+            try:
+                _re.compile(value)
+            except _re.error as exc:
+                raise ValueError(f"headers.{name}: bad regular expression: {exc}") from None
+        what = [k for k in ("script", "say", "steps") if getattr(self, k) is not None]
+        if len(what) != 1:
+            raise ValueError("a route has exactly one of script, say, steps")
+        return self
+
+    def script_steps(self, scripts: dict[str, list[Step]]) -> list[Step]:
+        if self.steps is not None:
+            return self.steps
+        if self.say is not None:
+            return [Step(say=SayStep(text=self.say))]
+        return scripts[self.script or ""]
+
+    def matches(self, dialed: str, caller: str, headers: dict[str, str]) -> bool:
+        import re as _re
+
+        if self.number is not None and dialed != self.number:
+            return False
+        if self.prefix is not None and not dialed.startswith(self.prefix):
+            return False
+        if self.pattern is not None and not _re.fullmatch(self.pattern, dialed):
+            return False
+        if self.caller is not None and not _re.fullmatch(self.caller, caller):
+            return False
+        lowered = {k.lower(): v for k, v in headers.items()}
+        for name, rx in self.headers.items():
+            value = lowered.get(name.lower())
+            if value is None or _re.search(rx, value) is None:
+                return False
+        return True
+
+
+class PromptsConfig(_Strict):
+    """prompts.yaml. Routes are tried in order; the first that matches wins, else ``default``."""
+
+    voices: dict[str, VoiceDef] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+    default: Route | None = Field(None, description="calls no route matches; none: 404")
+    scripts: dict[str, list[Step]] = Field(default_factory=dict)
+    cache: "PromptCacheSettings" = Field(default_factory=lambda: PromptCacheSettings())
+    source: Path | None = Field(None, exclude=True)
+    warnings: list[str] = Field(default_factory=list, exclude=True)
+
+    @staticmethod
+    def upgrade(data: object, lines: dict) -> object:
+        """The first format (routes as {number: text or {text: ...}}, default as text or {text: ...})
+        in today's form, with the line of each value carried over."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        routes = data.get("routes")
+        if isinstance(routes, dict):
+            new = []
+            for i, (k, v) in enumerate(routes.items()):
+                text_line = lines.get(("routes", k, "text"), lines.get(("routes", k)))
+                lines[("routes", i)] = lines.get(("routes", k))
+                lines[("routes", i, "say")] = text_line
+                if isinstance(v, dict) and set(v) == {"text"}:
+                    v = v["text"]
+                new.append({"number": str(k), "say": v} if not isinstance(v, dict) else {"number": str(k), **v})
+            data["routes"] = new
+        default = data.get("default")
+        if isinstance(default, dict) and set(default) == {"text"}:
+            lines[("default", "say")] = lines.get(("default", "text"))
+            default = default["text"]
+        if isinstance(default, str):
+            lines.setdefault(("default", "say"), lines.get(("default",)))
+            data["default"] = {"say": default}
+        return data
+
+    def lookup(self, dialed: str, caller: str = "", headers: dict[str, str] | None = None) -> Route | None:
+        for route in self.routes:
+            if route.matches(dialed, caller, headers or {}):
+                return route
+        return self.default
+
+    def references(self) -> tuple[list[tuple[tuple, str]], list[tuple[tuple, str]]]:
+        """(errors, warnings), each (location, message): unknown scripts and voices, unreachable scripts, menus
+        without a timeout."""
+        errors: list[tuple[tuple, str]] = []
+        warnings: list[tuple[tuple, str]] = []
+        reached: set[str] = set()
+
+        def voice(loc: tuple, name: str | None) -> None:
+            if name is not None and name not in self.voices:
+                errors.append((loc, f"unknown voice {name!r}"))
+
+        def target(loc: tuple, name: str | None) -> None:
+            if name is None:
+                return
+            if name not in self.scripts:
+                errors.append((loc, f"unknown script {name!r}"))
+            else:
+                reached.add(name)
+
+        def steps(loc: tuple, items: list[Step]) -> None:
+            for i, st in enumerate(items):
+                here = loc + (i,)
+                if st.say is not None:
+                    voice(here + ("say", "voice"), st.say.voice)
+                if st.goto is not None:
+                    target(here + ("goto",), st.goto)
+                if st.menu is not None:
+                    for digit, name in st.menu.options.items():
+                        target(here + ("menu", "options", digit), name)
+                    target(here + ("menu", "on_timeout"), st.menu.on_timeout)
+                    if st.menu.timeout_s is None:
+                        warnings.append((here + ("menu",), "menu without timeout_s: waits 5 s for a digit"))
+                    for sub in (st.menu.prompt, st.menu.invalid):
+                        if sub is not None:
+                            voice(here + ("menu",), sub.voice)
+                if st.collect is not None and st.collect.prompt is not None:
+                    voice(here + ("collect", "prompt", "voice"), st.collect.prompt.voice)
+                if st.kind in ("goto", "hangup") and i + 1 < len(items):
+                    warnings.append((loc + (i + 1,), f"unreachable: step after {st.kind}"))
+
+        for i, route in enumerate(self.routes):
+            voice(("routes", i, "voice"), route.voice)
+            target(("routes", i, "script"), route.script)
+            if route.steps:
+                steps(("routes", i, "steps"), route.steps)
+        if self.default is not None:
+            voice(("default", "voice"), self.default.voice)
+            target(("default", "script"), self.default.script)
+            if self.default.steps:
+                steps(("default", "steps"), self.default.steps)
+        for name, items in self.scripts.items():
+            steps(("scripts", name), items)
+        for name in self.scripts:
+            if name not in reached:
+                warnings.append((("scripts", name), f"script {name!r} is never used (no route, goto or menu leads to it)"))
+        return errors, warnings
+
+
+class PromptCacheSettings(_Strict):
+    """Rendered prompts, ready-to-send G.711 frames, for steps whose text does not depend on the call."""
+
+    max_mb: float = Field(64, ge=0, description="memory budget; least recently used prompts go first")
+    dir: str | None = Field(None, description="keep rendered prompts here across restarts (relative to this file)")
+    warm: bool = Field(True, description="render every fixed prompt at start-up and reload, in the background")
+
+
+PromptsConfig.model_rebuild()

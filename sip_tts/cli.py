@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import wave
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, load_prompts, load_server
-from config.schema import PromptsConfig, ServerConfig, parse_hostport
+from config.schema import EspeakSettings, PromptsConfig, ServerConfig, parse_hostport
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
-from telephony.call import CallInfo
+from engine.prompt_cache import PromptCache
+from telephony.call import CallHandle, CallInfo
+from telephony.rtp.dtmf import DtmfDigit
 from telephony.rtp.pacer import FrameQueue
 from telephony.admission import AdmissionPolicy
 from telephony.sip.auth import DigestAuthenticator
@@ -26,6 +29,7 @@ from telephony.server import ServerSettings, SipServer
 
 from . import systemd
 from .engines import SpokenPrompt, build_engine
+from .script import ScriptRun, Speech
 
 log = logging.getLogger("sip_tts")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "server.yaml"
@@ -38,7 +42,7 @@ def _load(path: str) -> tuple[ServerConfig, PromptsConfig]:
 
 
 async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
-                rtp_ports: tuple[int, int] | None = None) -> int:
+                rtp_ports: tuple[int, int] | None = None, pid_file: str | None = None) -> int:
     engine, voice = build_engine(cfg)
     try:
         await engine.start()
@@ -68,9 +72,25 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                                   invite_burst=cfg.limits.invite_burst_per_source,
                                   max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))
 
-    def route(info: CallInfo) -> SpokenPrompt | None:
-        prompt = prompts.lookup(info.dialed)
-        return None if prompt is None else SpokenPrompt(engine, prompt.text, voice, info.codec)
+    cache = build_cache(prompts)
+    try:
+        speech = Speech.build(prompts, engine, voice, cache)
+    except ValueError as exc:
+        log.error("%s: %s", cfg.prompts_path(), exc)
+        await engine.close()
+        return 2
+    warming: set[asyncio.Task] = set()
+
+    def warm(sp: Speech) -> None:
+        if sp.prompts.cache.warm:
+            task = asyncio.ensure_future(sp.warm(list(cfg.codecs)))
+            warming.add(task)
+            task.add_done_callback(lambda t: (warming.discard(t), t.cancelled() or t.exception() or
+                                              log.info("prompt cache: %d prompts rendered, %d cached",
+                                                       t.result(), len(cache))))
+
+    def route(info: CallInfo) -> ScriptRun | None:
+        return speech.source(info)
 
     metrics = None
     if cfg.metrics is not None:
@@ -109,6 +129,9 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
             await server.stop()
             await engine.close()
             return 1
+    warm(speech)
+    if pid_file:
+        Path(pid_file).write_text(f"{os.getpid()}\n")
     systemd.notify(f"READY=1\nSTATUS=serving on {host}:{server.port}")
     systemd.start_watchdog(asyncio.get_running_loop())
     print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
@@ -123,13 +146,18 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     def reload_prompts() -> None:
         # SIGHUP: re-read the prompts file; a bad file is refused and the running prompts stay.
         # Calls in progress keep what they are playing. (server.yaml changes need a restart.)
-        nonlocal prompts
+        nonlocal prompts, speech
         try:
             prompts = load_prompts(cfg.prompts_path())
-        except ConfigError as exc:
+            new = Speech.build(prompts, engine, voice, cache)
+        except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running prompts:\n%s", exc)
             return
+        speech = new  # calls in progress keep the Speech (and script) they started with
+        for line in prompts.warnings:
+            log.warning("%s", line)
         log.info("reloaded %s: %d routes", cfg.prompts_path(), len(prompts.routes))
+        warm(speech)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,15 +169,70 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     left = await server.drain(cfg.drain_timeout_s, interrupted=second)
     log.info("stopping: hanging up %d call(s)", left)
     await server.stop()
+    for task in warming:
+        task.cancel()
     await engine.close()
+    if pid_file:
+        Path(pid_file).unlink(missing_ok=True)
     return 0
+
+
+def build_cache(prompts: PromptsConfig) -> PromptCache:
+    directory = prompts.cache.dir
+    if directory and not Path(directory).is_absolute() and prompts.source is not None:
+        directory = str(prompts.source.parent / directory)
+    return PromptCache(int(prompts.cache.max_mb * 2**20), directory)
+
+
+async def walk(cfg: ServerConfig, prompts: PromptsConfig, number: str, digits: list[str], codec: str,
+               caller: str = "5551234") -> tuple[np.ndarray, list[str]]:
+    """What a caller of ``number`` hears walking the script, pressing ``digits`` when asked."""
+    engine, voice = build_engine(cfg)
+    await engine.start()
+    try:
+        speech = Speech.build(prompts, engine, voice, PromptCache(64 * 2**20))
+        run = speech.source(CallInfo("say", number, caller, codec))
+        if run is None:
+            raise ValueError(f"no route for {number} and no default")
+        queue = FrameQueue(0xFF if codec == "PCMU" else 0xD5)
+        handle = _OfflineCall(run.info, queue)
+        for d in digits:
+            handle.digit_arrived(DtmfDigit(d, 100, "cli"))
+        await run.run(handle)
+        queue.finish()
+        frames = []
+        while (frame := queue.pop()) is not None:
+            frames.append(frame)
+        return decode_g711(b"".join(frames), codec), run.heard
+    finally:
+        await engine.close()
+
+
+class _OfflineCall(CallHandle):
+    """A caller who listens to each prompt to its end, then presses the next digit when asked."""
+
+    async def played(self) -> None:
+        return None
+
+    async def barge_digit(self, timeout: float) -> str | None:
+        await asyncio.sleep(0)
+        return None
+
+    def take_digit(self) -> str | None:
+        return None
+
+    async def wait_digit_or_played(self) -> str | None:
+        return None
+
+    async def next_digit(self, timeout: float) -> str | None:
+        return self._digits.get_nowait().digit if not self._digits.empty() else None  # no digits left: a timeout
 
 
 async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> np.ndarray:
     """What a caller hears: 8 kHz int16 after the G.711 round trip."""
     await engine.start()
     queue = FrameQueue(0xFF if codec == "PCMU" else 0xD5)
-    await SpokenPrompt(engine, text, voice, codec).run(queue)
+    await SpokenPrompt(engine, text, voice, codec).run(CallHandle(CallInfo("say", "", "", codec), queue))
     queue.finish()
     frames = []
     while (frame := queue.pop()) is not None:
@@ -174,13 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--listen", help="HOST:PORT, overrides sip.listen")
     p_serve.add_argument("--rtp-ports", help="MIN-MAX, overrides rtp.port_min/port_max (one range per instance)")
     p_serve.add_argument("--log-level", default="INFO")
-    p_say = sub.add_parser("say", help="render TEXT as a caller would hear it")
-    p_say.add_argument("text")
+    p_serve.add_argument("--pid-file", help="write the process id here (for `sip-tts reload`)")
+    p_say = sub.add_parser("say", help="render TEXT, or a route's script, as a caller would hear it")
+    p_say.add_argument("text", nargs="?")
+    p_say.add_argument("--route", help="walk the script of this dialed number instead of TEXT")
+    p_say.add_argument("--digits", default="", help="digits pressed at menus and prompts, e.g. 1,2 (with --route)")
+    p_say.add_argument("--caller", default="5551234", help="the caller's number (with --route)")
     p_say.add_argument("--out", required=True, help="output WAV (8 kHz, 16-bit, mono)")
     p_say.add_argument("--config", default=str(DEFAULT_CONFIG))
     p_say.add_argument("--codec", choices=["PCMU", "PCMA"], default="PCMU")
     p_check = sub.add_parser("check-config", help="validate server and prompts files")
     p_check.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p_reload = sub.add_parser("reload", help="make a running server re-read its prompts file (SIGHUP)")
+    p_reload.add_argument("--pid-file", required=True, help="the --pid-file the server was started with")
+    p_reload.add_argument("--config", default=str(DEFAULT_CONFIG))
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
@@ -191,11 +281,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error:\n{exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"{args.config}: ok ({len(prompts.routes)} routes, default {'set' if prompts.default else 'none'})")
+        for line in prompts.warnings:
+            print(f"warning: {line}")
+        engine_name = "espeak" if isinstance(cfg.engine, EspeakSettings) else "chatterbox"
+        errors = [f"{cfg.prompts_path()}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
+                  for name, v in prompts.voices.items() if v.engine is not None and v.engine != engine_name]
+        if errors:
+            print("config error:\n" + "\n".join(errors), file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok ({len(prompts.routes)} routes, {len(prompts.scripts)} scripts, "
+              f"default {'set' if prompts.default else 'none'}, {len(prompts.warnings)} warnings)")
+        return 0
+    if args.command == "reload":
+        try:
+            os.kill(int(Path(args.pid_file).read_text().strip()), signal.SIGHUP)
+        except (OSError, ValueError) as exc:
+            print(f"reload: {args.pid_file}: {exc}", file=sys.stderr)
+            return 1
+        print("reload requested (the server logs whether the new prompts were accepted)")
         return 0
     if args.command == "say":
-        engine, voice = build_engine(cfg)
-        samples = asyncio.run(render(engine, voice, args.text, args.codec))
+        if args.route is not None:
+            digits = [d.strip() for d in args.digits.split(",") if d.strip()]
+            try:
+                samples, heard = asyncio.run(walk(cfg, prompts, args.route, digits, args.codec, args.caller))
+            except ValueError as exc:
+                print(f"say: {exc}", file=sys.stderr)
+                return 2
+            for line in heard:
+                print(f"  said: {line}")
+        elif args.text:
+            engine, voice = build_engine(cfg)
+            samples = asyncio.run(render(engine, voice, args.text, args.codec))
+        else:
+            print("say: give TEXT or --route NUMBER", file=sys.stderr)
+            return 2
         write_wav(args.out, samples)
         print(f"{args.out}: {len(samples) / 8000:.2f} s")
         return 0
@@ -207,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rtp_ports = (int(lo), int(hi))
     try:
-        return asyncio.run(serve(cfg, prompts, args.listen, rtp_ports))
+        return asyncio.run(serve(cfg, prompts, args.listen, rtp_ports, args.pid_file))
     except KeyboardInterrupt:
         return 0
 

@@ -9,7 +9,7 @@ from config.schema import EspeakSettings, ServerConfig
 from engine.audio import LineEncoder
 from engine.base import TtsEngine, VoiceSpec
 from engine.espeak import EspeakEngine
-from telephony.rtp.pacer import FrameQueue
+from telephony.call import CallHandle
 
 
 def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
@@ -45,7 +45,8 @@ class SpokenPrompt:
     voice: VoiceSpec
     codec: str
 
-    async def run(self, queue: FrameQueue) -> None:
+    async def run(self, call: CallHandle) -> None:
+        queue = call.queue
         encoder = LineEncoder(self.engine.sample_rate, self.codec)
         async for chunk in self.engine.stream(self.text, self.voice):
             queue.push(encoder.encode(chunk))

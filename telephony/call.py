@@ -28,11 +28,58 @@ class CallInfo:
     dialed: str
     caller: str
     codec: str  # "PCMU" or "PCMA"
+    headers: dict[str, str] = field(default_factory=dict)  # the INVITE's headers (first value of each)
+
+
+class CallHandle:
+    """What an audio source can do with its call: queue audio, read digits, wait for playout."""
+
+    def __init__(self, info: CallInfo, queue: FrameQueue) -> None:
+        self.info = info
+        self.queue = queue
+        self._digits: asyncio.Queue[DtmfDigit] = asyncio.Queue()
+
+    def digit_arrived(self, digit: DtmfDigit) -> None:
+        self._digits.put_nowait(digit)
+
+    def take_digit(self) -> str | None:
+        """A digit that already arrived, if any (without waiting)."""
+        try:
+            return self._digits.get_nowait().digit
+        except asyncio.QueueEmpty:
+            return None
+
+    async def next_digit(self, timeout: float) -> str | None:
+        try:
+            return (await asyncio.wait_for(self._digits.get(), timeout)).digit
+        except asyncio.TimeoutError:
+            return None
+
+    async def barge_digit(self, timeout: float) -> str | None:
+        """A digit that interrupts the prompt playing now (within ``timeout``), if any."""
+        return await self.next_digit(timeout)
+
+    async def wait_digit_or_played(self) -> str | None:
+        """Until the queued audio has played (None) or a digit arrives (the digit)."""
+        while self.queue.pending:
+            digit = await self.next_digit(self.queue.pending * 0.020)
+            if digit is not None:
+                return digit
+        return None
+
+    async def played(self) -> None:
+        """Until every queued frame has been sent."""
+        while self.queue.pending:
+            await asyncio.sleep(self.queue.pending * 0.020)
 
 
 class AudioSource(Protocol):
-    async def run(self, queue: FrameQueue) -> None:
-        """Push the call's audio into ``queue``; return when done (the server calls ``finish``)."""
+    async def run(self, call: CallHandle) -> None:
+        """Push the call's audio into ``call.queue``; return when done (the server calls ``finish``).
+
+        A source with ``handles_digits = True`` reacts to digits itself (menus); for the
+        others the server's ``media.barge_in`` setting decides.
+        """
 
 
 Router = Callable[[CallInfo], "AudioSource | None"]
@@ -45,6 +92,9 @@ class Call:
     media: NegotiatedAudio
     local_port: int
     queue: FrameQueue
+    handle: CallHandle
+    handles_digits: bool = False  # the source runs menus: no server-level barge-in
+    early_media: bool = False  # played in 183 Session Progress, then refused with 480 (never answered)
     transport: asyncio.DatagramTransport | None = None
     sender: RtpSender | None = None
     producer: asyncio.Task[None] | None = None

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .call import AudioSource, Call, CallInfo, Router
+from .call import AudioSource, Call, CallHandle, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector, parse_info
@@ -330,7 +330,10 @@ class SipServer:
             log.info("call %s: %s", ev.call_id, exc)
             self.ua.reject(ev.call_id, 488, now, [("Warning", '304 sip-tts "No G.711 codec offered"')])
             return
-        info = CallInfo(ev.call_id, ev.dialed, ev.caller, media.codec)
+        headers: dict[str, str] = {}
+        for name, value in ev.request.headers.items:
+            headers.setdefault(name, value)
+        info = CallInfo(ev.call_id, ev.dialed, ev.caller, media.codec, headers)
         source = self.router(info)
         if source is None:
             self.ua.reject(ev.call_id, 404, now)
@@ -340,7 +343,10 @@ class SipServer:
         except PortsExhausted:
             self.ua.reject(ev.call_id, 503, now, [("Retry-After", "5")])
             return
-        call = Call(info, ev, media, port, FrameQueue(SILENCE[media.codec]), invite_at=time.monotonic())
+        queue = FrameQueue(SILENCE[media.codec])
+        call = Call(info, ev, media, port, queue, CallHandle(info, queue), invite_at=time.monotonic(),
+                    handles_digits=bool(getattr(source, "handles_digits", False)),
+                    early_media=bool(getattr(source, "early_media", False)))
         self.calls[ev.call_id] = call
         call.held = media.direction in ("sendonly", "inactive")
         if media.dtmf_payload_type is not None:
@@ -369,6 +375,12 @@ class SipServer:
         else:
             call.transport = transport
             await self._bind_rtcp(call)
+            if call.early_media:
+                # 183 with SDP and the audio at once; at its end the call is refused (480), never answered
+                self.ua.progress(call.info.call_id, answer(call.local_port), self._now())
+                self._start_media(call)
+                self._pump()
+                return
             self.ua.answer(call.info.call_id, answer(call.local_port), self._now())
             if self.hooks is not None:
                 self.hooks.call_answered(call, time.monotonic() - call.invite_at)
@@ -424,7 +436,7 @@ class SipServer:
 
     async def _produce(self, call: Call, source: AudioSource) -> None:
         try:
-            await source.run(call.queue)
+            await source.run(call.handle)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -438,6 +450,10 @@ class SipServer:
         call = self.calls.get(call_id)
         if call is None or call.ended or call.transport is None or self.clock is None:
             return
+        self._start_media(call)
+
+    def _start_media(self, call: Call) -> None:
+        assert call.transport is not None and self.clock is not None
         call.confirmed_at = time.monotonic()
         call.confirmed_loop_time = self._now()
         transport = call.transport
@@ -562,7 +578,8 @@ class SipServer:
     def _on_digit(self, call: Call, digit: DtmfDigit) -> None:
         call.digits.append(digit)
         log.info("call %s: DTMF %s (%d ms, %s)", call.info.call_id, digit.digit, digit.duration_ms, digit.source)
-        if self.settings.barge_in and not call.ended:
+        call.handle.digit_arrived(digit)
+        if self.settings.barge_in and not call.ended and not call.handles_digits:
             self.barge_in(call)
 
     def barge_in(self, call: Call) -> None:

@@ -56,7 +56,7 @@ def test_missing_file(tmp_path):
 def test_prompts_short_and_long_forms(tmp_path):
     p = write(tmp_path, "p.yaml", 'routes:\n  "1": hello\n  "2":\n    text: world\n')
     prompts = load_prompts(p)
-    assert prompts.lookup("1").text == "hello" and prompts.lookup("2").text == "world"
+    assert prompts.lookup("1").say == "hello" and prompts.lookup("2").say == "world"
     assert prompts.lookup("3") is None
 
 
@@ -64,7 +64,7 @@ def test_blank_prompt_is_an_error_with_its_line(tmp_path):
     p = write(tmp_path, "p.yaml", 'routes:\n  "1": hello\n  "2":\n    text: "   "\n')
     with pytest.raises(ConfigError) as exc:
         load_prompts(p)
-    assert f"{p}:4: routes.2.text: " in str(exc.value)
+    assert f"{p}:4: routes.1.say: " in str(exc.value)
 
 
 def test_unknown_engine_kind(tmp_path):

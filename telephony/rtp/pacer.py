@@ -61,6 +61,13 @@ class FrameQueue:
         """Whole ready-made frames (a cached prompt): no copying."""
         self._frames.extend(frames)
 
+    def pad_frame(self) -> None:
+        """Complete a partial frame with silence, so what is pushed next starts on a frame boundary."""
+        if self._partial:
+            pad = FRAME_SAMPLES - len(self._partial)
+            self._frames.append(bytes(self._partial) + bytes([self._silence]) * pad)
+            self._partial.clear()
+
     def finish(self) -> None:
         if self._partial:
             pad = FRAME_SAMPLES - len(self._partial)
@@ -75,6 +82,11 @@ class FrameQueue:
 
     def pop(self) -> bytes | None:
         return self._frames.popleft() if self._frames else None
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting to be sent."""
+        return len(self._frames)
 
     @property
     def exhausted(self) -> bool:

@@ -249,6 +249,23 @@ class UserAgent:
         self._touched.add(call.invite_branch_key)
         self._settle()
 
+    def progress(self, call_id: str, sdp: bytes, now: float) -> None:
+        """183 Session Progress with our SDP answer: early media flows before (or instead of) the 200.
+
+        Unreliable (no 100rel): a lost 183 costs the caller only the early audio; the 200
+        that may follow carries the same answer.
+        """
+        call = self._calls.get(call_id)
+        if call is None or call.answered or call.ended:
+            return
+        extra = [("Contact", self._contact(call.dialog.transport)), ("Allow", ", ".join(SERVED)),
+                 ("Server", self.config.user_agent), ("Content-Type", "application/sdp")]
+        extra += [("Record-Route", rr) for rr in call.invite.headers.get_all("Record-Route")]
+        resp = response_for(call.invite, 183, to_tag=call.dialog.local_tag, extra=extra, body=sdp)
+        call.invite_tx.handle(Input.PROVISIONAL, now, resp.serialize())
+        self._touched.add(call.invite_branch_key)
+        self._settle()
+
     def reject(self, call_id: str, status: int, now: float, extra: list[tuple[str, str]] | None = None) -> None:
         call = self._calls.get(call_id)
         if call is None or call.answered or call.ended:

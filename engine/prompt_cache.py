@@ -1,0 +1,142 @@
+"""Rendered prompts as ready-to-send G.711 frames, so fixed prompts cost nothing at call time.
+
+A prompt is keyed by (engine, voice settings, text, codec) — or, for a WAV file,
+by (path, size, mtime, codec). Frames are 160 bytes (20 ms at 8 kHz); the last
+one is padded with the codec's silence. Memory is bounded by a byte budget with
+least-recently-used eviction; with a directory, rendered prompts are also kept
+on disk (one file per key, written atomically) and survive restarts. Hits and
+misses are counted for the metrics.
+
+Knows nothing of SIP: callers push the frames into whatever queue they own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import wave
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from .audio import LineEncoder, encode_g711, float_to_int16
+from .base import TtsEngine, VoiceSpec
+
+FRAME = 160
+SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}
+
+
+def frames_of(data: bytes, codec: str) -> list[bytes]:
+    """Cut encoded audio into 20 ms frames, the last one padded with silence."""
+    if len(data) % FRAME:
+        data += bytes([SILENCE[codec]]) * (FRAME - len(data) % FRAME)
+    return [data[i:i + FRAME] for i in range(0, len(data), FRAME)]
+
+
+def speech_key(engine: str, voice: VoiceSpec, text: str, codec: str) -> str:
+    raw = repr(("speech", engine, voice.name, voice.settings, text, codec))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def file_key(path: str | Path, codec: str) -> str:
+    st = os.stat(path)
+    raw = repr(("file", str(Path(path).resolve()), st.st_size, st.st_mtime_ns, codec))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> bytes:
+    encoder = LineEncoder(engine.sample_rate, codec)
+    out = bytearray()
+    async for chunk in engine.stream(text, voice):
+        out += encoder.encode(chunk)
+    out += encoder.finish()
+    return bytes(out)
+
+
+def render_wav(path: str | Path, codec: str) -> bytes:
+    """A WAV file (8/16/24/32-bit PCM, any rate, mono or stereo) as 8 kHz G.711."""
+    with wave.open(str(path), "rb") as w:
+        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+        raw = w.readframes(w.getnframes())
+    if width == 1:
+        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128) / 128
+    elif width == 2:
+        x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        x = (np.where(v >= 1 << 23, v - (1 << 24), v) / float(1 << 23)).astype(np.float32)
+    elif width == 4:
+        x = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2**31
+    else:
+        raise ValueError(f"{path}: {8 * width}-bit samples are not supported")
+    if channels > 1:
+        x = x.reshape(-1, channels).mean(axis=1)
+    if rate != 8000:
+        x = soxr.resample(x, rate, 8000, quality="HQ")
+    return encode_g711(float_to_int16(np.clip(x, -1, 1)), codec)
+
+
+class PromptCache:
+    def __init__(self, max_bytes: int, directory: str | Path | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.directory = Path(directory) if directory else None
+        self._items: OrderedDict[str, list[bytes]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> list[bytes] | None:
+        frames = self._items.get(key)
+        if frames is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return frames
+        if self.directory is not None:
+            path = self.directory / f"{key}.g711"
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b""
+            if data and len(data) % FRAME == 0:
+                frames = frames_of(data, "PCMU")
+                self._insert(key, frames)
+                self.hits += 1
+                return frames
+        self.misses += 1
+        return None
+
+    def peek(self, key: str) -> bool:
+        """Whether ``key`` is cached (memory or disk), without counting or reordering."""
+        return key in self._items or (self.directory is not None and (self.directory / f"{key}.g711").exists())
+
+    def put(self, key: str, frames: list[bytes]) -> None:
+        self._insert(key, frames)
+        if self.directory is not None:
+            path = self.directory / f"{key}.g711"
+            tmp = path.with_suffix(".tmp")
+            try:
+                tmp.write_bytes(b"".join(frames))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # the disk copy is an optimisation; memory still serves
+
+    def _insert(self, key: str, frames: list[bytes]) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= FRAME * len(old)
+        size = FRAME * len(frames)
+        if size > self.max_bytes:
+            return
+        self._items[key] = frames
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= FRAME * len(dropped)

@@ -1,0 +1,156 @@
+"""Scripts on real calls: a SIPp caller walks a menu with RFC 4733 DTMF, a cached prompt
+starts on the wire within a frame of the ACK, early media plays in 183 and ends in 480."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from config import load_server
+from engine.audio import decode_g711
+from sip_tts.cli import render
+from sip_tts.engines import build_engine
+from telephony.rtp.packet import RtpPacket
+from telephony.sip.message import Response, parse_message
+from tests.sipmsg import LOOPBACK, invite, offer, request
+
+from .pcap import read_udp
+from .raw_caller import dial, to_tag, wait_for
+from .test_dtmf_calls import sipp_dtmf
+
+MENU = "For sales press one. For support press two."
+SALES = "All our sales people are busy. Please call again later."
+SUPPORT = "Support is closed today."
+IVR = f"""
+routes:
+  - number: "3000"
+    script: main
+  - number: "4999"
+    early_media: true
+    say: "The number you have dialed is not in service."
+scripts:
+  main:
+    - menu:
+        prompt: "{MENU}"
+        options: {{"1": sales, "2": support}}
+        timeout_s: 5
+  sales:
+    - say: "{SALES}"
+    - hangup
+  support:
+    - say: "{SUPPORT}"
+    - hangup
+default:
+  say: "Hello."
+"""
+
+
+def rendered(srv, text: str) -> np.ndarray:
+    engine, voice = build_engine(load_server(srv.workdir / "server.yaml"))
+    return asyncio.run(render(engine, voice, text, "PCMU")).astype(float)
+
+
+def envelope(x: np.ndarray) -> np.ndarray:
+    """Log energy per 20 ms frame: espeak-ng's waveform differs from one rendering to the next
+    (its glottal source keeps phase across utterances), its energy contour does not."""
+    n = len(x) // 160
+    return np.log10(np.sqrt(np.mean(x[:n * 160].reshape(n, 160) ** 2, axis=1)) + 1.0)
+
+
+def best_match(received: np.ndarray, prompt: np.ndarray, frames: int = 60) -> tuple[float, int]:
+    """Correlation of the prompt's first ``frames`` energy frames with the received audio's, at
+    every frame lag: (peak, lag in samples)."""
+    rx, probe = envelope(received), envelope(prompt)[:frames]
+    best, lag = -1.0, -1
+    for start in range(0, len(rx) - len(probe)):
+        c = float(np.corrcoef(rx[start:start + len(probe)], probe)[0, 1])
+        if c > best:
+            best, lag = c, start * 160
+    return best, lag
+
+
+def test_sipp_caller_walks_the_menu_with_dtmf(start_server, capture, tmp_path):
+    srv = start_server(prompts=IVR)
+    cap = capture("udp and dst host 127.0.0.1 and dst port 18300")
+    res = subprocess_sipp(srv, tmp_path)
+    cap.stop()
+    assert res.returncode == 0, res.stdout[-2000:]
+    log = srv.log_text()
+    assert "menu choice 1 -> sales" in log and "barge-in by 1" in log
+    payload = b"".join(RtpPacket.parse(p.payload).payload for p in read_udp(cap.path))
+    received = decode_g711(payload, "PCMU").astype(float)
+    menu_c, menu_at = best_match(received, rendered(srv, MENU))
+    sales_c, sales_at = best_match(received, rendered(srv, SALES))
+    support_c, _ = best_match(received, rendered(srv, SUPPORT))
+    print(f"\nmenu: corr {menu_c:.3f} at {menu_at / 8000:.2f} s; sales: corr {sales_c:.3f} at {sales_at / 8000:.2f} s; "
+          f"support: corr {support_c:.3f}")
+    assert menu_c > 0.9 and sales_c > 0.9  # the prompts themselves, after the G.711 round trip
+    assert support_c < sales_c - 0.1  # the other branch was not played
+    assert menu_at < sales_at  # in the right order
+    assert 0.8 < (sales_at - menu_at) / 8000 < 1.6  # the digit (sent at 1 s) cut the menu prompt short
+
+
+def subprocess_sipp(srv, tmp_path):
+    return sipp_dtmf(srv, tmp_path, 18300, 18300)
+
+
+def test_cached_prompt_starts_within_a_frame_of_the_ack(start_server):
+    srv = start_server(prompts='routes:\n  "1000": "Your appointment is confirmed for Tuesday."\n')
+    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sig.bind((LOOPBACK, 0))
+    sig.settimeout(3)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind((LOOPBACK, 0))
+    media.settimeout(3)
+    delays, firsts = [], []
+    for n in range(4):  # the first call renders the prompt (or the start-up warm-up did); all later ones hit
+        call_id = f"cached-{n}"
+        ok = dial(sig, srv.port, call_id, media.getsockname()[1])
+        t_ack = time.perf_counter()
+        sig.sendto(request("ACK", call_id, cseq=1, to_tag=to_tag(ok)), ("127.0.0.1", srv.port))
+        data = media.recv(2048)
+        t_first = time.perf_counter()
+        pkt = RtpPacket.parse(data)
+        delays.append(t_first - t_ack)
+        firsts.append(decode_g711(pkt.payload, "PCMU").astype(float))
+        sig.sendto(request("BYE", call_id, cseq=2, to_tag=to_tag(ok)), ("127.0.0.1", srv.port))
+        wait_for(sig, "BYE")
+        while True:  # drain what the call still sent
+            try:
+                media.settimeout(0.05)
+                media.recv(2048)
+            except socket.timeout:
+                media.settimeout(3)
+                break
+    print(f"\nACK -> first RTP packet: {[round(d * 1000, 1) for d in delays]} ms")
+    assert max(delays[1:]) <= 0.020
+    for f in firsts[2:]:  # cache hits: the same frames every time (what the cache holds)
+        assert np.array_equal(f, firsts[1])
+
+
+def test_early_media_plays_in_183_then_480(start_server):
+    srv = start_server(prompts=IVR)
+    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sig.bind((LOOPBACK, 0))
+    sig.settimeout(10)
+    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    media.bind((LOOPBACK, 0))
+    media.settimeout(10)
+    sig.sendto(invite(call_id="early-1", user="4999", sdp=offer(LOOPBACK, media.getsockname()[1]), host=LOOPBACK),
+               ("127.0.0.1", srv.port))
+    statuses = []
+    while True:
+        msg = parse_message(sig.recvfrom(65535)[0])
+        if isinstance(msg, Response):
+            statuses.append(msg.status)
+            if msg.status == 183:
+                assert b"m=audio" in msg.body
+                first = RtpPacket.parse(media.recv(2048))  # audio flows before any answer
+                assert first.marker
+            if msg.status >= 200:
+                break
+    assert statuses[-1] == 480 and 183 in statuses and 200 not in statuses
