@@ -391,8 +391,12 @@ class PromptsConfig(_Strict):
                 text_line = lines.get(("routes", k, "text"), lines.get(("routes", k)))
                 lines[("routes", i)] = lines.get(("routes", k))
                 lines[("routes", i, "say")] = text_line
-                if isinstance(v, dict) and set(v) == {"text"}:
-                    v = v["text"]
+                if isinstance(v, dict) and "text" in v:  # {text: ..., other fields}: text is `say`
+                    v = {("say" if f == "text" else f): x for f, x in v.items()}
+                if isinstance(v, dict):
+                    for f in v:
+                        src = ("routes", k, "text" if f == "say" else f)
+                        lines[("routes", i, f)] = lines.get(src, lines.get(("routes", k)))
                 new.append({"number": str(k), "say": v} if not isinstance(v, dict) else {"number": str(k), **v})
             data["routes"] = new
         default = data.get("default")

@@ -32,10 +32,14 @@ def test_bad_config_names_file_line_and_field_and_serve_refuses_to_start(tmp_pat
 
 def test_bad_prompts_file_stops_start_up(tmp_path):
     (tmp_path / "server.yaml").write_text("prompts: p.yaml\n")
-    (tmp_path / "p.yaml").write_text("routes:\n  '1': {text: hi, voice: x}\n")
+    (tmp_path / "p.yaml").write_text("routes:\n  '1': {text: hi, colour: x}\n  '2': {text: hi, voice: x}\n")
     res = sip_tts("serve", "--config", str(tmp_path / "server.yaml"))
     assert res.returncode == 2
-    assert f"{tmp_path / 'p.yaml'}:2: routes.1.voice: unknown field" in res.stderr
+    assert f"{tmp_path / 'p.yaml'}:2: routes.0.colour: unknown field" in res.stderr
+    (tmp_path / "p.yaml").write_text("routes:\n  '2': {text: hi, voice: x}\n")
+    res = sip_tts("serve", "--config", str(tmp_path / "server.yaml"))
+    assert res.returncode == 2
+    assert f"{tmp_path / 'p.yaml'}:2: routes.0.voice: unknown voice 'x'" in res.stderr
 
 
 def test_say_writes_what_a_caller_hears(tmp_path):

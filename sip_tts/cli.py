@@ -74,7 +74,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
 
     cache = build_cache(prompts)
     try:
-        speech = Speech.build(prompts, engine, voice, cache)
+        speech = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
     except ValueError as exc:
         log.error("%s: %s", cfg.prompts_path(), exc)
         await engine.close()
@@ -149,7 +149,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         nonlocal prompts, speech
         try:
             prompts = load_prompts(cfg.prompts_path())
-            new = Speech.build(prompts, engine, voice, cache)
+            new = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running prompts:\n%s", exc)
             return

@@ -83,13 +83,14 @@ class Speech:
     default_voice: VoiceSpec
     cache: PromptCache
     voices: dict[str, VoiceSpec] = field(default_factory=dict)
+    barge_in: bool = False  # server.yaml media.barge_in: every prompt can be interrupted by a digit
 
     @classmethod
     def build(cls, prompts: PromptsConfig, engine: TtsEngine, default_voice: VoiceSpec,
-              cache: PromptCache) -> "Speech":
+              cache: PromptCache, barge_in: bool = False) -> "Speech":
         root = prompts.source.parent if prompts.source else None
         voices = {name: voice_spec(name, v, default_voice, engine.name, root) for name, v in prompts.voices.items()}
-        return cls(prompts, engine, default_voice, cache, voices)
+        return cls(prompts, engine, default_voice, cache, voices, barge_in)
 
     def source(self, info: CallInfo) -> "ScriptRun | None":
         route = self.prompts.lookup(info.dialed, info.caller, info.headers)
@@ -270,7 +271,7 @@ class ScriptRun:
         async def produce(push) -> None:
             await self.speech.speak(push, text, voice, self.info.codec)
 
-        await self._push(call, produce, say.barge_in)
+        await self._push(call, produce, say.barge_in or self.speech.barge_in)
 
     async def _push(self, call: CallHandle, produce, barge_in: bool) -> None:
         """Run ``produce`` (which pushes audio); with barge-in a digit stops it and drops what is queued."""

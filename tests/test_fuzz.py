@@ -96,3 +96,21 @@ def test_corpus_inputs(path):
         assert response.startswith(b"SIP/2.0 ")  # only ever answers, never echoes garbage
     drain(ua, 0.0)
     assert ua._transactions == {}
+
+
+def test_cancel_matching_a_merged_invite_does_not_end_the_call():
+    """Found by the fuzzer: an INVITE, the same INVITE with another Via sent-by (merged: 482),
+    then a CANCEL that matches the merged one. The CANCEL must get 481 and the call live on
+    (it used to be marked ended with its own transaction left behind, never cleaned up)."""
+    ua = UserAgent(UserAgentConfig("192.0.2.1", 5060), max_calls=2)
+    first = mutate(seeds()[0], [(0, 1644, b"\x00")])  # a NUL before the Via host: another sent-by
+    ua.receive_datagram(first, PEER, 0.0)
+    assert [type(e).__name__ for e in ua.next_events()] == ["IncomingCall"]
+    ua.receive_datagram(seeds()[0], PEER, 0.0)
+    assert b" 482 " in ua.datagrams_to_send()[-1][0]
+    ua.receive_datagram(seeds()[2], PEER, 0.0)  # CANCEL with the clean Via
+    assert ua.datagrams_to_send()[-1][0].startswith(b"SIP/2.0 481 ")
+    assert ua.next_events() == [] and not ua._calls["f1"].ended
+    ua.hangup("f1", 0.0)
+    drain(ua, 0.0)
+    assert (ua._transactions, ua._calls, ua._call_of_tx) == ({}, {}, {})

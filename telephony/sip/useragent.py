@@ -513,7 +513,10 @@ class UserAgent:
         invite_key = key.rsplit(":", 1)[0] + ":INVITE"
         entry = self._transactions.get(invite_key)
         call = self._calls.get(req.call_id)
-        if entry is None or call is None:
+        if entry is None or call is None or call.invite_branch_key != invite_key:
+            # No INVITE transaction of this call matches (RFC 3261 §9.2: branch and sent-by): a
+            # CANCEL matching some other transaction with the same Call-ID (say a merged INVITE
+            # answered 482) must not end this call.
             self._respond_new(req, key, addr, now, 481)
             return
         self._respond_new(req, key, addr, now, 200)
