@@ -29,6 +29,21 @@ class VoiceSpec:
         return dict(self.settings).get(key, default)
 
 
+@dataclass
+class EngineStats:
+    """Running totals an engine keeps for the metrics (Prometheus derives rates and ratios).
+
+    ``steps``/``step_items``: batched steps and the utterances in them (mean batch size =
+    rate of items / rate of steps); ``busy_seconds``/``audio_seconds``: worker time and
+    audio produced (real-time factor = rate of busy / rate of audio).
+    """
+
+    steps: int = 0
+    step_items: int = 0
+    busy_seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+
 class TtsEngine(Protocol):
     name: str
     sample_rate: int

@@ -12,12 +12,13 @@ import asyncio
 import ctypes
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import numpy as np
 
-from .base import EngineError, VoiceSpec
+from .base import EngineError, EngineStats, VoiceSpec
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -52,6 +53,7 @@ class EspeakEngine:
         self._lib: ctypes.CDLL | None = None
         self._current: _Job | None = None
         self._callback = _SYNTH_CB(self._on_audio)  # kept alive for the C library
+        self.stats = EngineStats()
 
     async def start(self) -> None:
         if self._thread is None:
@@ -138,16 +140,21 @@ class EspeakEngine:
         lib.espeak_SetParameter(_PITCH, int(job.voice.get("pitch", 50)), 0)  # type: ignore[arg-type]
         data = job.text.encode("utf-8") + b"\0"
         self._current = job
+        t0 = time.perf_counter()
         try:
             lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         finally:
             self._current = None
+            self.stats.steps += 1
+            self.stats.step_items += 1
+            self.stats.busy_seconds += time.perf_counter() - t0
 
     def _on_audio(self, wav: "ctypes._Pointer[ctypes.c_short]", n: int, events: int) -> int:
         job = self._current
         if job is None or job.cancelled.is_set():
             return 1  # abort the utterance
         if n > 0:
+            self.stats.audio_seconds += n / self.sample_rate
             pcm = np.ctypeslib.as_array(wav, shape=(n,)).astype(np.float32) / 32768.0
             job.loop.call_soon_threadsafe(job.out.put_nowait, pcm)
         return 0

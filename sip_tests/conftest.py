@@ -66,7 +66,7 @@ default: "The number you dialed is not in service."
 
 
 def _start_server(tmp_path: Path, extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "",
-                  drain: float = 3) -> RunningServer:
+                  drain: float = 3, args: tuple[str, ...] = ()) -> RunningServer:
     port = free_udp_port()
     rtp_min = 21000 + (port % 200) * 100
     (tmp_path / "prompts.yaml").write_text(prompts)
@@ -76,7 +76,7 @@ def _start_server(tmp_path: Path, extra_yaml: str = "", prompts: str = PROMPTS, 
         f"prompts: prompts.yaml\ndrain_timeout_s: {drain}\n{extra_yaml}")
     log = tmp_path / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(tmp_path / "server.yaml")],
+        [sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(tmp_path / "server.yaml"), *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -97,11 +97,13 @@ def server(tmp_path):
 def start_server(tmp_path):
     started: list[RunningServer] = []
 
-    def start(extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "", drain: float = 3) -> RunningServer:
-        """``sip_yaml``: more lines of the sip: section, indented two spaces; ``drain``: drain_timeout_s."""
+    def start(extra_yaml: str = "", prompts: str = PROMPTS, sip_yaml: str = "", drain: float = 3,
+              args: tuple[str, ...] = ()) -> RunningServer:
+        """``sip_yaml``: more lines of the sip: section, indented two spaces; ``drain``: drain_timeout_s;
+        ``args``: more command-line arguments of ``serve``."""
         d = tmp_path / f"srv{len(started)}"
         d.mkdir()
-        srv = _start_server(d, extra_yaml, prompts, sip_yaml, drain)
+        srv = _start_server(d, extra_yaml, prompts, sip_yaml, drain, args)
         started.append(srv)
         return srv
 

@@ -28,7 +28,9 @@ def sipp_dtmf(srv, tmp_path, media_port: int, sdp_port: int) -> subprocess.Compl
 def _log_time(line: str) -> float:
     import datetime as dt
 
-    return dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    import json
+
+    return dt.datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def test_rfc4733_digit_from_sipp_barges_in_within_a_frame(start_server, capture, tmp_path):

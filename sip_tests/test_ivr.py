@@ -154,3 +154,64 @@ def test_early_media_plays_in_183_then_480(start_server):
             if msg.status >= 200:
                 break
     assert statuses[-1] == 480 and 183 in statuses and 200 not in statuses
+
+
+def _menu(target_text: str) -> str:
+    return f"""
+routes:
+  - number: "3000"
+    script: main
+scripts:
+  main:
+    - menu:
+        prompt: "Press one."
+        options: {{"1": next}}
+        timeout_s: 10
+  next:
+    - say: "{target_text}"
+    - hangup
+"""
+
+
+def _press(sig, port: int, call_id: str, tag: str, digit: str, cseq: int) -> None:
+    body = f"Signal={digit}\r\nDuration=160\r\n".encode()
+    info = request("INFO", call_id=call_id, cseq=cseq, to_tag=tag, extra="Content-Type: application/dtmf-relay\r\n")
+    sig.sendto(info.replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: %d\r\n\r\n" % len(body) + body),
+               ("127.0.0.1", port))
+    wait_for(sig, "INFO", 200)
+
+
+def test_reload_command_keeps_calls_in_progress_on_their_script(start_server, tmp_path):
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "sip-tts.pid"
+    srv = start_server(prompts=_menu("Old branch."), args=("--pid-file", str(pid_file)))
+    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sig.bind((LOOPBACK, 0))
+    sig.settimeout(5)
+    ok = dial(sig, srv.port, "before-reload", 18400, user="3000")
+    sig.sendto(request("ACK", "before-reload", cseq=1, to_tag=to_tag(ok)), ("127.0.0.1", srv.port))
+    (srv.workdir / "prompts.yaml").write_text(_menu("New branch.").replace("next", "fresh"))
+
+    def reload() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sip_tts.cli", "reload", "--pid-file", str(pid_file)],
+                              capture_output=True, text=True, timeout=30)
+
+    assert reload().returncode == 0
+    time.sleep(0.5)
+    assert "reloaded" in srv.log_text()
+    _press(sig, srv.port, "before-reload", to_tag(ok), "1", 2)  # the call that started before the reload
+    ok2 = dial(sig, srv.port, "after-reload", 18402, user="3000")
+    sig.sendto(request("ACK", "after-reload", cseq=1, to_tag=to_tag(ok2)), ("127.0.0.1", srv.port))
+    _press(sig, srv.port, "after-reload", to_tag(ok2), "1", 2)
+    time.sleep(0.3)
+    log = srv.log_text()
+    assert "call before-reload: menu choice 1 -> next" in log  # its script from before the reload
+    assert "call after-reload: menu choice 1 -> fresh" in log  # new calls get the new file
+    (srv.workdir / "prompts.yaml").write_text("routes: [broken\n")
+    assert reload().returncode == 0
+    time.sleep(0.5)
+    assert "reload refused" in srv.log_text() and srv.proc.poll() is None
+    for call_id, resp in (("before-reload", ok), ("after-reload", ok2)):
+        sig.sendto(request("BYE", call_id, cseq=3, to_tag=to_tag(resp)), ("127.0.0.1", srv.port))

@@ -21,6 +21,10 @@ def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_serve
     mport = free_udp_port()
     srv = start_server(extra_yaml=f"metrics:\n  listen: 127.0.0.1:{mport}\n", drain=20)
     assert get(mport, "/health") == (200, "ready\n")
+    for _ in range(100):  # fixed prompts are rendered in the background after start-up
+        if "prompt cache:" in srv.log_text():
+            break
+        time.sleep(0.1)
     res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "2000", tmp_path, "-m", "3", "-l", "3",
                    "-recv_timeout", "20000", media_port=18500)
     assert res.returncode == 0, res.stdout[-1500:]
@@ -30,6 +34,16 @@ def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_serve
     assert "sip_tts_invite_to_200_seconds_count 3.0" in text
     assert "sip_tts_first_audio_seconds_count 3.0" in text
     assert "sip_tts_calls_active 0.0" in text
+
+    def value(name: str) -> float:
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    # the three calls heard the same fixed prompt: rendered once (at start-up), then served from the cache
+    assert value("sip_tts_prompt_cache_hits_total") >= 3
+    assert value("sip_tts_prompt_cache_prompts") >= 1
+    assert value("sip_tts_engine_audio_seconds_total") > 1.0
+    assert 0 < value("sip_tts_engine_busy_seconds_total") < value("sip_tts_engine_audio_seconds_total")
+    assert value("sip_tts_engine_step_items_total") == value("sip_tts_engine_steps_total") > 0
     assert get(mport, "/nope")[0] == 404
     # a call in progress, then SIGTERM: health says draining while it finishes
     sipp = subprocess.Popen(

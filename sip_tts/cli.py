@@ -27,7 +27,7 @@ from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
-from . import systemd
+from . import logs, systemd
 from .engines import SpokenPrompt, build_engine
 from .script import ScriptRun, Speech
 
@@ -60,7 +60,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         rtp_port_min=rtp_min, rtp_port_max=rtp_max, codecs=list(cfg.codecs),
         max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
         user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, media_timeout=cfg.media.timeout_s, dscp=cfg.media.dscp,
-        barge_in=cfg.media.barge_in, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
+        barge_in=cfg.media.barge_in, summary={"engine": engine.name}, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
         tcp_max_per_source=cfg.sip.tcp_max_connections_per_source, max_message_bytes=cfg.limits.max_message_bytes,
         registration=RegistrationConfig(cfg.registration.registrar, cfg.registration.aor, "",
                                         cfg.registration.username, cfg.registration.password,
@@ -97,7 +97,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         from .metrics import Metrics
 
         queue = getattr(engine, "queue_depth", None)
-        metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None)
+        metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None,
+                          engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache)
     server = SipServer(settings, route, hooks=metrics)
     try:
         await server.start()
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--listen", help="HOST:PORT, overrides sip.listen")
     p_serve.add_argument("--rtp-ports", help="MIN-MAX, overrides rtp.port_min/port_max (one range per instance)")
     p_serve.add_argument("--log-level", default="INFO")
+    p_serve.add_argument("--log-format", choices=["auto", "json", "console"], default="auto",
+                         help="json: one object per line; console: for people; auto: console on a terminal")
     p_serve.add_argument("--pid-file", help="write the process id here (for `sip-tts reload`)")
     p_say = sub.add_parser("say", help="render TEXT, or a route's script, as a caller would hear it")
     p_say.add_argument("text", nargs="?")
@@ -273,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p_reload.add_argument("--config", default=str(DEFAULT_CONFIG))
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "auto"))
     try:
         cfg, prompts = _load(args.config)
     except ConfigError as exc:

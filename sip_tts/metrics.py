@@ -13,7 +13,11 @@ import logging
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from engine.base import EngineStats
+from engine.prompt_cache import PromptCache
 
 from telephony.call import Call
 
@@ -21,10 +25,39 @@ log = logging.getLogger("sip_tts.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
+class _Live:
+    """Values read at scrape time: the engine's running totals and the prompt cache's counters."""
+
+    def __init__(self, engine: Callable[[], EngineStats | None], cache: Callable[[], PromptCache | None]) -> None:
+        self.engine = engine
+        self.cache = cache
+
+    def collect(self):
+        st = self.engine()
+        if st is not None:
+            yield CounterMetricFamily("sip_tts_engine_steps", "batched engine steps (T3 decode steps; espeak: "
+                                      "utterances)", value=st.steps)
+            yield CounterMetricFamily("sip_tts_engine_step_items", "utterances in those steps (mean batch size = "
+                                      "rate(items) / rate(steps))", value=st.step_items)
+            yield CounterMetricFamily("sip_tts_engine_busy_seconds", "engine worker time (real-time factor = "
+                                      "rate(busy) / rate(audio))", value=st.busy_seconds)
+            yield CounterMetricFamily("sip_tts_engine_audio_seconds", "audio produced", value=st.audio_seconds)
+        cache = self.cache()
+        if cache is not None:
+            yield CounterMetricFamily("sip_tts_prompt_cache_hits", "prompts served from the cache", value=cache.hits)
+            yield CounterMetricFamily("sip_tts_prompt_cache_misses", "prompts not in the cache (rendered)",
+                                      value=cache.misses)
+            yield GaugeMetricFamily("sip_tts_prompt_cache_bytes", "bytes of rendered prompts held", value=cache.bytes)
+            yield GaugeMetricFamily("sip_tts_prompt_cache_prompts", "rendered prompts held", value=len(cache))
+
+
 class Metrics:
-    def __init__(self, active: Callable[[], int], engine_queue: Callable[[], int] | None = None) -> None:
+    def __init__(self, active: Callable[[], int], engine_queue: Callable[[], int] | None = None,
+                 engine_stats: Callable[[], EngineStats | None] = lambda: None,
+                 cache: Callable[[], PromptCache | None] = lambda: None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(_Live(engine_stats, cache))
         self.calls_active = Gauge("sip_tts_calls_active", "calls in progress", registry=r)
         self.calls_active.set_function(active)
         self.calls_total = Counter("sip_tts_calls_total", "calls ended, by outcome", ["outcome"], registry=r)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from structlog.contextvars import bind_contextvars, bound_contextvars
+
 from .call import AudioSource, Call, CallHandle, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
@@ -53,6 +55,7 @@ class ServerSettings:
     media_timeout: float = 0.0  # no RTP from the caller for this long: BYE (0: off)
     dscp: int = 46  # DSCP of our RTP (46 = EF); 0: leave unmarked
     barge_in: bool = False  # a DTMF digit stops the prompt at once
+    summary: dict[str, str] = dataclasses.field(default_factory=dict)  # more fields of each call's summary line
     tcp: bool = True
     tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
     tcp_max_per_source: int = 32
@@ -295,16 +298,20 @@ class SipServer:
             if not events:
                 break
             for event in events:
-                if isinstance(event, IncomingCall):
-                    self._on_incoming(event)
-                elif isinstance(event, CallConfirmed):
-                    self._on_confirmed(event.call_id)
-                elif isinstance(event, CallEnded):
-                    self._on_ended(event.call_id, event.reason)
-                elif isinstance(event, SessionUpdate):
-                    self._on_session_update(event)
-                elif isinstance(event, InfoReceived):
-                    self._on_info(event)
+                call_id = getattr(event, "call_id", None)
+                known = self.calls.get(call_id) if call_id else None
+                with bound_contextvars(call_id=call_id, dialed=known.info.dialed if known else
+                                       getattr(event, "dialed", None)):
+                    if isinstance(event, IncomingCall):
+                        self._on_incoming(event)
+                    elif isinstance(event, CallConfirmed):
+                        self._on_confirmed(event.call_id)
+                    elif isinstance(event, CallEnded):
+                        self._on_ended(event.call_id, event.reason)
+                    elif isinstance(event, SessionUpdate):
+                        self._on_session_update(event)
+                    elif isinstance(event, InfoReceived):
+                        self._on_info(event)
         for data, addr in self.ua.datagrams_to_send():
             try:
                 self._send(data, addr)
@@ -435,6 +442,8 @@ class SipServer:
         return None
 
     async def _produce(self, call: Call, source: AudioSource) -> None:
+        # This task's own context: every line logged while producing the call's audio carries it.
+        bind_contextvars(call_id=call.info.call_id, dialed=call.info.dialed, caller=call.info.caller)
         try:
             await source.run(call.handle)
         except asyncio.CancelledError:
@@ -576,6 +585,10 @@ class SipServer:
             self._on_digit(call, digit)
 
     def _on_digit(self, call: Call, digit: DtmfDigit) -> None:
+        with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+            self._digit(call, digit)
+
+    def _digit(self, call: Call, digit: DtmfDigit) -> None:
         call.digits.append(digit)
         log.info("call %s: DTMF %s (%d ms, %s)", call.info.call_id, digit.digit, digit.duration_ms, digit.source)
         call.handle.digit_arrived(digit)
@@ -598,8 +611,9 @@ class SipServer:
                 continue
             since = call.last_rtp_at if call.last_rtp_at is not None else call.confirmed_loop_time
             if since is not None and now - since > self.settings.media_timeout:
-                log.info("call %s: no RTP for %.0f s", call.info.call_id, now - since)
-                self._hangup(call, "media-timeout")
+                with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+                    log.info("call %s: no RTP for %.0f s", call.info.call_id, now - since)
+                    self._hangup(call, "media-timeout")
         self._pump()
         assert self._loop is not None
         self._media_sweeper = self._loop.call_later(1.0, self._sweep_media)
@@ -618,7 +632,8 @@ class SipServer:
         self._pump()
 
     def _on_prompt_done(self, call: Call) -> None:
-        self._hangup(call, "prompt-done")
+        with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+            self._hangup(call, "prompt-done")
         self._pump()
 
     def _hangup(self, call: Call, reason: str) -> None:
@@ -636,9 +651,22 @@ class SipServer:
     def _finish(self, call: Call, reason: str) -> None:
         if call.ended:
             return
+        with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+            self._finish_bound(call, reason)
+
+    def _finish_bound(self, call: Call, reason: str) -> None:
         call.ended = True
         call.end_reason = reason
-        log.info("call %s to %s ended: %s", call.info.call_id, call.info.dialed, reason)
+        sender = call.sender
+        summary = dict(
+            call_id=call.info.call_id, dialed=call.info.dialed, caller=call.info.caller, outcome=reason,
+            duration_s=round(time.monotonic() - call.confirmed_at, 3) if call.confirmed_at else 0.0,
+            first_audio_ms=round((sender.first_audio_at - call.invite_at) * 1000, 1)
+            if sender is not None and sender.first_audio_at is not None else None,
+            late_frames=sender.skipped_frames if sender else 0, silence_frames=sender.silence_frames if sender else 0,
+            codec=call.info.codec, **self.settings.summary)
+        log.info("call %s to %s ended: %s", call.info.call_id, call.info.dialed, reason,
+                 extra={"summary": True, **summary})
         if self.hooks is not None:
             self.hooks.call_ended(call, reason)
         if call.binding:

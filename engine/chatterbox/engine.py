@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..base import EngineError, VoiceSpec
+from ..base import EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
@@ -128,6 +128,14 @@ class ChatterboxEngine:
                 yield item
         finally:
             req.cancel()
+
+    @property
+    def stats(self) -> EngineStats:
+        """T3 decode steps and their batch sizes; GPU worker time (T3 + S3Gen) and audio produced."""
+        if self._scheduler is None:
+            return EngineStats()
+        st = self._scheduler.stats
+        return EngineStats(st.steps, st.step_batch_sum, st.t3_seconds + st.s3_seconds, st.audio_seconds)
 
     def queue_depth(self) -> int:
         """Utterances submitted but not yet admitted into a decoding slot."""

@@ -103,6 +103,7 @@ class SchedulerStats:
     cancelled: int = 0
     t3_seconds: float = 0.0
     s3_seconds: float = 0.0
+    audio_seconds: float = 0.0  # delivered
 
 
 class Scheduler:
@@ -321,6 +322,7 @@ class Scheduler:
                 if req.first_audio is None:
                     req.first_audio = now
                 req.audio_seconds += chunk.size / 24000
+                self.stats.audio_seconds += chunk.size / 24000
                 req.deliver(chunk)
             if job.final:
                 req.deliver(None)
