@@ -115,9 +115,12 @@ def main() -> int:
                     sipp.kill()
             srv.send_signal(signal.SIGTERM)
             srv.wait(30)
+        warnings = [line for line in (work / "server.log").read_text().splitlines()
+                    if '"level": "warning"' in line or '"level": "error"' in line]
         rows = (work / "stats.csv").read_text().strip().splitlines()
         stat = dict(zip(rows[0].split(";"), rows[-1].split(";")))
-    half = samples[len(samples) // 2:] or samples
+    loaded = [x for x in samples if x["t_s"] <= seconds] or samples  # while calls were being placed
+    half = loaded[len(loaded) // 2:]
     rss_growth = (half[-1]["rss_mb"] - half[0]["rss_mb"]) / max(half[0]["rss_mb"], 1e-9) if half else 0.0
     fd_growth = half[-1]["fds"] - half[0]["fds"] if half else 0
     result = dict(
@@ -126,7 +129,7 @@ def main() -> int:
         successful=int(stat.get("SuccessfulCall(C)", 0)), failed=int(stat.get("FailedCall(C)", 0)),
         late_frames=samples[-1]["late_frames"] if samples else None, samples=samples,
         rss_growth_second_half=round(rss_growth, 4), fd_growth_second_half=fd_growth,
-        rss_flat=abs(rss_growth) <= 0.05, fds_flat=abs(fd_growth) <= 16)
+        rss_flat=abs(rss_growth) <= 0.05, fds_flat=abs(fd_growth) <= 16, server_warnings=warnings[:50])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(result, indent=1))

@@ -113,6 +113,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    _watch_gc()
     if metrics is not None and cfg.metrics is not None:
         from .metrics import serve_http
 
@@ -176,6 +177,24 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     if pid_file:
         Path(pid_file).unlink(missing_ok=True)
     return 0
+
+
+def _watch_gc() -> None:
+    """Log garbage collections that pause the loop for more than 10 ms (a late frame for every call)."""
+    import time as _time
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = _time.perf_counter()
+        else:
+            ms = (_time.perf_counter() - started[0]) * 1000
+            if ms > 10:
+                log.warning("gc pause %.0f ms (generation %d, %d collected)", ms, info.get("generation", -1),
+                            info.get("collected", 0))
+
+    gc.callbacks.append(callback)
 
 
 def build_cache(prompts: PromptsConfig) -> PromptCache:

@@ -691,5 +691,10 @@ class SipServer:
         if call.transport is not None:
             call.transport.close()
             call.transport = None
+        # Drop what refers back to the call (the sender's callbacks, the audio task), so an
+        # ended call is freed by reference counting rather than left for the cycle collector,
+        # whose pauses would make every other call's next packet late.
+        call.sender = None
+        call.producer = None
         self.ports.release(call.local_port)
         self.calls.pop(call.info.call_id, None)
