@@ -4,33 +4,53 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from .conftest import PEERS, free_udp_port, require, run_sipp, sipp_counts
+from .conftest import PEERS, ROOT, free_udp_port, require, run_sipp, sipp_counts
+
+
+CONFIG = ROOT / "config" / "kamailio" / "kamailio.cfg"
 
 
 @pytest.fixture
 def kamailio(tmp_path):
+    """Kamailio with our config/kamailio/kamailio.cfg in front of the given instances (probes every 1 s)."""
     require("kamailio")
-    started: list[tuple[int, str]] = []
+    started: list[Path] = []
 
     def start(*backends: int) -> int:
         port = free_udp_port()
-        run = str(tmp_path / f"kam{port}")
-        env = dict(os.environ, KAM_RUN_DIR=run, DS_PING_INTERVAL="1")
-        res = subprocess.run([str(PEERS / "kamailio" / "start.sh"), str(port),
-                              *[f"127.0.0.1:{b}" for b in backends]], env=env, capture_output=True, text=True,
-                             timeout=30)
-        assert res.returncode == 0, res.stderr
-        started.append((port, run))
+        run = tmp_path / f"kam{port}"
+        run.mkdir()
+        (run / "dispatcher.list").write_text("".join(f"1 sip:127.0.0.1:{b} 0 0\n" for b in backends))
+        with open(run / "kamailio.log", "a") as log:
+            res = subprocess.run(
+                ["kamailio", "-f", str(CONFIG), "-l", f"udp:127.0.0.1:{port}",
+                 "-A", f'DS_LIST_FILE="{run}/dispatcher.list"', "-A", "DS_PING_INTERVAL=1",
+                 "-A", "DS_PROBE_FAILURES=1", "-P", str(run / "kamailio.pid"), "-Y", str(run), "-w", str(run),
+                 "-m", "64", "-M", "8", "-E"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                timeout=30)
+        assert res.returncode == 0, (run / "kamailio.log").read_text()[-2000:]
+        for _ in range(50):
+            if (run / "kamailio.pid").exists() and (run / "kamailio.pid").read_text().strip():
+                break
+            time.sleep(0.1)
+        started.append(run)
         time.sleep(2.5)  # first OPTIONS probes
         return port
 
     yield start
-    for port, run in started:
-        subprocess.run([str(PEERS / "kamailio" / "stop.sh"), str(port)], env=dict(os.environ, KAM_RUN_DIR=run),
-                       capture_output=True, timeout=30)
+    for run in started:
+        try:
+            pid = int((run / "kamailio.pid").read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        except (OSError, ValueError):
+            pass
 
 
 def calls_on(srv) -> int:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from telephony.rtp.packet import RtpError, RtpPacket
@@ -93,3 +94,38 @@ def test_silence_when_audio_is_not_ready():
     q.push(b"\x01" * 160)
     pkt = RtpPacket.parse(sender.next_packet(0.02))
     assert pkt.payload == b"\x01" * 160 and sender.first_audio_at == 0.02
+
+
+def test_phases_spread_calls_over_the_frame_and_keep_each_on_its_20ms_grid():
+    pacer = Pacer(origin=0.0, phases=10)
+    senders = [make_sender([b"\x10" * 160] * 50)[0] for _ in range(100)]
+    for s in senders:
+        pacer.add(s)
+    sent: dict[int, list[float]] = {}
+    bursts = []
+    for _ in range(10 * 20):  # 20 frames of 10 sub-slots
+        due = pacer.next_deadline()
+        packets, _ = pacer.on_tick(due + 0.0003)  # each wake-up a little late: no drift
+        bursts.append(len(packets))
+        for sender, _data in packets:
+            sent.setdefault(id(sender), []).append(due)
+    assert max(bursts) == 10  # 100 calls over 10 phases: 10 packets per wake-up, not 100
+    assert len(sent) == 100
+    for times in sent.values():
+        assert len(times) == 20
+        assert np.allclose(np.diff(times), 0.020)  # every call exactly every 20 ms
+    assert len({round(t[0] % 0.020, 4) for t in sent.values()}) == 10  # on ten different phases
+
+
+def test_a_stall_skips_whole_frames_per_phase_never_a_burst():
+    pacer = Pacer(origin=0.0, phases=4)
+    sender, _ = make_sender([b"\x10" * 160] * 20)
+    pacer.add(sender)
+    first = RtpPacket.parse(pacer.on_tick(0.0)[0][0][1])
+    for _ in range(3):
+        assert pacer.on_tick(pacer.next_deadline())[0] == []  # the other phases: nothing for this call
+    packets, _ = pacer.on_tick(pacer.next_deadline() + 0.065)  # stalled 65 ms: 3 frames lost
+    assert len(packets) == 1
+    second = RtpPacket.parse(packets[0][1])
+    assert (second.timestamp - first.timestamp) % 2**32 == 160 * 4  # the timestamp follows wall time
+    assert sender.skipped_frames == 3 and pacer.skipped_slots == 3

@@ -142,39 +142,54 @@ class RtpSender:
 
 
 class Pacer:
-    """Sans-IO pacing core: which packets are due at ``now``."""
+    """Sans-IO pacing core: which packets are due at ``now``.
 
-    def __init__(self, origin: float, interval: float = FRAME_SECONDS) -> None:
+    Calls are spread over ``phases`` sub-slots of the 20 ms frame (a call keeps its
+    phase for life): with 1,000 calls and 10 phases each timer wake-up sends 100
+    packets instead of 1,000, so a packet's position in its burst — and so its send
+    time — varies by a tenth as much from one frame to the next. Each call still
+    sends exactly every 20 ms on its own absolute grid (origin + phase offset + k x 20 ms).
+    """
+
+    def __init__(self, origin: float, interval: float = FRAME_SECONDS, phases: int = 1) -> None:
         self.interval = interval
         self.origin = origin
-        self._slot = 0
-        self._senders: dict[int, RtpSender] = {}
+        self.phases = phases
+        self._tick = 0  # sub-slot counter: deadline = origin + tick * interval / phases
+        self._groups: list[dict[int, RtpSender]] = [{} for _ in range(phases)]
+        self._phase_of: dict[int, int] = {}
         self.skipped_slots = 0
 
     def add(self, sender: RtpSender) -> None:
-        self._senders[id(sender)] = sender
+        phase = min(range(self.phases), key=lambda p: len(self._groups[p]))  # the least loaded
+        self._groups[phase][id(sender)] = sender
+        self._phase_of[id(sender)] = phase
 
     def remove(self, sender: RtpSender) -> None:
-        self._senders.pop(id(sender), None)
+        phase = self._phase_of.pop(id(sender), None)
+        if phase is not None:
+            self._groups[phase].pop(id(sender), None)
 
     def __len__(self) -> int:
-        return len(self._senders)
+        return len(self._phase_of)
 
     def next_deadline(self) -> float:
-        return self.origin + self._slot * self.interval
+        return self.origin + self._tick * self.interval / self.phases
 
     def on_tick(self, now: float) -> tuple[list[tuple[RtpSender, bytes]], list[RtpSender]]:
-        """Packets for this slot, and the senders whose audio ran out (now removed)."""
+        """Packets for this sub-slot, and the senders whose audio ran out (now removed)."""
         late = now - self.next_deadline()
         skipped = int(late // self.interval) if late >= self.interval else 0
-        if skipped:
-            self._slot += skipped
+        if skipped:  # whole frames lost to a stall: skipped, not sent in a burst
+            self._tick += skipped * self.phases
             self.skipped_slots += skipped
+        group = self._groups[self._tick % self.phases]
         out: list[tuple[RtpSender, bytes]] = []
         done: list[RtpSender] = []
-        for key, sender in list(self._senders.items()):
+        for key, sender in list(group.items()):
             if sender.queue.exhausted:
-                del self._senders[key]
+                del group[key]
+                self._phase_of.pop(key, None)
                 done.append(sender)
                 continue
             if sender.paused:
@@ -182,16 +197,16 @@ class Pacer:
                     sender.skip_slot()
                 continue
             out.append((sender, sender.next_packet(now, skipped)))
-        self._slot += 1
+        self._tick += 1
         return out, done
 
 
 class PacerClock:
     """Drives a ``Pacer`` from the asyncio loop with one timer for all calls."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, phases: int = 10) -> None:
         self._loop = loop or asyncio.get_event_loop()
-        self.pacer = Pacer(self._loop.time())
+        self.pacer = Pacer(self._loop.time(), phases=phases)
         self._handle: asyncio.TimerHandle | None = None
         self.send_errors = 0
 
@@ -200,8 +215,9 @@ class PacerClock:
         if self._handle is None:
             # Restart the grid at the next whole slot of the original origin.
             now = self._loop.time()
-            slots = int((now - self.pacer.origin) // self.pacer.interval) + 1
-            self.pacer._slot = max(self.pacer._slot, slots)
+            sub = self.pacer.interval / self.pacer.phases
+            ticks = int((now - self.pacer.origin) // sub) + 1
+            self.pacer._tick = max(self.pacer._tick, ticks)
             self._schedule()
 
     def remove(self, sender: RtpSender) -> None:
