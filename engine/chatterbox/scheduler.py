@@ -12,9 +12,12 @@ Each turn of its loop:
    filled by moving the last one down).
 
 Deadlines: a first window's is ``submitted + first_audio_budget``; a later
-window's is when its caller runs out of audio. A window is *critical* when its
-deadline is closer than twice the recent cost of an S3Gen batch: it runs at
-once. Otherwise complete windows run when they are worth running (a first or
+window's is when its caller runs out of audio. A window of a caller already
+listening is *critical* when its deadline is closer than twice the recent cost
+of an S3Gen batch: it runs at once. First windows never pre-empt T3's share
+(benchmarks/scheduler_sim.py: when they did, a burst of 64 new callers kept
+S3Gen busy with batches of 2-3 windows and starved every caller's T3; 5,951
+late frames at 64 streams in the cost model, 11 without). Otherwise complete windows run when they are worth running (a first or
 last window, or a caller with less than ``slack`` seconds of audio left) and T3
 has had its share of the GPU since the last S3Gen batch (``t3_share`` times that
 batch's duration): without that share, a stream of new callers, each wanting
@@ -189,7 +192,10 @@ class Scheduler:
             return []
         now = time.perf_counter()
         self._pending.sort(key=self._deadline)
-        critical = self._deadline(self._pending[0]) - now < 2 * self._flow_cost
+        # Only a caller already listening can run dry; a first window waits for T3's share like
+        # the rest (else a burst of new callers keeps S3Gen busy and starves everyone's T3).
+        critical = any(r.first_audio is not None and self._deadline(r) - now < 2 * self._flow_cost
+                       for r in self._pending)
         if not critical and self._active:
             if self._t3_since_flow < self.t3_share * self._last_flow:
                 return []
