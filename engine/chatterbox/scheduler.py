@@ -197,8 +197,10 @@ class Scheduler:
         critical = any(r.first_audio is not None and self._deadline(r) - now < 2 * self._flow_cost
                        for r in self._pending)
         if not critical and self._active:
-            if self._t3_since_flow < self.t3_share * self._last_flow:
-                return []
+            listening = any(r.first_audio is not None for r in self._active) or \
+                any(r.first_audio is not None for r in self._pending)
+            if listening and self._t3_since_flow < self.t3_share * self._last_flow:
+                return []  # T3's share first: callers already listening need their next tokens
             if not any(r.t3_done or r.first_audio is None or self._deadline(r) - now < self.slack
                        for r in self._pending):
                 return []
