@@ -4,7 +4,9 @@
 
 Starts ``sip-tts serve`` with ``engine: chatterbox`` (random weights in the real
 architecture unless --model-dir; speech then lasts ``--max-tokens`` tokens because
-random weights never stop), then for each N starts N callers at once (spread over
+random weights never stop). The prompt names an order number from a SIP header, so
+every call's speech is synthesised live (a last row calls a fixed prompt instead,
+served from the prompt cache). For each N it starts N callers at once (spread over
 ``--spread-s``): each sends an INVITE with a loopback SDP offer, ACKs the 200, and
 listens to its RTP for ``--listen-s`` seconds after the first audible packet, then
 hangs up. Measured per call: INVITE → 200, INVITE → first RTP packet, INVITE →
@@ -63,7 +65,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.queue.put_nowait((time.perf_counter(), data))
 
 
-async def one_call(server_port: int, listen_s: float, delay: float) -> dict:
+async def one_call(server_port: int, listen_s: float, delay: float, number: str = "2000") -> dict:
     loop = asyncio.get_running_loop()
     await asyncio.sleep(delay)
     sip_t, sip = await loop.create_datagram_endpoint(_Udp, local_addr=(LOOPBACK, 0))
@@ -74,7 +76,8 @@ async def one_call(server_port: int, listen_s: float, delay: float) -> dict:
     try:
         t0 = time.perf_counter()
         sip_t.sendto(invite(call_id=call_id, sdp=offer(LOOPBACK, rtp_t.get_extra_info("sockname")[1]),
-                            host=LOOPBACK, via_host=f"{LOOPBACK}:{sip_port}"), (LOOPBACK, server_port))
+                            host=LOOPBACK, via_host=f"{LOOPBACK}:{sip_port}", user=number,
+                            extra=f"X-Order: {int(delay * 1e6) % 100000}\r\n"), (LOOPBACK, server_port))
         while True:
             t, data = await asyncio.wait_for(sip.queue.get(), 30)
             msg = _parse(data)
@@ -133,8 +136,14 @@ async def one_call(server_port: int, listen_s: float, delay: float) -> dict:
 
 
 def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str) -> subprocess.Popen:
-    (work / "prompts.yaml").write_text('default: "Thank you for calling. Your appointment is confirmed for Tuesday '
-                                       'at nine in the morning. Press one to repeat this message."\n')
+    # 2000: text that depends on the call (synthesised live for each call); 1000: a fixed prompt
+    # (rendered once into the prompt cache at start-up, then sent from memory).
+    (work / "prompts.yaml").write_text(
+        'routes:\n'
+        '  - number: "2000"\n'
+        '    say: "Thank you for calling. Your order {headers[X-Order]} is confirmed for Tuesday at nine."\n'
+        '  - number: "1000"\n'
+        '    say: "Thank you for calling. Your appointment is confirmed for Tuesday at nine in the morning."\n')
     (work / "server.yaml").write_text(
         f"sip:\n  listen: {LOOPBACK}:{port}\n  advertised_address: {LOOPBACK}\n  tcp: false\n"
         "rtp:\n  port_min: 30000\n  port_max: 39999\n"
@@ -152,12 +161,14 @@ def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: 
     return proc
 
 
-async def load(port: int, n: int, listen_s: float, spread: float) -> dict:
+async def load(port: int, n: int, listen_s: float, spread: float, number: str = "2000") -> dict:
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(one_call(port, listen_s, spread * i / max(n, 1)) for i in range(n)))
+    results = await asyncio.gather(*(one_call(port, listen_s, spread * i / max(n, 1) + 1e-6 * i, number)
+                                     for i in range(n)))
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
-    row = dict(calls=n, ok=len(ok), errors=errors[:5], wall_s=time.perf_counter() - t0)
+    row = dict(calls=n, prompt="live" if number == "2000" else "cached", ok=len(ok), errors=errors[:5],
+               wall_s=time.perf_counter() - t0)
     for key in ("invite_200_ms", "first_rtp_ms", "first_audio_ms"):
         vals = [r[key] for r in ok]
         row[key] = dict(p50=pct(vals, 50), p95=pct(vals, 95), max=max(vals) if vals else float("nan"))
@@ -188,10 +199,10 @@ def main() -> int:
         proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device)
         try:
             asyncio.run(load(port, 1, 1.0, 0))  # warm-up
-            for n in counts:
-                row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0))
+            for n, number in [(n, "2000") for n in counts] + [(max(counts), "1000")]:
+                row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0, number))
                 rows.append(row)
-                print(f"  e2e N={n:4d}: ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
+                print(f"  e2e {row['prompt']} N={n:4d}: ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
                       f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
                       f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
                       f"gaps {row['gaps']} of {row['packets']} packets, errors {row['errors']}", flush=True)

@@ -140,9 +140,10 @@ class Speech:
                         log.warning("prompt %r could not be rendered: %s", text[:40], exc)
         return done
 
-    async def speak(self, queue_push, text: str, voice: VoiceSpec, codec: str) -> None:
-        """Queue ``text``: from the cache when it has no fields (rendered on first use), else streamed."""
-        if has_fields(text):
+    async def speak(self, queue_push, text: str, voice: VoiceSpec, codec: str, cacheable: bool = True) -> None:
+        """Queue ``text``: from the cache when ``cacheable`` (the step's text has no template
+        fields; rendered on first use), else streamed (text that depends on the call)."""
+        if not cacheable:
             encoder = LineEncoder(self.engine.sample_rate, codec)
             async for chunk in self.engine.stream(text, voice):
                 queue_push(encoder.encode(chunk))
@@ -269,7 +270,7 @@ class ScriptRun:
         voice = self.speech.voice(self.route, say.voice)
 
         async def produce(push) -> None:
-            await self.speech.speak(push, text, voice, self.info.codec)
+            await self.speech.speak(push, text, voice, self.info.codec, cacheable=not has_fields(say.text))
 
         await self._push(call, produce, say.barge_in or self.speech.barge_in)
 
