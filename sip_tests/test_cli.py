@@ -87,3 +87,24 @@ def test_sighup_reloads_prompts_and_a_bad_file_keeps_the_running_ones(start_serv
     assert "reload refused" in srv.log_text() and "prompts.yaml:" in srv.log_text()
     assert status_for("2000") == 200  # still serving the last good prompts
     assert srv.proc.poll() is None
+
+
+def test_say_walks_a_route_with_digits_and_check_config_warns(tmp_path):
+    """`sip-tts say --route N --digits ...` renders the walk; check-config prints warnings with lines."""
+    res = sip_tts("say", "--route", "2000", "--digits", "3,4,2,#", "--out", str(tmp_path / "walk.wav"),
+                  "--config", str(ROOT / "config" / "server.yaml"))
+    assert res.returncode == 0, res.stderr
+    said = [line.split("said: ", 1)[1] for line in res.stdout.splitlines() if "said: " in line]
+    assert said[0] == "Welcome to Example Company."
+    assert "Please enter your account number, then press the hash key." in said
+    assert "Account 42: your balance is twelve dollars." in said and said[-1] == "Thank you for calling. Goodbye."
+    with wave.open(str(tmp_path / "walk.wav")) as w:
+        assert w.getframerate() == 8000 and w.getnframes() > 8000 * 8  # the chime, five prompts
+    (tmp_path / "server.yaml").write_text("prompts: p.yaml\n")
+    (tmp_path / "p.yaml").write_text('default: {script: a}\nscripts:\n  a:\n    - menu: {options: {"1": a}}\n'
+                                     '    - hangup\n    - say: never\n')
+    res = sip_tts("check-config", "--config", str(tmp_path / "server.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert f"warning: {tmp_path / 'p.yaml'}:4: scripts.a.0.menu: menu without timeout_s" in res.stdout
+    assert f"warning: {tmp_path / 'p.yaml'}:6: scripts.a.2: unreachable: step after hangup" in res.stdout
+    assert "2 warnings" in res.stdout
