@@ -51,8 +51,11 @@ class TtsEngine(Protocol):
     async def start(self) -> None:
         """Load models / warm up; called once before the first call is taken."""
 
-    def stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[np.ndarray]:
-        """Yield float32 chunks at ``sample_rate`` until the utterance ends."""
+    def stream(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[np.ndarray]:
+        """Yield float32 chunks at ``sample_rate`` until the utterance ends.
+
+        ``background``: nobody is listening yet (rendering into the prompt cache): the engine
+        may serve it after every caller's audio, never at their expense."""
         ...
 
     async def close(self) -> None:

@@ -73,7 +73,7 @@ class EspeakEngine:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5)
             self._thread = None
 
-    async def stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[np.ndarray]:
+    async def stream(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[np.ndarray]:
         if self._thread is None:
             await self.start()
         loop = asyncio.get_running_loop()

@@ -49,7 +49,7 @@ def file_key(path: str | Path, codec: str) -> str:
 async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> bytes:
     encoder = LineEncoder(engine.sample_rate, codec)
     out = bytearray()
-    async for chunk in engine.stream(text, voice):
+    async for chunk in engine.stream(text, voice, background=True):
         out += encoder.encode(chunk)
     out += encoder.finish()
     return bytes(out)

@@ -103,7 +103,7 @@ class ChatterboxEngine:
         assert self._ckpt is not None
         return self._ckpt.tokenizer(punc_norm(text), return_tensors="pt").input_ids[0]
 
-    async def stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[np.ndarray]:
+    async def stream(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[np.ndarray]:
         from .scheduler import Request
 
         await self.start()
@@ -116,7 +116,7 @@ class ChatterboxEngine:
             loop.call_soon_threadsafe(out.put_nowait, item)
 
         req = Request(self.tokenize(text), voice_obj, deliver,  # type: ignore[arg-type]
-                      max_tokens=self.options.max_tokens, seed=next(self._seeds))
+                      max_tokens=self.options.max_tokens, seed=next(self._seeds), background=background)
         self._scheduler.submit(req)
         try:
             while True:

@@ -77,6 +77,7 @@ class Request:
     deliver: Callable[[np.ndarray | BaseException | None], None]  # audio chunk, error, or None at the end
     max_tokens: int = 1000
     seed: int = 0
+    background: bool = False  # nobody listens yet (prompt-cache rendering): never pre-empts callers
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     # worker-side state
@@ -194,16 +195,16 @@ class Scheduler:
         self._pending.sort(key=self._deadline)
         # Only a caller already listening can run dry; a first window waits for T3's share like
         # the rest (else a burst of new callers keeps S3Gen busy and starves everyone's T3).
-        critical = any(r.first_audio is not None and self._deadline(r) - now < 2 * self._flow_cost
-                       for r in self._pending)
+        critical = any(r.first_audio is not None and not r.background
+                       and self._deadline(r) - now < 2 * self._flow_cost for r in self._pending)
         if not critical and self._active:
-            listening = any(r.first_audio is not None for r in self._active) or \
-                any(r.first_audio is not None for r in self._pending)
+            listening = any(r.first_audio is not None and not r.background for r in self._active) or \
+                any(r.first_audio is not None and not r.background for r in self._pending)
             if listening and self._t3_since_flow < self.t3_share * self._last_flow:
                 return []  # T3's share first: callers already listening need their next tokens
-            if not any(r.t3_done or r.first_audio is None or self._deadline(r) - now < self.slack
-                       for r in self._pending):
-                return []
+            if not any(not r.background and (r.t3_done or r.first_audio is None
+                                             or self._deadline(r) - now < self.slack) for r in self._pending):
+                return []  # (background windows ride along in batches that run anyway, or when T3 is idle)
         batch = self._pending[: self.max_flow_batch]
         self._pending = self._pending[self.max_flow_batch:]
         return batch
