@@ -49,6 +49,13 @@ default:
 """
 
 
+def udp(timeout: float) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((LOOPBACK, 0))
+    s.settimeout(timeout)
+    return s
+
+
 def rendered(srv, text: str) -> np.ndarray:
     engine, voice = build_engine(load_server(srv.workdir / "server.yaml"))
     return asyncio.run(render(engine, voice, text, "PCMU")).astype(float)
@@ -100,12 +107,7 @@ def subprocess_sipp(srv, tmp_path):
 
 def test_cached_prompt_starts_within_a_frame_of_the_ack(start_server):
     srv = start_server(prompts='routes:\n  "1000": "Your appointment is confirmed for Tuesday."\n')
-    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sig.bind((LOOPBACK, 0))
-    sig.settimeout(3)
-    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    media.bind((LOOPBACK, 0))
-    media.settimeout(3)
+    sig, media = udp(3), udp(3)  # SIP, and where our RTP goes
     delays, firsts = [], []
     for n in range(4):  # the first call renders the prompt (or the start-up warm-up did); all later ones hit
         call_id = f"cached-{n}"
@@ -134,12 +136,7 @@ def test_cached_prompt_starts_within_a_frame_of_the_ack(start_server):
 
 def test_early_media_plays_in_183_then_480(start_server):
     srv = start_server(prompts=IVR)
-    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sig.bind((LOOPBACK, 0))
-    sig.settimeout(10)
-    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    media.bind((LOOPBACK, 0))
-    media.settimeout(10)
+    sig, media = udp(10), udp(10)  # SIP, and where our RTP goes
     sig.sendto(invite(call_id="early-1", user="4999", sdp=offer(LOOPBACK, media.getsockname()[1]), host=LOOPBACK),
                ("127.0.0.1", srv.port))
     statuses = []
@@ -187,9 +184,7 @@ def test_reload_command_keeps_calls_in_progress_on_their_script(start_server, tm
 
     pid_file = tmp_path / "sip-tts.pid"
     srv = start_server(prompts=_menu("Old branch."), args=("--pid-file", str(pid_file)))
-    sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sig.bind((LOOPBACK, 0))
-    sig.settimeout(5)
+    sig = udp(5)
     ok = dial(sig, srv.port, "before-reload", 18400, user="3000")
     sig.sendto(request("ACK", "before-reload", cseq=1, to_tag=to_tag(ok)), ("127.0.0.1", srv.port))
     (srv.workdir / "prompts.yaml").write_text(_menu("New branch.").replace("next", "fresh"))
