@@ -408,6 +408,11 @@ class PromptsConfig(_Strict):
             data["default"] = {"say": default}
         return data
 
+    def resolve(self, path: str) -> Path:
+        """A path written in this file: relative ones are relative to the file."""
+        p = Path(path)
+        return self.source.parent / p if not p.is_absolute() and self.source is not None else p
+
     def lookup(self, dialed: str, caller: str = "", headers: dict[str, str] | None = None) -> Route | None:
         for route in self.routes:
             if route.matches(dialed, caller, headers or {}):

@@ -17,6 +17,7 @@ import os
 import wave
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soxr
@@ -25,13 +26,16 @@ from .audio import LineEncoder, encode_g711, float_to_int16
 from .base import TtsEngine, VoiceSpec
 
 FRAME = 160
-SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}
 
 
 def frames_of(data: bytes, codec: str) -> list[bytes]:
-    """Cut encoded audio into 20 ms frames, the last one padded with silence."""
+    """Cut encoded audio into 20 ms frames, the last one padded with silence (the code of 0)."""
     if len(data) % FRAME:
-        data += bytes([SILENCE[codec]]) * (FRAME - len(data) % FRAME)
+        data += encode_g711(np.zeros(FRAME - len(data) % FRAME, dtype=np.int16), codec)
+    return _split(data)
+
+
+def _split(data: bytes) -> list[bytes]:
     return [data[i:i + FRAME] for i in range(0, len(data), FRAME)]
 
 
@@ -46,12 +50,21 @@ def file_key(path: str | Path, codec: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> bytes:
+async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str,
+                        push: Callable[[bytes], None] | None = None, background: bool = False) -> bytes:
+    """Synthesise ``text`` as 8 kHz G.711, handing each piece to ``push`` as it is ready;
+    returns all of it. ``background``: nobody is listening (rendering into the cache)."""
     encoder = LineEncoder(engine.sample_rate, codec)
     out = bytearray()
-    async for chunk in engine.stream(text, voice, background=True):
-        out += encoder.encode(chunk)
-    out += encoder.finish()
+    async for chunk in engine.stream(text, voice, background=background):
+        data = encoder.encode(chunk)
+        out += data
+        if push is not None:
+            push(data)
+    tail = encoder.finish()
+    out += tail
+    if push is not None:
+        push(tail)
     return bytes(out)
 
 
@@ -106,7 +119,7 @@ class PromptCache:
             except OSError:
                 data = b""
             if data and len(data) % FRAME == 0:
-                frames = frames_of(data, "PCMU")
+                frames = _split(data)
                 self._insert(key, frames)
                 self.hits += 1
                 return frames

@@ -21,7 +21,7 @@ from engine.base import TtsEngine, VoiceSpec
 from engine.prompt_cache import PromptCache
 from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
-from telephony.rtp.pacer import FrameQueue
+from telephony.rtp.pacer import SILENCE, FrameQueue
 from telephony.admission import AdmissionPolicy
 from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
@@ -198,9 +198,7 @@ def _watch_gc() -> None:
 
 
 def build_cache(prompts: PromptsConfig) -> PromptCache:
-    directory = prompts.cache.dir
-    if directory and not Path(directory).is_absolute() and prompts.source is not None:
-        directory = str(prompts.source.parent / directory)
+    directory = prompts.resolve(prompts.cache.dir) if prompts.cache.dir else None
     return PromptCache(int(prompts.cache.max_mb * 2**20), directory)
 
 
@@ -214,7 +212,7 @@ async def walk(cfg: ServerConfig, prompts: PromptsConfig, number: str, digits: l
         run = speech.source(CallInfo("say", number, caller, codec))
         if run is None:
             raise ValueError(f"no route for {number} and no default")
-        queue = FrameQueue(0xFF if codec == "PCMU" else 0xD5)
+        queue = FrameQueue(SILENCE[codec])
         handle = _OfflineCall(run.info, queue)
         for d in digits:
             handle.digit_arrived(DtmfDigit(d, 100, "cli"))
@@ -251,7 +249,7 @@ class _OfflineCall(CallHandle):
 async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> np.ndarray:
     """What a caller hears: 8 kHz int16 after the G.711 round trip."""
     await engine.start()
-    queue = FrameQueue(0xFF if codec == "PCMU" else 0xD5)
+    queue = FrameQueue(SILENCE[codec])
     await SpokenPrompt(engine, text, voice, codec).run(CallHandle(CallInfo("say", "", "", codec), queue))
     queue.finish()
     frames = []

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.schema import EspeakSettings, ServerConfig
-from engine.audio import LineEncoder
+from engine.prompt_cache import render_speech
 from engine.base import TtsEngine, VoiceSpec
 from engine.espeak import EspeakEngine
 from telephony.call import CallHandle
@@ -46,8 +46,4 @@ class SpokenPrompt:
     codec: str
 
     async def run(self, call: CallHandle) -> None:
-        queue = call.queue
-        encoder = LineEncoder(self.engine.sample_rate, self.codec)
-        async for chunk in self.engine.stream(self.text, self.voice):
-            queue.push(encoder.encode(chunk))
-        queue.push(encoder.finish())
+        await render_speech(self.engine, self.voice, self.text, self.codec, push=call.queue.push)

@@ -16,16 +16,15 @@ import datetime as dt
 import logging
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Coroutine
 
 from config.schema import MenuStep, PromptsConfig, Route, SayStep, Step, VoiceDef
-from engine.audio import LineEncoder
 from engine.base import TtsEngine, VoiceSpec
 from engine.prompt_cache import PromptCache, file_key, frames_of, render_speech, render_wav, speech_key
 from telephony.call import CallHandle, CallInfo
+from telephony.rtp.pacer import SILENCE, FrameQueue
 
 log = logging.getLogger(__name__)
-SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}
 MAX_JUMPS = 50  # gotos/menu choices in a row without any audio: a loop in the script, hang up
 
 
@@ -57,7 +56,7 @@ def has_fields(text: str) -> bool:
     return any(name is not None for _, name, _, _ in string.Formatter().parse(text))
 
 
-def voice_spec(name: str, voice: VoiceDef, base: VoiceSpec, engine: str, root: Path | None) -> VoiceSpec:
+def voice_spec(name: str, voice: VoiceDef, base: VoiceSpec, engine: str, prompts: PromptsConfig) -> VoiceSpec:
     if voice.engine is not None and voice.engine != engine:
         raise ValueError(f"voice {name!r} needs engine {voice.engine}; this server runs {engine}")
     if engine == "espeak":
@@ -68,10 +67,7 @@ def voice_spec(name: str, voice: VoiceDef, base: VoiceSpec, engine: str, root: P
         return VoiceSpec(name, tuple(settings.items()))
     if voice.wav is None:
         return VoiceSpec(name, base.settings)
-    wav = Path(voice.wav)
-    if not wav.is_absolute() and root is not None:
-        wav = root / wav
-    return VoiceSpec(name, (("voice_wav", str(wav)),))
+    return VoiceSpec(name, (("voice_wav", str(prompts.resolve(voice.wav))),))
 
 
 @dataclass
@@ -88,42 +84,38 @@ class Speech:
     @classmethod
     def build(cls, prompts: PromptsConfig, engine: TtsEngine, default_voice: VoiceSpec,
               cache: PromptCache, barge_in: bool = False) -> "Speech":
-        root = prompts.source.parent if prompts.source else None
-        voices = {name: voice_spec(name, v, default_voice, engine.name, root) for name, v in prompts.voices.items()}
+        voices = {name: voice_spec(name, v, default_voice, engine.name, prompts) for name, v in prompts.voices.items()}
         return cls(prompts, engine, default_voice, cache, voices, barge_in)
 
     def source(self, info: CallInfo) -> "ScriptRun | None":
         route = self.prompts.lookup(info.dialed, info.caller, info.headers)
         return None if route is None else ScriptRun(self, route, info)
 
-    def voice(self, route: Route, step_voice: str | None) -> VoiceSpec:
-        name = step_voice or route.voice
+    def voice(self, step_voice: str | None, route_voice: str | None) -> VoiceSpec:
+        name = step_voice or route_voice
         return self.voices[name] if name else self.default_voice
-
-    def root(self) -> Path | None:
-        return self.prompts.source.parent if self.prompts.source else None
 
     def fixed_prompts(self) -> list[tuple[str, VoiceSpec]]:
         """Every (text, voice) a call can hear that does not depend on the call."""
         out: list[tuple[str, VoiceSpec]] = []
 
-        def says(route: Route, steps: list[Step]) -> None:
+        def says(route_voice: str | None, steps: list[Step]) -> None:
             for st in steps:
                 for say in (st.say, st.menu.prompt if st.menu else None, st.menu.invalid if st.menu else None,
                             st.collect.prompt if st.collect else None):
                     if say is not None and not has_fields(say.text):
-                        out.append((say.text, self.voice(route, say.voice)))
+                        out.append((say.text, self.voice(say.voice, route_voice)))
 
         routes = list(self.prompts.routes) + ([self.prompts.default] if self.prompts.default else [])
         for route in routes:
             if route.say is not None and not has_fields(route.say):
-                out.append((route.say, self.voice(route, None)))
+                out.append((route.say, self.voice(None, route.voice)))
             if route.steps:
-                says(route, route.steps)
+                says(route.voice, route.steps)
             if route.script:
-                says(route, self.prompts.scripts[route.script])
+                says(route.voice, self.prompts.scripts[route.script])
         for steps in self.prompts.scripts.values():  # scripts reached through goto/menus use the default voice
-            says(Route(say="-"), steps)
+            says(None, steps)
         return list({(t, v): None for t, v in out})
 
     async def warm(self, codecs: list[str]) -> int:
@@ -134,41 +126,28 @@ class Speech:
                 key = speech_key(self.engine.name, voice, text, codec)
                 if not self.cache.peek(key):
                     try:
-                        self.cache.put(key, frames_of(await render_speech(self.engine, voice, text, codec), codec))
+                        data = await render_speech(self.engine, voice, text, codec, background=True)
+                        self.cache.put(key, frames_of(data, codec))
                         done += 1
                     except Exception as exc:  # a prompt that fails to render is logged, never fatal
                         log.warning("prompt %r could not be rendered: %s", text[:40], exc)
         return done
 
-    async def speak(self, queue_push, text: str, voice: VoiceSpec, codec: str, cacheable: bool = True) -> None:
+    async def speak(self, queue: FrameQueue, text: str, voice: VoiceSpec, codec: str, cacheable: bool = True) -> None:
         """Queue ``text``: from the cache when ``cacheable`` (the step's text has no template
-        fields; rendered on first use), else streamed (text that depends on the call)."""
-        if not cacheable:
-            encoder = LineEncoder(self.engine.sample_rate, codec)
-            async for chunk in self.engine.stream(text, voice):
-                queue_push(encoder.encode(chunk))
-            queue_push(encoder.finish(), last=True)
-            return
+        fields; rendered on first use and kept), else streamed (text that depends on the call)."""
         key = speech_key(self.engine.name, voice, text, codec)
-        frames = self.cache.get(key)
+        frames = self.cache.get(key) if cacheable else None
         if frames is not None:
-            queue_push(frames)
+            queue.push_frames(frames)
             return
-        encoder = LineEncoder(self.engine.sample_rate, codec)
-        rendered = bytearray()
-        async for chunk in self.engine.stream(text, voice):
-            data = encoder.encode(chunk)
-            rendered += data
-            queue_push(data)
-        tail = encoder.finish()
-        rendered += tail
-        queue_push(tail, last=True)
-        self.cache.put(key, frames_of(bytes(rendered), codec))
+        data = await render_speech(self.engine, voice, text, codec, push=queue.push)
+        queue.pad_frame()  # what comes next starts on a frame boundary
+        if cacheable:
+            self.cache.put(key, frames_of(data, codec))
 
     def play_frames(self, file: str, codec: str) -> list[bytes]:
-        path = Path(file)
-        if not path.is_absolute() and self.root() is not None:
-            path = self.root() / path
+        path = self.prompts.resolve(file)
         key = file_key(path, codec)
         frames = self.cache.get(key)
         if frames is None:
@@ -210,8 +189,9 @@ class ScriptRun:
                 jumps = 0
             elif kind == "play":
                 assert st.play is not None
-                await self._push(call, lambda push: push(self.speech.play_frames(st.play.file, self.info.codec)),
-                                 st.play.barge_in)
+                call.queue.pad_frame()
+                call.queue.push_frames(self.speech.play_frames(st.play.file, self.info.codec))
+                await self._play(call, None, st.play.barge_in)
                 jumps = 0
             elif kind == "pause":
                 call.queue.pad_frame()
@@ -267,29 +247,18 @@ class ScriptRun:
     async def _say(self, call: CallHandle, say: SayStep) -> None:
         text = fill(say.text, self.values)
         self.heard.append(text)
-        voice = self.speech.voice(self.route, say.voice)
+        voice = self.speech.voice(say.voice, self.route.voice)
+        work = self.speech.speak(call.queue, text, voice, self.info.codec, cacheable=not has_fields(say.text))
+        await self._play(call, work, say.barge_in or self.speech.barge_in)
 
-        async def produce(push) -> None:
-            await self.speech.speak(push, text, voice, self.info.codec, cacheable=not has_fields(say.text))
-
-        await self._push(call, produce, say.barge_in or self.speech.barge_in)
-
-    async def _push(self, call: CallHandle, produce, barge_in: bool) -> None:
-        """Run ``produce`` (which pushes audio); with barge-in a digit stops it and drops what is queued."""
-        def push(data, last: bool = False) -> None:
-            if isinstance(data, list):
-                call.queue.push_frames(data)
-            else:
-                call.queue.push(data)
-                if last:
-                    call.queue.pad_frame()
-
-        result = produce(push)
+    async def _play(self, call: CallHandle, work: Coroutine | None, barge_in: bool) -> None:
+        """Finish ``work`` (what still queues this step's audio); with barge-in a digit stops it
+        and drops what is queued."""
         if not barge_in:
-            if asyncio.iscoroutine(result):
-                await result
+            if work is not None:
+                await work
             return
-        task = asyncio.ensure_future(result) if asyncio.iscoroutine(result) else None
+        task = asyncio.ensure_future(work) if work is not None else None
         try:
             while task is not None and not task.done():  # still synthesising
                 d = await call.barge_digit(0.02)
