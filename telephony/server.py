@@ -81,6 +81,11 @@ class _SipProtocol(asyncio.DatagramProtocol):
         log.debug("SIP socket error: %s", exc)
 
 
+def _call_context(call: Call):
+    """Bind the call's identity to every log line written inside the ``with`` block."""
+    return bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed)
+
+
 class _TcpConnection(asyncio.Protocol):
     """One SIP-over-TCP connection: messages framed by Content-Length (RFC 3261 §18.3)."""
 
@@ -585,7 +590,7 @@ class SipServer:
             self._on_digit(call, digit)
 
     def _on_digit(self, call: Call, digit: DtmfDigit) -> None:
-        with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+        with _call_context(call):
             self._digit(call, digit)
 
     def _digit(self, call: Call, digit: DtmfDigit) -> None:
@@ -611,7 +616,7 @@ class SipServer:
                 continue
             since = call.last_rtp_at if call.last_rtp_at is not None else call.confirmed_loop_time
             if since is not None and now - since > self.settings.media_timeout:
-                with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+                with _call_context(call):
                     log.info("call %s: no RTP for %.0f s", call.info.call_id, now - since)
                     self._hangup(call, "media-timeout")
         self._pump()
@@ -632,7 +637,7 @@ class SipServer:
         self._pump()
 
     def _on_prompt_done(self, call: Call) -> None:
-        with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+        with _call_context(call):
             self._hangup(call, "prompt-done")
         self._pump()
 
@@ -651,7 +656,7 @@ class SipServer:
     def _finish(self, call: Call, reason: str) -> None:
         if call.ended:
             return
-        with bound_contextvars(call_id=call.info.call_id, dialed=call.info.dialed):
+        with _call_context(call):
             self._finish_bound(call, reason)
 
     def _finish_bound(self, call: Call, reason: str) -> None:
