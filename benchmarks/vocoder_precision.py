@@ -62,7 +62,7 @@ def main() -> int:
     err = out["bfloat16"].double() - ref
     snr = float(10 * torch.log10((ref ** 2).sum() / (err ** 2).sum()))
     audio_s = a.batch * a.frames * 480 / 24000
-    result = dict(card=torch.cuda.get_device_name(dev), batch=a.batch, frames=a.frames, audio_seconds=audio_s,
+    result = dict(card=torch.cuda.get_device_name(dev), date=time.strftime("%Y-%m-%d"), batch=a.batch, frames=a.frames, audio_seconds=audio_s,
                   float32_ms=ms["float32"], bfloat16_ms=ms["bfloat16"], speedup=ms["float32"] / ms["bfloat16"],
                   audio_snr_db=snr, weights="random (real architecture)")
     Path(a.out).mkdir(parents=True, exist_ok=True)
