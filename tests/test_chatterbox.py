@@ -201,9 +201,9 @@ def s3_case(ckpt):
             prompt_token_len=gen["prompt_token_len"], prompt_feat=gen["prompt_feat"], prompt_feat_len=None,
             embedding=gen["embedding"], finalize=True, n_timesteps=2, noised_mels=utt.noise[:, :2 * n][None],
             meanflow=True)
-        src = streamer._source(s3.mel2wav.f0_predictor(mel), [streamer.new_utterance(voice, 11, n)], [0])
+        src = streamer.source_for(s3.mel2wav.f0_predictor(mel), [streamer.new_utterance(voice, 11, n)], [0])
         audio = s3.mel2wav.decode(x=mel, s=src)[0]
-        audio[:960] *= streamer.trim_fade
+        audio[:960] *= torch.from_numpy(streamer.trim_fade)
     return streamer, voice, tokens, mel[0], audio.numpy()
 
 
@@ -318,6 +318,45 @@ def test_windows_of_different_utterances_batch_like_alone(s3_case):
     for x, y in zip(together, alone):
         assert x.shape == y.shape and x.size > 0
         assert np.abs(x - y).max() < 1e-4, np.abs(x - y).max()
+
+
+def test_vocoder_stft_and_decode_equal_stock(ckpt):
+    """The capturable DFT16 STFT/iSTFT and HiFT decode == torch.stft/istft and the stock decode."""
+    from engine.chatterbox.vocoder import Vocoder, hift_decode
+
+    hift = ckpt.s3gen.mel2wav
+    voc = Vocoder(hift, torch.device("cpu"), torch.zeros(9, 4800))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4000, generator=g)
+    window = voc.dft.win_sq.sqrt()
+    ref = torch.view_as_real(torch.stft(x, 16, 4, 16, window=window, return_complex=True))
+    ours = voc.dft.stft(x)
+    assert torch.allclose(ours[:, :9], ref[..., 0], atol=1e-5) and torch.allclose(ours[:, 9:], ref[..., 1], atol=1e-5)
+    back = voc.dft.istft(ours)
+    assert torch.allclose(back, torch.istft(torch.complex(ref[..., 0], ref[..., 1]), 16, 4, 16, window=window),
+                          atol=1e-5)
+    assert torch.allclose(back, x, atol=1e-4)  # and it inverts
+    mel = torch.randn(2, 80, 40, generator=g) - 4
+    s = torch.randn(2, 1, 40 * SAMPLES_PER_FRAME, generator=g) * 0.1
+    with torch.inference_mode():
+        assert torch.allclose(hift_decode(hift, voc.dft, mel, s), hift.decode(x=mel, s=s), atol=1e-4)
+
+
+def test_encoder_without_host_syncs_equals_stock(ckpt):
+    """encode_tokens (the path the encoder graphs capture) == the stock encoder, padded batch."""
+    from engine.chatterbox.flow_encoder import encode_tokens
+
+    flow = ckpt.s3gen.flow
+    g = torch.Generator().manual_seed(6)
+    tokens = torch.randint(0, 6561, (2, 40), generator=g)
+    lens = torch.tensor([40, 29])
+    tokens[1, 29:] = 0
+    with torch.inference_mode():
+        ours = encode_tokens(flow, tokens, lens)
+        for row, n in enumerate(lens.tolist()):
+            h, _ = flow.encoder(flow.input_embedding(tokens[row:row + 1, :n]), torch.tensor([n]))
+            stock = flow.encoder_proj(h).transpose(1, 2)[0]
+            assert torch.allclose(ours[row, :, :2 * n], stock, atol=1e-4), (ours[row, :, :2 * n] - stock).abs().max()
 
 
 # -- the engine ---------------------------------------------------------------------

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from .flow_cache import Tape, check_supported, record_voice, solve_meanflow_cached
+from .flow_encoder import EncoderGraphs, check_encoder_supported, encode_tokens
+from .vocoder import SAMPLE_RATE, SAMPLES_PER_FRAME, Vocoder, VocoderGraphs
 
-SAMPLE_RATE = 24000
-SAMPLES_PER_FRAME = 480  # HiFT: 8 * 5 * 3 upsampling * 4 iSTFT hop
 LOOKAHEAD_TOKENS = 3
 TOKEN_MEL_RATIO = 2
 LEFT = 16  # mel frames of left context for the vocoder
@@ -41,6 +41,7 @@ HOLD = 6  # mel frames held back until their right context exists
 XFADE = 240  # samples cross-faded at each join (10 ms)
 NOISE_FRAMES = 512  # the source-noise table: about 10 s, indexed by absolute frame
 SILENCE_TOKEN = 4299  # S3GEN_SIL: appended (x3) at the end, as the stock pipeline does
+VOCODER_FRAME_STEP = 32  # vocoder windows are padded to a multiple of this many frames
 CONTEXT_TOKENS = 25  # already emitted tokens (1 s) re-run before each window's new ones
 
 
@@ -216,8 +217,8 @@ class UtteranceAudio:
     mel_done: int = 0  # generated mel frames produced by the flow so far
     mel: list[torch.Tensor] = field(default_factory=list)  # produced mel chunks [80, n] (kept for context)
     emitted_frames: int = 0  # mel frames whose audio has been emitted
-    tail: torch.Tensor | None = None  # held-back audio of the last window, from frame emitted_frames
-    phase_at: dict[int, torch.Tensor] = field(default_factory=dict)  # frame → cumulative harmonic phase (cycles)
+    tail: np.ndarray | None = None  # held-back audio of the last window, from frame emitted_frames
+    phase_at: dict[int, torch.Tensor] = field(default_factory=dict)  # frame → harmonic phase there (cycles)
     started: bool = False
 
     def mel_range(self, start: int, end: int) -> torch.Tensor:
@@ -249,22 +250,25 @@ class S3GenStreamer:
         self.hift = _on(s3gen.mel2wav, self.device, hift_dtype)
         self.flow_dtype = flow_dtype
         self.hift_dtype = hift_dtype
-        src = self.hift.m_source
-        self.harmonics = src.l_sin_gen.harmonic_num + 1
-        self.sine_amp = src.l_sin_gen.sine_amp
-        self.noise_std = src.l_sin_gen.noise_std
-        self.voiced_threshold = src.l_sin_gen.voiced_threshold
+        harmonics = self.hift.m_source.l_sin_gen.harmonic_num + 1
         g = torch.Generator(device="cpu").manual_seed(1234)
-        self.noise_table = torch.randn(self.harmonics, NOISE_FRAMES * SAMPLES_PER_FRAME, generator=g).to(self.device)
+        noise_table = torch.randn(harmonics, NOISE_FRAMES * SAMPLES_PER_FRAME, generator=g)
+        self.vocoder = Vocoder(self.hift, self.device, noise_table)
+        self.max_vocoder_batch = 32
         n_trim = SAMPLE_RATE // 50
-        fade = torch.zeros(2 * n_trim)
-        fade[n_trim:] = (torch.cos(torch.linspace(torch.pi, 0, n_trim)) + 1) / 2
-        self.trim_fade = fade.to(self.device)
-        self.xfade = torch.linspace(0.0, 1.0, XFADE, device=self.device)
+        fade = np.zeros(2 * n_trim, dtype=np.float32)
+        fade[n_trim:] = (np.cos(np.linspace(np.pi, 0, n_trim)) + 1) / 2
+        self.trim_fade = fade  # the stock pipeline's fade-in of the first 40 ms
+        self.xfade = np.linspace(0.0, 1.0, XFADE, dtype=np.float32)
+        check_encoder_supported(self.flow.encoder)
         if reference_cache:
             check_supported(self.flow.decoder.estimator)
         self.graphs = FlowGraphs(self.flow.decoder.estimator, self.device, flow_dtype) \
             if cuda_graphs and reference_cache and self.device.type == "cuda" else None
+        self.encoder_graphs = EncoderGraphs(self.flow, self.device) \
+            if cuda_graphs and self.device.type == "cuda" else None
+        self.vocoder_graphs = VocoderGraphs(self.vocoder, frame_step=VOCODER_FRAME_STEP) \
+            if cuda_graphs and self.device.type == "cuda" else None
 
     def _phase(self, name: str | None) -> None:
         """Profiling: time since the last mark goes to ``name`` (None: start)."""
@@ -276,6 +280,17 @@ class S3GenStreamer:
         if name is not None:
             self.timings[name] = self.timings.get(name, 0.0) + now - self._t
         self._t = now
+
+    def capture_graphs(self, voice: VoiceGen, window_tokens: int) -> None:
+        """Every CUDA graph (estimator, encoder, vocoder) a window of <= ``window_tokens`` new tokens can hit."""
+        if self.graphs is not None:
+            self.graphs.load_voice(voice)
+            self.graphs.capture_all(TOKEN_MEL_RATIO * (self.context_tokens + window_tokens + LOOKAHEAD_TOKENS))
+        if self.encoder_graphs is not None:
+            p = voice.prompt_token.numel()
+            self.encoder_graphs.capture(range(p + 1, p + self.context_tokens + window_tokens + 2 * LOOKAHEAD_TOKENS + 1))
+        if self.vocoder_graphs is not None:
+            self.vocoder_graphs.capture_all(LEFT + HOLD + TOKEN_MEL_RATIO * (window_tokens + 2 * LOOKAHEAD_TOKENS))
 
     # -- per voice / per utterance --------------------------------------------------
     @torch.inference_mode()
@@ -296,24 +311,22 @@ class S3GenStreamer:
 
     def _encode(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The flow encoder over token sequences (right-padded batch): [80, 2*len] each."""
-        flow = self.flow
         lens = [q.numel() for q in seqs]
-        lmax = max(lens)
-        tokens = torch.zeros(len(seqs), lmax, dtype=torch.long, device=self.device)
+        tokens = torch.zeros(len(seqs), max(lens), dtype=torch.long, device=self.device)
         for i, q in enumerate(seqs):
             tokens[i, :lens[i]] = q
-        token_len = torch.tensor(lens, device=self.device)
-        key = torch.arange(lmax, device=self.device)
-        tmask = (key[None, :] < token_len[:, None]).unsqueeze(-1).to(self.flow_dtype)
-        h, _ = flow.encoder(flow.input_embedding(tokens) * tmask, token_len)
-        h = flow.encoder_proj(h).transpose(1, 2)  # [B, 80, 2*lmax]
+        token_len = torch.tensor(lens).to(self.device)
+        if self.encoder_graphs is not None:
+            h = self.encoder_graphs(tokens, token_len)
+        else:
+            h = encode_tokens(self.flow, tokens, token_len)
         return [h[i, :, :2 * n] for i, n in enumerate(lens)]
 
     def new_utterance(self, voice: VoiceGen, seed: int, max_tokens: int) -> UtteranceAudio:
         g = torch.Generator(device="cpu").manual_seed(seed)
         frames = TOKEN_MEL_RATIO * (max_tokens + 8)
         noise = torch.randn(80, frames, generator=g).to(self.device, self.flow_dtype)
-        phase0 = (torch.rand(self.harmonics, generator=g) * 2 - 1) * np.pi
+        phase0 = (torch.rand(self.vocoder.harmonics, generator=g) * 2 - 1) * np.pi
         phase0[0] = 0
         offset = int(torch.randint(0, NOISE_FRAMES, (1,), generator=g))
         return UtteranceAudio(voice, seed, noise, phase0.to(self.device), offset)
@@ -422,99 +435,97 @@ class S3GenStreamer:
         return [x[i, :, 2 * tp[i]:dec_len[i]].float() for i in range(b)]
 
     # -- vocoder: mel → audio ------------------------------------------------------
-    def _source(self, f0: torch.Tensor, utts: list[UtteranceAudio], start_frames: list[int],
-                keep: list[int] | None = None) -> torch.Tensor:
-        """The harmonic-plus-noise excitation [B, 1, samples], continuous across windows.
+    def source_for(self, f0: torch.Tensor, utts: list[UtteranceAudio], start_frames: list[int]) -> torch.Tensor:
+        """The excitation [B, 1, samples] for windows of ``utts`` starting at ``start_frames``."""
+        start_phase, phase0, noise_start = self._source_state(utts, start_frames)
+        keep = torch.ones(len(utts), dtype=torch.long, device=self.device)
+        return self.vocoder.source(f0, start_phase, phase0, noise_start, keep)[0]
 
-        ``keep``: per utterance, the frame where its next window will start; the phase
-        there is remembered (None: remember every frame's).
-        """
-        b, frames = f0.shape
-        n = frames * SAMPLES_PER_FRAME
-        f0_up = f0.repeat_interleave(SAMPLES_PER_FRAME, dim=1)  # nearest upsampling
-        mult = torch.arange(1, self.harmonics + 1, device=f0.device, dtype=torch.float64)
-        cycles = f0_up.double()[:, None, :] * mult[None, :, None] / SAMPLE_RATE  # [B, H, n]
-        start_phase = torch.stack([
-            u.phase_at.get(s, torch.zeros(self.harmonics, device=f0.device, dtype=torch.float64))
-            for u, s in zip(utts, start_frames)])
-        cum = torch.cumsum(cycles, dim=-1) + start_phase[:, :, None]
-        for i, (u, s) in enumerate(zip(utts, start_frames)):
-            for old in [f for f in u.phase_at if f <= s]:
-                del u.phase_at[old]
-            if keep is None:
-                ends = cum[i, :, SAMPLES_PER_FRAME - 1::SAMPLES_PER_FRAME] % 1.0  # phase at each frame end
-                for k in range(frames):
-                    u.phase_at[s + k + 1] = ends[:, k]
-            elif s < keep[i] <= s + frames:
-                u.phase_at[keep[i]] = cum[i, :, (keep[i] - s) * SAMPLES_PER_FRAME - 1] % 1.0
-        theta = 2 * np.pi * (cum % 1.0)
+    def _source_state(self, utts: list[UtteranceAudio], start_frames: list[int]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        zero = torch.zeros(self.vocoder.harmonics, device=self.device, dtype=torch.float64)
+        start_phase = torch.stack([u.phase_at.get(s, zero) for u, s in zip(utts, start_frames)])
         phase0 = torch.stack([u.phase0 for u in utts]).double()
-        sine = self.sine_amp * torch.sin(theta + phase0[:, :, None])
-        uv = (f0_up > self.voiced_threshold).to(sine.dtype)[:, None, :]
-        noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
-        total = self.noise_table.size(1)
-        idx = torch.stack([
-            (torch.arange(n, device=f0.device) + (s + u.noise_offset) * SAMPLES_PER_FRAME) % total
-            for u, s in zip(utts, start_frames)])
-        noise = self.noise_table[:, idx].permute(1, 0, 2).double()  # [B, H, n]
-        waves = (sine * uv + noise_amp * noise).to(self.hift_dtype).transpose(1, 2)  # [B, n, H]
-        lin = self.hift.m_source.l_linear
-        return torch.tanh(lin(waves)).transpose(1, 2)  # [B, 1, n]
+        noise_start = torch.tensor([(s + u.noise_offset) * SAMPLES_PER_FRAME for u, s in zip(utts, start_frames)],
+                                   dtype=torch.long).to(self.device)
+        return start_phase, phase0, noise_start
 
     @torch.inference_mode()
     def vocode(self, utts: list[UtteranceAudio], final: list[bool]) -> list[np.ndarray]:
         """Audio (float32, 24 kHz) newly ready for each utterance, from the mel produced so far.
 
-        Windows that are not an utterance's last run as one right-padded batch: what the
-        padding changes lies within the ``HOLD`` frames, which are held back anyway. Last
-        windows are grouped by exact length (their end is the end of the audio). The new
-        audio of the whole batch comes to the host in one copy.
+        Every window — an utterance's last included — runs in one batch, right-padded to
+        a bucket of ``VOCODER_FRAME_STEP`` frames (the bucket's CUDA graph on a GPU) by
+        repeating the window's last frame: what the padding changes lies within the
+        ``HOLD`` frames, held back anyway, or after a last window's end, in its trailing
+        silence. The new audio of the whole batch comes to the host in one copy; the
+        joins (cross-fade, first fade-in) are done there.
         """
-        groups: dict[object, list[int]] = {}
-        plans: list[tuple[int, int, int] | None] = []
+        plans = []
         for i, (u, fin) in enumerate(zip(utts, final)):
             end = u.mel_done
             ready = end if fin else end - HOLD
-            if ready <= u.emitted_frames:
-                plans.append(None)
-                continue
-            start = max(0, u.emitted_frames - LEFT)
-            plans.append((start, end, ready))
-            groups.setdefault(end - start if fin else "padded", []).append(i)
+            if ready > u.emitted_frames:
+                plans.append((i, max(0, u.emitted_frames - LEFT), end, ready))
         self._phase(None)
-        pieces: dict[int, torch.Tensor] = {}
-        for members in groups.values():
-            mels = [utts[i].mel_range(plans[i][0], plans[i][1]) for i in members]
-            longest = max(m.shape[1] for m in mels)
-            mel = torch.stack([F.pad(m, (0, longest - m.shape[1])) for m in mels]).to(self.hift_dtype)
-            f0 = self.hift.f0_predictor(mel)
-            s = self._source(f0, [utts[i] for i in members], [plans[i][0] for i in members],
-                             [max(0, plans[i][2] - LEFT) for i in members])
-            audio = self.hift.decode(x=mel, s=s).float()  # [b, samples]
-            for row, i in enumerate(members):
-                pieces[i] = self._emit(utts[i], audio[row], *plans[i])
         out = [np.zeros(0, dtype=np.float32)] * len(utts)
-        if pieces:
-            order = sorted(pieces)
-            host = torch.cat([pieces[i] for i in order]).cpu().numpy()
-            at = 0
-            for i in order:
-                n = pieces[i].numel()
-                out[i] = host[at:at + n]
-                at += n
+        for at in range(0, len(plans), self.max_vocoder_batch):
+            part = plans[at:at + self.max_vocoder_batch]
+            for (i, *_), audio in zip(part, self._vocode_batch([utts[p[0]] for p in part], [p[1:] for p in part])):
+                out[i] = audio
         self._phase("vocoder")
         return out
 
-    def _emit(self, u: UtteranceAudio, audio: torch.Tensor, start: int, end: int, ready: int) -> torch.Tensor:
-        off = (u.emitted_frames - start) * SAMPLES_PER_FRAME
-        new = audio[off:(ready - start) * SAMPLES_PER_FRAME].clone()
-        if u.tail is not None and new.numel():
-            k = min(XFADE, new.numel(), u.tail.numel())
+    def _vocode_batch(self, utts: list[UtteranceAudio], plans: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        b = len(utts)
+        longest = max(end - start for start, end, _ in plans)
+        if self.vocoder_graphs is not None:
+            key, ins = self.vocoder_graphs.inputs(b, longest)
+        else:
+            key = None
+            frames = -(-longest // VOCODER_FRAME_STEP) * VOCODER_FRAME_STEP
+            ins = dict(mel=torch.empty(b, 80, frames, device=self.device, dtype=self.vocoder.dtype),
+                       start_phase=None, phase0=None, noise_start=None, keep_frame=None)
+        mel = ins["mel"]
+        for row, (u, (start, end, _)) in enumerate(zip(utts, plans)):
+            m = u.mel_range(start, end)
+            mel[row, :, :end - start] = m
+            mel[row, :, end - start:] = m[:, -1:]
+        start_phase, phase0, noise_start = self._source_state(utts, [p[0] for p in plans])
+        # the next window starts LEFT frames before this one's ready point: remember the phase there
+        keep = [max(0, ready - LEFT) for _, _, ready in plans]
+        keep_frame = torch.tensor([k - start for k, (start, _, _) in zip(keep, plans)], dtype=torch.long)
+        if key is not None:
+            ins["start_phase"][:b] = start_phase
+            ins["phase0"][:b] = phase0
+            ins["noise_start"][:b] = noise_start
+            ins["keep_frame"][:b] = keep_frame.to(self.device)
+            audio, keep_phase = self.vocoder_graphs.replay(key)
+        else:
+            audio, keep_phase = self.vocoder(mel, start_phase, phase0, noise_start, keep_frame.to(self.device))
+        keep_phase = keep_phase[:b].clone()
+        segments = []
+        for row, (u, (start, end, ready), k) in enumerate(zip(utts, plans, keep)):
+            segments.append(audio[row, (u.emitted_frames - start) * SAMPLES_PER_FRAME:(end - start) * SAMPLES_PER_FRAME])
+            u.phase_at = {k: keep_phase[row]} if start < k <= end else {}
+        host = torch.cat(segments).cpu().numpy()
+        out, at = [], 0
+        for u, (start, end, ready), seg in zip(utts, plans, segments):
+            piece = host[at:at + seg.numel()]
+            at += seg.numel()
+            out.append(self._emit(u, piece, (ready - u.emitted_frames) * SAMPLES_PER_FRAME, ready))
+        return out
+
+    def _emit(self, u: UtteranceAudio, piece: np.ndarray, n_new: int, ready: int) -> np.ndarray:
+        """Host side of a window: cross-fade into the held tail, fade in the first audio."""
+        new = piece[:n_new].copy()
+        if u.tail is not None and new.size:
+            k = min(XFADE, new.size, u.tail.size)
             new[:k] = u.tail[:k] * (1 - self.xfade[:k]) + new[:k] * self.xfade[:k]
-        if not u.started and new.numel():
-            k = min(self.trim_fade.numel(), new.numel())
+        if not u.started and new.size:
+            k = min(self.trim_fade.size, new.size)
             new[:k] *= self.trim_fade[:k]
             u.started = True
-        u.tail = audio[(ready - start) * SAMPLES_PER_FRAME:(end - start) * SAMPLES_PER_FRAME].clone()
+        u.tail = piece[n_new:].copy()
         u.emitted_frames = ready
         return new

@@ -142,10 +142,7 @@ class Scheduler:
     def capture_graphs(self, voice: Voice) -> None:
         """CUDA graphs of every T3 batch bucket and every S3Gen (batch, frames) bucket a window can hit."""
         self.runner.capture_all()
-        if self.streamer.graphs is not None:
-            self.streamer.graphs.load_voice(voice.gen)
-            frames = TOKEN_MEL_RATIO * (self.streamer.context_tokens + self.windows[-1] + LOOKAHEAD_TOKENS)
-            self.streamer.graphs.capture_all(frames)
+        self.streamer.capture_graphs(voice.gen, self.windows[-1])
 
     def submit(self, req: Request) -> None:
         self._inbox.put(req)
