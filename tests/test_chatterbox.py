@@ -95,6 +95,16 @@ def test_batched_prefill_equals_one_at_a_time(ckpt):
         assert [alone.step(1).tolist()[0] for _ in range(5)] == [s[row] for s in steps]
 
 
+def test_idle_slots_in_a_bucket_stay_inside_the_cache(ckpt):
+    """Slots past the live ones step with the bucket; thousands of steps never index past the cache."""
+    p = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=1, max_len=512).voice_prefix(ckpt.conds.t3).length
+    r = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=4, max_len=p + 20, sampling=GREEDY)
+    r.admit(0, r.voice_prefix(ckpt.conds.t3), text_ids(ckpt, "Hi.")[0])
+    for _ in range(p + 40):  # bucket 4 for 3 live slots: slot 3 idle, every step
+        r.step(3)
+    assert int(r.positions.max()) == p + 19
+
+
 @pytest.mark.parametrize("penalty", [1.0, 1.2])
 def test_greedy_tokens_and_logits_match_stock_for_30_steps(ckpt, penalty):
     t3, cond = ckpt.t3, ckpt.conds.t3
@@ -385,6 +395,28 @@ def test_engine_streams_chunks_and_cancels(ckpt_dir):
     assert len(audio) == (40 + 3) * 2 * SAMPLES_PER_FRAME  # 40 tokens (start/stop blocked) + 3 silence tokens
     assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
     assert len(first) > 0 and stats.cancelled == 1
+
+
+def test_speech_is_capped_to_the_room_left_in_the_cache(ckpt, ckpt_dir):
+    """A long text in a short cache: the utterance ends where the cache does, complete and clean."""
+    from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions
+
+    text = "Your appointment is on Tuesday at nine."
+    p = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=1, max_len=512).voice_prefix(ckpt.conds.t3).length
+    room = 20
+    max_len = p + text_ids(ckpt, text).shape[1] + 2 + room
+
+    async def main():
+        engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=2,
+                                                    max_len=max_len, max_tokens=40))
+        await engine.start()
+        try:
+            return [c async for c in engine.stream(text, VoiceSpec())]
+        finally:
+            await engine.close()
+
+    audio = np.concatenate(asyncio.run(main()))
+    assert len(audio) == (room + 3) * 2 * SAMPLES_PER_FRAME  # capped at the room, then the 3 silence tokens
 
 
 def test_voice_from_wav_is_cached_and_short_wavs_refused(ckpt, tmp_path):

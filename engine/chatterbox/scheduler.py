@@ -231,11 +231,14 @@ class Scheduler:
         prefix = reqs[0].voice.prefix
         ok = []
         for req in reqs:
-            if prefix.length + req.text_ids.numel() + 2 >= self.runner.max_len:
+            # positions: voice prefix, text, the start token, then one per speech token
+            room = self.runner.max_len - 1 - (prefix.length + req.text_ids.numel() + 1)
+            if room < self.windows[0] + LOOKAHEAD_TOKENS:
                 req.deliver(ValueError(f"text too long: {req.text_ids.numel()} tokens with a "
-                                       f"{prefix.length}-token voice prefix exceed the "
+                                       f"{prefix.length}-token voice prefix leave no room for speech in the "
                                        f"{self.runner.max_len}-position cache"))
             else:
+                req.max_tokens = min(req.max_tokens, room)  # the length cap: never past the cache
                 ok.append(req)
         if not ok:
             return

@@ -196,7 +196,10 @@ class T3Runner:
         rows = torch.arange(n, device=self.device)
         self.seen.index_put_((rows, new), self._true[:n])  # a device tensor: no host copy inside a graph
         self.tokens[:n] = new
-        self.positions[:n] += 1
+        # Idle slots inside the batch bucket step too: their position stops at the cache's
+        # last one (else, over hours, it runs past the cache and the write faults). Real
+        # utterances never get there: the scheduler caps their tokens to the room left.
+        self.positions[:n] = torch.clamp(self.positions[:n] + 1, max=self.max_len - 1)
         return new
 
     # -- public API -----------------------------------------------------------------
