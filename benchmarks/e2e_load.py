@@ -135,7 +135,8 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
         rtp_t.close()
 
 
-def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str) -> subprocess.Popen:
+def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str,
+                 engine_process: bool = True) -> subprocess.Popen:
     # 2000: text that depends on the call (synthesised live for each call); 1000: a fixed prompt
     # (rendered once into the prompt cache at start-up, then sent from memory).
     (work / "prompts.yaml").write_text(
@@ -148,7 +149,7 @@ def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: 
         f"sip:\n  listen: {LOOPBACK}:{port}\n  advertised_address: {LOOPBACK}\n  tcp: false\n"
         "rtp:\n  port_min: 30000\n  port_max: 39999\n"
         f"engine:\n  kind: chatterbox\n  model_dir: {model_dir}\n  device: {device}\n"
-        f"  max_streams: {max(calls, 1)}\n  max_tokens: {max_tokens}\n"
+        f"  max_streams: {max(calls, 1)}\n  max_tokens: {max_tokens}\n  process: {str(engine_process).lower()}\n"
         f"limits:\n  max_calls: {calls * 2}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
         "hangup_after_prompt_ms: 10000\n")
     proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
@@ -185,6 +186,8 @@ def main() -> int:
     ap.add_argument("--spread-s", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=150, help="speech tokens per prompt (random weights)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--engine-process", default="both", choices=["on", "off", "both"],
+                    help="the engine in its own process (on), in the server's (off), or both in turn")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     if not Path(a.model_dir, "conds.pt").exists():
@@ -195,24 +198,28 @@ def main() -> int:
         s.bind((LOOPBACK, 0))
         port = s.getsockname()[1]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device)
-        try:
-            asyncio.run(load(port, 1, 1.0, 0))  # warm-up
-            for n, number in [(n, "2000") for n in counts] + [(max(counts), "1000")]:
-                row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0, number))
-                rows.append(row)
-                print(f"  e2e {row['prompt']} N={n:4d}: ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
-                      f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
-                      f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
-                      f"gaps {row['gaps']} of {row['packets']} packets, errors {row['errors']}", flush=True)
-                time.sleep(1.0)
-        finally:
-            proc.terminate()
+    modes = {"on": [True], "off": [False], "both": [False, True]}[a.engine_process]
+    for mode in modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device, mode)
             try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                asyncio.run(load(port, 1, 1.0, 0))  # warm-up
+                for n, number in [(n, "2000") for n in counts] + [(max(counts), "1000")]:
+                    row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0, number))
+                    row["engine_process"] = mode
+                    rows.append(row)
+                    print(f"  e2e {row['prompt']} N={n:4d} engine {'own process' if mode else 'in server'}: "
+                          f"ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
+                          f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
+                          f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
+                          f"gaps {row['gaps']} of {row['packets']} packets, errors {row['errors']}", flush=True)
+                    time.sleep(1.0)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "engine.json"

@@ -107,6 +107,8 @@ class ChatterboxSettings(_Strict):
     top_k: int = Field(1000, ge=1)
     top_p: float = Field(0.95, gt=0, le=1)
     repetition_penalty: float = Field(1.2, ge=1, le=3)
+    process: bool = Field(True, description="run the engine in its own process, so the GPU worker's Python "
+                                            "never delays RTP pacing (restarted if it dies)")
 
 
 class LimitSettings(_Strict):

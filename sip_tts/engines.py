@@ -33,6 +33,11 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
         voice_cache_dir=resolve(settings.voice_cache_dir), temperature=settings.temperature,
         top_k=settings.top_k, top_p=settings.top_p, repetition_penalty=settings.repetition_penalty)
     voice = VoiceSpec("default", (("voice_wav", resolve(settings.voice_wav)),) if settings.voice_wav else ())
+    if settings.process:
+        from engine.process import EngineProcess
+
+        return EngineProcess("chatterbox", ChatterboxEngine.sample_rate, "engine.chatterbox.engine:ChatterboxEngine",
+                             args=(options,)), voice
     return ChatterboxEngine(options), voice
 
 

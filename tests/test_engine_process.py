@@ -1,0 +1,102 @@
+"""An engine in its own process (engine/process.py): real child processes, the embedded espeak engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from engine.base import EngineError, VoiceSpec
+from engine.espeak import EspeakEngine
+from engine.process import EngineProcess
+
+VOICE = VoiceSpec("default", (("voice", "en-us"), ("rate", 175)))
+SR = 22050  # espeak-ng's rate; the process learns it from the engine
+TEXT = "Thank you for calling. Your appointment is confirmed for Tuesday."
+
+
+def espeak_process(**kw) -> EngineProcess:
+    return EngineProcess("espeak", 0, "engine.espeak:EspeakEngine",
+                         kwargs={"default_voice": "en-us"}, **kw)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def test_speech_through_the_process_matches_in_process():
+    async def main():
+        local = EspeakEngine(default_voice="en-us")
+        await local.start()
+        here = np.concatenate([c async for c in local.stream(TEXT, VOICE)])
+        await local.close()
+        remote = espeak_process()
+        await remote.start()
+        chunks = [c async for c in remote.stream(TEXT, VOICE)]
+        await asyncio.sleep(0.7)  # one stats report
+        stats = remote.stats
+        rate = remote.sample_rate
+        await remote.close()
+        return here, chunks, stats, rate
+
+    here, chunks, stats, rate = asyncio.run(main())
+    assert rate == SR
+    there = np.concatenate(chunks)
+    assert len(chunks) > 10  # streamed, not one blob
+    assert there.dtype == np.float32
+    # espeak-ng is not sample-identical between renderings: same length within 5 %, same loudness within 1 dB
+    assert abs(len(there) - len(here)) <= 0.05 * len(here)
+    assert abs(20 * np.log10(rms(there) / rms(here))) < 1.0
+    assert stats.audio_seconds == pytest.approx(len(there) / SR, rel=0.05)
+
+
+def test_cancel_stops_the_stream_and_the_next_one_plays():
+    async def main():
+        eng = espeak_process()
+        await eng.start()
+        stream = eng.stream(TEXT * 5, VOICE)
+        first = await stream.__anext__()
+        await stream.aclose()  # the caller hung up
+        again = np.concatenate([c async for c in eng.stream("Goodbye.", VOICE)])
+        await eng.close()
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert first.size > 0 and again.size > 0.3 * SR and rms(again) > 0.01
+
+
+def test_a_killed_engine_fails_its_streams_and_comes_back():
+    async def main():
+        eng = espeak_process(restart_delay=0.2)
+        await eng.start()
+        pid = eng.pid
+        stream = eng.stream(TEXT * 20, VOICE)
+        await stream.__anext__()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError, match="process exited"):
+            async for _ in stream:
+                pass
+        for _ in range(100):  # restarted in the background
+            if eng.pid not in (None, pid):
+                break
+            await asyncio.sleep(0.05)
+        after = np.concatenate([c async for c in eng.stream("Still here.", VOICE)])
+        restarts = eng.restarts
+        await eng.close()
+        return after, restarts
+
+    after, restarts = asyncio.run(main())
+    assert restarts == 1 and rms(after) > 0.01
+
+
+def test_an_engine_that_cannot_load_is_named():
+    async def main():
+        eng = EngineProcess("broken", 24000, "engine.process:_no_such_engine")
+        with pytest.raises(EngineError, match="engine broken: AttributeError"):
+            await eng.start()
+        await eng.close()
+
+    asyncio.run(main())
