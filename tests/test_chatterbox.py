@@ -95,6 +95,20 @@ def test_batched_prefill_equals_one_at_a_time(ckpt):
         assert [alone.step(1).tolist()[0] for _ in range(5)] == [s[row] for s in steps]
 
 
+def test_steps_reading_only_the_live_cache_length_equal_full_reads(ckpt):
+    """Attention over the first L cache positions (L covering every live slot) == over all of them."""
+    ids = [text_ids(ckpt, t)[0] for t in ("Hello.", "Your appointment is on Tuesday at nine.")]
+    runs = []
+    for key_step in (64, 2048):  # 64: reads 448..512 of 2,048 positions; 2048: the whole cache
+        r = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=4, max_len=2048, sampling=GREEDY)
+        r.key_step = key_step
+        r.admit_many([0, 1], r.voice_prefix(ckpt.conds.t3), ids)
+        runs.append(([r.step(2).tolist() for _ in range(70)], r.last_logits.clone(), r._keys_for(2)))
+    assert runs[0][2] < 2048 and runs[1][2] == 2048
+    assert runs[0][0] == runs[1][0]
+    assert torch.allclose(runs[0][1], runs[1][1], atol=1e-4)
+
+
 def test_idle_slots_in_a_bucket_stay_inside_the_cache(ckpt):
     """Slots past the live ones step with the bucket; thousands of steps never index past the cache."""
     p = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=1, max_len=512).voice_prefix(ckpt.conds.t3).length

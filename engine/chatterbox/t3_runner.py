@@ -131,10 +131,16 @@ class T3Runner:
         self.seen = torch.zeros(max_slots, self.speech_emb.size(0), dtype=torch.bool, device=self.device)
         self._key_index = torch.arange(max_len, device=self.device)
         self._true = torch.ones(max_slots, dtype=torch.bool, device=self.device)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # Attention reads only the first L cache positions, L a multiple of ``key_step`` covering
+        # every live slot: the cache is read whole otherwise (at 128 slots and 1,024 positions
+        # that is 12 GB a step, the step's main cost). Host copy of live slots' positions:
+        self.key_step = 128
+        self.host_pos = [0] * max_slots
         self.last_logits: torch.Tensor | None = None
         self._capturing = False
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_slots]
         if self.buckets[-1] != max_slots:
             self.buckets.append(max_slots)
@@ -168,28 +174,31 @@ class T3Runner:
         out = hidden @ self.head_w.t()
         return out + self.head_b if self.head_b is not None else out
 
-    def _decode(self, n: int) -> torch.Tensor:
-        """One step for slots [0, n): reads self.tokens/positions, returns logits [n, V]."""
-        pos = self.positions[:n]
+    def _decode(self, n: int, keys: int) -> torch.Tensor:
+        """One step for slots [0, n) over cache positions [0, keys): returns logits [n, V].
+
+        Idle slots in the bucket are clamped to the last position read (they write there, in
+        their own rows, harmlessly); live slots are below it by construction (``_keys_for``)."""
+        pos = self.positions[:n].clamp(max=keys - 1)
         x = self.speech_emb[self.tokens[:n]] + self.wpe[pos]
         rows = torch.arange(n, device=self.device)
-        mask = (self._key_index[None, :] <= pos[:, None])[:, None, None, :]  # [n, 1, 1, L]
+        mask = (self._key_index[None, :keys] <= pos[:, None])[:, None, None, :]  # [n, 1, 1, keys]
         for i, layer in enumerate(self.layers):
             h = self._layer_norm(x, layer.ln1_w, layer.ln1_b, layer.eps)
             qkv = torch.addmm(layer.qkv_b, h, layer.qkv_w).view(n, 3, self.n_head, self.head_dim)
             q, k, v = qkv.unbind(1)
             self.k_cache[i, rows, :, pos] = k
             self.v_cache[i, rows, :, pos] = v
-            a = F.scaled_dot_product_attention(q[:, :, None, :], self.k_cache[i, :n], self.v_cache[i, :n],
-                                               attn_mask=mask)
+            a = F.scaled_dot_product_attention(q[:, :, None, :], self.k_cache[i, :n, :, :keys],
+                                               self.v_cache[i, :n, :, :keys], attn_mask=mask)
             a = a.reshape(n, self.width)
             x = x + torch.addmm(layer.proj_b, a, layer.proj_w)
             h = self._layer_norm(x, layer.ln2_w, layer.ln2_b, layer.eps)
             x = x + torch.addmm(layer.fc2_b, _gelu_new(torch.addmm(layer.fc_b, h, layer.fc_w)), layer.fc2_w)
         return self._logits(self._layer_norm(x, self.lnf_w, self.lnf_b, self.lnf_eps))
 
-    def _step_eager(self, n: int) -> torch.Tensor:
-        logits = self._decode(n)
+    def _step_eager(self, n: int, keys: int | None = None) -> torch.Tensor:
+        logits = self._decode(n, keys or self.max_len)
         if not self._capturing:
             self.last_logits = logits  # for tests and diagnostics (not kept inside graphs)
         new = sample_tokens(logits, self.seen[:n], self.sampling)
@@ -261,6 +270,8 @@ class T3Runner:
         self.seen[idx, first] = True
         self.tokens[idx] = first
         self.positions[idx] = torch.tensor([p + n for n in lens], device=self.device)
+        for slot, n in zip(slots, lens):
+            self.host_pos[slot] = p + n
         return [p + n for n in lens], logits
 
     def _prefill(self, idx: torch.Tensor, start: int, x: torch.Tensor) -> torch.Tensor:
@@ -290,45 +301,54 @@ class T3Runner:
                 return b
         raise ValueError(f"{n} slots exceed max_slots={self.max_slots}")
 
+    def _keys_for(self, n: int) -> int:
+        """Cache positions a step of live slots [0, n) must read: their next position included."""
+        need = max(self.host_pos[:n], default=0) + 1
+        return min(self.max_len, -(-need // self.key_step) * self.key_step)
+
     @torch.inference_mode()
     def step(self, n: int) -> torch.Tensor:
         """Advance slots [0, bucket(n)) by one token; returns the new tokens of slots [0, n)."""
         b = self.bucket_for(n)
+        keys = self._keys_for(n)
+        for i in range(n):
+            self.host_pos[i] = min(self.host_pos[i] + 1, self.max_len - 1)
         if not self.use_graphs:
-            return self._step_eager(b)[:n]
-        graph = self._graphs.get(b)
-        if graph is None:
-            graph = self._capture(b)
+            return self._step_eager(b, keys)[:n]
+        graph = self._graphs.get((b, keys)) or self._capture(b, keys)
         graph[0].replay()
         return graph[1][:n]
 
-    def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, b: int, keys: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm up on a side stream (allocations, cuBLAS handles), then capture.
         saved = (self.tokens.clone(), self.positions.clone(), self.seen.clone())
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):
-                self._step_eager(b)
+                self._step_eager(b, keys)
         torch.cuda.current_stream().wait_stream(s)
         self.tokens.copy_(saved[0]); self.positions.copy_(saved[1]); self.seen.copy_(saved[2])
         graph = torch.cuda.CUDAGraph()
         self._capturing = True
         try:
-            with torch.cuda.graph(graph):
-                out = self._step_eager(b)
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self._step_eager(b, keys)
         finally:
             self._capturing = False
         self.tokens.copy_(saved[0]); self.positions.copy_(saved[1]); self.seen.copy_(saved[2])
-        self._graphs[b] = (graph, out)
+        self._graphs[(b, keys)] = (graph, out)
         return graph, out
 
     @torch.inference_mode()
     def capture_all(self) -> None:
         if self.use_graphs:
-            for b in self.buckets:
-                if b not in self._graphs:
-                    self._capture(b)
+            steps = -(-self.max_len // self.key_step)
+            lengths = sorted({min(self.max_len, k * self.key_step) for k in range(1, steps + 1)}, reverse=True)
+            for b in reversed(self.buckets):  # largest first: the graphs share one memory pool
+                for keys in lengths:
+                    if (b, keys) not in self._graphs:
+                        self._capture(b, keys)
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Compact: move an utterance's cache and state from ``src`` to ``dst``."""
@@ -336,6 +356,7 @@ class T3Runner:
         self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
         self.tokens[dst] = self.tokens[src]
         self.positions[dst] = self.positions[src]
+        self.host_pos[dst] = self.host_pos[src]
         self.seen[dst] = self.seen[src]
 
 
