@@ -18,6 +18,10 @@ context; the overlap is cross-faded over ``XFADE`` samples. The neural source
 is made continuous across windows: the harmonic phase is carried from one
 window to the next and the source noise is indexed by absolute sample
 position (a fixed noise table), so it does not depend on where windows fall.
+
+On a GPU the encoder (``flow_encoder``), the meanflow solve (``FlowGraphs``)
+and the vocoder (``vocoder``) each replay a CUDA graph per (batch, length)
+bucket; on a CPU the same functions run eagerly (what the tests check).
 """
 
 from __future__ import annotations
