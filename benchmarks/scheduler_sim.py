@@ -120,17 +120,22 @@ def main() -> int:
     ap.add_argument("--windows", default="10,15,25,50,75")
     ap.add_argument("--t3-share", type=float, default=1.0)
     ap.add_argument("--slack", type=float, default=1.0)
+    ap.add_argument("--step-ms", type=float, default=1.6)
+    ap.add_argument("--step-per-stream-ms", type=float, default=0.02)
+    ap.add_argument("--prefill-ms", type=float, default=10.0)
+    ap.add_argument("--admit-share", type=float, default=10.0)
     ap.add_argument("--max-flow-batch", type=int, default=32)
     ap.add_argument("--flow-ms", type=float, default=20.0)
     ap.add_argument("--flow-per-window-ms", type=float, default=4.0)
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
-    costs = Costs(flow_ms=a.flow_ms, flow_per_window_ms=a.flow_per_window_ms)
+    costs = Costs(step_ms=a.step_ms, step_per_stream_ms=a.step_per_stream_ms, prefill_ms=a.prefill_ms,
+                  flow_ms=a.flow_ms, flow_per_window_ms=a.flow_per_window_ms)
     rows = []
     for n in [int(x) for x in a.streams.split(",")]:
         sched = Scheduler(FakeRunner(costs, max(n, 1)), FakeStreamer(costs),  # type: ignore[arg-type]
                           windows=tuple(int(x) for x in a.windows.split(",")), max_flow_batch=a.max_flow_batch,
-                          slack=a.slack, t3_share=a.t3_share)
+                          slack=a.slack, t3_share=a.t3_share, admit_share=a.admit_share)
         sched.start()
         voice = Voice("sim", SimpleNamespace(length=100), None)  # type: ignore[arg-type]
         r = closed_loop(sched, voice, n, a.window, random.Random(n))
