@@ -25,8 +25,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checkpoint import START_SPEECH, STOP_SPEECH
+
+# Prefills have a new (text length, cache length) shape almost every time. PyTorch's default
+# for a masked attention on an H100 is cuDNN, which builds a plan per new shape on the CPU:
+# 2 ms per layer, 49 ms of a batch-8 prefill whose GPU work is 4.7 ms (benchmarks/prefill_probe.py),
+# and the GPU idle meanwhile. The memory-efficient kernel needs no plan.
+_PREFILL_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,8 @@ class T3Runner:
             self.v_cache[i, slot, :, start:end] = v.transpose(0, 1)
             keys = self.k_cache[i, slot, :, :end]
             values = self.v_cache[i, slot, :, :end]
-            a = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=causal)
+            with sdpa_kernel(_PREFILL_ATTENTION):
+                a = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=causal)
             a = a.transpose(0, 1).reshape(t, self.width)
             x = x + torch.addmm(layer.proj_b, a, layer.proj_w)
             h = self._layer_norm(x, layer.ln2_w, layer.ln2_b, layer.eps)
@@ -288,7 +296,8 @@ class T3Runner:
             self.v_cache[i, idx, :, start:end] = v.transpose(1, 2)
             keys = self.k_cache[i, idx, :, :end]
             values = self.v_cache[i, idx, :, :end]
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=causal)
+            with sdpa_kernel(_PREFILL_ATTENTION):
+                a = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=causal)
             a = a.transpose(1, 2).reshape(b, t, self.width)
             x = x + (a @ layer.proj_w + layer.proj_b)
             h = self._layer_norm(x, layer.ln2_w, layer.ln2_b, layer.eps)
