@@ -11,7 +11,8 @@ served from the prompt cache). For each N it starts N callers at once (spread ov
 listens to its RTP for ``--listen-s`` seconds after the first audible packet, then
 hangs up. Measured per call: INVITE → 200, INVITE → first RTP packet, INVITE →
 first audible packet (a 20 ms G.711 frame above -50 dBFS), and packets that
-arrived more than 30 ms after the one before (gaps, while listening).
+arrived more than 30 ms after the one before (gaps, while listening; counted
+both on the client loop's clock and on the kernel's receive timestamps).
 
 Adds an "e2e" section to benchmarks/results/engine.json and re-renders engine.md.
 """
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,41 @@ def _parse(data: bytes):
         return None
 
 
+class _RtpReceiver:
+    """A loopback UDP socket whose datagrams carry the kernel's receive time (SO_TIMESTAMPNS) as
+    well as the loop's: gaps in kernel time are the sender's (or the network's), not this
+    client's event loop catching up."""
+
+    SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, self.SO_TIMESTAMPNS, 1)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.queue: asyncio.Queue[tuple[float, float, bytes]] = asyncio.Queue()
+        self.loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(2048, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                return
+            kernel = float("nan")
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == self.SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = struct.unpack("qq", raw[:16])
+                    kernel = sec + nsec / 1e9
+            self.queue.put_nowait((time.perf_counter(), kernel, data))
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -69,13 +106,13 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
     loop = asyncio.get_running_loop()
     await asyncio.sleep(delay)
     sip_t, sip = await loop.create_datagram_endpoint(_Udp, local_addr=(LOOPBACK, 0))
-    rtp_t, rtp = await loop.create_datagram_endpoint(_Udp, local_addr=(LOOPBACK, 0))
+    rtp = _RtpReceiver(loop)
     call_id = uuid.uuid4().hex
     sip_port = sip_t.get_extra_info("sockname")[1]
     out: dict = {}
     try:
         t0 = time.perf_counter()
-        sip_t.sendto(invite(call_id=call_id, sdp=offer(LOOPBACK, rtp_t.get_extra_info("sockname")[1]),
+        sip_t.sendto(invite(call_id=call_id, sdp=offer(LOOPBACK, rtp.port),
                             host=LOOPBACK, via_host=f"{LOOPBACK}:{sip_port}", user=number,
                             extra=f"X-Order: {int(delay * 1e6) % 100000}\r\n"), (LOOPBACK, server_port))
         while True:
@@ -90,16 +127,18 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
         sip_t.sendto(request("ACK", call_id, cseq=1, to_tag=tag, via_host=f"{LOOPBACK}:{sip_port}"),
                      (LOOPBACK, server_port))
         arrivals: list[float] = []
+        kernel: list[float] = []
         audible_at = None
         deadline = time.perf_counter() + 60
         while time.perf_counter() < deadline:
             try:
-                t, pkt = await asyncio.wait_for(rtp.queue.get(), max(0.01, deadline - time.perf_counter()))
+                t, kt, pkt = await asyncio.wait_for(rtp.queue.get(), max(0.01, deadline - time.perf_counter()))
             except asyncio.TimeoutError:
                 break
             if len(pkt) < 12:
                 continue
             arrivals.append(t)
+            kernel.append(kt)
             if audible_at is None:
                 pcm = decode_g711(pkt[12:], "PCMU").astype(np.float64) / 32768
                 if np.sqrt(np.mean(pcm ** 2)) > 10 ** (-50 / 20):
@@ -113,6 +152,8 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
         out["first_audio_ms"] = (audible_at - t0) * 1e3
         heard = [a for a in arrivals if a >= audible_at]
         out["gaps"] = int(sum(1 for a, b in zip(heard, heard[1:]) if b - a > 0.030))
+        heard_k = [k for a, k in zip(arrivals, kernel) if a >= audible_at]
+        out["gaps_kernel"] = int(sum(1 for a, b in zip(heard_k, heard_k[1:]) if b - a > 0.030))
         out["packets"] = len(heard)
         sip_t.sendto(request("BYE", call_id, cseq=2, to_tag=tag, via_host=f"{LOOPBACK}:{sip_port}"),
                      (LOOPBACK, server_port))
@@ -132,7 +173,7 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
         return dict(out, error="timeout")
     finally:
         sip_t.close()
-        rtp_t.close()
+        rtp.close()
 
 
 def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str,
@@ -174,6 +215,7 @@ async def load(port: int, n: int, listen_s: float, spread: float, number: str = 
         vals = [r[key] for r in ok]
         row[key] = dict(p50=pct(vals, 50), p95=pct(vals, 95), max=max(vals) if vals else float("nan"))
     row["gaps"] = int(sum(r["gaps"] for r in ok))
+    row["gaps_kernel"] = int(sum(r["gaps_kernel"] for r in ok))
     row["packets"] = int(sum(r["packets"] for r in ok))
     return row
 
@@ -212,7 +254,8 @@ def main() -> int:
                           f"ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
                           f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
                           f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
-                          f"gaps {row['gaps']} of {row['packets']} packets, errors {row['errors']}", flush=True)
+                          f"gaps {row['gaps']} (kernel-stamped {row['gaps_kernel']}) of {row['packets']} packets, "
+                          f"errors {row['errors']}", flush=True)
                     time.sleep(1.0)
             finally:
                 proc.terminate()

@@ -411,7 +411,8 @@ def render_md(r: dict) -> str:
     if r.get("e2e"):
         lines += ["", "End to end (benchmarks/e2e_load.py): the server with this engine, N calls from UDP callers on "
                   "loopback started within 1 s; prompts of "
-                  f"{r['e2e']['max_tokens']} speech tokens; gaps = RTP packets > 30 ms after the previous one.", "",
+                  f"{r['e2e']['max_tokens']} speech tokens; gaps = RTP packets > 30 ms after the previous one "
+                  "(client loop clock; in brackets: kernel receive timestamps).", "",
                   "| calls | prompt | engine | ok | INVITE→200 p50 ms | INVITE→first RTP p50 / p95 ms | INVITE→first audible RTP p50 / p95 ms | gaps / packets |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in r["e2e"]["rows"]:
@@ -419,7 +420,7 @@ def render_md(r: dict) -> str:
             lines.append(f"| {row['calls']} | {row.get('prompt', 'live')} | {where} | {row['ok']} | {row['invite_200_ms']['p50']:.1f} | "
                          f"{row['first_rtp_ms']['p50']:.0f} / {row['first_rtp_ms']['p95']:.0f} | "
                          f"{row['first_audio_ms']['p50']:.0f} / {row['first_audio_ms']['p95']:.0f} | "
-                         f"{row['gaps']} / {row['packets']} |")
+                         f"{row['gaps']} ({row.get('gaps_kernel', '-')}) / {row['packets']} |")
     if "throughput_ratio" in r:
         lines.append(f"\nThroughput ratio ours/stock: **{r['throughput_ratio']:.1f}x**")
     if "precision" in r:
