@@ -177,7 +177,7 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
 
 
 def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str,
-                 engine_process: bool = True) -> subprocess.Popen:
+                 engine_process: bool = True, log_level: str = "WARNING") -> subprocess.Popen:
     # 2000: text that depends on the call (synthesised live for each call); 1000: a fixed prompt
     # (rendered once into the prompt cache at start-up, then sent from memory).
     (work / "prompts.yaml").write_text(
@@ -194,7 +194,7 @@ def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: 
         f"limits:\n  max_calls: {calls * 2}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
         "hangup_after_prompt_ms: 10000\n")
     proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
-                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE,
+                             "--log-level", log_level, "--log-format", "json"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=open(work / "server.log", "w"), text=True)
     line = proc.stdout.readline() if proc.stdout else ""
     if "ready" not in line:
@@ -228,6 +228,7 @@ def main() -> int:
     ap.add_argument("--spread-s", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=150, help="speech tokens per prompt (random weights)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--server-log-level", default="WARNING", help="the server's log (kept in --out)")
     ap.add_argument("--engine-process", default="both", choices=["on", "off", "both"],
                     help="the engine in its own process (on), in the server's (off), or both in turn")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -243,7 +244,8 @@ def main() -> int:
     modes = {"on": [True], "off": [False], "both": [False, True]}[a.engine_process]
     for mode in modes:
         with tempfile.TemporaryDirectory() as tmp:
-            proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device, mode)
+            proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device, mode,
+                                a.server_log_level)
             try:
                 asyncio.run(load(port, 1, 1.0, 0))  # warm-up
                 for n, number in [(n, "2000") for n in counts] + [(max(counts), "1000")]:
@@ -263,6 +265,9 @@ def main() -> int:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                Path(a.out).mkdir(parents=True, exist_ok=True)
+                (Path(a.out) / f"e2e_server_{'process' if mode else 'inline'}.log").write_text(
+                    (Path(tmp) / "server.log").read_text())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "engine.json"

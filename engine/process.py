@@ -27,6 +27,7 @@ import importlib
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import threading
 from multiprocessing.connection import Connection
 from typing import AsyncIterator
@@ -223,8 +224,12 @@ class EngineProcess:
 
 
 # -- the child ------------------------------------------------------------------------
-def _child_main(conn: Connection, target: str, args: tuple[tuple, dict]) -> None:
+def _child_main(conn: Connection, target: str, args: tuple[tuple, dict], nice: int = 5) -> None:
     logging.basicConfig(level=logging.INFO, format="engine: %(levelname)s %(name)s: %(message)s")
+    try:
+        os.nice(nice)  # when CPU is short, the server's RTP pacing goes first
+    except OSError:
+        pass
     try:
         engine = _resolve(target)(*args[0], **args[1])
     except Exception as exc:  # reported to the server, which names it

@@ -136,6 +136,11 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         Path(pid_file).write_text(f"{os.getpid()}\n")
     systemd.notify(f"READY=1\nSTATUS=serving on {host}:{server.port}")
     systemd.start_watchdog(asyncio.get_running_loop())
+    stall_ms = os.environ.get("SIP_TTS_LOOP_STALL_MS")
+    if stall_ms:  # diagnosis: asyncio names every callback that holds the loop longer than this
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = float(stall_ms) / 1000
     print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()

@@ -65,6 +65,10 @@ class ChatterboxEngine:
         o = self.options
         if o.device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError("engine chatterbox: device is cuda but no GPU is visible")
+        if o.device.startswith("cuda"):
+            # The host side only launches kernels: a CPU thread pool would only spin (OpenMP
+            # waits busily) on cores the server's RTP pacing needs.
+            torch.set_num_threads(1)
         dtype = getattr(torch, o.dtype)
         self._ckpt = load_checkpoint(o.model_dir, o.device)
         sampling = SamplingParams(o.temperature, o.top_k, o.top_p, o.repetition_penalty)
