@@ -128,6 +128,8 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
                      (LOOPBACK, server_port))
         arrivals: list[float] = []
         kernel: list[float] = []
+        seqs: list[int] = []
+        stamps: list[int] = []
         audible_at = None
         deadline = time.perf_counter() + 60
         while time.perf_counter() < deadline:
@@ -139,6 +141,8 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
                 continue
             arrivals.append(t)
             kernel.append(kt)
+            seqs.append(int.from_bytes(pkt[2:4], "big"))
+            stamps.append(int.from_bytes(pkt[4:8], "big"))
             if audible_at is None:
                 pcm = decode_g711(pkt[12:], "PCMU").astype(np.float64) / 32768
                 if np.sqrt(np.mean(pcm ** 2)) > 10 ** (-50 / 20):
@@ -154,6 +158,24 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
         out["gaps"] = int(sum(1 for a, b in zip(heard, heard[1:]) if b - a > 0.030))
         heard_k = [k for a, k in zip(arrivals, kernel) if a >= audible_at]
         out["gaps_kernel"] = int(sum(1 for a, b in zip(heard_k, heard_k[1:]) if b - a > 0.030))
+        # what each kernel-time gap was: a lost packet (sequence jump), a slot the sender
+        # skipped (timestamp jump), or a packet sent late (neither)
+        first = next(i for i, a in enumerate(arrivals) if a >= audible_at)
+        kinds = {"lost": 0, "skipped": 0, "late": 0}
+        sizes = []
+        for i in range(first + 1, len(arrivals)):
+            d = kernel[i] - kernel[i - 1]
+            if d > 0.030:
+                sizes.append(d)
+                out.setdefault("gap_at", []).append(kernel[i - 1])
+                if (seqs[i] - seqs[i - 1]) & 0xFFFF != 1:
+                    kinds["lost"] += 1
+                elif (stamps[i] - stamps[i - 1]) & 0xFFFFFFFF != 160:
+                    kinds["skipped"] += 1
+                else:
+                    kinds["late"] += 1
+        out["gap_kinds"] = kinds
+        out["gap_sizes"] = sizes
         out["packets"] = len(heard)
         sip_t.sendto(request("BYE", call_id, cseq=2, to_tag=tag, via_host=f"{LOOPBACK}:{sip_port}"),
                      (LOOPBACK, server_port))
@@ -216,6 +238,19 @@ async def load(port: int, n: int, listen_s: float, spread: float, number: str = 
         row[key] = dict(p50=pct(vals, 50), p95=pct(vals, 95), max=max(vals) if vals else float("nan"))
     row["gaps"] = int(sum(r["gaps"] for r in ok))
     row["gaps_kernel"] = int(sum(r["gaps_kernel"] for r in ok))
+    row["gap_kinds"] = {k: sum(r["gap_kinds"][k] for r in ok) for k in ("lost", "skipped", "late")}
+    sizes = [x for r in ok for x in r["gap_sizes"]]
+    # Are gaps shared (the sender stalled for everyone) or per call? Group gap starts within 10 ms.
+    starts = sorted(x for r in ok for x in r.get("gap_at", []))
+    clusters: list[int] = []
+    for i, x in enumerate(starts):
+        if i and x - starts[i - 1] < 0.010:
+            clusters[-1] += 1
+        else:
+            clusters.append(1)
+    row["gap_moments"] = {"moments": len(clusters), "max_calls": max(clusters, default=0),
+                          "span_s": (starts[-1] - starts[0]) if starts else 0.0}
+    row["gap_ms"] = {"p50": pct(sizes, 50) * 1e3, "p95": pct(sizes, 95) * 1e3, "max": max(sizes, default=0) * 1e3}
     row["packets"] = int(sum(r["packets"] for r in ok))
     return row
 
@@ -256,7 +291,9 @@ def main() -> int:
                           f"ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
                           f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
                           f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
-                          f"gaps {row['gaps']} (kernel-stamped {row['gaps_kernel']}) of {row['packets']} packets, "
+                          f"gaps {row['gaps']} (kernel-stamped {row['gaps_kernel']}: {row['gap_kinds']}, "
+                          f"size p50/p95/max {row['gap_ms']['p50']:.0f}/{row['gap_ms']['p95']:.0f}/{row['gap_ms']['max']:.0f} ms) "
+                          f"moments {row['gap_moments']}, of {row['packets']} packets, "
                           f"errors {row['errors']}", flush=True)
                     time.sleep(1.0)
             finally:
