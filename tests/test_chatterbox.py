@@ -411,6 +411,40 @@ def test_engine_streams_chunks_and_cancels(ckpt_dir):
     assert len(first) > 0 and stats.cancelled == 1
 
 
+def test_a_burst_of_callers_is_prefilled_in_few_batches_and_a_lone_one_at_once(ckpt_dir):
+    """Admission: the first caller is prefilled alone, at once; six arriving 15 ms apart while it
+    speaks wait in the lobby and are prefilled together (not six prefills while the first
+    caller's audio runs)."""
+    from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions
+
+    async def main():
+        engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=8,
+                                                    max_len=512, max_tokens=30))
+        await engine.start()
+        st = engine._scheduler.stats
+        first = engine.stream("Hello there.", VoiceSpec())
+        t0 = asyncio.get_running_loop().time()
+        await first.__anext__()
+        alone = (st.prefills, st.admitted, asyncio.get_running_loop().time() - t0)
+
+        async def play(text, delay):
+            await asyncio.sleep(delay)
+            return sum([c.size async for c in engine.stream(text, VoiceSpec())])
+
+        burst = [asyncio.ensure_future(play(f"Caller number {i} is on the line.", 0.015 * i)) for i in range(6)]
+        sizes = await asyncio.gather(*burst)
+        async for _ in first:
+            pass
+        out = alone, (st.prefills, st.admitted), sizes
+        await engine.close()
+        return out
+
+    (p_alone, a_alone, _), (prefills, admitted), sizes = asyncio.run(main())
+    assert (p_alone, a_alone) == (1, 1)
+    assert admitted == 7 and all(n == (30 + 3) * 2 * SAMPLES_PER_FRAME for n in sizes)
+    assert prefills <= 3, prefills  # 1 + the burst in one or two batches, not 1 + 6
+
+
 def test_speech_is_capped_to_the_room_left_in_the_cache(ckpt, ckpt_dir):
     """A long text in a short cache: the utterance ends where the cache does, complete and clean."""
     from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions
