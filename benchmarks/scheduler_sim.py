@@ -3,9 +3,9 @@
     python benchmarks/scheduler_sim.py [--streams 8,32,64,128] [--window 10]
 
 The real ``Scheduler`` drives stand-ins for T3 and S3Gen that take the time the
-H100 took (benchmarks/results/engine_notes.md, run 12: a T3 step 1.6 ms + 0.02 ms
-per stream, a prefill 10 ms, an S3Gen batch 20 ms + 4 ms per window) and produce
-tokens and audio of the right sizes. The same closed loop as engine_bench.py
+H100 took (benchmarks/results/engine_notes.md; defaults from runs 18-21: a T3 step
+2.5 ms + 0.03 ms per stream, a prefill 15 ms, an S3Gen batch 12 ms + 4 ms per window)
+and produce tokens and audio of the right sizes. The same closed loop as engine_bench.py
 (callers start their next utterance when the last has played) reports first
 audio and underruns per N, so scheduling policies can be compared without a GPU.
 It models time, not the model: what it predicts must still be measured on the card.
@@ -36,10 +36,10 @@ from engine_bench import closed_loop  # noqa: E402
 
 @dataclass
 class Costs:
-    step_ms: float = 1.6
-    step_per_stream_ms: float = 0.02
-    prefill_ms: float = 10.0
-    flow_ms: float = 20.0
+    step_ms: float = 2.5
+    step_per_stream_ms: float = 0.03
+    prefill_ms: float = 15.0
+    flow_ms: float = 12.0
     flow_per_window_ms: float = 4.0
 
 
@@ -120,12 +120,12 @@ def main() -> int:
     ap.add_argument("--windows", default="10,15,25,50,75")
     ap.add_argument("--t3-share", type=float, default=1.0)
     ap.add_argument("--slack", type=float, default=1.0)
-    ap.add_argument("--step-ms", type=float, default=1.6)
-    ap.add_argument("--step-per-stream-ms", type=float, default=0.02)
-    ap.add_argument("--prefill-ms", type=float, default=10.0)
+    ap.add_argument("--step-ms", type=float, default=2.5)
+    ap.add_argument("--step-per-stream-ms", type=float, default=0.03)
+    ap.add_argument("--prefill-ms", type=float, default=15.0)
     ap.add_argument("--admit-share", type=float, default=10.0)
     ap.add_argument("--max-flow-batch", type=int, default=32)
-    ap.add_argument("--flow-ms", type=float, default=20.0)
+    ap.add_argument("--flow-ms", type=float, default=12.0)
     ap.add_argument("--flow-per-window-ms", type=float, default=4.0)
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
