@@ -91,6 +91,7 @@ class EspeakSettings(_Strict):
     voice: str = "en-us"
     rate: int = Field(165, ge=80, le=450, description="words per minute")
     pitch: int = Field(50, ge=0, le=99)
+    process: bool = Field(False, description="run espeak-ng in its own process (restarted if it dies)")
 
 
 class ChatterboxSettings(_Strict):

@@ -16,8 +16,9 @@ messages into event-loop callbacks; only the loop thread writes.
 
 Faults: if the engine process dies, every stream in progress fails with an
 ``EngineError`` (the call plays what it has and goes on) and the process is
-started again after ``restart_delay`` seconds; streams asked for meanwhile
-wait for it.
+started again after ``restart_delay`` seconds (not sooner, even when streams
+are asked for: no crash loop); streams asked for meanwhile wait for it. While it
+is down, ``available`` is False (the server answers new calls 503).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class EngineProcess:
         self._arrived: deque[tuple] = deque()  # messages from the reader thread, not yet handled
         self._lock = threading.Lock()
         self._draining = False
+        self._down_until = 0.0  # loop time before which no new process is started
         self._closing = False
         self.restarts = 0
 
@@ -74,6 +76,11 @@ class EngineProcess:
     async def start(self) -> None:
         if self._conn is not None:
             return
+        wait = self._down_until - asyncio.get_running_loop().time()
+        if wait > 0:  # it just died: no new process before restart_delay (no crash loop)
+            await asyncio.sleep(wait)
+            if self._conn is not None:
+                return
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._spawn())
         try:
@@ -170,10 +177,14 @@ class EngineProcess:
             q.put_nowait(EngineError(f"engine {self.name}: its process exited"))
         if self._closing:
             return
+        if proc is not None:
+            proc.join(1)  # reap it, and learn why
         code = proc.exitcode if proc is not None else None
         log.error("engine process exited (code %s); restarting in %.1f s", code, self.restart_delay)
         self.restarts += 1
-        asyncio.get_running_loop().call_later(self.restart_delay, self._restart)
+        loop = asyncio.get_running_loop()
+        self._down_until = loop.time() + self.restart_delay
+        loop.call_later(self.restart_delay, self._restart)
 
     def _restart(self) -> None:
         if self._closing or self._conn is not None or self._starting is not None:
@@ -207,6 +218,11 @@ class EngineProcess:
                 proc.kill()
         if conn is not None:
             conn.close()
+
+    @property
+    def available(self) -> bool:
+        """Whether the engine process is up (False while it restarts)."""
+        return self._conn is not None
 
     @property
     def pid(self) -> int | None:

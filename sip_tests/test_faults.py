@@ -1,5 +1,7 @@
 """Faults a carrier network brings: loss, floods, peers that never ACK, races."""
 
+import os
+import signal
 import socket
 import time
 
@@ -8,10 +10,11 @@ import numpy as np
 from telephony.sip import Response, parse_message
 from tests.sipmsg import LOOPBACK, invite, offer, request
 
-from .conftest import run_sipp, sipp_counts
+from .conftest import free_udp_port, run_sipp, sipp_counts
 from .pcap import read_udp
 from .raw_caller import dial, to_tag
 from .rtp_analysis import rtp_streams
+from .test_metrics import get
 from .udp_relay import LossyRelay
 
 
@@ -106,3 +109,47 @@ def test_bye_racing_the_first_rtp_packet(server):
     s.sendto(request("OPTIONS"), ("127.0.0.1", server.port))
     assert parse_message(s.recvfrom(65535)[0]).status == 200
     s.close()
+
+
+def _options_status(port: int) -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    try:
+        s.sendto(request("OPTIONS"), ("127.0.0.1", port))
+        return parse_message(s.recvfrom(65535)[0]).status
+    finally:
+        s.close()
+
+
+def _engine_child(pid: int) -> int:
+    """The engine's process among the server's children (multiprocessing also starts a resource tracker)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in open(f"/proc/{pid}/task/{task}/children").read().split():
+            cmd = open(f"/proc/{child}/cmdline", "rb").read()
+            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+                return int(child)
+    raise AssertionError("no engine process")
+
+
+def test_engine_process_dies_server_says_503_then_takes_calls_again(start_server, tmp_path):
+    """The engine's process is killed: OPTIONS and INVITEs get 503 (a load balancer moves calls
+    elsewhere) until it is back, then calls are answered and heard again; the server never exits."""
+    mport = free_udp_port()
+    srv = start_server(extra_yaml=f"engine:\n  kind: espeak\n  process: true\nmetrics:\n  listen: 127.0.0.1:{mport}\n")
+    assert _options_status(srv.port) == 200
+    os.kill(_engine_child(srv.proc.pid), signal.SIGKILL)
+    statuses = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 15:
+        statuses.append(_options_status(srv.port))
+        if 503 in statuses and statuses[-1] == 200:
+            break
+        time.sleep(0.2)
+    assert 503 in statuses and statuses[-1] == 200, statuses
+    _, text = get(mport, "/metrics")
+    assert "sip_tts_engine_restarts_total 1.0" in text and "sip_tts_engine_up 1.0" in text
+    res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "2000", tmp_path, "-m", "1", "-recv_timeout", "20000",
+                   media_port=17600)
+    assert res.returncode == 0, res.stdout[-1500:] + srv.log_text()[-1500:]
+    assert srv.proc.poll() is None
+    assert "audio source down" in srv.log_text() and "audio source back" in srv.log_text()

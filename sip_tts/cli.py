@@ -92,14 +92,19 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     def route(info: CallInfo) -> ScriptRun | None:
         return speech.source(info)
 
+    def engine_up() -> bool:
+        """An engine in its own process is down while it restarts; one in this process is always up."""
+        return bool(getattr(engine, "available", True))
+
     metrics = None
     if cfg.metrics is not None:
         from .metrics import Metrics
 
         queue = getattr(engine, "queue_depth", None)
         metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None,
-                          engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache)
-    server = SipServer(settings, route, hooks=metrics)
+                          engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache,
+                          engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)))
+    server = SipServer(settings, route, hooks=metrics, available=engine_up)
     try:
         await server.start()
     except OSError as exc:
@@ -121,6 +126,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
             ua = server.ua
             if ua is None or ua.draining:
                 return 503, "draining"
+            if ua.unavailable:
+                return 503, "engine down"
             return (200, "ready") if ua.accepting else (503, "full")
 
         mhost, mport = parse_hostport(cfg.metrics.listen, 9100)

@@ -17,6 +17,11 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
     settings = cfg.engine
     if isinstance(settings, EspeakSettings):
         voice = VoiceSpec("default", (("voice", settings.voice), ("rate", settings.rate), ("pitch", settings.pitch)))
+        if settings.process:
+            from engine.process import EngineProcess
+
+            return EngineProcess("espeak", 22050, "engine.espeak:EspeakEngine",
+                                 kwargs={"default_voice": settings.voice}), voice
         return EspeakEngine(default_voice=settings.voice), voice
     from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions  # torch is imported lazily
 

@@ -28,9 +28,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 class _Live:
     """Values read at scrape time: the engine's running totals and the prompt cache's counters."""
 
-    def __init__(self, engine: Callable[[], EngineStats | None], cache: Callable[[], PromptCache | None]) -> None:
+    def __init__(self, engine: Callable[[], EngineStats | None], cache: Callable[[], PromptCache | None],
+                 engine_health: Callable[[], tuple[bool, int]] | None = None) -> None:
         self.engine = engine
         self.cache = cache
+        self.engine_health = engine_health
 
     def collect(self):
         st = self.engine()
@@ -42,6 +44,11 @@ class _Live:
             yield CounterMetricFamily("sip_tts_engine_busy_seconds", "engine worker time (real-time factor = "
                                       "rate(busy) / rate(audio))", value=st.busy_seconds)
             yield CounterMetricFamily("sip_tts_engine_audio_seconds", "audio produced", value=st.audio_seconds)
+        if self.engine_health is not None:
+            up, restarts = self.engine_health()
+            yield GaugeMetricFamily("sip_tts_engine_up", "1 while the engine (its process) is running", value=int(up))
+            yield CounterMetricFamily("sip_tts_engine_restarts", "engine process restarts after it died",
+                                      value=restarts)
         cache = self.cache()
         if cache is not None:
             yield CounterMetricFamily("sip_tts_prompt_cache_hits", "prompts served from the cache", value=cache.hits)
@@ -54,10 +61,11 @@ class _Live:
 class Metrics:
     def __init__(self, active: Callable[[], int], engine_queue: Callable[[], int] | None = None,
                  engine_stats: Callable[[], EngineStats | None] = lambda: None,
-                 cache: Callable[[], PromptCache | None] = lambda: None) -> None:
+                 cache: Callable[[], PromptCache | None] = lambda: None,
+                 engine_health: Callable[[], tuple[bool, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        r.register(_Live(engine_stats, cache))
+        r.register(_Live(engine_stats, cache, engine_health))
         self.calls_active = Gauge("sip_tts_calls_active", "calls in progress", registry=r)
         self.calls_active.set_function(active)
         self.calls_total = Counter("sip_tts_calls_total", "calls ended, by outcome", ["outcome"], registry=r)

@@ -145,10 +145,14 @@ class _CallSocket(asyncio.DatagramProtocol):
 
 
 class SipServer:
-    def __init__(self, settings: ServerSettings, router: Router, hooks: ServerHooks | None = None) -> None:
+    def __init__(self, settings: ServerSettings, router: Router, hooks: ServerHooks | None = None,
+                 available: Callable[[], bool] | None = None) -> None:
         self.settings = settings
         self.router = router
         self.hooks = hooks
+        # Can new calls be served (the audio source's dependencies are up)? Checked every second:
+        # while not, INVITEs and OPTIONS get 503, so a load balancer sends calls elsewhere.
+        self.available = available
         self.ports = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
         self.calls: dict[str, Call] = {}
         self.ua: UserAgent | None = None
@@ -169,7 +173,7 @@ class SipServer:
             lambda: _SipProtocol(self), local_addr=(self.settings.listen_host, self.settings.listen_port))
         self._transport = transport
         port = transport.get_extra_info("sockname")[1]
-        if self.settings.media_timeout > 0:
+        if self.settings.media_timeout > 0 or self.available is not None:
             self._media_sweeper = self._loop.call_later(1.0, self._sweep_media)
         if self.settings.tcp:
             self._tcp_server = await self._loop.create_server(
@@ -609,9 +613,15 @@ class SipServer:
         log.info("call %s: barge-in", call.info.call_id)
 
     def _sweep_media(self) -> None:
-        """Media timeout: no RTP from the caller for ``media_timeout`` seconds ends the call."""
+        """Media timeout: no RTP from the caller for ``media_timeout`` seconds ends the call.
+        Also, once a second: whether new calls can be served (``available``)."""
+        if self.available is not None and self.ua is not None:
+            down = not self.available()
+            if down != self.ua.unavailable:
+                log.warning("audio source down: new calls get 503" if down else "audio source back: taking calls")
+                self.ua.unavailable = down
         now = self._now()
-        for call in list(self.calls.values()):
+        for call in list(self.calls.values()) if self.settings.media_timeout > 0 else []:
             if call.ended or call.confirmed_at is None or call.held:
                 continue
             since = call.last_rtp_at if call.last_rtp_at is not None else call.confirmed_loop_time

@@ -99,6 +99,7 @@ class _Call:
 class UserAgent:
     config: UserAgentConfig
     draining: bool = False  # True: new INVITEs and OPTIONS get 503 (shutting down)
+    unavailable: bool = False  # True: what calls need (the TTS engine) is down: 503 too, until it is back
     max_calls: int = 0  # concurrent calls; 0: no cap. Full: new INVITEs and OPTIONS get 503
     retry_after: int = 5
     admission: Admission | None = None
@@ -120,7 +121,8 @@ class UserAgent:
     @property
     def accepting(self) -> bool:
         """Whether a new call would be taken now (what OPTIONS tells a load balancer)."""
-        return not self.draining and (self.max_calls <= 0 or self.active_calls < self.max_calls)
+        return not self.draining and not self.unavailable and \
+            (self.max_calls <= 0 or self.active_calls < self.max_calls)
 
     # -- I/O-facing API -----------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Address, now: float, transport: str = "UDP") -> None:
