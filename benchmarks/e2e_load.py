@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -199,7 +201,8 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
 
 
 def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str,
-                 engine_process: bool = True, log_level: str = "WARNING") -> subprocess.Popen:
+                 engine_process: bool = True, log_level: str = "WARNING", py_spy: str | None = None,
+                 out: Path | None = None) -> subprocess.Popen:
     # 2000: text that depends on the call (synthesised live for each call); 1000: a fixed prompt
     # (rendered once into the prompt cache at start-up, then sent from memory).
     (work / "prompts.yaml").write_text(
@@ -215,14 +218,36 @@ def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: 
         f"  max_streams: {max(calls, 1)}\n  max_tokens: {max_tokens}\n  process: {str(engine_process).lower()}\n"
         f"limits:\n  max_calls: {calls * 2}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
         "hangup_after_prompt_ms: 10000\n")
-    proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
-                             "--log-level", log_level, "--log-format", "json"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=open(work / "server.log", "w"), text=True)
+    cmd = [sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
+           "--log-level", log_level, "--log-format", "json"]
+    if py_spy:  # the server's own stacks (every thread, idle included), sampled while the calls run
+        tag = "process" if engine_process else "inline"
+        cmd = [py_spy, "record", "--rate", "250", "--idle", "--threads", "--nonblocking", "--format", "raw",
+               "-o", str((out or work) / f"e2e_server_pyspy_{tag}.txt"), "--"] + cmd
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(work / "server.log", "w"), text=True)
     line = proc.stdout.readline() if proc.stdout else ""
+    while (line.startswith("py-spy>") or line == "\n") and proc.stdout:  # its banner comes first
+        line = proc.stdout.readline()
     if "ready" not in line:
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}\n{(work / 'server.log').read_text()[-3000:]}")
     return proc
+
+
+def stop_server(proc: subprocess.Popen, profiled: bool = False) -> None:
+    """SIGTERM to the server; under py-spy, to its child (py-spy writes its samples when the server exits)."""
+    target = proc.pid
+    if profiled:
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            children = open(f"/proc/{proc.pid}/task/{task}/children").read().split()
+            if children:
+                target = int(children[0])
+                break
+    try:
+        os.kill(target, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        proc.kill()
 
 
 async def load(port: int, n: int, listen_s: float, spread: float, number: str = "2000") -> dict:
@@ -264,6 +289,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=150, help="speech tokens per prompt (random weights)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--server-log-level", default="WARNING", help="the server's log (kept in --out)")
+    ap.add_argument("--py-spy", help="path to py-spy: sample the server's stacks into --out (raw flamegraph)")
     ap.add_argument("--engine-process", default="both", choices=["on", "off", "both"],
                     help="the engine in its own process (on), in the server's (off), or both in turn")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -279,8 +305,9 @@ def main() -> int:
     modes = {"on": [True], "off": [False], "both": [False, True]}[a.engine_process]
     for mode in modes:
         with tempfile.TemporaryDirectory() as tmp:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
             proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device, mode,
-                                a.server_log_level)
+                                a.server_log_level, a.py_spy, Path(a.out))
             try:
                 asyncio.run(load(port, 1, 1.0, 0))  # warm-up
                 for n, number in [(n, "2000") for n in counts] + [(max(counts), "1000")]:
@@ -297,11 +324,7 @@ def main() -> int:
                           f"errors {row['errors']}", flush=True)
                     time.sleep(1.0)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc, profiled=bool(a.py_spy))
                 Path(a.out).mkdir(parents=True, exist_ok=True)
                 (Path(a.out) / f"e2e_server_{'process' if mode else 'inline'}.log").write_text(
                     (Path(tmp) / "server.log").read_text())
