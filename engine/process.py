@@ -112,6 +112,7 @@ class EngineProcess:
             if proc.is_alive():
                 proc.kill()
             parent.close()
+            self._down_until = loop.time() + self.restart_delay  # the next try waits too
             raise EngineError(f"engine {self.name}: {msg[1]}")
         self._conn, self._proc = parent, proc
         self.sample_rate = msg[1]  # the engine's own word

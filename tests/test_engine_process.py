@@ -92,11 +92,19 @@ def test_a_killed_engine_fails_its_streams_and_comes_back():
     assert restarts == 1 and rms(after) > 0.01
 
 
-def test_an_engine_that_cannot_load_is_named():
+def test_an_engine_that_cannot_load_is_named_and_not_retried_at_once():
     async def main():
-        eng = EngineProcess("broken", 24000, "engine.process:_no_such_engine")
+        eng = EngineProcess("broken", 24000, "engine.process:_no_such_engine", restart_delay=0.6)
+        loop = asyncio.get_running_loop()
         with pytest.raises(EngineError, match="engine broken: AttributeError"):
             await eng.start()
+        failed = loop.time()
+        with pytest.raises(EngineError):
+            await eng.start()  # a call arriving right after: waits out the delay, then tries again
+        waited = loop.time() - failed
+        available = eng.available
         await eng.close()
+        return waited, available
 
-    asyncio.run(main())
+    waited, available = asyncio.run(main())
+    assert waited >= 0.6 and not available
