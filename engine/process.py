@@ -99,32 +99,39 @@ class EngineProcess:
         child.close()
 
         def first() -> tuple:
-            if not parent.poll(self.start_timeout):
-                return ("failed", f"no answer in {self.start_timeout:.0f} s")
-            try:
-                return parent.recv()
-            except (EOFError, OSError):
-                return ("failed", f"engine process exited with code {proc.exitcode}")
+            """The child's first word; on failure it is reaped here, off the event loop."""
+            msg: tuple = ("failed", f"no answer in {self.start_timeout:.0f} s")
+            if parent.poll(self.start_timeout):
+                try:
+                    msg = parent.recv()
+                except (EOFError, OSError):
+                    msg = ("failed", None)
+            if msg[0] != "ready":
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                if msg[1] is None:
+                    msg = ("failed", f"engine process exited with code {proc.exitcode}")
+            return msg
 
         msg = await loop.run_in_executor(None, first)
         if msg[0] != "ready":
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
             parent.close()
             self._down_until = loop.time() + self.restart_delay  # the next try waits too
             raise EngineError(f"engine {self.name}: {msg[1]}")
         self._conn, self._proc = parent, proc
         self.sample_rate = msg[1]  # the engine's own word
-        threading.Thread(target=self._read, args=(parent, loop), name=f"{self.name}-engine-reader",
+        threading.Thread(target=self._read, args=(parent, proc, loop), name=f"{self.name}-engine-reader",
                          daemon=True).start()
 
-    def _read(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def _read(self, conn: Connection, proc: mp.process.BaseProcess, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                msg = ("died", conn)  # after every message it sent, in order
+                proc.join(5)  # reap it here, not on the event loop, and learn why
+                msg = ("died", conn, proc.exitcode)  # after every message it sent, in order
             with self._lock:
                 self._arrived.append(msg)
                 wake = not self._draining
@@ -138,9 +145,10 @@ class EngineProcess:
         """Hand arrived messages to their streams, at most ``DRAIN_BATCH`` per loop iteration.
 
         A GPU batch finishes many calls' windows at once; handled in one iteration (each
-        chunk wakes a call's encoder), that burst held the RTP pacer's timer back: on an
-        H100 with 128 live calls, 11 moments where every call's next packet came 40 ms after
-        the last. Between slices the loop runs its due timers first.
+        chunk wakes a call's encoder), the burst's work comes before the RTP pacer's next
+        timer. Sliced, the loop runs its due timers in between. Measured on an H100 with 128
+        live calls: late-packet moments 11 -> 8, so this bounds the burst but was not the
+        main cause of those (benchmarks/results/engine_notes.md).
         """
         for _ in range(DRAIN_BATCH):
             with self._lock:
@@ -154,7 +162,7 @@ class EngineProcess:
     def _dispatch(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == "died":
-            self._died(msg[1])
+            self._died(msg[1], msg[2])
             return
         if kind == "stats":
             self._stats, self._depth = msg[1], msg[2]
@@ -169,18 +177,15 @@ class EngineProcess:
         elif kind == "error":
             q.put_nowait(EngineError(msg[2]))
 
-    def _died(self, conn: Connection) -> None:
+    def _died(self, conn: Connection, code: int | None) -> None:
         if conn is not self._conn:
             return
         self._conn = None
-        proc, self._proc = self._proc, None
+        self._proc = None
         for q in self._streams.values():
             q.put_nowait(EngineError(f"engine {self.name}: its process exited"))
         if self._closing:
             return
-        if proc is not None:
-            proc.join(1)  # reap it, and learn why
-        code = proc.exitcode if proc is not None else None
         log.error("engine process exited (code %s); restarting in %.1f s", code, self.restart_delay)
         self.restarts += 1
         loop = asyncio.get_running_loop()
