@@ -612,16 +612,18 @@ class SipServer:
         call.queue.finish()  # with nothing queued the pacer ends the prompt on its next slot
         log.info("call %s: barge-in", call.info.call_id)
 
-    def _sweep_media(self) -> None:
-        """Media timeout: no RTP from the caller for ``media_timeout`` seconds ends the call.
-        Also, once a second: whether new calls can be served (``available``)."""
-        if self.available is not None and self.ua is not None:
-            down = not self.available()
-            if down != self.ua.unavailable:
-                log.warning("audio source down: new calls get 503" if down else "audio source back: taking calls")
-                self.ua.unavailable = down
+    def _check_available(self, ua: UserAgent) -> None:
+        """``available`` false: new INVITEs and OPTIONS get 503 until it is true again."""
+        assert self.available is not None
+        down = not self.available()
+        if down != ua.unavailable:
+            log.warning("audio source down: new calls get 503" if down else "audio source back: taking calls")
+            ua.unavailable = down
+
+    def _end_silent_calls(self) -> None:
+        """Media timeout: no RTP from the caller for ``media_timeout`` seconds ends the call."""
         now = self._now()
-        for call in list(self.calls.values()) if self.settings.media_timeout > 0 else []:
+        for call in list(self.calls.values()):
             if call.ended or call.confirmed_at is None or call.held:
                 continue
             since = call.last_rtp_at if call.last_rtp_at is not None else call.confirmed_loop_time
@@ -629,6 +631,13 @@ class SipServer:
                 with _call_context(call):
                     log.info("call %s: no RTP for %.0f s", call.info.call_id, now - since)
                     self._hangup(call, "media-timeout")
+
+    def _sweep_media(self) -> None:
+        """Once a second: whether new calls can be served, and calls whose RTP stopped."""
+        if self.available is not None and self.ua is not None:
+            self._check_available(self.ua)
+        if self.settings.media_timeout > 0:
+            self._end_silent_calls()
         self._pump()
         assert self._loop is not None
         self._media_sweeper = self._loop.call_later(1.0, self._sweep_media)
