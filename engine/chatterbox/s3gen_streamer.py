@@ -482,12 +482,11 @@ class S3GenStreamer:
         longest = max(end - start for start, end, _ in plans)
         if self.vocoder_graphs is not None:
             key, ins = self.vocoder_graphs.inputs(b, longest)
-        else:
+            mel = ins["mel"]
+        else:  # the same padding to a bucket of frames, so a CPU run checks what the graphs get
             key = None
             frames = -(-longest // VOCODER_FRAME_STEP) * VOCODER_FRAME_STEP
-            ins = dict(mel=torch.empty(b, 80, frames, device=self.device, dtype=self.vocoder.dtype),
-                       start_phase=None, phase0=None, noise_start=None, keep_frame=None)
-        mel = ins["mel"]
+            mel = torch.empty(b, 80, frames, device=self.device, dtype=self.vocoder.dtype)
         for row, (u, (start, end, _)) in enumerate(zip(utts, plans)):
             m = u.mel_range(start, end)
             mel[row, :, :end - start] = m

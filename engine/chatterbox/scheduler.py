@@ -276,7 +276,7 @@ class Scheduler:
         self._admit_cost = self._last_admit - t0
         self.stats.prefills += 1
         self.stats.prefill_seconds += self._admit_cost
-        self.stats.t3_seconds += time.perf_counter() - t0
+        self.stats.t3_seconds += self._admit_cost
         for req in ok:
             self._after_token(req)
 
