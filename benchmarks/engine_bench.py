@@ -278,6 +278,8 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=10.0, help="seconds of new utterances per N")
     ap.add_argument("--max-slots", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--overlap", default="on", choices=["on", "off"],
+                    help="S3Gen on its own CUDA stream beside T3 (the engine's default) or alternating with it")
     ap.add_argument("--no-stock", action="store_true")
     ap.add_argument("--no-precision", action="store_true")
     ap.add_argument("--durations", default="1,2,3,5,8,10,12,15", help="stock utterance lengths, s")
@@ -329,7 +331,7 @@ def main() -> int:
     dtype = getattr(torch, a.dtype)
     runner = T3Runner(ckpt.t3, device, dtype, max_slots=a.max_slots, max_len=1024,
                       cuda_graphs=device.type == "cuda")
-    streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype)
+    streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype, overlap=a.overlap == "on")
     sched = Scheduler(runner, streamer)
     voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
     def mem(tag: str) -> None:
@@ -381,6 +383,7 @@ def main() -> int:
         gpu_mem_gb=(torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
         stats=sched.stats.__dict__,
         dtype=a.dtype,
+        overlap=a.overlap,
     )
     result["ours"] = ours
     if stock:

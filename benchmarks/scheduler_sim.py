@@ -5,7 +5,9 @@
 The real ``Scheduler`` drives stand-ins for T3 and S3Gen that take the time the
 H100 took (benchmarks/results/engine_notes.md; defaults from runs 18-21: a T3 step
 2.5 ms + 0.03 ms per stream, a prefill 15 ms, an S3Gen batch 12 ms + 4 ms per window)
-and produce tokens and audio of the right sizes. The same closed loop as engine_bench.py
+and produce tokens and audio of the right sizes. With ``--overlap`` S3Gen runs on
+its own stream as on the GPU: a launched batch completes after its cost while T3
+keeps stepping, each slowed by sharing the SMs (``--t3-slow``, ``--s3-slow``). The same closed loop as engine_bench.py
 (callers start their next utterance when the last has played) reports first
 audio and underruns per N, so scheduling policies can be compared without a GPU.
 It models time, not the model: what it predicts must still be measured on the card.
@@ -41,6 +43,8 @@ class Costs:
     prefill_ms: float = 15.0
     flow_ms: float = 12.0
     flow_per_window_ms: float = 4.0
+    t3_slow: float = 1.0  # T3 step cost factor while an S3Gen batch runs beside it
+    s3_slow: float = 1.0  # S3Gen batch cost factor (it shares the GPU with T3's steps)
 
 
 def spin(ms: float) -> None:
@@ -51,8 +55,9 @@ def spin(ms: float) -> None:
 
 
 class FakeRunner:
-    def __init__(self, costs: Costs, max_slots: int) -> None:
+    def __init__(self, costs: Costs, max_slots: int, streamer: "FakeStreamer") -> None:
         self.costs = costs
+        self.streamer = streamer
         self.max_slots = max_slots
         self.max_len = 4096
         self.tokens = torch.zeros(max_slots, dtype=torch.long)
@@ -67,7 +72,8 @@ class FakeRunner:
         return [100] * len(slots), None
 
     def step(self, n: int) -> torch.Tensor:
-        spin(self.costs.step_ms + self.costs.step_per_stream_ms * n)
+        slow = self.costs.t3_slow if self.streamer.busy() else 1.0
+        spin((self.costs.step_ms + self.costs.step_per_stream_ms * n) * slow)
         self.positions[:n] += 1
         return torch.tensor([self.rng.randrange(6561) for _ in range(n)])
 
@@ -86,18 +92,50 @@ class FakeUtt:
     mel: list = field(default_factory=list)
 
 
+@dataclass
+class FakePending:
+    done_at: float
+    audio: list
+
+    def done(self) -> bool:
+        return time.perf_counter() >= self.done_at
+
+    def gpu_seconds(self) -> None:
+        return None
+
+
 class FakeStreamer:
-    def __init__(self, costs: Costs) -> None:
+    def __init__(self, costs: Costs, overlap: bool) -> None:
         self.costs = costs
         self.device = torch.device("cpu")
         self.context_tokens = 25
         self.graphs = None
+        self.overlaps = overlap
+        self._done_at = 0.0
+
+    def busy(self) -> bool:
+        return time.perf_counter() < self._done_at
+
+    def launch(self, jobs) -> FakePending:
+        cost = (self.costs.flow_ms + self.costs.flow_per_window_ms * len(jobs)) / 1000
+        if self.overlaps:
+            self._done_at = time.perf_counter() + cost * self.costs.s3_slow
+        else:
+            spin(cost * 1000)
+            self._done_at = 0.0
+        self.flow_batch(jobs, spend=False)
+        return FakePending(self._done_at, self.vocode([j.utt for j in jobs], [j.final for j in jobs]))
+
+    def collect(self, pending: FakePending) -> list:
+        spin(max(0.0, pending.done_at - time.perf_counter()) * 1000)
+        return pending.audio
 
     def new_utterance(self, voice, seed, max_tokens):
         return FakeUtt()
 
-    def flow_batch(self, jobs, n_steps: int = 2):
-        spin(self.costs.flow_ms + self.costs.flow_per_window_ms * len(jobs))
+    def flow_batch(self, jobs, n_steps: int = 2, spend: bool = True):
+        if spend:
+            spin(self.costs.flow_ms + self.costs.flow_per_window_ms * len(jobs))
         for job in jobs:
             n = job.tokens.numel()
             usable = n if job.final else max(0, n - LOOKAHEAD_TOKENS)
@@ -127,13 +165,17 @@ def main() -> int:
     ap.add_argument("--max-flow-batch", type=int, default=32)
     ap.add_argument("--flow-ms", type=float, default=12.0)
     ap.add_argument("--flow-per-window-ms", type=float, default=4.0)
+    ap.add_argument("--overlap", action="store_true", help="S3Gen on its own stream beside T3 (the GPU default)")
+    ap.add_argument("--t3-slow", type=float, default=1.3)
+    ap.add_argument("--s3-slow", type=float, default=1.2)
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
     costs = Costs(step_ms=a.step_ms, step_per_stream_ms=a.step_per_stream_ms, prefill_ms=a.prefill_ms,
-                  flow_ms=a.flow_ms, flow_per_window_ms=a.flow_per_window_ms)
+                  flow_ms=a.flow_ms, flow_per_window_ms=a.flow_per_window_ms, t3_slow=a.t3_slow, s3_slow=a.s3_slow)
     rows = []
     for n in [int(x) for x in a.streams.split(",")]:
-        sched = Scheduler(FakeRunner(costs, max(n, 1)), FakeStreamer(costs),  # type: ignore[arg-type]
+        streamer = FakeStreamer(costs, a.overlap)
+        sched = Scheduler(FakeRunner(costs, max(n, 1), streamer), streamer,  # type: ignore[arg-type]
                           windows=tuple(int(x) for x in a.windows.split(",")), max_flow_batch=a.max_flow_batch,
                           slack=a.slack, t3_share=a.t3_share, admit_share=a.admit_share)
         sched.start()

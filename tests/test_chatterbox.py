@@ -324,6 +324,34 @@ def test_reference_cache_equals_block_causal_full_pass(ckpt):
             assert torch.allclose(ours[row, :, :length], x[0, :, tr:], atol=1e-4), (ours[row, :, :length] - x[0, :, tr:]).abs().max()
 
 
+def test_reference_key_buffers_equal_concatenation(ckpt):
+    """The graphs' path (reference keys written once into buffers, padded) == concatenating them each time."""
+    import copy as _copy
+
+    from engine.chatterbox.flow_cache import solve_meanflow_cached
+
+    streamer = S3GenStreamer(ckpt.s3gen, "cpu", reference_cache=True)
+    voice = streamer.prepare_voice(ckpt.conds.gen)
+    est = streamer.flow.decoder.estimator
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 80, 24, generator=g)
+    mu = torch.randn(3, 80, 24, generator=g)
+    mask = torch.ones(3, 1, 24)
+    mask[2, :, 17:] = 0
+    spks = voice.spk[None].expand(3, -1)
+    padded = [t.padded(voice.tapes[0].frames + 12) for t in voice.tapes]
+    with torch.inference_mode():
+        plain = solve_meanflow_cached(est, padded, z, mask, mu, spks)
+        buffered = [_copy.copy(t) for t in padded]
+        for t in buffered:
+            t.attach_buffers(batch=4, frames=32)  # more rows and frames than this batch uses
+            t.buffers[0][0][3].fill_(7.0)  # rows past the batch are never read
+        ours = solve_meanflow_cached(est, buffered, z, mask, mu, spks)
+        again = solve_meanflow_cached(est, buffered, z, mask, mu, spks)  # the buffers' tails are overwritten
+    assert torch.allclose(ours, plain, atol=1e-5), (ours - plain).abs().max()
+    assert torch.equal(ours, again)
+
+
 def test_windows_of_different_utterances_batch_like_alone(s3_case):
     streamer, voice, tokens, _, _ = s3_case
     a = streamer.new_utterance(voice, 21, 70)
@@ -364,6 +392,23 @@ def test_vocoder_stft_and_decode_equal_stock(ckpt):
     s = torch.randn(2, 1, 40 * SAMPLES_PER_FRAME, generator=g) * 0.1
     with torch.inference_mode():
         assert torch.allclose(hift_decode(hift, voc.dft, mel, s), hift.decode(x=mel, s=s), atol=1e-4)
+
+
+def test_snake_equals_stock_module():
+    """Our Snake (fused kernel on a GPU, where there is one) == the stock module, odd shapes included."""
+    from chatterbox.models.s3gen.hifigan import Snake
+
+    from engine.chatterbox.snake import snake
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(2)
+    for shape in ((2, 64, 1000), (3, 7, 33), (1, 512, 17)):
+        stock = Snake(shape[1]).to(device)
+        with torch.no_grad():
+            stock.alpha.copy_(torch.rand(shape[1], generator=g) * 3 + 0.05)
+        x = (torch.randn(*shape, generator=g) * 4).to(device)
+        with torch.inference_mode():
+            assert torch.allclose(snake(x, stock.alpha), stock(x), atol=1e-5, rtol=1e-5)
 
 
 def test_encoder_without_host_syncs_equals_stock(ckpt):

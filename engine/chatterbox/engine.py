@@ -37,6 +37,7 @@ class ChatterboxOptions:
     top_p: float = 0.95
     repetition_penalty: float = 1.2
     cuda_graphs: bool = True
+    overlap: bool = True  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
 
 
 class ChatterboxEngine:
@@ -73,7 +74,7 @@ class ChatterboxEngine:
         self._ckpt = load_checkpoint(o.model_dir, o.device)
         sampling = SamplingParams(o.temperature, o.top_k, o.top_p, o.repetition_penalty)
         runner = T3Runner(self._ckpt.t3, o.device, dtype, o.max_streams, o.max_len, sampling, o.cuda_graphs)
-        streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype)
+        streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype, overlap=o.overlap)
         self._scheduler = Scheduler(runner, streamer)
         self._voices["default"] = self._make_voice("default", self._ckpt.conds)
         self._scheduler.capture_graphs(self._voices["default"])  # start-up is slower, first audio is not

@@ -39,6 +39,9 @@ class Tape:
     keys: list[torch.Tensor] = field(default_factory=list)  # [1, heads, Tr, d] each
     values: list[torch.Tensor] = field(default_factory=list)
     key_bias: torch.Tensor | None = None  # [1, 1, 1, Tr]: 0 for real reference frames, -1e10 for padding
+    # Optional per attention: [batch, heads, Tr + frames, d] key and value buffers whose first Tr
+    # positions hold the reference (``attach_buffers``); a window writes its own keys after them.
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def frames(self) -> int:
@@ -53,6 +56,30 @@ class Tape:
         bias[..., self.frames:] = -1.0e10
         return Tape(list(self.conv_tails), [F.pad(k, (0, 0, 0, pad)) for k in self.keys],
                     [F.pad(v, (0, 0, 0, pad)) for v in self.values], bias)
+
+    def attach_buffers(self, batch: int, frames: int) -> None:
+        """Key/value buffers for windows of up to ``batch`` rows and ``frames`` generated frames.
+
+        Without them every attention of every window concatenates the reference's keys and
+        values (expanded to the batch) with the window's: at a batch of 32 that copy was
+        half of the estimator's GPU time (benchmarks/results/s3gen_profile.md). With them
+        the reference is written once (``fill_buffers``, per voice) and a window writes only
+        its own keys. Memory: 2 x layers x batch x (Tr + frames) x width per meanflow step.
+        """
+        self.buffers = []
+        for k in self.keys:
+            _, heads, tr, d = k.shape
+            shape = (batch, heads, tr + frames, d)
+            self.buffers.append((torch.zeros(shape, device=k.device, dtype=k.dtype),
+                                 torch.zeros(shape, device=k.device, dtype=k.dtype)))
+        self.fill_buffers()
+
+    def fill_buffers(self) -> None:
+        """Write the reference's keys and values into every row of the buffers."""
+        for (kb, vb), k, v in zip(self.buffers or [], self.keys, self.values):
+            tr = k.shape[2]
+            kb[:, :, :tr] = k
+            vb[:, :, :tr] = v
 
 
 class _Walk:
@@ -102,9 +129,16 @@ class _Walk:
         else:
             kr = self.tape.keys[self.attn_i]
             vr = self.tape.values[self.attn_i]
+            tr = kr.shape[2]
+            if self.tape.buffers is not None:  # the reference is in place: write the window after it
+                kb, vb = self.tape.buffers[self.attn_i]
+                kb[:b, :, tr:tr + t] = k
+                vb[:b, :, tr:tr + t] = v
+                k, v = kb[:b, :, :tr + t], vb[:b, :, :tr + t]
+            else:
+                k = torch.cat([kr.expand(b, -1, -1, -1), k], dim=2)
+                v = torch.cat([vr.expand(b, -1, -1, -1), v], dim=2)
             self.attn_i += 1
-            k = torch.cat([kr.expand(b, -1, -1, -1), k], dim=2)
-            v = torch.cat([vr.expand(b, -1, -1, -1), v], dim=2)
             ref_bias = self.tape.key_bias if self.tape.key_bias is not None else \
                 torch.zeros(1, 1, 1, kr.shape[2], device=h.device, dtype=bias.dtype)
             bias = torch.cat([ref_bias.expand(b, -1, -1, -1), bias], dim=-1)

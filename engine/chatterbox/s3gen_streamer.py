@@ -22,6 +22,14 @@ position (a fixed noise table), so it does not depend on where windows fall.
 On a GPU the encoder (``flow_encoder``), the meanflow solve (``FlowGraphs``)
 and the vocoder (``vocoder``) each replay a CUDA graph per (batch, length)
 bucket; on a CPU the same functions run eagerly (what the tests check).
+
+Overlap. On a GPU a batch of windows runs on the streamer's own CUDA stream
+(``launch``): the host enqueues it and returns, the audio comes to pinned host
+memory behind an event, and ``collect`` does the host side (cross-fades) once
+the event has completed. Meanwhile the caller's thread keeps stepping T3 on
+another stream. Everything a window touches on the device is allocated on this
+stream (utterance noise included, ``new_utterance``), so the caching allocator
+never hands one of its blocks to the other stream while a kernel still reads it.
 """
 
 from __future__ import annotations
@@ -152,6 +160,7 @@ class FlowGraphs:
                 for a, b in zip(static.conv_tails + static.keys + static.values + [static.key_bias],
                                 new.conv_tails + new.keys + new.values + [new.key_bias]):
                     a.copy_(b)
+                static.fill_buffers()
         self.loaded = voice
 
     @torch.inference_mode()  # no autograd records (they would keep every activation alive)
@@ -176,6 +185,12 @@ class FlowGraphs:
         return self.graphs[(b, t)]
 
     def capture_all(self, max_frames: int) -> None:
+        if self.tapes is None:
+            raise RuntimeError("FlowGraphs: load a voice before capturing")
+        frames = -(-max_frames // self.frame_step) * self.frame_step
+        for tape in self.tapes:
+            if tape.buffers is None:  # before any capture: every graph writes into the same buffers
+                tape.attach_buffers(self.batches[-1], frames)
         # Largest first: the shared pool is sized by the first capture and reused by the rest.
         for b in reversed(self.batches):
             for t in range(-(-max_frames // self.frame_step) * self.frame_step, 0, -self.frame_step):
@@ -232,6 +247,25 @@ class UtteranceAudio:
 
 
 @dataclass
+class PendingAudio:
+    """One batch of windows on its way to the host: ready when ``event`` has completed."""
+
+    parts: list[tuple[list[int], list[UtteranceAudio], list[tuple[int, int, int]], list[int], torch.Tensor]]
+    size: int  # utterances in the batch
+    event: torch.cuda.Event | None = None  # None: already on the host (CPU, or no stream)
+    started: torch.cuda.Event | None = None  # recorded before the batch's first kernel (``launch``)
+
+    def done(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def gpu_seconds(self) -> float | None:
+        """The batch's time on its stream, first kernel to host copy (after ``collect``)."""
+        if self.started is None or self.event is None:
+            return None
+        return self.started.elapsed_time(self.event) / 1000
+
+
+@dataclass
 class FlowJob:
     utt: UtteranceAudio
     tokens: torch.Tensor  # all generated speech tokens so far [N] (long, on device)
@@ -241,8 +275,11 @@ class FlowJob:
 class S3GenStreamer:
     def __init__(self, s3gen: torch.nn.Module, device: str | torch.device = "cpu",
                  flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32,
-                 cuda_graphs: bool = True, reference_cache: bool = True, context_tokens: int = CONTEXT_TOKENS) -> None:
+                 cuda_graphs: bool = True, reference_cache: bool = True, context_tokens: int = CONTEXT_TOKENS,
+                 overlap: bool = True) -> None:
         self.device = torch.device(device)
+        # its own stream (default priority: T3's stream outranks it), see "Overlap" above
+        self.stream = torch.cuda.Stream(self.device) if overlap and self.device.type == "cuda" else None
         self.profile = False  # True: sync at phase ends and add each phase's time to ``timings``
         self.timings: dict[str, float] = {}
         self._t = 0.0
@@ -326,14 +363,50 @@ class S3GenStreamer:
             h = encode_tokens(self.flow, tokens, token_len)
         return [h[i, :, :2 * n] for i, n in enumerate(lens)]
 
+    @property
+    def overlaps(self) -> bool:
+        """True when ``launch`` returns before the GPU has finished (not while profiling)."""
+        return self.stream is not None and not self.profile
+
     def new_utterance(self, voice: VoiceGen, seed: int, max_tokens: int) -> UtteranceAudio:
         g = torch.Generator(device="cpu").manual_seed(seed)
         frames = TOKEN_MEL_RATIO * (max_tokens + 8)
-        noise = torch.randn(80, frames, generator=g).to(self.device, self.flow_dtype)
+        noise = torch.randn(80, frames, generator=g)
         phase0 = (torch.rand(self.vocoder.harmonics, generator=g) * 2 - 1) * np.pi
         phase0[0] = 0
         offset = int(torch.randint(0, NOISE_FRAMES, (1,), generator=g))
-        return UtteranceAudio(voice, seed, noise, phase0.to(self.device), offset)
+        with torch.cuda.stream(self.stream):  # (None: a no-op) on the stream that will read them
+            return UtteranceAudio(voice, seed, noise.to(self.device, self.flow_dtype), phase0.to(self.device), offset)
+
+    # -- a batch of windows: flow, then vocoder, enqueued on the streamer's stream ---
+    @torch.inference_mode()
+    def launch(self, jobs: list[FlowJob]) -> PendingAudio:
+        """Enqueue the flow and the vocoder for ``jobs``; the audio is collected with ``collect``."""
+        with torch.cuda.stream(self.stream):
+            started = None
+            if self.device.type == "cuda":
+                started = torch.cuda.Event(enable_timing=True)
+                started.record()
+            self.flow_batch(jobs)
+            pending = self._vocode_launch([j.utt for j in jobs], [j.final for j in jobs])
+            if started is not None and pending.event is None:  # nothing to vocode: still an end to wait on
+                pending.event = torch.cuda.Event(enable_timing=True)
+                pending.event.record()
+            pending.started = started
+            return pending
+
+    def collect(self, pending: PendingAudio) -> list[np.ndarray]:
+        """The new audio of each utterance of a launched batch (waits for the GPU if not done)."""
+        if pending.event is not None:
+            pending.event.synchronize()
+        out = [np.zeros(0, dtype=np.float32)] * pending.size
+        for index, utts, plans, sizes, host in pending.parts:
+            flat = host.numpy()
+            at = 0
+            for i, u, (start, end, ready), n in zip(index, utts, plans, sizes):
+                out[i] = self._emit(u, flat[at:at + n], (ready - u.emitted_frames) * SAMPLES_PER_FRAME, ready)
+                at += n
+        return out
 
     # -- flow: tokens → mel -----------------------------------------------------------
     @torch.inference_mode()
@@ -462,6 +535,10 @@ class S3GenStreamer:
         silence. The new audio of the whole batch comes to the host in one copy; the
         joins (cross-fade, first fade-in) are done there.
         """
+        with torch.cuda.stream(self.stream):
+            return self.collect(self._vocode_launch(utts, final))
+
+    def _vocode_launch(self, utts: list[UtteranceAudio], final: list[bool]) -> PendingAudio:
         plans = []
         for i, (u, fin) in enumerate(zip(utts, final)):
             end = u.mel_done
@@ -469,15 +546,22 @@ class S3GenStreamer:
             if ready > u.emitted_frames:
                 plans.append((i, max(0, u.emitted_frames - LEFT), end, ready))
         self._phase(None)
-        out = [np.zeros(0, dtype=np.float32)] * len(utts)
+        pending = PendingAudio([], len(utts))
         for at in range(0, len(plans), self.max_vocoder_batch):
             part = plans[at:at + self.max_vocoder_batch]
-            for (i, *_), audio in zip(part, self._vocode_batch([utts[p[0]] for p in part], [p[1:] for p in part])):
-                out[i] = audio
+            index = [p[0] for p in part]
+            chosen = [utts[i] for i in index]
+            spans = [p[1:] for p in part]
+            sizes, host = self._vocode_batch(chosen, spans)
+            pending.parts.append((index, chosen, spans, sizes, host))
+        if self.device.type == "cuda" and pending.parts:
+            pending.event = torch.cuda.Event(enable_timing=True)
+            pending.event.record()
         self._phase("vocoder")
-        return out
+        return pending
 
-    def _vocode_batch(self, utts: list[UtteranceAudio], plans: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    def _vocode_batch(self, utts: list[UtteranceAudio], plans: list[tuple[int, int, int]]) -> tuple[list[int], torch.Tensor]:
+        """Enqueue one vocoder batch; its new audio (held-back tail included) goes to one host tensor."""
         b = len(utts)
         longest = max(end - start for start, end, _ in plans)
         if self.vocoder_graphs is not None:
@@ -508,13 +592,13 @@ class S3GenStreamer:
         for row, (u, (start, end, ready), k) in enumerate(zip(utts, plans, keep)):
             segments.append(audio[row, (u.emitted_frames - start) * SAMPLES_PER_FRAME:(end - start) * SAMPLES_PER_FRAME])
             u.phase_at = {k: keep_phase[row]} if start < k <= end else {}
-        host = torch.cat(segments).cpu().numpy()
-        out, at = [], 0
-        for u, (start, end, ready), seg in zip(utts, plans, segments):
-            piece = host[at:at + seg.numel()]
-            at += seg.numel()
-            out.append(self._emit(u, piece, (ready - u.emitted_frames) * SAMPLES_PER_FRAME, ready))
-        return out
+        flat = torch.cat(segments)
+        if self.device.type == "cuda":  # pinned: the copy is asynchronous, ordered after the batch
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+        else:
+            host = flat
+        return [seg.numel() for seg in segments], host
 
     def _emit(self, u: UtteranceAudio, piece: np.ndarray, n_new: int, ready: int) -> np.ndarray:
         """Host side of a window: cross-fade into the held tail, fade in the first audio."""

@@ -31,14 +31,20 @@ H100: with 10, 25, … most callers at 32 streams ran dry after the first chunk)
 Audio goes back through each request's ``deliver`` callback
 (``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
 
-Why one thread: a version that ran T3 and S3Gen on two threads and two CUDA
-streams overlapped them but hung under load on an H100 (both threads blocked in
-device syncs, see benchmarks/results/engine_notes.md); an earlier single loop
-that ran S3Gen whenever any window was complete starved T3 below real time.
-Running S3Gen only when a window is due keeps T3 ahead in one thread.
-Window sizes grow (``windows``: 10, 25, 50 … tokens): the first is small so
+Overlap (GPU): T3 and S3Gen run on two CUDA streams from this one thread. A
+batch of windows is *launched* on S3Gen's stream and collected when its event
+has completed; T3 keeps stepping meanwhile on a stream of higher priority, so
+the GPU's block scheduler gives T3's small kernels the next free SMs and an
+S3Gen batch (15-110 ms) no longer stops every caller's token stream. One batch
+is in flight at a time; windows completed meanwhile form the next, larger one.
+T3's share (above) is then not needed and is not applied. One thread, so
+nothing can wait on another: a version with two threads and two streams hung
+under load on an H100 (both threads blocked in device syncs, see
+benchmarks/results/engine_notes.md, run 7). On a CPU, or while profiling, a
+launched batch is complete when ``launch`` returns and the loop alternates.
+Window sizes grow (``windows``: 10, 15, 25 … tokens): the first is small so
 first audio comes early, later ones are larger because each window re-reads
-the reference and the context.
+the context.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import numpy as np
 import torch
 
 from .s3gen_streamer import (
-    LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, S3GenStreamer, UtteranceAudio, VoiceGen,
+    LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, PendingAudio, S3GenStreamer, UtteranceAudio, VoiceGen,
 )
 from .t3_runner import STOP_TOKEN, T3Runner, VoicePrefix
 
@@ -134,6 +140,7 @@ class Scheduler:
         self._inbox: "queue.Queue[Request | None]" = queue.Queue()
         self._active: list[Request] = []  # T3 running; index == slot
         self._pending: list[Request] = []  # a complete window waits for S3Gen
+        self._inflight: tuple[list[Request], list[FlowJob], PendingAudio, float] | None = None  # launched batch
         self._thread: threading.Thread | None = None
         self._stop = False
         self.stats = SchedulerStats()
@@ -166,24 +173,34 @@ class Scheduler:
 
     # -- the loop -----------------------------------------------------------------
     def _run(self) -> None:
+        if self.streamer.overlaps and self.streamer.device.type == "cuda":  # T3 on its own stream, ahead of S3Gen's
+            torch.cuda.set_stream(torch.cuda.Stream(self.streamer.device, priority=-5))
         while not self._stop:
             try:
                 self._turn()
             except Exception as exc:  # a failed batch fails its requests, never the worker
                 log.exception("GPU worker turn failed")
-                for req in dict.fromkeys(self._active + self._pending):
+                inflight = self._inflight[0] if self._inflight is not None else []
+                self._inflight = None
+                for req in dict.fromkeys(self._active + self._pending + inflight):
                     req.deliver(exc)
                     req.slot = -1
                 self._active.clear()
                 self._pending.clear()
 
     def _turn(self) -> None:
-        self._take_inbox(block=not self._active and not self._pending)
+        self._take_inbox(block=not self._active and not self._pending and self._inflight is None)
         self._drop_cancelled()
-        due = self._due_windows()
-        if due:
-            self._s3gen(due)
-        elif self._active:
+        if self._inflight is not None and (not self._active or self._inflight[2].done()):
+            self._collect()  # (waits for the GPU only when T3 has nothing to do)
+        if self._inflight is None:
+            due = self._due_windows()
+            if due:
+                self._launch(due)
+                if not self.streamer.overlaps:
+                    self._collect()
+                    return  # alternate: T3's turn comes next
+        if self._active:
             self._t3_step()
 
     def _deadline(self, r: Request) -> float:
@@ -203,7 +220,7 @@ class Scheduler:
         if not critical and self._active:
             listening = any(r.first_audio is not None and not r.background for r in self._active) or \
                 any(r.first_audio is not None and not r.background for r in self._pending)
-            if listening and self._t3_since_flow < self.t3_share * self._last_flow:
+            if listening and not self.streamer.overlaps and self._t3_since_flow < self.t3_share * self._last_flow:
                 return []  # T3's share first: callers already listening need their next tokens
             if not any(not r.background and (r.t3_done or r.first_audio is None
                                              or self._deadline(r) - now < self.slack) for r in self._pending):
@@ -330,7 +347,8 @@ class Scheduler:
             req.queued = True
             self._pending.append(req)
 
-    def _s3gen(self, ready: list[Request]) -> None:
+    def _launch(self, ready: list[Request]) -> None:
+        """Enqueue one S3Gen batch (flow + vocoder) over the windows in ``ready``."""
         t0 = time.perf_counter()
         device = self.streamer.device
         jobs = []
@@ -341,8 +359,14 @@ class Scheduler:
             if len(toks) > limit:  # bounded window: the rest waits for the next one
                 toks, final = toks[:limit], False
             jobs.append(FlowJob(req.utt, torch.tensor(toks, dtype=torch.long, device=device), final))
-        self.streamer.flow_batch(jobs)
-        audio = self.streamer.vocode([r.utt for r in ready], [j.final for j in jobs])  # ends in a host copy
+        self._inflight = (ready, jobs, self.streamer.launch(jobs), t0)
+
+    def _collect(self) -> None:
+        """Deliver the audio of the batch in flight (waiting for the GPU if it is not done)."""
+        assert self._inflight is not None
+        ready, jobs, pending, t0 = self._inflight
+        audio = self.streamer.collect(pending)  # ends the host copy's wait
+        self._inflight = None
         self.stats.flow_batches += 1
         self.stats.flow_items += len(ready)
         now = time.perf_counter()
@@ -364,7 +388,8 @@ class Scheduler:
             req.window_index += 1
             req.next_window_at = job.tokens.numel() + self.windows[min(req.window_index, len(self.windows) - 1)]
             self._mark_ready(req)  # it may be complete again already
-        dt = time.perf_counter() - t0
+        gpu = pending.gpu_seconds()  # overlapped, the host's clock would count T3's steps too
+        dt = gpu if gpu is not None else time.perf_counter() - t0
         self.stats.s3_seconds += dt
         self._last_flow = dt
         self._flow_cost = 0.8 * self._flow_cost + 0.2 * dt
