@@ -487,7 +487,8 @@ def test_a_burst_of_callers_is_prefilled_in_few_batches_and_a_lone_one_at_once(c
     (p_alone, a_alone, _), (prefills, admitted), sizes = asyncio.run(main())
     assert (p_alone, a_alone) == (1, 1)
     assert admitted == 7 and all(n == (30 + 3) * 2 * SAMPLES_PER_FRAME for n in sizes)
-    assert prefills <= 3, prefills  # 1 + the burst in one or two batches, not 1 + 6
+    # 1 + the burst in a few batches (each prefill is followed by 3x its time of other work), not 1 + 6
+    assert prefills <= 4, prefills
 
 
 def test_speech_is_capped_to_the_room_left_in_the_cache(ckpt, ckpt_dir):

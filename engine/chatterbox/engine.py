@@ -37,7 +37,7 @@ class ChatterboxOptions:
     top_p: float = 0.95
     repetition_penalty: float = 1.2
     cuda_graphs: bool = True
-    overlap: bool = True  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
+    overlap: bool = False  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
 
 
 class ChatterboxEngine:

@@ -276,7 +276,7 @@ class S3GenStreamer:
     def __init__(self, s3gen: torch.nn.Module, device: str | torch.device = "cpu",
                  flow_dtype: torch.dtype = torch.float32, hift_dtype: torch.dtype = torch.float32,
                  cuda_graphs: bool = True, reference_cache: bool = True, context_tokens: int = CONTEXT_TOKENS,
-                 overlap: bool = True) -> None:
+                 overlap: bool = False) -> None:
         self.device = torch.device(device)
         # its own stream (default priority: T3's stream outranks it), see "Overlap" above
         self.stream = torch.cuda.Stream(self.device) if overlap and self.device.type == "cuda" else None

@@ -31,7 +31,8 @@ H100: with 10, 25, … most callers at 32 streams ran dry after the first chunk)
 Audio goes back through each request's ``deliver`` callback
 (``loop.call_soon_threadsafe`` on the asyncio side), which never blocks.
 
-Overlap (GPU): T3 and S3Gen run on two CUDA streams from this one thread. A
+Overlap (GPU, optional: ``S3GenStreamer(overlap=True)``, off by default): T3 and
+S3Gen run on two CUDA streams from this one thread. A
 batch of windows is *launched* on S3Gen's stream and collected when its event
 has completed; T3 keeps stepping meanwhile on a stream of higher priority, so
 the GPU's block scheduler gives T3's small kernels the next free SMs and an
@@ -42,6 +43,11 @@ nothing can wait on another: a version with two threads and two streams hung
 under load on an H100 (both threads blocked in device syncs, see
 benchmarks/results/engine_notes.md, run 7). On a CPU, or while profiling, a
 launched batch is complete when ``launch`` returns and the loop alternates.
+Measured on an H100 in one run (engine_notes.md, run 23): overlap gave 238 vs 228
+audio s per s but 64 vs 0 late frames at 128 streams and 1,256 vs 108 at 160:
+near capacity the GPU has no idle time to fill, and T3's steps slow down beside
+S3Gen's kernels while the alternating loop spends T3's share where it is due.
+So the loop alternates unless asked otherwise.
 Window sizes grow (``windows``: 10, 15, 25 … tokens): the first is small so
 first audio comes early, later ones are larger because each window re-reads
 the context.
@@ -121,7 +127,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 15, 25, 50, 75),
                  max_flow_batch: int = 32, slack: float = 1.0, first_audio_budget: float = 0.15,
-                 t3_share: float = 1.0, max_admit: int = 32, admit_share: float = 10.0) -> None:
+                 t3_share: float = 1.0, max_admit: int = 32, admit_share: float = 3.0) -> None:
         self.runner = runner
         self.streamer = streamer
         self.windows = windows
