@@ -103,7 +103,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         queue = getattr(engine, "queue_depth", None)
         metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None,
                           engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache,
-                          engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)))
+                          engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)),
+                          pacer_late=lambda: server.clock.late_wakeups if server.clock is not None else 0)
     server = SipServer(settings, route, hooks=metrics, available=engine_up)
     try:
         await server.start()
@@ -143,6 +144,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         Path(pid_file).write_text(f"{os.getpid()}\n")
     systemd.notify(f"READY=1\nSTATUS=serving on {host}:{server.port}")
     systemd.start_watchdog(asyncio.get_running_loop())
+    if os.environ.get("SIP_TTS_PACER_DIAG") and server.clock is not None:
+        server.clock.enable_diagnosis()  # diagnosis: each late pacing wake-up logged with what the thread did
     stall_ms = os.environ.get("SIP_TTS_LOOP_STALL_MS")
     if stall_ms:  # diagnosis: asyncio names every callback that holds the loop longer than this
         loop = asyncio.get_running_loop()

@@ -29,12 +29,18 @@ class _Live:
     """Values read at scrape time: the engine's running totals and the prompt cache's counters."""
 
     def __init__(self, engine: Callable[[], EngineStats | None], cache: Callable[[], PromptCache | None],
-                 engine_health: Callable[[], tuple[bool, int]] | None = None) -> None:
+                 engine_health: Callable[[], tuple[bool, int]] | None = None,
+                 pacer_late: Callable[[], int] | None = None) -> None:
         self.engine = engine
         self.cache = cache
         self.engine_health = engine_health
+        self.pacer_late = pacer_late
 
     def collect(self):
+        if self.pacer_late is not None:
+            yield CounterMetricFamily("sip_tts_pacer_late_wakeups", "pacing ticks that woke > 10 ms after their "
+                                      "deadline (every call's packet of that slot went out late)",
+                                      value=self.pacer_late())
         st = self.engine()
         if st is not None:
             yield CounterMetricFamily("sip_tts_engine_steps", "batched engine steps (T3 decode steps; espeak: "
@@ -62,10 +68,11 @@ class Metrics:
     def __init__(self, active: Callable[[], int], engine_queue: Callable[[], int] | None = None,
                  engine_stats: Callable[[], EngineStats | None] = lambda: None,
                  cache: Callable[[], PromptCache | None] = lambda: None,
-                 engine_health: Callable[[], tuple[bool, int]] | None = None) -> None:
+                 engine_health: Callable[[], tuple[bool, int]] | None = None,
+                 pacer_late: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        r.register(_Live(engine_stats, cache, engine_health))
+        r.register(_Live(engine_stats, cache, engine_health, pacer_late))
         self.calls_active = Gauge("sip_tts_calls_active", "calls in progress", registry=r)
         self.calls_active.set_function(active)
         self.calls_total = Counter("sip_tts_calls_total", "calls ended, by outcome", ["outcome"], registry=r)

@@ -129,3 +129,39 @@ def test_a_stall_skips_whole_frames_per_phase_never_a_burst():
     second = RtpPacket.parse(packets[0][1])
     assert (second.timestamp - first.timestamp) % 2**32 == 160 * 4  # the timestamp follows wall time
     assert sender.skipped_frames == 3 and pacer.skipped_slots == 3
+
+
+def test_pacer_clock_counts_late_wakeups_and_says_where_the_time_went(caplog):
+    """A callback that holds the loop 40 ms: the pacing tick after it is counted late, and the
+    diagnosis (Linux schedstat) attributes the time to the loop thread running, not sleeping."""
+    import asyncio
+    import logging
+    import os
+    import time
+
+    from telephony.rtp.pacer import PacerClock
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        clock = PacerClock(loop)
+        clock.enable_diagnosis()
+        sender, out = make_sender([b"\x00" * 160] * 40)
+        clock.add(sender)
+        await asyncio.sleep(0.1)  # on time
+        on_time = clock.late_wakeups
+        end = time.perf_counter() + 0.04
+        while time.perf_counter() < end:  # busy: the loop thread runs, nobody else can
+            pass
+        await asyncio.sleep(0.1)
+        clock.close()
+        return on_time, clock, out
+
+    with caplog.at_level(logging.WARNING, logger="telephony.rtp.pacer"):
+        on_time, clock, out = asyncio.run(main())
+    assert clock.late_wakeups > on_time and clock.max_lateness >= 0.03
+    assert len(out) >= 8  # it kept sending
+    if os.path.exists("/proc/thread-self/schedstat"):
+        lines = [r.getMessage() for r in caplog.records if "woke" in r.getMessage()]
+        assert lines, "no diagnosis logged"
+        ran = float(lines[0].split("ran ")[1].split(" ms")[0])
+        assert ran >= 30, lines[0]

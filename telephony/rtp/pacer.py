@@ -24,9 +24,11 @@ on hold, and the marker bit (a new talkspurt, RFC 3551 §4.1).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import struct
@@ -201,14 +203,40 @@ class Pacer:
         return out, done
 
 
+_log = logging.getLogger(__name__)
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def _thread_schedstat() -> tuple[int, int]:
+    """(ns this thread has run on a CPU, ns it has waited on a run queue), from the Linux kernel."""
+    with open(_SCHEDSTAT, "rb") as f:
+        ran, waited, _ = f.read().split()
+    return int(ran), int(waited)
+
+
 class PacerClock:
-    """Drives a ``Pacer`` from the asyncio loop with one timer for all calls."""
+    """Drives a ``Pacer`` from the asyncio loop with one timer for all calls.
+
+    It also counts wake-ups that came more than ``LATE_WAKEUP`` after their deadline
+    (``late_wakeups``, ``max_lateness``): every call's packet of that slot goes out late
+    by as much. After ``enable_diagnosis`` (``SIP_TTS_PACER_DIAG=1``) each late wake-up is logged
+    with what this thread did since the previous tick, read from the kernel
+    (/proc/thread-self/schedstat): time it ran, time it waited for a CPU, and the rest
+    (asleep: in the selector, or waiting for the GIL). That tells an overloaded host
+    (run-queue wait), a slow callback (run time) and a blocked thread (neither) apart.
+    """
+
+    LATE_WAKEUP = 0.010
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, phases: int = 10) -> None:
         self._loop = loop or asyncio.get_event_loop()
         self.pacer = Pacer(self._loop.time(), phases=phases)
         self._handle: asyncio.TimerHandle | None = None
         self.send_errors = 0
+        self.late_wakeups = 0
+        self.max_lateness = 0.0
+        self._diagnose = False
+        self._last: tuple[float, int, int] | None = None  # (loop time, ns run, ns waiting) at the last tick
 
     def add(self, sender: RtpSender) -> None:
         self.pacer.add(sender)
@@ -228,7 +256,14 @@ class PacerClock:
 
     def _on_timer(self) -> None:
         self._handle = None
-        packets, done = self.pacer.on_tick(self._loop.time())
+        now = self._loop.time()
+        late = now - self.pacer.next_deadline()
+        if late > self.LATE_WAKEUP:
+            self.late_wakeups += 1
+            self.max_lateness = max(self.max_lateness, late)
+        if self._diagnose:
+            self._diagnosis(now, late)
+        packets, done = self.pacer.on_tick(now)
         for sender, data in packets:
             try:
                 sender.send(data)
@@ -239,6 +274,23 @@ class PacerClock:
                 sender.on_done()
         if len(self.pacer):
             self._schedule()
+
+    def enable_diagnosis(self) -> None:
+        """Log every late wake-up with the loop thread's run / run-queue / sleep split (Linux)."""
+        self._diagnose = Path(_SCHEDSTAT).exists()
+        if not self._diagnose:
+            _log.warning("pacer diagnosis needs %s (Linux); not enabled", _SCHEDSTAT)
+
+    def _diagnosis(self, now: float, late: float) -> None:
+        ran, waited = _thread_schedstat()
+        last, self._last = self._last, (now, ran, waited)
+        if last is None or late <= self.LATE_WAKEUP:
+            return
+        wall = now - last[0]
+        ran_s, waited_s = (ran - last[1]) / 1e9, (waited - last[2]) / 1e9
+        _log.warning("pacer woke %.1f ms late: since the last tick (%.1f ms) the loop thread ran %.1f ms, "
+                     "waited for a CPU %.1f ms, slept %.1f ms", late * 1e3, wall * 1e3, ran_s * 1e3,
+                     waited_s * 1e3, max(0.0, wall - ran_s - waited_s) * 1e3)
 
     def close(self) -> None:
         if self._handle is not None:
