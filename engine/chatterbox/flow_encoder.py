@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .bucket_graphs import BucketGraphs
+
 
 def check_encoder_supported(enc: torch.nn.Module) -> None:
     if getattr(enc, "global_cmvn", None) is not None or getattr(enc, "use_dynamic_chunk", False) \
@@ -51,53 +53,30 @@ def encode_tokens(flow: torch.nn.Module, tokens: torch.Tensor, lens: torch.Tenso
     return flow.encoder_proj(h).transpose(1, 2)
 
 
-class EncoderGraphs:
+class EncoderGraphs(BucketGraphs):
     """``encode_tokens`` captured per (batch, tokens) bucket."""
 
     def __init__(self, flow: torch.nn.Module, device: torch.device, batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
                  token_step: int = 32) -> None:
         check_encoder_supported(flow.encoder)
+        super().__init__(device, batches, token_step, "encoder")
         self.flow = flow
-        self.device = device
-        self.batches = batches
-        self.token_step = token_step
-        self.pool = torch.cuda.graph_pool_handle()
-        self.warm = False
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
 
-    def bucket(self, b: int, length: int) -> tuple[int, int]:
-        bb = next((x for x in self.batches if x >= b), None)
-        if bb is None:
-            raise ValueError(f"encoder batch {b} exceeds {self.batches[-1]}")
-        return bb, -(-length // self.token_step) * self.token_step
+    def _inputs(self, b: int, length: int) -> dict[str, torch.Tensor]:
+        return dict(tokens=torch.zeros(b, length, dtype=torch.long, device=self.device),
+                    lens=torch.ones(b, dtype=torch.long, device=self.device))
 
-    @torch.inference_mode()
-    def _capture(self, b: int, length: int) -> tuple:
-        ins = dict(tokens=torch.zeros(b, length, dtype=torch.long, device=self.device),
-                   lens=torch.ones(b, dtype=torch.long, device=self.device))
-        if not self.warm:
-            encode_tokens(self.flow, **ins)  # lazy initialisation, outside any capture
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            self.warm = True
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = encode_tokens(self.flow, **ins)
-        self.graphs[(b, length)] = (graph, ins, out)
-        return self.graphs[(b, length)]
+    def _run(self, **ins: torch.Tensor) -> torch.Tensor:
+        return encode_tokens(self.flow, **ins)
 
     def capture(self, lengths: range) -> None:
-        """Every bucket of token counts in ``lengths``, largest first (the pool is sized once)."""
-        wanted = sorted({self.bucket(1, n)[1] for n in lengths}, reverse=True)
-        for b in reversed(self.batches):
-            for length in wanted:
-                if (b, length) not in self.graphs:
-                    self._capture(b, length)
+        """Every bucket of token counts in ``lengths`` (a window's encoder input is the reference's
+        tokens plus the window's, so short buckets are never used)."""
+        self.capture_lengths(lengths)
 
     def __call__(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         b, length = tokens.shape
-        key = self.bucket(b, length)
-        graph, ins, out = self.graphs.get(key) or self._capture(*key)
+        _, graph, ins, out = self.entry(b, length)
         ins["tokens"].zero_()
         ins["tokens"][:b, :length] = tokens
         ins["lens"].fill_(1)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bucket_graphs import BucketGraphs
 from .flow_cache import Tape, check_supported, record_voice, solve_meanflow_cached
 from .flow_encoder import EncoderGraphs, check_encoder_supported, encode_tokens
 from .vocoder import SAMPLE_RATE, SAMPLES_PER_FRAME, Vocoder, VocoderGraphs
@@ -120,7 +121,7 @@ def solve_meanflow(est: torch.nn.Module, z: torch.Tensor, mask: torch.Tensor, mu
     return x
 
 
-class FlowGraphs:
+class FlowGraphs(BucketGraphs):
     """CUDA graphs of the whole meanflow solve over generated frames, per (batch, frames) bucket.
 
     The voice's reference states (``Tape``s) are graph inputs: static buffers,
@@ -131,23 +132,12 @@ class FlowGraphs:
     def __init__(self, est: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                  batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32), frame_step: int = 32,
                  ref_frames: int = 512) -> None:
+        super().__init__(device, batches, frame_step, "flow")
         self.est = est
-        self.device = device
         self.dtype = dtype
-        self.batches = batches
-        self.frame_step = frame_step
         self.ref_frames = ref_frames
-        self.pool = torch.cuda.graph_pool_handle()
-        self.warm = False
         self.tapes: list[Tape] | None = None  # static reference states read by every graph
         self.loaded: object = None  # the voice whose states are in ``tapes``
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
-
-    def bucket(self, b: int, t: int) -> tuple[int, int]:
-        bb = next((x for x in self.batches if x >= b), None)
-        if bb is None:
-            raise ValueError(f"flow batch {b} exceeds {self.batches[-1]}")
-        return bb, -(-t // self.frame_step) * self.frame_step
 
     def load_voice(self, voice: "VoiceGen") -> None:
         if self.loaded is voice:
@@ -163,47 +153,32 @@ class FlowGraphs:
                 static.fill_buffers()
         self.loaded = voice
 
-    @torch.inference_mode()  # no autograd records (they would keep every activation alive)
-    def _capture(self, b: int, t: int) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]:
+    def _inputs(self, b: int, t: int) -> dict[str, torch.Tensor]:
         if self.tapes is None:
             raise RuntimeError("FlowGraphs: load a voice before capturing")
         d, dt = self.device, self.dtype
         ins = dict(z=torch.zeros(b, 80, t, device=d, dtype=dt), mask=torch.zeros(b, 1, t, device=d, dtype=dt),
                    mu=torch.zeros(b, 80, t, device=d, dtype=dt), spks=torch.zeros(b, 80, device=d, dtype=dt))
         ins["mask"][:, :, :1] = 1
-        if not self.warm:
-            # Lazy initialisation (cuBLAS/cuDNN handles, autotuning) once, outside any capture,
-            # on the current stream: blocks cached on a side stream could not be reused later.
-            solve_meanflow_cached(self.est, self.tapes, **ins)
-            torch.cuda.synchronize(d)
-            torch.cuda.empty_cache()  # the graphs' private pool cannot use blocks cached here
-            self.warm = True
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = solve_meanflow_cached(self.est, self.tapes, **ins)
-        self.graphs[(b, t)] = (graph, ins, out)
-        return self.graphs[(b, t)]
+        return ins
+
+    def _run(self, **ins: torch.Tensor) -> torch.Tensor:
+        return solve_meanflow_cached(self.est, self.tapes, **ins)
 
     def capture_all(self, max_frames: int) -> None:
         if self.tapes is None:
             raise RuntimeError("FlowGraphs: load a voice before capturing")
-        frames = -(-max_frames // self.frame_step) * self.frame_step
+        frames = self.bucket(1, max_frames)[1]
         for tape in self.tapes:
             if tape.buffers is None:  # before any capture: every graph writes into the same buffers
                 tape.attach_buffers(self.batches[-1], frames)
-        # Largest first: the shared pool is sized by the first capture and reused by the rest.
-        for b in reversed(self.batches):
-            for t in range(-(-max_frames // self.frame_step) * self.frame_step, 0, -self.frame_step):
-                if (b, t) not in self.graphs:
-                    self._capture(b, t)
+        super().capture_all(max_frames)
 
     def __call__(self, voice: "VoiceGen", z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor,
                  spks: torch.Tensor) -> torch.Tensor:
         self.load_voice(voice)
         b, _, t = z.shape
-        key = self.bucket(b, t)
-        entry = self.graphs.get(key) or self._capture(*key)
-        graph, ins, out = entry
+        _, graph, ins, out = self.entry(b, t)
         for name, value in (("z", z), ("mask", mask), ("mu", mu)):
             ins[name].zero_()
             ins[name][:b, :, :t] = value

@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .bucket_graphs import BucketGraphs
 from .snake import resblock
 
 SAMPLE_RATE = 24000
@@ -164,22 +165,12 @@ class Vocoder:
         return hift_decode(self.hift, self.dft, mel, s).float(), keep_phase
 
 
-class VocoderGraphs:
+class VocoderGraphs(BucketGraphs):
     """``Vocoder`` captured per (batch, frames) bucket; padding rows and frames are the caller's."""
 
     def __init__(self, vocoder: Vocoder, batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32), frame_step: int = 32) -> None:
+        super().__init__(vocoder.device, batches, frame_step, "vocoder")
         self.vocoder = vocoder
-        self.batches = batches
-        self.frame_step = frame_step
-        self.pool = torch.cuda.graph_pool_handle()
-        self.warm = False
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], tuple]] = {}
-
-    def bucket(self, b: int, frames: int) -> tuple[int, int]:
-        bb = next((x for x in self.batches if x >= b), None)
-        if bb is None:
-            raise ValueError(f"vocoder batch {b} exceeds {self.batches[-1]}")
-        return bb, -(-frames // self.frame_step) * self.frame_step
 
     def _inputs(self, b: int, frames: int) -> dict[str, torch.Tensor]:
         v, d = self.vocoder, self.vocoder.device
@@ -189,32 +180,13 @@ class VocoderGraphs:
                     noise_start=torch.zeros(b, device=d, dtype=torch.long),
                     keep_frame=torch.ones(b, device=d, dtype=torch.long))
 
-    @torch.inference_mode()
-    def _capture(self, b: int, frames: int) -> tuple:
-        ins = self._inputs(b, frames)
-        if not self.warm:
-            # Lazy initialisation (cuDNN handles, autotuning) once, outside any capture.
-            self.vocoder(**ins)
-            torch.cuda.synchronize(self.vocoder.device)
-            torch.cuda.empty_cache()
-            self.warm = True
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.vocoder(**ins)
-        self.graphs[(b, frames)] = (graph, ins, out)
-        return self.graphs[(b, frames)]
-
-    def capture_all(self, max_frames: int) -> None:
-        for b in reversed(self.batches):  # largest first: the shared pool is sized once
-            for t in range(-(-max_frames // self.frame_step) * self.frame_step, 0, -self.frame_step):
-                if (b, t) not in self.graphs:
-                    self._capture(b, t)
+    def _run(self, **ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vocoder(**ins)
 
     def inputs(self, b: int, frames: int) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
         """The static input buffers of the bucket for (b, frames), to be filled by the caller."""
-        key = self.bucket(b, frames)
-        entry = self.graphs.get(key) or self._capture(*key)
-        return key, entry[1]
+        key, _, ins, _ = self.entry(b, frames)
+        return key, ins
 
     def replay(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         graph, _, out = self.graphs[key]
