@@ -281,6 +281,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--overlap", default="off", choices=["on", "off"],
                     help="S3Gen on its own CUDA stream beside T3 (the engine's default) or alternating with it")
+    ap.add_argument("--t3-share", type=float, default=None,
+                    help="the scheduler's T3 share (default: the engine's, 1)")
     ap.add_argument("--no-stock", action="store_true")
     ap.add_argument("--no-precision", action="store_true")
     ap.add_argument("--durations", default="1,2,3,5,8,10,12,15", help="stock utterance lengths, s")
@@ -333,7 +335,7 @@ def main() -> int:
     runner = T3Runner(ckpt.t3, device, dtype, max_slots=a.max_slots, max_len=1024,
                       cuda_graphs=device.type == "cuda")
     streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype, overlap=a.overlap == "on")
-    sched = Scheduler(runner, streamer)
+    sched = Scheduler(runner, streamer) if a.t3_share is None else Scheduler(runner, streamer, t3_share=a.t3_share)
     voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
     def mem(tag: str) -> None:
         if device.type == "cuda":
@@ -385,6 +387,7 @@ def main() -> int:
         stats=sched.stats.__dict__,
         dtype=a.dtype,
         overlap=a.overlap,
+        t3_share=sched.t3_share,
     )
     result["ours"] = ours
     if stock:

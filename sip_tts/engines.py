@@ -37,7 +37,7 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
         max_streams=settings.max_streams, max_tokens=settings.max_tokens,
         voice_cache_dir=resolve(settings.voice_cache_dir), temperature=settings.temperature,
         top_k=settings.top_k, top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
-        overlap=settings.overlap)
+        overlap=settings.overlap, t3_share=settings.t3_share)
     voice = VoiceSpec("default", (("voice_wav", resolve(settings.voice_wav)),) if settings.voice_wav else ())
     if settings.process:
         from engine.process import EngineProcess

@@ -38,6 +38,7 @@ class ChatterboxOptions:
     repetition_penalty: float = 1.2
     cuda_graphs: bool = True
     overlap: bool = False  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
+    t3_share: float = 1.0  # T3's GPU time between S3Gen batches, in batch durations (scheduler docstring)
 
 
 class ChatterboxEngine:
@@ -75,7 +76,7 @@ class ChatterboxEngine:
         sampling = SamplingParams(o.temperature, o.top_k, o.top_p, o.repetition_penalty)
         runner = T3Runner(self._ckpt.t3, o.device, dtype, o.max_streams, o.max_len, sampling, o.cuda_graphs)
         streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype, overlap=o.overlap)
-        self._scheduler = Scheduler(runner, streamer)
+        self._scheduler = Scheduler(runner, streamer, t3_share=o.t3_share)
         self._voices["default"] = self._make_voice("default", self._ckpt.conds)
         self._scheduler.capture_graphs(self._voices["default"])  # start-up is slower, first audio is not
         self._scheduler.start()

@@ -21,7 +21,15 @@ late frames at 64 streams in the cost model, 11 without). Otherwise complete win
 last window, or a caller with less than ``slack`` seconds of audio left) and T3
 has had its share of the GPU since the last S3Gen batch (``t3_share`` times that
 batch's duration): without that share, a stream of new callers, each wanting
-its first window at once, starves every caller's T3 below real time.
+its first window at once, starves every caller's T3 below real time. The share
+trades first audio for capacity: a larger one makes S3Gen batches larger and so
+cheaper per window (1 window 12.5 ms, 32 windows 80 ms on an H100). Measured in
+one H100 session (engine_notes.md, run 27), share 2 against 1: late frames at
+160 streams 8,581 -> 865, at 192 54,929 -> 111; first audio p95 at 64 streams
+390 -> 595 ms. The default is 1 (0 late frames up to 64 streams either way, the
+engine's default slot count); a deployment for more streams per GPU sets 2. A
+share that grew with the number of utterances did not carry 192 streams in the
+cost model (it entered the start burst at share 1 and never caught up).
 Windows hold at most ``windows[-1]`` new tokens, so one batch's cost is bounded.
 Window sizes (10, 15, 25, 50, 75 tokens) grow so that each chunk's audio covers
 the time to make the next one: the first chunk holds 280 ms, and 15 tokens of
