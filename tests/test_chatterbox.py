@@ -536,3 +536,88 @@ def test_voice_from_wav_is_cached_and_short_wavs_refused(ckpt, tmp_path):
     assert len(cached) == 1
     again = conditionals_from_wav(ckpt, tmp_path / "ref.wav", tmp_path / "cache", "cpu")
     assert torch.equal(again.t3.speaker_emb, conds.t3.speaker_emb)
+
+
+class _Completion:
+    """Stands in for a CUDA event on a CPU: the batch counts as running until polled ``polls`` times."""
+
+    def __init__(self, polls: int) -> None:
+        self.left = polls
+
+    def query(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+    def synchronize(self) -> None:
+        self.left = -1
+
+
+def test_scheduler_overlap_path_steps_t3_while_a_batch_is_in_flight(ckpt):
+    """The GPU's overlap bookkeeping on a CPU: a launched batch completes only after a few of T3's
+    steps (as a batch on its own CUDA stream would); every utterance still comes out whole, with
+    the audio the alternating loop gives, and a caller hanging up mid-batch is counted once."""
+    import threading
+    import time
+
+    from engine.chatterbox.s3gen_streamer import PendingAudio
+    from engine.chatterbox.scheduler import Request, Scheduler, Voice
+    from engine.chatterbox.t3_runner import T3Runner
+
+    class Deferred(S3GenStreamer):
+        in_flight_steps = 0
+
+        @property
+        def overlaps(self) -> bool:
+            return True
+
+        def launch(self, jobs):
+            pending = super().launch(jobs)
+            return PendingAudio(pending.parts, pending.size, _Completion(3), None)
+
+    def run(streamer_cls, cancel_one: bool):
+        runner = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=4, max_len=512, sampling=GREEDY)
+        streamer = streamer_cls(ckpt.s3gen, "cpu")
+        sched = Scheduler(runner, streamer, windows=(10, 15, 25))
+        voice = Voice("v", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
+        steps_in_flight = 0
+        step = sched._t3_step
+
+        def counted():
+            nonlocal steps_in_flight
+            steps_in_flight += sched._inflight is not None
+            step()
+        sched._t3_step = counted
+        outs, dones = [], []
+        for i in range(3):
+            chunks, done = [], threading.Event()
+            outs.append(chunks)
+            dones.append(done)
+
+            def deliver(item, chunks=chunks, done=done):
+                if isinstance(item, np.ndarray):
+                    chunks.append(item)
+                else:  # the end (None) or an error: an error fails the size checks below
+                    done.set()
+            req = Request(torch.tensor([100 + i, 200, 300]), voice, deliver, max_tokens=40 + 10 * i, seed=i)
+            sched.submit(req)
+            if cancel_one and i == 2:
+                cancelled = req
+        sched.start()
+        if cancel_one:
+            while not outs[2]:
+                time.sleep(0.01)
+            cancelled.cancel()
+        for d in dones[:2]:
+            assert d.wait(120)
+        time.sleep(0.2)
+        sched.stop()
+        return [np.concatenate(c) if c else np.zeros(0) for c in outs], steps_in_flight, sched.stats
+
+    ours, in_flight, stats = run(Deferred, cancel_one=True)
+    ref, none_in_flight, _ = run(S3GenStreamer, cancel_one=False)
+    assert in_flight > 0 and none_in_flight == 0  # T3 stepped while batches were in flight
+    for i in range(2):
+        assert ours[i].size == (40 + 10 * i + 3) * 2 * SAMPLES_PER_FRAME
+        assert ours[i].size == ref[i].size  # the same utterance, whatever the windows' timing
+        assert np.isfinite(ours[i]).all()
+    assert stats.cancelled == 1 and stats.finished == 2
