@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +216,21 @@ def _thread_schedstat() -> tuple[int, int]:
     return int(ran), int(waited)
 
 
+def _others_ran() -> dict[int, int]:
+    """ns each other thread of this process has run on a CPU (native thread id → ns)."""
+    me = threading.get_native_id()
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return out
+
+
 class PacerClock:
     """Drives a ``Pacer`` from the asyncio loop with one timer for all calls.
 
@@ -222,8 +239,9 @@ class PacerClock:
     by as much. After ``enable_diagnosis`` (``SIP_TTS_PACER_DIAG=1``) each late wake-up is logged
     with what this thread did since the previous tick, read from the kernel
     (/proc/thread-self/schedstat): time it ran, time it waited for a CPU, and the rest
-    (asleep: in the selector, or waiting for the GIL). That tells an overloaded host
-    (run-queue wait), a slow callback (run time) and a blocked thread (neither) apart.
+    (asleep: in the selector, or waiting for the GIL), and which other threads of the
+    process ran meanwhile. That tells an overloaded host (run-queue wait), a slow
+    callback (run time) and a thread blocked on the GIL (asleep while another ran) apart.
     """
 
     LATE_WAKEUP = 0.010
@@ -237,6 +255,7 @@ class PacerClock:
         self.max_lateness = 0.0
         self._diagnose = False
         self._last: tuple[float, int, int] | None = None  # (loop time, ns run, ns waiting) at the last tick
+        self._others: dict[int, int] = {}  # other threads' ns run at the last tick
 
     def add(self, sender: RtpSender) -> None:
         self.pacer.add(sender)
@@ -291,14 +310,19 @@ class PacerClock:
 
     def _diagnosis(self, now: float, late: float) -> None:
         ran, waited = _thread_schedstat()
-        last, self._last = self._last, (now, ran, waited)
+        others, before = _others_ran(), self._others
+        last, self._last, self._others = self._last, (now, ran, waited), others
         if last is None or late <= self.LATE_WAKEUP:
             return
         wall = now - last[0]
         ran_s, waited_s = (ran - last[1]) / 1e9, (waited - last[2]) / 1e9
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        busy = sorted(((ns - before.get(tid, ns)) / 1e6, names.get(tid, f"thread {tid}"))
+                      for tid, ns in others.items())
+        busy_text = ", ".join(f"{name} {ms:.1f} ms" for ms, name in reversed(busy) if ms >= 0.5) or "none"
         _log.warning("pacer woke %.1f ms late: since the last tick (%.1f ms) the loop thread ran %.1f ms, "
-                     "waited for a CPU %.1f ms, slept %.1f ms", late * 1e3, wall * 1e3, ran_s * 1e3,
-                     waited_s * 1e3, max(0.0, wall - ran_s - waited_s) * 1e3)
+                     "waited for a CPU %.1f ms, slept %.1f ms; other threads ran: %s", late * 1e3, wall * 1e3,
+                     ran_s * 1e3, waited_s * 1e3, max(0.0, wall - ran_s - waited_s) * 1e3, busy_text)
 
     def close(self) -> None:
         if self._handle is not None:
