@@ -63,6 +63,7 @@ _ULAW_DEC = _build_ulaw_decode()
 _ALAW_ENC = _build_alaw_encode()
 _ALAW_DEC = _build_alaw_decode()
 _ENC = {"PCMU": _ULAW_ENC, "PCMA": _ALAW_ENC}
+LINE_CODECS = tuple(_ENC)  # the line formats LineEncoder writes
 _DEC = {"PCMU": _ULAW_DEC, "PCMA": _ALAW_DEC}
 
 

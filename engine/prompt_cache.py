@@ -53,9 +53,18 @@ def file_key(path: str | Path, codec: str) -> str:
 async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str,
                         push: Callable[[bytes], None] | None = None, background: bool = False) -> bytes:
     """Synthesise ``text`` as 8 kHz G.711, handing each piece to ``push`` as it is ready;
-    returns all of it. ``background``: nobody is listening (rendering into the cache)."""
-    encoder = LineEncoder(engine.sample_rate, codec)
+    returns all of it. ``background``: nobody is listening (rendering into the cache).
+    An engine that can deliver line audio itself (``stream_line``: one in its own process)
+    does the resampling and encoding there, off this event loop."""
     out = bytearray()
+    line = getattr(engine, "stream_line", None)
+    if line is not None:
+        async for data in line(text, voice, codec, background=background):
+            out += data
+            if push is not None:
+                push(data)
+        return bytes(out)
+    encoder = LineEncoder(engine.sample_rate, codec)
     async for chunk in engine.stream(text, voice, background=background):
         data = encoder.encode(chunk)
         out += data

@@ -108,3 +108,30 @@ def test_an_engine_that_cannot_load_is_named_and_not_retried_at_once():
 
     waited, available = asyncio.run(main())
     assert waited >= 0.6 and not available
+
+
+def test_line_audio_is_encoded_in_the_child_as_the_server_would():
+    """stream_line (resampled and G.711-encoded in the child) == the server's own LineEncoder
+    over the same engine's chunks: same length, same loudness, and far fewer bytes on the pipe."""
+    from engine.audio import LineEncoder, decode_g711
+    from engine.prompt_cache import render_speech
+
+    async def main():
+        remote = espeak_process()
+        await remote.start()
+        pushed: list[bytes] = []
+        line = await render_speech(remote, VOICE, TEXT, "PCMA", push=pushed.append)  # takes the child's path
+        floats = np.concatenate([c async for c in remote.stream(TEXT, VOICE)])
+        with pytest.raises(ValueError):
+            [_ async for _ in remote.stream_line(TEXT, VOICE, "G729")]
+        await remote.close()
+        enc = LineEncoder(SR, "PCMA")
+        here = enc.encode(floats) + enc.finish()
+        return line, pushed, here, floats
+
+    line, pushed, here, floats = asyncio.run(main())
+    assert len(pushed) > 5 and b"".join(pushed) == line  # streamed in pieces
+    assert abs(len(line) - len(here)) <= 0.05 * len(here)  # espeak varies a little between renderings
+    a, b = decode_g711(line, "PCMA"), decode_g711(here, "PCMA")
+    assert abs(20 * np.log10(rms(a) / rms(b))) < 1.0
+    assert len(line) * 10 < floats.nbytes  # 1 byte per 8 kHz sample vs 4 per 22.05 kHz sample
