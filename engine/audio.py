@@ -8,6 +8,8 @@ its filter state across chunks, so chunked output equals whole-signal output.
 
 from __future__ import annotations
 
+from typing import AsyncIterator
+
 import numpy as np
 import soxr
 
@@ -108,6 +110,16 @@ class StreamingResampler:
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)
         return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+async def encode_line(chunks: AsyncIterator[np.ndarray], in_rate: int, codec: str) -> AsyncIterator[bytes]:
+    """An engine's chunks as 8 kHz G.711 pieces as they come, the resampler's tail last (empty ones skipped)."""
+    encoder = LineEncoder(in_rate, codec)
+    async for chunk in chunks:
+        if data := encoder.encode(chunk):
+            yield data
+    if tail := encoder.finish():
+        yield tail
 
 
 class LineEncoder:

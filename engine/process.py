@@ -43,7 +43,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from .audio import LINE_CODECS, LineEncoder
+from .audio import LINE_CODECS, encode_line
 from .base import EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
@@ -335,15 +335,13 @@ async def _serve(conn: Connection, engine) -> None:  # type: ignore[no-untyped-d
     tasks: dict[int, asyncio.Task] = {}
 
     async def run(rid: int, text: str, voice: VoiceSpec, background: bool, codec: str | None) -> None:
-        encoder = LineEncoder(engine.sample_rate, codec) if codec else None
         try:
-            async for chunk in engine.stream(text, voice, background):
-                if encoder is None:
-                    conn.send(("chunk", rid, np.ascontiguousarray(chunk, dtype=np.float32).tobytes()))
-                elif data := encoder.encode(chunk):
+            if codec:
+                async for data in encode_line(engine.stream(text, voice, background), engine.sample_rate, codec):
                     conn.send(("chunk", rid, data))
-            if encoder is not None and (tail := encoder.finish()):
-                conn.send(("chunk", rid, tail))
+            else:
+                async for chunk in engine.stream(text, voice, background):
+                    conn.send(("chunk", rid, np.ascontiguousarray(chunk, dtype=np.float32).tobytes()))
             conn.send(("end", rid))
         except asyncio.CancelledError:
             pass  # the server stopped listening

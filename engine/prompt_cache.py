@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import soxr
 
-from .audio import LineEncoder, encode_g711, float_to_int16
+from .audio import encode_g711, encode_line, float_to_int16
 from .base import TtsEngine, VoiceSpec
 
 FRAME = 160
@@ -56,24 +56,14 @@ async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: s
     returns all of it. ``background``: nobody is listening (rendering into the cache).
     An engine that can deliver line audio itself (``stream_line``: one in its own process)
     does the resampling and encoding there, off this event loop."""
-    out = bytearray()
     line = getattr(engine, "stream_line", None)
-    if line is not None:
-        async for data in line(text, voice, codec, background=background):
-            out += data
-            if push is not None:
-                push(data)
-        return bytes(out)
-    encoder = LineEncoder(engine.sample_rate, codec)
-    async for chunk in engine.stream(text, voice, background=background):
-        data = encoder.encode(chunk)
+    pieces = line(text, voice, codec, background=background) if line is not None else \
+        encode_line(engine.stream(text, voice, background=background), engine.sample_rate, codec)
+    out = bytearray()
+    async for data in pieces:
         out += data
         if push is not None:
             push(data)
-    tail = encoder.finish()
-    out += tail
-    if push is not None:
-        push(tail)
     return bytes(out)
 
 
