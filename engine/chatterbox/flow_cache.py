@@ -139,9 +139,6 @@ class _Walk:
                 k = torch.cat([kr.expand(b, -1, -1, -1), k], dim=2)
                 v = torch.cat([vr.expand(b, -1, -1, -1), v], dim=2)
             self.attn_i += 1
-            ref_bias = self.tape.key_bias if self.tape.key_bias is not None else \
-                torch.zeros(1, 1, 1, kr.shape[2], device=h.device, dtype=bias.dtype)
-            bias = torch.cat([ref_bias.expand(b, -1, -1, -1), bias], dim=-1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
         o = attn.to_out[0](o.transpose(1, 2).reshape(b, t, -1))
         h = h + attn.to_out[1](o)
@@ -154,6 +151,10 @@ class _Walk:
             remb = est.time_mlp(est.time_embeddings(r).to(t.dtype))
             temb = est.time_embed_mixer(torch.cat([temb, remb], dim=1))
         bias = ((1.0 - mask.to(x.dtype)) * -1.0e10)[:, None]  # [B, 1, 1, T]: key padding
+        if not self.record:  # replaying: the reference's keys come first in every attention
+            ref_bias = self.tape.key_bias if self.tape.key_bias is not None else \
+                torch.zeros(1, 1, 1, self.tape.frames, device=x.device, dtype=bias.dtype)
+            bias = torch.cat([ref_bias.expand(x.shape[0], -1, -1, -1), bias], dim=-1)
         h = torch.cat([x, mu, spks[:, :, None].expand(-1, -1, x.shape[-1]), cond], dim=1)
         hiddens = []
         for resnet, blocks, downsample in est.down_blocks:
