@@ -69,11 +69,6 @@ class EncoderGraphs(BucketGraphs):
     def _run(self, **ins: torch.Tensor) -> torch.Tensor:
         return encode_tokens(self.flow, **ins)
 
-    def capture(self, lengths: range) -> None:
-        """Every bucket of token counts in ``lengths`` (a window's encoder input is the reference's
-        tokens plus the window's, so short buckets are never used)."""
-        self.capture_lengths(lengths)
-
     def __call__(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         b, length = tokens.shape
         _, graph, ins, out = self.entry(b, length)

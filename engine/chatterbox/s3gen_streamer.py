@@ -304,7 +304,9 @@ class S3GenStreamer:
             self.graphs.capture_all(TOKEN_MEL_RATIO * (self.context_tokens + window_tokens + LOOKAHEAD_TOKENS))
         if self.encoder_graphs is not None:
             p = voice.prompt_token.numel()
-            self.encoder_graphs.capture(range(p + 1, p + self.context_tokens + window_tokens + 2 * LOOKAHEAD_TOKENS + 1))
+            # a window's encoder input is the reference's tokens plus its own: no shorter bucket is used
+            self.encoder_graphs.capture_lengths(
+                range(p + 1, p + self.context_tokens + window_tokens + 2 * LOOKAHEAD_TOKENS + 1))
         if self.vocoder_graphs is not None:
             self.vocoder_graphs.capture_all(LEFT + HOLD + TOKEN_MEL_RATIO * (window_tokens + 2 * LOOKAHEAD_TOKENS))
 
