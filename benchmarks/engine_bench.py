@@ -121,6 +121,7 @@ class Track:
     chunks: list[tuple[float, int]] = field(default_factory=list)  # (arrival, samples)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    request: Request | None = None  # its timestamps split first audio into lobby, tokens and S3Gen
 
     def deliver(self, item) -> None:
         if item is None:
@@ -150,6 +151,14 @@ class Track:
     @property
     def audio_s(self) -> float:
         return sum(n for _, n in self.chunks) / SR
+
+    def ttfa_parts_ms(self) -> tuple[float, float, float] | None:
+        """First audio as (lobby + prefill, T3 to the first window, S3Gen wait + batch)."""
+        r = self.request
+        if r is None or r.admitted_at is None or r.first_window_at is None or not self.chunks:
+            return None
+        return ((r.admitted_at - self.submitted) * 1e3, (r.first_window_at - r.admitted_at) * 1e3,
+                (self.chunks[0][0] - r.first_window_at) * 1e3)
 
     @property
     def play_end(self) -> float:
@@ -185,8 +194,9 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
                 seconds = rng.choice([1, 2, 3, 4, 5, 6, 8, 10, 12, 15])
                 tr = Track(seconds)
                 tr.submitted = time.perf_counter()
-                sched.submit(Request(text_ids_for(seconds, rng), voice, tr.deliver,
-                                     max_tokens=int(seconds * TOKENS_PER_S), seed=rng.randrange(1 << 30)))
+                tr.request = Request(text_ids_for(seconds, rng), voice, tr.deliver,
+                                     max_tokens=int(seconds * TOKENS_PER_S), seed=rng.randrange(1 << 30))
+                sched.submit(tr.request)
                 current[i] = tr
                 tracks.append(tr)
                 busy = True
@@ -200,8 +210,11 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
     errors = [repr(t.error) for t in tracks if t.error is not None]
     ttfa = [t.ttfa_ms for t in ok]
     under = [t.underruns() for t in ok]
+    # where the slowest tenth's first audio went: mean lobby / tokens / S3Gen of those >= p90
+    slow = [p for t in ok if t.ttfa_ms >= pct(ttfa, 90) and (p := t.ttfa_parts_ms()) is not None]
+    tail = [round(float(np.mean([p[k] for p in slow])), 1) for k in range(3)] if slow else None
     return dict(n=n, utterances=len(tracks), errors=errors[:3], ttfa_p50=pct(ttfa, 50), ttfa_p95=pct(ttfa, 95),
-                ttfa_max=max(ttfa) if ttfa else float("nan"), underrun_frames=int(sum(under)),
+                ttfa_tail_parts_ms=tail, ttfa_max=max(ttfa) if ttfa else float("nan"), underrun_frames=int(sum(under)),
                 utterances_with_underrun=sum(1 for u in under if u), audio_s=sum(t.audio_s for t in ok), wall_s=wall)
 
 
@@ -358,7 +371,7 @@ def main() -> int:
         runs[str(n)] = r
         print(f"  ours N={n:4d}: ttfa p50 {r['ttfa_p50']:.0f} ms p95 {r['ttfa_p95']:.0f} ms, "
               f"underrun frames {r['underrun_frames']} ({r['utterances_with_underrun']}/{r['utterances']} utt), "
-              f"errors {r['errors']}", flush=True)
+              f"errors {r['errors']}; slowest tenth lobby/T3/S3Gen ms {r['ttfa_tail_parts_ms']}", flush=True)
     sat_n = a.max_slots
     before = dict(sched.stats.__dict__)
     sat = closed_loop(sched, voice, sat_n, a.window, rng, realtime=False)

@@ -117,12 +117,12 @@ def main() -> int:
 
     batch(False)
     batch(False)  # warm-up: cuDNN heuristics, allocator
-    orig_encode, orig_solve = st._encode, None
+    orig_encode, orig_solve = st._encode_windows, None
 
-    def encode(seqs):
+    def encode(voice, seqs):
         with record_function("encoder"):
-            return orig_encode(seqs)
-    st._encode = encode  # type: ignore[method-assign]
+            return orig_encode(voice, seqs)
+    st._encode_windows = encode  # type: ignore[method-assign]
     import engine.chatterbox.s3gen_streamer as s3m
     orig_solve = s3m.solve_meanflow_cached
 
@@ -135,7 +135,7 @@ def main() -> int:
         batch(True)
     snake_mod.fused = True
     s3m.solve_meanflow_cached = orig_solve
-    st._encode = orig_encode  # type: ignore[method-assign]
+    st._encode_windows = orig_encode  # type: ignore[method-assign]
     phases = kernel_table(prof, ["encoder", "estimator", "vocoder"])
     for p, v in phases.items():
         print(f"{p}: {v['total_ms']:.1f} ms of kernels", flush=True)

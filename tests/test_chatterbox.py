@@ -428,6 +428,56 @@ def test_encoder_without_host_syncs_equals_stock(ckpt):
             assert torch.allclose(ours[row, :, :2 * n], stock, atol=1e-4), (ours[row, :, :2 * n] - stock).abs().max()
 
 
+def _stock_window(flow, ref_tokens, win):
+    """A window's ``mu`` by the stock modules: the reference encoded alone gives each layer's
+    ``att_cache``; the window's rows run the stock layers with it and the joint sequence's
+    positional encoding, after the joint lookahead and upsampling convolutions."""
+    enc = flow.encoder
+    r, t = ref_tokens.numel(), ref_tokens.numel() + win.numel()
+
+    def ones(n):
+        return torch.ones(1, 1, n, dtype=torch.bool)
+
+    def up(x):
+        return enc.up_layer(x.transpose(1, 2).contiguous(), torch.zeros(1))[0].transpose(1, 2)
+
+    xs, pos, _ = enc.embed(flow.input_embedding(torch.cat([ref_tokens, win])[None]), ones(t))
+    xr, pos_r, _ = enc.embed(flow.input_embedding(ref_tokens[None]), ones(r))
+    xw = enc.pre_lookahead_layer(xs)[:, r:]
+    xr = enc.pre_lookahead_layer(xr)
+    for layer in enc.encoders:
+        xr_next, _, cache, _ = layer(xr, ones(r), pos_r, ones(r))
+        xw = layer(xw, ones(t), pos, ones(t), att_cache=cache)[0]
+        xr = xr_next
+    uw, pos2, _ = enc.up_embed(up(torch.cat([xr, xw], dim=1)), ones(2 * t))
+    uw = uw[:, 2 * r:]
+    ur, pos_r2, _ = enc.up_embed(up(xr), ones(2 * r))
+    for layer in enc.up_encoders:
+        ur_next, _, cache, _ = layer(ur, ones(2 * r), pos_r2, ones(2 * r))
+        uw = layer(uw, ones(2 * t), pos2, ones(2 * t), att_cache=cache)[0]
+        ur = ur_next
+    return flow.encoder_proj(enc.after_norm(uw)).transpose(1, 2)[0]
+
+
+def test_window_encoder_equals_stock_layers_with_the_reference_as_their_cache(ckpt):
+    """Windows (padded batch, reference left-padded) == the stock layers given the reference's keys/values."""
+    from engine.chatterbox.flow_encoder import encode_reference, encode_window
+
+    flow = ckpt.s3gen.flow
+    g = torch.Generator().manual_seed(8)
+    ref_tokens = torch.randint(0, 6561, (37,), generator=g)
+    windows = torch.randint(0, 6561, (2, 21), generator=g)
+    lens = [21, 14]
+    windows[1, 14:] = 0
+    with torch.inference_mode():
+        ref = encode_reference(flow, ref_tokens, pad_to=48)
+        ours = encode_window(flow, ref, windows, torch.tensor(lens))
+        for row, n in enumerate(lens):
+            stock = _stock_window(flow, ref_tokens, windows[row, :n])
+            err = (ours[row, :, :2 * n] - stock).abs().max().item()
+            assert err < 1e-4 * max(1.0, stock.abs().max().item()), err
+
+
 # -- the engine ---------------------------------------------------------------------
 def test_engine_streams_chunks_and_cancels(ckpt_dir):
     from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions

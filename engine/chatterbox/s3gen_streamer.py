@@ -44,7 +44,9 @@ import torch.nn.functional as F
 
 from .bucket_graphs import BucketGraphs
 from .flow_cache import Tape, check_supported, record_voice, solve_meanflow_cached
-from .flow_encoder import EncoderGraphs, check_encoder_supported, encode_tokens
+from .flow_encoder import (
+    EncoderReference, WindowEncoderGraphs, check_encoder_supported, encode_reference, encode_tokens, encode_window,
+)
 from .vocoder import SAMPLE_RATE, SAMPLES_PER_FRAME, Vocoder, VocoderGraphs
 
 LOOKAHEAD_TOKENS = 3
@@ -197,6 +199,7 @@ class VoiceGen:
     spk: torch.Tensor  # [80] speaker embedding after normalise + affine
     prompt_noise: torch.Tensor  # [80, 2*Tp] the reference's share of the initial noise
     tapes: list[Tape] | None = None  # the reference's estimator states per meanflow step (flow_cache)
+    encoder_ref: EncoderReference | None = None  # the reference's encoder keys/values (flow_encoder)
 
 
 @dataclass
@@ -281,8 +284,8 @@ class S3GenStreamer:
             check_supported(self.flow.decoder.estimator)
         self.graphs = FlowGraphs(self.flow.decoder.estimator, self.device, flow_dtype) \
             if cuda_graphs and reference_cache and self.device.type == "cuda" else None
-        self.encoder_graphs = EncoderGraphs(self.flow, self.device) \
-            if cuda_graphs and self.device.type == "cuda" else None
+        self.encoder_graphs = WindowEncoderGraphs(self.flow, self.device) \
+            if cuda_graphs and reference_cache and self.device.type == "cuda" else None
         self.vocoder_graphs = VocoderGraphs(self.vocoder, frame_step=VOCODER_FRAME_STEP) \
             if cuda_graphs and self.device.type == "cuda" else None
 
@@ -303,10 +306,8 @@ class S3GenStreamer:
             self.graphs.load_voice(voice)
             self.graphs.capture_all(TOKEN_MEL_RATIO * (self.context_tokens + window_tokens + LOOKAHEAD_TOKENS))
         if self.encoder_graphs is not None:
-            p = voice.prompt_token.numel()
-            # a window's encoder input is the reference's tokens plus its own: no shorter bucket is used
-            self.encoder_graphs.capture_lengths(
-                range(p + 1, p + self.context_tokens + window_tokens + 2 * LOOKAHEAD_TOKENS + 1))
+            self.encoder_graphs.load_voice(voice.encoder_ref)
+            self.encoder_graphs.capture_all(self.context_tokens + window_tokens + 2 * LOOKAHEAD_TOKENS)
         if self.vocoder_graphs is not None:
             self.vocoder_graphs.capture_all(LEFT + HOLD + TOKEN_MEL_RATIO * (window_tokens + 2 * LOOKAHEAD_TOKENS))
 
@@ -315,6 +316,8 @@ class S3GenStreamer:
     def prepare_voice(self, gen: dict, seed: int = 0) -> VoiceGen:
         token = torch.as_tensor(gen["prompt_token"]).to(self.device).view(-1).long()
         feat = torch.as_tensor(gen["prompt_feat"]).to(self.device, self.flow_dtype).view(-1, 80)
+        n = min(token.numel(), feat.size(0) // TOKEN_MEL_RATIO)  # two frames a token, as stock's embed_ref makes them
+        token, feat = token[:n], feat[:TOKEN_MEL_RATIO * n]
         emb = torch.as_tensor(gen["embedding"]).to(self.device, self.flow_dtype).view(1, -1)
         spk = self.flow.spk_embed_affine_layer(F.normalize(emb, dim=1))[0]
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -322,9 +325,10 @@ class S3GenStreamer:
         voice = VoiceGen(token, feat, spk, noise)
         if self.reference_cache:
             # The reference alone through the encoder and every meanflow step: its share of
-            # each window's work, done once (flow_cache explains why this is exact).
-            mu = self._encode([token])[0][:, :feat.size(0)]
+            # each window's work, done once (flow_cache and flow_encoder explain why).
+            mu = self._encode([token])[0]
             voice.tapes = record_voice(self.flow.decoder.estimator, noise, mu, spk, feat.t())
+            voice.encoder_ref = encode_reference(self.flow, token)
         return voice
 
     def _encode(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -333,12 +337,19 @@ class S3GenStreamer:
         tokens = torch.zeros(len(seqs), max(lens), dtype=torch.long, device=self.device)
         for i, q in enumerate(seqs):
             tokens[i, :lens[i]] = q
+        h = encode_tokens(self.flow, tokens, torch.tensor(lens).to(self.device))
+        return [h[i, :, :2 * n] for i, n in enumerate(lens)]
+
+    def _encode_windows(self, voice: VoiceGen, seqs: list[torch.Tensor]) -> torch.Tensor:
+        """Window tokens after the voice's reference (right-padded batch) → ``mu`` [B, 80, 2 * longest]."""
+        lens = [q.numel() for q in seqs]
+        tokens = torch.zeros(len(seqs), max(lens), dtype=torch.long, device=self.device)
+        for i, q in enumerate(seqs):
+            tokens[i, :lens[i]] = q
         token_len = torch.tensor(lens).to(self.device)
         if self.encoder_graphs is not None:
-            h = self.encoder_graphs(tokens, token_len)
-        else:
-            h = encode_tokens(self.flow, tokens, token_len)
-        return [h[i, :, :2 * n] for i, n in enumerate(lens)]
+            return self.encoder_graphs(voice.encoder_ref, tokens, token_len)
+        return encode_window(self.flow, voice.encoder_ref, tokens, token_len)
 
     @property
     def overlaps(self) -> bool:
@@ -412,15 +423,12 @@ class S3GenStreamer:
     def _run_flow_cached(self, live: list[tuple[FlowJob, int, int]], n_steps: int) -> list[tuple[int, torch.Tensor]]:
         """Generated frames only: ``context_tokens`` already emitted tokens, then the new ones.
 
-        The encoder still sees the reference's tokens (cheap; the generated tokens attend to
-        them as in stock); the estimator gets the reference from the voice's tapes.
+        The encoder and the estimator both get the reference from the voice's caches
+        (``encoder_ref``, ``tapes``): a window runs only its own tokens and frames.
         Returns (first absolute frame, mel [80, n]) per job.
         """
         self._phase(None)
         starts = [max(0, j.utt.mel_done // TOKEN_MEL_RATIO - self.context_tokens) for j, _, _ in live]
-        seqs = [torch.cat([j.utt.voice.prompt_token, j.tokens[s:n]]) for (j, n, _), s in zip(live, starts)]
-        mus = self._encode(seqs)
-        self._phase("encoder")
         results: list[tuple[int, torch.Tensor] | None] = [None] * len(live)
         by_voice: dict[int, list[int]] = {}
         for i, (job, _, _) in enumerate(live):
@@ -432,15 +440,15 @@ class S3GenStreamer:
             gen = [live[i][2] - TOKEN_MEL_RATIO * starts[i] for i in members]  # generated frames per item
             tmax = max(gen)
             b = len(members)
+            mus = self._encode_windows(voice, [live[i][0].tokens[starts[i]:live[i][1]] for i in members])
+            self._phase("encoder")
             z = torch.zeros(b, 80, tmax, device=self.device, dtype=self.flow_dtype)
-            mu = torch.zeros_like(z)
             for row, (i, g) in enumerate(zip(members, gen)):
                 first = TOKEN_MEL_RATIO * starts[i]
-                p = voice.prompt_feat.size(0)
                 z[row, :, :g] = live[i][0].utt.noise[:, first:first + g]
-                mu[row, :, :g] = mus[i][:, p:p + g]
             lens = torch.tensor(gen, device=self.device)
             mask = (torch.arange(tmax, device=self.device)[None, :] < lens[:, None]).unsqueeze(1).to(z.dtype)
+            mu = mus[:, :, :tmax] * mask  # each row's generated frames, zeros after them
             spks = voice.spk[None].expand(b, -1).to(z.dtype)
             if self.graphs is not None:
                 x = self.graphs(voice, z, mask, mu, spks)
@@ -448,7 +456,7 @@ class S3GenStreamer:
                 x = solve_meanflow_cached(self.flow.decoder.estimator, voice.tapes, z, mask, mu, spks)
             for row, (i, g) in enumerate(zip(members, gen)):
                 results[i] = (TOKEN_MEL_RATIO * starts[i], x[row, :, :g].float())
-        self._phase("estimator")
+            self._phase("estimator")
         return results  # type: ignore[return-value]
 
     def _run_flow(self, live: list[tuple[FlowJob, int, int]], n_steps: int) -> list[torch.Tensor]:

@@ -108,6 +108,8 @@ class Request:
     next_window_at: int = 0
     t3_done: bool = False
     first_audio: float | None = None
+    admitted_at: float | None = None  # left the lobby (prefill done): first audio's breakdown
+    first_window_at: float | None = None  # its first window complete, waiting for S3Gen
     queued: bool = False  # a complete window waits for S3Gen
     dropped: bool = False  # cancelled and counted
     audio_seconds: float = 0.0  # delivered so far
@@ -303,6 +305,7 @@ class Scheduler:
             req.tokens = [int(first)]
             req.utt = self.streamer.new_utterance(req.voice.gen, req.seed, req.max_tokens + LOOKAHEAD_TOKENS)
             req.next_window_at = self.windows[0] + LOOKAHEAD_TOKENS
+            req.admitted_at = time.perf_counter()
             self._active.append(req)
             self.stats.admitted += 1
         self._last_admit = time.perf_counter()
@@ -361,6 +364,8 @@ class Scheduler:
     def _mark_ready(self, req: Request) -> None:
         if not req.queued and (req.t3_done or len(req.tokens) >= req.next_window_at):
             req.queued = True
+            if req.first_window_at is None:
+                req.first_window_at = time.perf_counter()
             self._pending.append(req)
 
     def _launch(self, ready: list[Request]) -> None:
