@@ -81,7 +81,7 @@ class FakeRunner:
         self.tokens[dst] = self.tokens[src]
         self.positions[dst] = self.positions[src]
 
-    def capture_all(self) -> None:
+    def capture_all(self, prefix=None) -> None:
         pass
 
 

@@ -170,7 +170,7 @@ class Scheduler:
 
     def capture_graphs(self, voice: Voice) -> None:
         """CUDA graphs of every T3 batch bucket and every S3Gen (batch, frames) bucket a window can hit."""
-        self.runner.capture_all()
+        self.runner.capture_all(voice.prefix)
         self.streamer.capture_graphs(voice.gen, self.windows[-1])
 
     def submit(self, req: Request) -> None:
