@@ -292,6 +292,7 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=10.0, help="seconds of new utterances per N")
     ap.add_argument("--max-slots", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--vocoder-dtype", default="auto", help="auto: float16 on a GPU (the engine's default)")
     ap.add_argument("--overlap", default="off", choices=["on", "off"],
                     help="S3Gen on its own CUDA stream beside T3 (the engine's default) or alternating with it")
     ap.add_argument("--t3-share", type=float, default=None,
@@ -347,9 +348,13 @@ def main() -> int:
     dtype = getattr(torch, a.dtype)
     runner = T3Runner(ckpt.t3, device, dtype, max_slots=a.max_slots, max_len=1024,
                       cuda_graphs=device.type == "cuda")
-    streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype, overlap=a.overlap == "on")
+    vocoder_dtype = a.vocoder_dtype if a.vocoder_dtype != "auto" else ("float16" if device.type == "cuda" else "float32")
+    streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype, hift_dtype=getattr(torch, vocoder_dtype),
+                             overlap=a.overlap == "on")
     sched = Scheduler(runner, streamer) if a.t3_share is None else Scheduler(runner, streamer, t3_share=a.t3_share)
     voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
+    vocoder_snr = streamer.vocoder_snr_db(voice.gen) if vocoder_dtype != "float32" else None
+    print(f"vocoder {vocoder_dtype}: {vocoder_snr} dB against float32 on the reference", flush=True)
     def mem(tag: str) -> None:
         if device.type == "cuda":
             print(f"  [{tag}] allocated {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB, "
@@ -401,6 +406,8 @@ def main() -> int:
         dtype=a.dtype,
         overlap=a.overlap,
         t3_share=sched.t3_share,
+        vocoder_dtype=vocoder_dtype,
+        vocoder_snr_db_vs_float32=vocoder_snr,
     )
     result["ours"] = ours
     if stock:

@@ -169,6 +169,11 @@ def main() -> int:
     torch.backends.cudnn.benchmark = False
     ms, audio = time_vocoder(bf.vocoder, ins, a.reps)
     variants.append(dict(variant="bfloat16", ms=ms, ratio=base_ms / ms, snr_db=snr_db(base_audio, audio)))
+    del bf
+    fp16 = S3GenStreamer(ckpt.s3gen, dev, flow_dtype=torch.bfloat16, hift_dtype=torch.float16, cuda_graphs=False,
+                         overlap=False)
+    ms, audio = time_vocoder(fp16.vocoder, ins, a.reps)
+    variants.append(dict(variant="float16", ms=ms, ratio=base_ms / ms, snr_db=snr_db(base_audio, audio)))
     for v in variants:
         print(v, flush=True)
 

@@ -34,6 +34,7 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
 
     options = ChatterboxOptions(
         model_dir=resolve(settings.model_dir) or settings.model_dir, device=settings.device, dtype=settings.dtype,
+        vocoder_dtype=settings.vocoder_dtype,
         max_streams=settings.max_streams, max_tokens=settings.max_tokens,
         voice_cache_dir=resolve(settings.voice_cache_dir), temperature=settings.temperature,
         top_k=settings.top_k, top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,

@@ -506,6 +506,28 @@ def test_engine_streams_chunks_and_cancels(ckpt_dir):
     assert len(first) > 0 and stats.cancelled == 1
 
 
+def test_a_lower_precision_vocoder_is_checked_on_the_reference_and_refused_when_far(ckpt_dir):
+    """The start-up check vocodes the voice's reference mel both ways; bfloat16 (about 30 dB from
+    float32 with these weights) is refused and the engine speaks with a float32 vocoder."""
+    from engine.chatterbox.engine import MIN_VOCODER_SNR_DB, ChatterboxEngine, ChatterboxOptions
+
+    async def main():
+        engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=2,
+                                                    max_len=512, max_tokens=20, vocoder_dtype="bfloat16"))
+        await engine.start()
+        chunks = [c async for c in engine.stream("Hello.", VoiceSpec())]
+        streamer = engine._scheduler.streamer
+        await engine.close()
+        return engine.vocoder_snr_db, streamer, chunks
+
+    snr, streamer, chunks = asyncio.run(main())
+    assert 10 < snr < MIN_VOCODER_SNR_DB
+    assert streamer.hift_dtype == torch.float32 and streamer.vocoder.dtype == torch.float32
+    assert np.isfinite(np.concatenate(chunks)).all()
+    voice = streamer.prepare_voice(load_checkpoint(ckpt_dir).conds.gen)
+    assert streamer.vocoder_snr_db(voice) == float("inf")  # float32 against itself
+
+
 def test_a_burst_of_callers_is_prefilled_in_few_batches_and_a_lone_one_at_once(ckpt_dir):
     """Admission: the first caller is prefilled alone, at once; six arriving 15 ms apart while it
     speaks wait in the lobby and are prefilled together (not six prefills while the first

@@ -35,6 +35,7 @@ never hands one of its blocks to the other stream while a kernel still reads it.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -350,6 +351,23 @@ class S3GenStreamer:
         if self.encoder_graphs is not None:
             return self.encoder_graphs(voice.encoder_ref, tokens, token_len)
         return encode_window(self.flow, voice.encoder_ref, tokens, token_len)
+
+    @torch.inference_mode()
+    def vocoder_snr_db(self, voice: VoiceGen) -> float:
+        """The vocoder at its precision against float32 on the voice's reference mel (real
+        weights, real mel: what a lower precision costs this checkpoint), in dB."""
+        mel = voice.prompt_feat.t()[None].float()  # [1, 80, F]
+        b, h = 1, self.vocoder.harmonics
+        args = (torch.zeros(b, h, device=self.device, dtype=torch.float64),
+                torch.zeros(b, h, device=self.device, dtype=torch.float64),
+                torch.zeros(b, device=self.device, dtype=torch.long), torch.ones(b, device=self.device, dtype=torch.long))
+        ref = Vocoder(_on(self.s3gen.mel2wav, self.device, torch.float32), self.device, self.vocoder.noise_table)
+        want = ref(mel, *args)[0].double()
+        got = self.vocoder(mel, *args)[0].double()
+        err = float(((got - want) ** 2).sum())
+        if not math.isfinite(err):
+            return float("-inf")
+        return 10 * math.log10(float((want ** 2).sum()) / err) if err > 0 else float("inf")
 
     @property
     def overlaps(self) -> bool:
