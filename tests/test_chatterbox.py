@@ -109,6 +109,28 @@ def test_steps_reading_only_the_live_cache_length_equal_full_reads(ckpt):
     assert torch.allclose(runs[0][1], runs[1][1], atol=1e-4)
 
 
+def test_a_step_shares_the_voice_prefix_only_while_every_live_slot_speaks_with_that_voice(ckpt):
+    """The decode kernel (GPU) reads one prefix for all slots: which steps may, and the buffer it reads.
+    (On a CPU the attention itself is SDPA over each slot's own copy; the kernel is compared with
+    it on the GPU by benchmarks/t3_step.py.)"""
+    import dataclasses
+
+    other = dataclasses.replace(ckpt.conds.t3, speaker_emb=ckpt.conds.t3.speaker_emb.flip(-1))
+    r = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=4, max_len=1024, sampling=GREEDY)
+    r._shared_kv = torch.zeros(r.n_layer, 2, r.n_head, r.max_len, r.head_dim)  # as on a GPU
+    a, b = r.voice_prefix(ckpt.conds.t3), r.voice_prefix(other)
+    ids = [text_ids(ckpt, t)[0] for t in ("Hello.", "Press one.")]
+    r.admit_many([0, 1], a, ids)
+    assert r._shared_for(2, r._keys_for(2)) == a.length
+    assert torch.equal(r._shared_kv[:, :, :, :a.length], a.kv)
+    r.admit(2, b, ids[0])
+    assert r._shared_for(3, r._keys_for(3)) == 0  # two voices: each slot reads its own copy
+    r.move_slot(2, 0, int(r.positions[2]) + 1)  # slot 0 ends; the last slot (voice b) moves down
+    r.move_slot(1, 1, int(r.positions[1]) + 1)
+    assert r._shared_for(1, r._keys_for(1)) == b.length and torch.equal(r._shared_kv[:, :, :, :b.length], b.kv)
+    assert r._shared_for(2, r._keys_for(2)) == 0
+
+
 def test_idle_slots_in_a_bucket_stay_inside_the_cache(ckpt):
     """Slots past the live ones step with the bucket; thousands of steps never index past the cache."""
     p = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=1, max_len=512).voice_prefix(ckpt.conds.t3).length

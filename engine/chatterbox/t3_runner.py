@@ -11,7 +11,10 @@ launch-bound). Here the same weights run in our own GPT-2 forward:
   causal, so its K/V depend only on the voice: computed once per voice and copied
   into the slot on admission; prefill then runs only the text tokens;
 * one decode step advances every slot of a batch-size bucket (1, 2, 4 … max) and
-  is captured as a CUDA graph per bucket, sampling included;
+  is captured as a CUDA graph per bucket, sampling included; on a GPU its
+  attention is one Triton kernel (``decode_attention``) in which each slot reads
+  its own positions only up to its own position, and the voice prefix from one
+  buffer shared by all slots when they speak with one voice;
 * a batched prefill (admission) is captured too, per (batch, text length)
   bucket and voice-prefix length: eager, it cost 11 ms for one text and 15 ms
   for 32 on an H100, almost all of it kernel launches, and arrivals wait in the
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import decode_attention
 from .checkpoint import START_SPEECH, STOP_SPEECH
 
 # Prefills have a new (text length, cache length) shape almost every time. PyTorch's default
@@ -144,8 +148,15 @@ class T3Runner:
         self.positions = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.seen = torch.zeros(max_slots, self.speech_emb.size(0), dtype=torch.bool, device=self.device)
         self._key_index = torch.arange(max_len, device=self.device)
+        # The voice prefix the decode kernel reads for every slot: a static buffer (graphs read
+        # it), refilled when the live slots' voice changes; which voice each slot speaks with.
+        self._shared_kv = torch.zeros((self.n_layer, 2, self.n_head, max_len, self.head_dim),
+                                      device=self.device, dtype=dtype) if decode_attention.available(self.device) \
+            else None
+        self._shared_voice: VoicePrefix | None = None
+        self.slot_voice: list[VoicePrefix | None] = [None] * max_slots
         self._true = torch.ones(max_slots, dtype=torch.bool, device=self.device)
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # Attention reads only the first L cache positions, L a multiple of ``key_step`` covering
         # every live slot: the cache is read whole otherwise (at 128 slots and 1,024 positions
         # that is 12 GB a step, the step's main cost). Host copy of live slots' positions:
@@ -194,31 +205,32 @@ class T3Runner:
         out = hidden @ self.head_w.t()
         return out + self.head_b if self.head_b is not None else out
 
-    def _decode(self, n: int, keys: int) -> torch.Tensor:
+    def _decode(self, n: int, keys: int, shared: int = 0) -> torch.Tensor:
         """One step for slots [0, n) over cache positions [0, keys): returns logits [n, V].
 
-        Idle slots in the bucket are clamped to the last position read (they write there, in
-        their own rows, harmlessly); live slots are below it by construction (``_keys_for``)."""
+        ``shared`` > 0: every slot's positions [0, shared) are the voice prefix in
+        ``_shared_kv`` (the decode kernel reads it there). Idle slots in the bucket are
+        clamped to the last position read (they write there, in their own rows, harmlessly);
+        live slots are below it by construction (``_keys_for``)."""
         pos = self.positions[:n].clamp(max=keys - 1)
         x = self.speech_emb[self.tokens[:n]] + self.wpe[pos]
         rows = torch.arange(n, device=self.device)
-        mask = (self._key_index[None, :keys] <= pos[:, None])[:, None, None, :]  # [n, 1, 1, keys]
         for i, layer in enumerate(self.layers):
             h = self._layer_norm(x, layer.ln1_w, layer.ln1_b, layer.eps)
             qkv = torch.addmm(layer.qkv_b, h, layer.qkv_w).view(n, 3, self.n_head, self.head_dim)
             q, k, v = qkv.unbind(1)
             self.k_cache[i, rows, :, pos] = k
             self.v_cache[i, rows, :, pos] = v
-            a = F.scaled_dot_product_attention(q[:, :, None, :], self.k_cache[i, :n, :, :keys],
-                                               self.v_cache[i, :n, :, :keys], attn_mask=mask)
+            prefix = self._shared_kv[i] if self._shared_kv is not None else self.k_cache[i, :2]
+            a = decode_attention.attend(q, self.k_cache[i], self.v_cache[i], prefix[0], prefix[1], pos, shared, keys)
             a = a.reshape(n, self.width)
             x = x + torch.addmm(layer.proj_b, a, layer.proj_w)
             h = self._layer_norm(x, layer.ln2_w, layer.ln2_b, layer.eps)
             x = x + torch.addmm(layer.fc2_b, _gelu_new(torch.addmm(layer.fc_b, h, layer.fc_w)), layer.fc2_w)
         return self._logits(self._layer_norm(x, self.lnf_w, self.lnf_b, self.lnf_eps))
 
-    def _step_eager(self, n: int, keys: int | None = None) -> torch.Tensor:
-        logits = self._decode(n, keys or self.max_len)
+    def _step_eager(self, n: int, keys: int | None = None, shared: int = 0) -> torch.Tensor:
+        logits = self._decode(n, keys or self.max_len, shared)
         if not self._capturing:
             self.last_logits = logits  # for tests and diagnostics (not kept inside graphs)
         new = sample_tokens(logits, self.seen[:n], self.sampling)
@@ -295,6 +307,7 @@ class T3Runner:
         self.positions[idx] = torch.tensor([p + n for n in lens], device=self.device)
         for slot, n in zip(slots, lens):
             self.host_pos[slot] = p + n
+            self.slot_voice[slot] = prefix
         return [p + n for n in lens], logits
 
     def _prefill_logits(self, idx: torch.Tensor, p: int, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -365,38 +378,50 @@ class T3Runner:
         need = max(self.host_pos[:n], default=0) + 1
         return min(self.max_len, -(-need // self.key_step) * self.key_step)
 
+    def _shared_for(self, n: int, keys: int) -> int:
+        """The prefix length slots [0, n) share (their one voice's), or 0 when they do not."""
+        voice = self.slot_voice[0]
+        if self._shared_kv is None or voice is None or voice.length >= keys or \
+                any(v is not voice for v in self.slot_voice[1:n]):
+            return 0
+        if self._shared_voice is not voice:
+            self._shared_kv[:, :, :, :voice.length] = voice.kv
+            self._shared_voice = voice
+        return voice.length
+
     @torch.inference_mode()
     def step(self, n: int) -> torch.Tensor:
         """Advance slots [0, bucket(n)) by one token; returns the new tokens of slots [0, n)."""
         b = self.bucket_for(n)
         keys = self._keys_for(n)
+        shared = self._shared_for(n, keys)
         for i in range(n):
             self.host_pos[i] = min(self.host_pos[i] + 1, self.max_len - 1)
         if not self.use_graphs:
-            return self._step_eager(b, keys)[:n]
-        graph = self._graphs.get((b, keys)) or self._capture(b, keys)
+            return self._step_eager(b, keys, shared)[:n]
+        graph = self._graphs.get((b, keys, shared)) or self._capture(b, keys, shared)
         graph[0].replay()
         return graph[1][:n]
 
-    def _capture(self, b: int, keys: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, b: int, keys: int, shared: int = 0) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm up on a side stream (allocations, cuBLAS handles), then capture.
         saved = (self.tokens.clone(), self.positions.clone(), self.seen.clone())
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):
-                self._step_eager(b, keys)
+                self._step_eager(b, keys, shared)
         torch.cuda.current_stream().wait_stream(s)
         self.tokens.copy_(saved[0]); self.positions.copy_(saved[1]); self.seen.copy_(saved[2])
         graph = torch.cuda.CUDAGraph()
         self._capturing = True
         try:
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self._step_eager(b, keys)
+                out = self._step_eager(b, keys, shared)
         finally:
             self._capturing = False
         self.tokens.copy_(saved[0]); self.positions.copy_(saved[1]); self.seen.copy_(saved[2])
-        self._graphs[(b, keys)] = (graph, out)
+        self._graphs[(b, keys, shared)] = (graph, out)
         return graph, out
 
     @torch.inference_mode()
@@ -405,10 +430,12 @@ class T3Runner:
         if self.use_graphs:
             steps = -(-self.max_len // self.key_step)
             lengths = sorted({min(self.max_len, k * self.key_step) for k in range(1, steps + 1)}, reverse=True)
+            shares = [0] + ([prefix.length] if prefix is not None and self._shared_kv is not None else [])
             for b in reversed(self.buckets):  # largest first: the graphs share one memory pool
                 for keys in lengths:
-                    if (b, keys) not in self._graphs:
-                        self._capture(b, keys)
+                    for shared in shares:
+                        if shared < keys and (b, keys, shared) not in self._graphs:
+                            self._capture(b, keys, shared)
             if prefix is not None:  # the voice's prefill graphs
                 for b in reversed([x for x in self.buckets if x <= self.max_prefill_batch]):
                     for t in reversed(self.prefill_buckets):
@@ -422,6 +449,7 @@ class T3Runner:
         self.tokens[dst] = self.tokens[src]
         self.positions[dst] = self.positions[src]
         self.host_pos[dst] = self.host_pos[src]
+        self.slot_voice[dst] = self.slot_voice[src]
         self.seen[dst] = self.seen[src]
 
 
