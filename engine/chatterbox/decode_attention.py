@@ -31,6 +31,10 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 BLOCK = 64  # key positions per iteration
+# Below this many slots a step keeps SDPA: one program per head reads its slot's positions
+# one after the other, slower than SDPA's split over keys (H100, benchmarks/results/t3_step.md:
+# 2.2-2.7 vs 2.0-2.1 ms at 1 slot; 1.03-1.06x faster at 32, 1.19-1.32x at 128).
+MIN_SLOTS = 32
 
 if triton is not None:
     @triton.jit(do_not_specialize=["shared"])
@@ -77,8 +81,8 @@ if triton is not None:
 fused = True  # benchmarks switch it off to time SDPA in the same run
 
 
-def available(device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda" and fused
+def available(device: torch.device, slots: int = MIN_SLOTS) -> bool:
+    return triton is not None and device.type == "cuda" and fused and slots >= MIN_SLOTS
 
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prefix_k: torch.Tensor,
@@ -87,7 +91,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prefix
     [H, L, d] (positions < ``shared``; 0: none); pos [n] each slot's current position, its
     last key. Returns [n, H, d]. ``keys`` bounds every pos (the SDPA path reads that many)."""
     n, h, d = q.shape
-    if not available(q.device):
+    if not available(q.device, n):
         mask = (torch.arange(keys, device=q.device)[None, :] <= pos[:, None])[:, None, None, :]
         return F.scaled_dot_product_attention(q[:, :, None, :], k_cache[:n, :, :keys], v_cache[:n, :, :keys],
                                               attn_mask=mask)[:, :, 0]

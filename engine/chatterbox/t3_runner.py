@@ -394,7 +394,7 @@ class T3Runner:
         """Advance slots [0, bucket(n)) by one token; returns the new tokens of slots [0, n)."""
         b = self.bucket_for(n)
         keys = self._keys_for(n)
-        shared = self._shared_for(n, keys)
+        shared = self._shared_for(n, keys) if decode_attention.available(self.device, b) else 0
         for i in range(n):
             self.host_pos[i] = min(self.host_pos[i] + 1, self.max_len - 1)
         if not self.use_graphs:
@@ -430,8 +430,9 @@ class T3Runner:
         if self.use_graphs:
             steps = -(-self.max_len // self.key_step)
             lengths = sorted({min(self.max_len, k * self.key_step) for k in range(1, steps + 1)}, reverse=True)
-            shares = [0] + ([prefix.length] if prefix is not None and self._shared_kv is not None else [])
             for b in reversed(self.buckets):  # largest first: the graphs share one memory pool
+                shares = [0] + ([prefix.length] if prefix is not None and self._shared_kv is not None
+                                and decode_attention.available(self.device, b) else [])
                 for keys in lengths:
                     for shared in shares:
                         if shared < keys and (b, keys, shared) not in self._graphs:
