@@ -293,9 +293,8 @@ def main() -> int:
                     help="the engine in its own process (on), in the server's (off), or both in turn")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    if not Path(a.model_dir, "conds.pt").exists():
-        from engine.chatterbox.random_checkpoint import write_random_checkpoint
-        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
+    from engine.chatterbox.random_checkpoint import benchmark_checkpoint
+    benchmark_checkpoint(a.model_dir)
     counts = [int(x) for x in a.calls.split(",")]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((LOOPBACK, 0))

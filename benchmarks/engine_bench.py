@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import benchmark_checkpoint  # noqa: E402
 from engine.chatterbox.s3gen_streamer import FlowJob, S3GenStreamer  # noqa: E402
 from engine.chatterbox.scheduler import Request, Scheduler, Voice  # noqa: E402
 from engine.chatterbox.t3_runner import SamplingParams, T3Runner  # noqa: E402
@@ -314,11 +314,7 @@ def main() -> int:
     model_dir = a.model_dir
     if not model_dir:
         model_dir = a.random_dir + ("-small" if a.small else "")
-        if not Path(model_dir, "conds.pt").exists():
-            t0 = time.perf_counter()
-            layers, width = (4, 256) if a.small else (24, 1024)
-            write_random_checkpoint(model_dir, layers, width, seed=0, block_stop=True)
-            print(f"random checkpoint written in {time.perf_counter() - t0:.1f} s", flush=True)
+        benchmark_checkpoint(model_dir, *((4, 256) if a.small else (24, 1024)))
     ckpt = load_checkpoint(model_dir, str(device))
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"card: {card}", flush=True)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import benchmark_checkpoint, benchmark_texts  # noqa: E402
 from engine.chatterbox.t3_runner import T3Runner  # noqa: E402
 
 
@@ -30,11 +30,9 @@ def main() -> int:
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    if not Path(a.model_dir, "conds.pt").exists():
-        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
-    ckpt = load_checkpoint(a.model_dir, "cuda")
+    ckpt = load_checkpoint(benchmark_checkpoint(a.model_dir), "cuda")
     card = torch.cuda.get_device_name()
-    texts = [torch.randint(0, 50000, (30 + i % 11,), generator=torch.Generator().manual_seed(i)) for i in range(32)]
+    texts = benchmark_texts(32)
     rows = []
     logits = {}
     for name, graphs in (("graphs", True), ("eager", False)):

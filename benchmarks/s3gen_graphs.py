@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import benchmark_checkpoint  # noqa: E402
 from engine.chatterbox.s3gen_streamer import FlowJob, S3GenStreamer  # noqa: E402
 
 
@@ -69,8 +69,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    if not Path(a.model_dir, "conds.pt").exists():
-        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
+    benchmark_checkpoint(a.model_dir)
     dev = torch.device(a.device)
     ckpt = load_checkpoint(a.model_dir, a.device)
     tokens = torch.randint(0, 6561, (80,), generator=torch.Generator().manual_seed(3)).to(dev)

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import benchmark_checkpoint  # noqa: E402
 from engine.chatterbox.s3gen_streamer import FlowJob, S3GenStreamer  # noqa: E402
 from engine.chatterbox import snake as snake_mod  # noqa: E402
 from engine.chatterbox.vocoder import Vocoder  # noqa: E402
@@ -88,8 +88,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    if not Path(a.model_dir, "conds.pt").exists():
-        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
+    benchmark_checkpoint(a.model_dir)
     dev = torch.device("cuda")
     ckpt = load_checkpoint(a.model_dir, "cuda")
     st = S3GenStreamer(ckpt.s3gen, dev, flow_dtype=torch.bfloat16, cuda_graphs=False, overlap=False)

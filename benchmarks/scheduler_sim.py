@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from engine.chatterbox.s3gen_streamer import HOLD, LEFT, LOOKAHEAD_TOKENS, SAMPLES_PER_FRAME, TOKEN_MEL_RATIO  # noqa: E402
+from engine.chatterbox.s3gen_streamer import HOLD, LOOKAHEAD_TOKENS, SAMPLES_PER_FRAME, TOKEN_MEL_RATIO  # noqa: E402
 from engine.chatterbox.scheduler import Scheduler, Voice  # noqa: E402
 from engine_bench import closed_loop  # noqa: E402
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.chatterbox import decode_attention  # noqa: E402
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import benchmark_checkpoint, benchmark_texts  # noqa: E402
 from engine.chatterbox.t3_runner import SamplingParams, T3Runner  # noqa: E402
 
 
@@ -45,11 +45,9 @@ def main() -> int:
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    if not Path(a.model_dir, "conds.pt").exists():
-        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
-    ckpt = load_checkpoint(a.model_dir, "cuda")
+    ckpt = load_checkpoint(benchmark_checkpoint(a.model_dir), "cuda")
     card = torch.cuda.get_device_name()
-    texts = [torch.randint(0, 50000, (30 + i % 11,), generator=torch.Generator().manual_seed(i)) for i in range(128)]
+    texts = benchmark_texts(128)
     gen = torch.Generator().manual_seed(0)
     rows = []
     decode_attention.MIN_SLOTS = 1  # time the kernel at every batch (the engine uses it from 32 slots)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import benchmark_checkpoint  # noqa: E402
 
 
 def main() -> int:
@@ -31,8 +31,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    if not Path(a.model_dir, "conds.pt").exists():
-        write_random_checkpoint(a.model_dir, 24, 1024, seed=0, block_stop=True)
+    benchmark_checkpoint(a.model_dir)
     dev = torch.device("cuda")
     hift = load_checkpoint(a.model_dir, "cuda").s3gen.mel2wav.eval()
     istft = hift._istft

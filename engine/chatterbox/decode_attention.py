@@ -37,6 +37,17 @@ BLOCK = 64  # key positions per iteration
 MIN_SLOTS = 32
 
 if triton is not None:
+    @triton.jit
+    def _attend_block(q, k_ptrs, v_ptrs, live, m_i, l_i, acc):
+        """Online softmax over one block of keys: the running max, sum and weighted values."""
+        k = tl.load(k_ptrs, mask=live[:, None], other=0.0).to(tl.float32)
+        s = tl.where(live, tl.sum(k * q[None, :], 1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new)
+        v = tl.load(v_ptrs, mask=live[:, None], other=0.0).to(tl.float32)
+        return m_new, l_i * alpha + tl.sum(p, 0), acc * alpha + tl.sum(p[:, None] * v, 0)
+
     @triton.jit(do_not_specialize=["shared"])
     def _decode_kernel(q_ptr, k_ptr, v_ptr, pk_ptr, pv_ptr, pos_ptr, o_ptr,
                        sq_n, sq_h, sk_n, sk_h, sk_t, sp_h, sp_t, so_n, so_h,
@@ -50,31 +61,13 @@ if triton is not None:
         acc = tl.zeros([D], tl.float32)
         for start in range(0, shared, BLOCK):  # the shared voice prefix
             t = start + tl.arange(0, BLOCK)
-            live = t < shared
             at = h * sp_h + t[:, None] * sp_t + d[None, :]
-            k = tl.load(pk_ptr + at, mask=live[:, None], other=0.0).to(tl.float32)
-            s = tl.where(live, tl.sum(k * q[None, :], 1), float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 0))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
-            v = tl.load(pv_ptr + at, mask=live[:, None], other=0.0).to(tl.float32)
-            l_i = l_i * alpha + tl.sum(p, 0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, 0)
-            m_i = m_new
+            m_i, l_i, acc = _attend_block(q, pk_ptr + at, pv_ptr + at, t < shared, m_i, l_i, acc)
         end = tl.load(pos_ptr + n) + 1
         for start in range(shared, end, BLOCK):  # the slot's own positions
             t = start + tl.arange(0, BLOCK)
-            live = t < end
             at = n * sk_n + h * sk_h + t[:, None] * sk_t + d[None, :]
-            k = tl.load(k_ptr + at, mask=live[:, None], other=0.0).to(tl.float32)
-            s = tl.where(live, tl.sum(k * q[None, :], 1), float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 0))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
-            v = tl.load(v_ptr + at, mask=live[:, None], other=0.0).to(tl.float32)
-            l_i = l_i * alpha + tl.sum(p, 0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, 0)
-            m_i = m_new
+            m_i, l_i, acc = _attend_block(q, k_ptr + at, v_ptr + at, t < end, m_i, l_i, acc)
         tl.store(o_ptr + n * so_n + h * so_h + d, (acc / l_i).to(o_ptr.dtype.element_ty))
 
 

@@ -93,3 +93,16 @@ def write_random_checkpoint(root: str | Path, t3_layers: int = 24, t3_width: int
     )
     Conditionals(t3_cond, gen).save(root / CONDS_FILE)
     return root
+
+
+def benchmark_checkpoint(root: str | Path, t3_layers: int = 24, t3_width: int = 1024) -> Path:
+    """The benchmarks' random checkpoint (full size by default, stop token blocked so lengths
+    are forced), written at ``root`` the first time and reused after."""
+    if not Path(root, "conds.pt").exists():
+        write_random_checkpoint(root, t3_layers, t3_width, seed=0, block_stop=True)
+    return Path(root)
+
+
+def benchmark_texts(n: int) -> list[torch.Tensor]:
+    """``n`` fixed texts of 30-40 random text-token ids (T3 benchmarks: prefill and decode)."""
+    return [torch.randint(0, 50000, (30 + i % 11,), generator=torch.Generator().manual_seed(i)) for i in range(n)]
