@@ -91,6 +91,21 @@ def main() -> int:
             del rr
         ref = logits[False]
         errors[dname] = float((logits[True] - ref).norm() / ref.norm())
+    # two voices (16 slots each): no shared prefix, each slot reads its own row from position 0
+    import dataclasses
+    other = dataclasses.replace(ckpt.conds.t3, speaker_emb=ckpt.conds.t3.speaker_emb.flip(-1))
+    logits = {}
+    for on in (False, True):
+        decode_attention.fused = on
+        rr = T3Runner(ckpt.t3, "cuda", torch.bfloat16, max_slots=32, max_len=1024,
+                      sampling=SamplingParams(1.0, 1, 1.0, 1.0), cuda_graphs=False)
+        rr.admit_many(list(range(16)), rr.voice_prefix(ckpt.conds.t3), texts[:16])
+        rr.admit_many(list(range(16, 32)), rr.voice_prefix(other), texts[16:32])
+        assert rr._shared_for(32, rr._keys_for(32)) == 0
+        rr.step(32)
+        logits[on] = rr.last_logits.float()
+        del rr
+    errors["bfloat16_two_voices"] = float((logits[True] - logits[False]).norm() / logits[False].norm())
     decode_attention.fused = True
     print("logits, kernel vs SDPA (relative):", errors, flush=True)
     out = Path(a.out)
