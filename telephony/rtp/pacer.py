@@ -240,11 +240,12 @@ class PacerClock:
     with what this thread did since the previous tick, read from the kernel
     (/proc/thread-self/schedstat): time it ran, time it waited for a CPU, and the rest
     (asleep: in the selector, or waiting for the GIL), and which other threads of the
-    process ran meanwhile. That tells an overloaded host (run-queue wait), a slow
+    process ran lately (their counters are read every ``OTHERS_EVERY``). That tells an overloaded host (run-queue wait), a slow
     callback (run time) and a thread blocked on the GIL (asleep while another ran) apart.
     """
 
     LATE_WAKEUP = 0.010
+    OTHERS_EVERY = 0.050  # seconds between reads of the other threads' counters (diagnosis)
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, phases: int = 10) -> None:
         self._loop = loop or asyncio.get_event_loop()
@@ -255,7 +256,8 @@ class PacerClock:
         self.max_lateness = 0.0
         self._diagnose = False
         self._last: tuple[float, int, int] | None = None  # (loop time, ns run, ns waiting) at the last tick
-        self._others: dict[int, int] = {}  # other threads' ns run at the last tick
+        self._others: dict[int, int] = {}  # other threads' ns run when last read
+        self._others_at = float("-inf")  # loop time of that read
 
     def add(self, sender: RtpSender) -> None:
         self.pacer.add(sender)
@@ -310,10 +312,16 @@ class PacerClock:
 
     def _diagnosis(self, now: float, late: float) -> None:
         ran, waited = _thread_schedstat()
-        others, before = _others_ran(), self._others
-        last, self._last, self._others = self._last, (now, ran, waited), others
+        last, self._last = self._last, (now, ran, waited)
         if last is None or late <= self.LATE_WAKEUP:
+            # Other threads' counters are read every OTHERS_EVERY, not every tick: reading them
+            # (one /proc file a thread, every 2 ms) was most of the loop's work with the
+            # diagnosis on (py-spy, H100, 128 live calls), so it overstated the loop's load.
+            if now - self._others_at >= self.OTHERS_EVERY:
+                self._others, self._others_at = _others_ran(), now
             return
+        others, before, since = _others_ran(), self._others, self._others_at
+        self._others, self._others_at = others, now
         wall = now - last[0]
         ran_s, waited_s = (ran - last[1]) / 1e9, (waited - last[2]) / 1e9
         names = {t.native_id: t.name for t in threading.enumerate()}
@@ -321,8 +329,9 @@ class PacerClock:
                       for tid, ns in others.items())
         busy_text = ", ".join(f"{name} {ms:.1f} ms" for ms, name in reversed(busy) if ms >= 0.5) or "none"
         _log.warning("pacer woke %.1f ms late: since the last tick (%.1f ms) the loop thread ran %.1f ms, "
-                     "waited for a CPU %.1f ms, slept %.1f ms; other threads ran: %s", late * 1e3, wall * 1e3,
-                     ran_s * 1e3, waited_s * 1e3, max(0.0, wall - ran_s - waited_s) * 1e3, busy_text)
+                     "waited for a CPU %.1f ms, slept %.1f ms; other threads ran (in the last %.0f ms): %s",
+                     late * 1e3, wall * 1e3, ran_s * 1e3, waited_s * 1e3, max(0.0, wall - ran_s - waited_s) * 1e3,
+                     (now - since) * 1e3, busy_text)
 
     def close(self) -> None:
         if self._handle is not None:
