@@ -221,6 +221,7 @@ class T3Runner:
             q, k, v = qkv.unbind(1)
             self.k_cache[i, rows, :, pos] = k
             self.v_cache[i, rows, :, pos] = v
+            # the shared prefix's K and V (without the kernel: any two rows, never read)
             prefix = self._shared_kv[i] if self._shared_kv is not None else self.k_cache[i, :2]
             a = decode_attention.attend(q, self.k_cache[i], self.v_cache[i], prefix[0], prefix[1], pos, shared, keys)
             a = a.reshape(n, self.width)
