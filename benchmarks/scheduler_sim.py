@@ -3,8 +3,10 @@
     python benchmarks/scheduler_sim.py [--streams 8,32,64,128] [--window 10]
 
 The real ``Scheduler`` drives stand-ins for T3 and S3Gen that take the time the
-H100 took (benchmarks/results/engine_notes.md; defaults from runs 18-24: a T3 step
-2.5 ms + 0.03 ms per stream, a prefill 15 ms, an S3Gen batch 10 ms + 2.2 ms per window)
+H100 took (benchmarks/results/engine_notes.md; defaults from session 5, runs 33-43: a T3
+step 1.9 ms + 0.02 ms per stream (t3_step, decode kernel), a prefill 6 ms (prefill_probe,
+graphs), an S3Gen batch 11.5 ms + 1.33 ms per window (s3gen_graphs with the float16
+vocoder's saving from s3gen_profile); session 4's were 2.5 + 0.03, 15, 10 + 2.2)
 and produce tokens and audio of the right sizes. With ``--overlap`` S3Gen runs on
 its own stream as on the GPU: a launched batch completes after its cost while T3
 keeps stepping, each slowed by sharing the SMs (``--t3-slow``, ``--s3-slow``). The same closed loop as engine_bench.py
@@ -38,11 +40,11 @@ from engine_bench import closed_loop  # noqa: E402
 
 @dataclass
 class Costs:
-    step_ms: float = 2.5
-    step_per_stream_ms: float = 0.03
-    prefill_ms: float = 15.0
-    flow_ms: float = 10.0
-    flow_per_window_ms: float = 2.2
+    step_ms: float = 1.9
+    step_per_stream_ms: float = 0.02
+    prefill_ms: float = 6.0
+    flow_ms: float = 11.5
+    flow_per_window_ms: float = 1.33
     t3_slow: float = 1.0  # T3 step cost factor while an S3Gen batch runs beside it
     s3_slow: float = 1.0  # S3Gen batch cost factor (it shares the GPU with T3's steps)
 
@@ -158,13 +160,13 @@ def main() -> int:
     ap.add_argument("--windows", default="10,15,25,50,75")
     ap.add_argument("--t3-share", type=float, default=1.0)
     ap.add_argument("--slack", type=float, default=1.0)
-    ap.add_argument("--step-ms", type=float, default=2.5)
-    ap.add_argument("--step-per-stream-ms", type=float, default=0.03)
-    ap.add_argument("--prefill-ms", type=float, default=15.0)
+    ap.add_argument("--step-ms", type=float, default=1.9)
+    ap.add_argument("--step-per-stream-ms", type=float, default=0.02)
+    ap.add_argument("--prefill-ms", type=float, default=6.0)
     ap.add_argument("--admit-share", type=float, default=3.0)
     ap.add_argument("--max-flow-batch", type=int, default=32)
-    ap.add_argument("--flow-ms", type=float, default=10.0)
-    ap.add_argument("--flow-per-window-ms", type=float, default=2.2)
+    ap.add_argument("--flow-ms", type=float, default=11.5)
+    ap.add_argument("--flow-per-window-ms", type=float, default=1.33)
     ap.add_argument("--overlap", action="store_true", help="S3Gen on its own stream beside T3 (the GPU default)")
     ap.add_argument("--t3-slow", type=float, default=1.3)
     ap.add_argument("--s3-slow", type=float, default=1.2)
