@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # CPU torch (a local file here). On a GPU host: make install-engine TORCH=torch==2.11.0 (PyPI's CUDA build)
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-engine run test unit sip-tests peers check-config bench-cpu clean
+.PHONY: install install-engine run test unit sip-tests peers check-config clean
 
 # Base install: the server on the embedded espeak engine (what `make run` needs).
 $(VENV)/.installed: pyproject.toml
