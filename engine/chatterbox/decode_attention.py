@@ -78,14 +78,23 @@ def available(device: torch.device, slots: int = MIN_SLOTS) -> bool:
     return triton is not None and device.type == "cuda" and fused and slots >= MIN_SLOTS
 
 
+def sdpa_mask(pos: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
+    """The SDPA path's key mask [n, 1, 1, keys] for ``key_index`` = arange(keys): one per step,
+    shared by every layer."""
+    return (key_index[None, :] <= pos[:, None])[:, None, None, :]
+
+
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prefix_k: torch.Tensor,
-           prefix_v: torch.Tensor, pos: torch.Tensor, shared: int, keys: int) -> torch.Tensor:
+           prefix_v: torch.Tensor, pos: torch.Tensor, shared: int, keys: int,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
     """One query per slot: q [n, H, d]; one layer's cache [slots, H, L, d]; the shared prefix
     [H, L, d] (positions < ``shared``; 0: none); pos [n] each slot's current position, its
-    last key. Returns [n, H, d]. ``keys`` bounds every pos (the SDPA path reads that many)."""
+    last key. Returns [n, H, d]. ``keys`` bounds every pos (the SDPA path reads that many);
+    ``mask``: the SDPA path's ``sdpa_mask`` when the caller has it (else made here)."""
     n, h, d = q.shape
     if not available(q.device, n):
-        mask = (torch.arange(keys, device=q.device)[None, :] <= pos[:, None])[:, None, None, :]
+        if mask is None:
+            mask = sdpa_mask(pos, torch.arange(keys, device=q.device))
         return F.scaled_dot_product_attention(q[:, :, None, :], k_cache[:n, :, :keys], v_cache[:n, :, :keys],
                                               attn_mask=mask)[:, :, 0]
     out = torch.empty(n, h, d, device=q.device, dtype=q.dtype)

@@ -215,6 +215,9 @@ class T3Runner:
         pos = self.positions[:n].clamp(max=keys - 1)
         x = self.speech_emb[self.tokens[:n]] + self.wpe[pos]
         rows = torch.arange(n, device=self.device)
+        # the SDPA path's key mask, once per step for every layer (the kernel needs none)
+        mask = None if decode_attention.available(self.device, n) else \
+            decode_attention.sdpa_mask(pos, self._key_index[:keys])
         for i, layer in enumerate(self.layers):
             h = self._layer_norm(x, layer.ln1_w, layer.ln1_b, layer.eps)
             qkv = torch.addmm(layer.qkv_b, h, layer.qkv_w).view(n, 3, self.n_head, self.head_dim)
@@ -223,7 +226,8 @@ class T3Runner:
             self.v_cache[i, rows, :, pos] = v
             # the shared prefix's K and V (without the kernel: any two rows, never read)
             prefix = self._shared_kv[i] if self._shared_kv is not None else self.k_cache[i, :2]
-            a = decode_attention.attend(q, self.k_cache[i], self.v_cache[i], prefix[0], prefix[1], pos, shared, keys)
+            a = decode_attention.attend(q, self.k_cache[i], self.v_cache[i], prefix[0], prefix[1], pos, shared, keys,
+                                        mask)
             a = a.reshape(n, self.width)
             x = x + torch.addmm(layer.proj_b, a, layer.proj_w)
             h = self._layer_norm(x, layer.ln2_w, layer.ln2_b, layer.eps)
