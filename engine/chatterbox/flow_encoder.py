@@ -104,13 +104,17 @@ class EncoderReference:
             a.copy_(b)
 
 
-def _kv(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layer's keys and values for its input ``x`` [1, T, D]: [H, T, d] each."""
-    att = layer.self_attn
-    xn = layer.norm_mha(x)
-    k = att.linear_k(xn).view(x.size(1), att.h, att.d_k).transpose(0, 1)
-    v = att.linear_v(xn).view(x.size(1), att.h, att.d_k).transpose(0, 1)
-    return k, v
+def _kv(att: torch.nn.Module, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An attention's keys and values for its normed input ``xn`` [B, T, D]: [B, H, T, d] each."""
+    b, t, _ = xn.shape
+    return (att.linear_k(xn).view(b, t, att.h, att.d_k).transpose(1, 2),
+            att.linear_v(xn).view(b, t, att.h, att.d_k).transpose(1, 2))
+
+
+def _ref_kv(layer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's keys and values for the reference alone, ``x`` [1, T, D]: [H, T, d] each."""
+    k, v = _kv(layer.self_attn, layer.norm_mha(x))
+    return k[0], v[0]
 
 
 @torch.inference_mode()
@@ -126,7 +130,7 @@ def encode_reference(flow: torch.nn.Module, tokens: torch.Tensor, pad_to: int = 
     xs = enc.pre_lookahead_layer(xs)
     kvs = []
     for layer in enc.encoders:
-        kvs.append(_kv(layer, xs))
+        kvs.append(_ref_kv(layer, xs))
         xs = layer(xs, masks, pos, masks)[0]
     h_tail = xs[0, -2:]
     lens = torch.zeros(1, dtype=torch.long, device=xs.device)
@@ -134,7 +138,7 @@ def encode_reference(flow: torch.nn.Module, tokens: torch.Tensor, pad_to: int = 
     masks = masks.repeat_interleave(enc.up_layer.stride, dim=-1)
     xs, pos, _ = enc.up_embed(xs, masks)
     for layer in enc.up_encoders:
-        kvs.append(_kv(layer, xs))
+        kvs.append(_ref_kv(layer, xs))
         xs = layer(xs, masks, pos, masks)[0]
 
     def left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -163,8 +167,9 @@ def _window_layer(layer: torch.nn.Module, x: torch.Tensor, ref_k: torch.Tensor, 
     h, d = att.h, att.d_k
     xn = layer.norm_mha(x)
     q = att.linear_q(xn).view(b, w, h, d)
-    keys = torch.cat([ref_k.expand(b, -1, -1, -1), att.linear_k(xn).view(b, w, h, d).transpose(1, 2)], dim=2)
-    values = torch.cat([ref_v.expand(b, -1, -1, -1), att.linear_v(xn).view(b, w, h, d).transpose(1, 2)], dim=2)
+    k, v = _kv(att, xn)
+    keys = torch.cat([ref_k.expand(b, -1, -1, -1), k], dim=2)
+    values = torch.cat([ref_v.expand(b, -1, -1, -1), v], dim=2)
     p = att.linear_pos(pos).view(1, -1, h, d).transpose(1, 2)  # [1, H, L, d], L = R + 2W - 1
     ac = torch.matmul((q + att.pos_bias_u).transpose(1, 2), keys.transpose(-2, -1))  # [B, H, W, T]
     bd = torch.matmul((q + att.pos_bias_v).transpose(1, 2), p.transpose(-2, -1)).contiguous()  # [B, H, W, L]
