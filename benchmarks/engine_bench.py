@@ -349,7 +349,7 @@ def main() -> int:
                              overlap=a.overlap == "on")
     sched = Scheduler(runner, streamer) if a.t3_share is None else Scheduler(runner, streamer, t3_share=a.t3_share)
     voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
-    vocoder_snr = streamer.vocoder_snr_db(voice.gen) if vocoder_dtype != "float32" else None
+    vocoder_snr = streamer.vocoder_snr_db(ckpt.conds.gen["prompt_feat"]) if vocoder_dtype != "float32" else None
     print(f"vocoder {vocoder_dtype}: {vocoder_snr} dB against float32 on the reference", flush=True)
     def mem(tag: str) -> None:
         if device.type == "cuda":

@@ -85,21 +85,19 @@ class ChatterboxEngine:
             ("float16" if o.device.startswith("cuda") else "float32")
         streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype, hift_dtype=getattr(torch, vocoder),
                                  overlap=o.overlap)
-        self._scheduler = Scheduler(runner, streamer, t3_share=o.t3_share)
-        self._voices["default"] = self._make_voice("default", self._ckpt.conds)
         if vocoder != "float32":
             # The speed-up of a float16 vocoder was measured with random weights; whether this
-            # checkpoint's activations suit it is checked here, on its own reference mel.
-            snr = streamer.vocoder_snr_db(self._voices["default"].gen)  # type: ignore[attr-defined]
+            # checkpoint's activations suit it is checked here, on the default voice's reference mel.
+            snr = streamer.vocoder_snr_db(self._ckpt.conds.gen["prompt_feat"])
             if snr >= MIN_VOCODER_SNR_DB:
                 log.info("vocoder in %s: %.1f dB against float32 on the reference", vocoder, snr)
             else:
                 log.warning("vocoder in %s is %.1f dB from float32 on the reference (< %.0f): using float32",
                             vocoder, snr, MIN_VOCODER_SNR_DB)
                 streamer = S3GenStreamer(self._ckpt.s3gen, o.device, flow_dtype=dtype, overlap=o.overlap)
-                self._scheduler = Scheduler(runner, streamer, t3_share=o.t3_share)
-                self._voices["default"] = self._make_voice("default", self._ckpt.conds)
             self.vocoder_snr_db = snr
+        self._scheduler = Scheduler(runner, streamer, t3_share=o.t3_share)
+        self._voices["default"] = self._make_voice("default", self._ckpt.conds)
         self._scheduler.capture_graphs(self._voices["default"])  # start-up is slower, first audio is not
         self._scheduler.start()
 

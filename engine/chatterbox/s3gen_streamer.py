@@ -332,31 +332,31 @@ class S3GenStreamer:
             voice.encoder_ref = encode_reference(self.flow, token)
         return voice
 
-    def _encode(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The flow encoder over token sequences (right-padded batch): [80, 2*len] each."""
+    def _padded(self, seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token sequences as a right-padded batch [B, longest] and their lengths [B]."""
         lens = [q.numel() for q in seqs]
         tokens = torch.zeros(len(seqs), max(lens), dtype=torch.long, device=self.device)
         for i, q in enumerate(seqs):
             tokens[i, :lens[i]] = q
-        h = encode_tokens(self.flow, tokens, torch.tensor(lens).to(self.device))
-        return [h[i, :, :2 * n] for i, n in enumerate(lens)]
+        return tokens, torch.tensor(lens).to(self.device)
+
+    def _encode(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The flow encoder over token sequences (right-padded batch): [80, 2*len] each."""
+        h = encode_tokens(self.flow, *self._padded(seqs))
+        return [h[i, :, :2 * q.numel()] for i, q in enumerate(seqs)]
 
     def _encode_windows(self, voice: VoiceGen, seqs: list[torch.Tensor]) -> torch.Tensor:
         """Window tokens after the voice's reference (right-padded batch) → ``mu`` [B, 80, 2 * longest]."""
-        lens = [q.numel() for q in seqs]
-        tokens = torch.zeros(len(seqs), max(lens), dtype=torch.long, device=self.device)
-        for i, q in enumerate(seqs):
-            tokens[i, :lens[i]] = q
-        token_len = torch.tensor(lens).to(self.device)
+        tokens, token_len = self._padded(seqs)
         if self.encoder_graphs is not None:
             return self.encoder_graphs(voice.encoder_ref, tokens, token_len)
         return encode_window(self.flow, voice.encoder_ref, tokens, token_len)
 
     @torch.inference_mode()
-    def vocoder_snr_db(self, voice: VoiceGen) -> float:
-        """The vocoder at its precision against float32 on the voice's reference mel (real
-        weights, real mel: what a lower precision costs this checkpoint), in dB."""
-        mel = voice.prompt_feat.t()[None].float()  # [1, 80, F]
+    def vocoder_snr_db(self, mel: torch.Tensor) -> float:
+        """The vocoder at its precision against float32 on ``mel`` [F, 80], a voice's reference
+        (real weights, real mel: what a lower precision costs this checkpoint), in dB."""
+        mel = torch.as_tensor(mel).to(self.device, torch.float32).view(-1, 80).t()[None]  # [1, 80, F]
         b, h = 1, self.vocoder.harmonics
         args = (torch.zeros(b, h, device=self.device, dtype=torch.float64),
                 torch.zeros(b, h, device=self.device, dtype=torch.float64),
