@@ -19,6 +19,16 @@ M = TypeVar("M", bound=BaseModel)
 Path_ = tuple[str | int, ...]
 
 
+def shown_path(path: str | Path) -> str:
+    """A file as messages name it: relative to the working directory when it lies below it,
+    so server.yaml and the prompts file it points to read alike however they were given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 class ConfigError(Exception):
     """One or more problems in a config file; ``str()`` lists them one per line."""
 
@@ -29,6 +39,7 @@ class ConfigError(Exception):
     @staticmethod
     def format(problem: tuple[str, int | None, str, str]) -> str:
         file, line, fld, msg = problem
+        file = shown_path(file)
         where = f"{file}:{line}" if line else file
         return f"{where}: {fld}: {msg}" if fld else f"{where}: {msg}"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, load_prompts, load_server
+from config.loader import shown_path
 from config.schema import EspeakSettings, PromptsConfig, ServerConfig, parse_hostport
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
@@ -76,7 +77,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     try:
         speech = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
     except ValueError as exc:
-        log.error("%s: %s", cfg.prompts_path(), exc)
+        log.error("%s: %s", shown_path(cfg.prompts_path()), exc)
         await engine.close()
         return 2
     warming: set[asyncio.Task] = set()
@@ -173,7 +174,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         speech = new  # calls in progress keep the Speech (and script) they started with
         for line in prompts.warnings:
             log.warning("%s", line)
-        log.info("reloaded %s: %d routes", cfg.prompts_path(), len(prompts.routes))
+        log.info("reloaded %s: %d routes", shown_path(cfg.prompts_path()), len(prompts.routes))
         warm(speech)
 
     loop = asyncio.get_running_loop()
@@ -232,6 +233,10 @@ async def walk(cfg: ServerConfig, prompts: PromptsConfig, number: str, digits: l
         for d in digits:
             handle.digit_arrived(DtmfDigit(d, 100, "cli"))
         await run.run(handle)
+        unused = handle.pending_digits()
+        if unused:
+            raise ValueError(f"--digits: {','.join(unused)} never used: the script ended before asking for "
+                             f"{'it' if len(unused) == 1 else 'them'}")
         queue.finish()
         frames = []
         while (frame := queue.pop()) is not None:
@@ -259,6 +264,13 @@ class _OfflineCall(CallHandle):
 
     async def next_digit(self, timeout: float) -> str | None:
         return self._digits.get_nowait().digit if not self._digits.empty() else None  # no digits left: a timeout
+
+    def pending_digits(self) -> list[str]:
+        """Digits given on the command line that the script never asked for."""
+        left = []
+        while not self._digits.empty():
+            left.append(self._digits.get_nowait().digit)
+        return left
 
 
 async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> np.ndarray:
@@ -318,12 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         for line in prompts.warnings:
             print(f"warning: {line}")
         engine_name = "espeak" if isinstance(cfg.engine, EspeakSettings) else "chatterbox"
-        errors = [f"{cfg.prompts_path()}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
+        errors = [f"{shown_path(cfg.prompts_path())}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
                   for name, v in prompts.voices.items() if v.engine is not None and v.engine != engine_name]
         if errors:
             print("config error:\n" + "\n".join(errors), file=sys.stderr)
             return 2
-        print(f"{args.config}: ok ({len(prompts.routes)} routes, {len(prompts.scripts)} scripts, "
+        print(f"{shown_path(args.config)}: ok ({len(prompts.routes)} routes, {len(prompts.scripts)} scripts, "
               f"default {'set' if prompts.default else 'none'}, {len(prompts.warnings)} warnings)")
         return 0
     if args.command == "reload":
