@@ -9,9 +9,11 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 PEERS ?= sip_tests/peers
 CONFIG ?= config/server.yaml
 PYTEST_ARGS ?=
-# CPU torch from PyTorch's CPU index (PyPI's plain torch==2.13.0 is a multi-GB CUDA build; a
-# local file where pip is configured with one). On a GPU host: make install-engine TORCH=torch==2.11.0
-TORCH ?= torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu
+# CPU torch: on these machines `torch==2.13.0` resolves to a local CPU wheel. On an ordinary
+# machine PyPI's torch==2.13.0 is a multi-GB CUDA build: for a CPU build there, pass
+# TORCH="torch==2.13.0+cpu --extra-index-url <PyTorch's CPU index>" (README, "Two commands").
+# On a GPU host: make install-engine TORCH=torch==2.11.0 (PyPI's CUDA build).
+TORCH ?= torch==2.13.0
 
 .PHONY: install install-engine run test unit sip-tests peers check-config clean
 
