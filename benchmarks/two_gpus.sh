@@ -28,6 +28,7 @@ fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 PY=${PY:-python3}
+[ -f COMMIT ] && export GIT_COMMIT=$(cat COMMIT)   # a staged copy has no .git
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null
 "${KAMAILIO:-kamailio}" -v | head -1
 timeout "${TWO_GPUS_S:-540}" "$PY" benchmarks/two_gpus.py --out "$OUT" --logs /tmp/two_gpus_logs "$@" 2>&1 \
