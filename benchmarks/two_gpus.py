@@ -429,6 +429,8 @@ def kill_phase(a, kport: int, inst: list[Instance], kam: Kamailio) -> dict:
           f"killed; out of rotation after {out['out_of_rotation_after_s']} s", flush=True)
     print("  " + _line("kill, calls up before", b), flush=True)
     print("  " + _line("kill, new calls", out["after"]), flush=True)
+    time.sleep(1.0)  # the killed server's engine process sees its pipe close and exits
+    out["gpu_processes_before_restart"] = _gpu_apps()
     # restart: READY, then Kamailio's first healthy OPTIONS puts it back
     log_at = len(kam.log.read_text())
     inst[1].start()
@@ -500,6 +502,15 @@ def card() -> str:
                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "no GPU (CPU run)"
+
+
+def _gpu_apps() -> str:
+    """What holds the GPUs (after a kill: has the dead server's engine process gone too?)."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
 
 
 def _f(x, fmt="{:.0f}") -> str:
