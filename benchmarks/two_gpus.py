@@ -588,6 +588,7 @@ def main() -> int:
     ap.add_argument("--fault-listen-s", type=float, default=10.0)
     ap.add_argument("--fault-at-s", type=float, default=3.0, help="kill/SIGTERM this long after the last call began")
     ap.add_argument("--rejoin-calls", type=int, default=64)
+    ap.add_argument("--warmup-calls", type=int, default=4, help="a first wave through Kamailio, not measured")
     ap.add_argument("--client-procs", type=int, default=0, help="caller processes (default: one per 96 calls)")
     ap.add_argument("--ready-timeout-s", type=float, default=300)
     ap.add_argument("--kamailio", default=os.environ.get("KAMAILIO", shutil.which("kamailio") or "kamailio"))
@@ -606,7 +607,7 @@ def main() -> int:
                commit=os.environ.get("GIT_COMMIT") or _git_commit(), card=card(), engine=a.engine,
                device=a.device, max_streams=a.max_streams if a.engine == "chatterbox" else None,
                max_tokens=a.max_tokens if a.engine == "chatterbox" else None, listen_s=a.listen_s,
-               spread_s=a.spread_s, calls=counts, notes=a.notes,
+               spread_s=a.spread_s, calls=counts, warmup_calls=a.warmup_calls, notes=a.notes,
                method="benchmarks/two_gpus.py: two sip-tts instances (one per GPU) behind config/kamailio/kamailio.cfg")
     work = Path(tempfile.mkdtemp(prefix="two_gpus."))
     cfg = server_yaml(a, work, max_calls=max(counts + [a.fault_calls]))
@@ -618,7 +619,12 @@ def main() -> int:
         res["ready_s"] = [i.wait_ready(a.ready_timeout_s) for i in inst]
         print(f"  instances ready after {res['ready_s'][0]:.1f} / {res['ready_s'][1]:.1f} s", flush=True)
         kam = Kamailio(work, [i.port for i in inst], a.kamailio, a.kamailio_modules)
-        Wave(KAM_PORT, 4, 1.0, 0.2, 1).results()  # warm-up: two calls on each instance
+        # warm-up: the first waves after start-up send late packets that later ones do not (run 1:
+        # 124 and 107 at 128 and 256, then 0 at 384 and in every later wave): see two_gpus.md
+        w = a.warmup_calls
+        Wave(KAM_PORT, w, a.listen_s if w > 4 else 1.0, a.spread_s if w > 4 else 0.2,
+             a.client_procs or max(1, -(-w // 96))).results()
+        time.sleep(a.pause_s)
         if "load" in phases:
             res["load"] = load_phase(a, KAM_PORT, [i.port for i in inst], counts)
         if "kill" in phases:
