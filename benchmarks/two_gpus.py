@@ -275,9 +275,10 @@ class Wave:
 class Instance:
     """``sip-tts serve`` the way ``sip-tts@<index>.service`` runs it."""
 
-    def __init__(self, index: int, work: Path, config: Path, extra_env: dict[str, str]) -> None:
+    def __init__(self, index: int, work: Path, config: Path, port: int) -> None:
         self.index, self.work, self.config = index, work, config
-        self.port = SIP_PORTS[index]
+        self.port = port
+        extra_env: dict[str, str] = {}
         self.env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(index), PYTHONUNBUFFERED="1", **extra_env)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -320,12 +321,12 @@ class Instance:
 
 
 class Kamailio:
-    def __init__(self, work: Path, ports: list[int], binary: str, modules: str | None) -> None:
+    def __init__(self, work: Path, ports: list[int], binary: str, modules: str | None, port: int = KAM_PORT) -> None:
         self.work = work / "kamailio"
         self.work.mkdir(exist_ok=True)
         (self.work / "dispatcher.list").write_text("".join(f"1 sip:{HOST}:{p} 0 0\n" for p in ports))
         self.log = self.work / "kamailio.log"
-        cmd = [binary, "-f", str(ROOT / "config" / "kamailio" / "kamailio.cfg"), "-l", f"udp:{HOST}:{KAM_PORT}",
+        cmd = [binary, "-f", str(ROOT / "config" / "kamailio" / "kamailio.cfg"), "-l", f"udp:{HOST}:{port}",
                "-A", f'DS_LIST_FILE="{self.work}/dispatcher.list"', "-A", "DS_PING_INTERVAL=1",
                "-A", "DS_PROBE_FAILURES=1", "-Y", str(self.work), "-w", str(self.work),
                "-m", "512", "-M", "32", "-DD", "-E"]
@@ -518,15 +519,16 @@ def _f(x, fmt="{:.0f}") -> str:
 
 
 def render_md(res: dict) -> str:
-    L = [f"# Two instances behind Kamailio (benchmarks/two_gpus.py)", "",
-         f"{res['date']}, commit {res['commit']}, engine {res['engine']} ({res['device']}), "
+    L = [f"## {res['date']}: {res.get('notes') or 'load, kill, drain'}", "",
+         f"Commit {res['commit']}, engine {res['engine']} ({res['device']}), "
          f"max_streams {res.get('max_streams')}, max_tokens {res.get('max_tokens')}.", "",
          f"Card(s): {res['card']}", "",
          "One `sip-tts serve` per GPU (CUDA_VISIBLE_DEVICES=0/1, SIP 5060/5062, RTP 20000-24999/25000-29999, "
          "as `sip-tts@.service`), `config/kamailio/kamailio.cfg` in front (round robin, OPTIONS every 1 s); "
          "callers send INVITE/ACK/BYE through Kamailio, RTP direct; late packets by the kernel's receive "
          f"timestamps (> 30 ms after the previous one); listening {res['listen_s']} s after first audio.", "",
-         "## Load", "",
+         f"Warm-up before the measured waves: {res.get('warmup_calls', 4)} calls.", "",
+         "### Load", "",
          "| calls | where | carried | INVITE->200 p50/p95 ms | first audible p50/p95 ms | kernel-stamped gaps (lost/skipped/late) | packets |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in res.get("load", []):
@@ -538,11 +540,11 @@ def render_md(res: dict) -> str:
                      f"| {b['gaps_kernel']} ({g['lost']}/{g['skipped']}/{g['late']}) | {b['packets']} |")
     k = res.get("kill")
     if k:
-        L += ["", "## Instance 1 killed (SIGKILL) mid-load, then restarted", "",
+        L += ["", "### Instance 1 killed (SIGKILL) mid-load, then restarted", "",
               f"- {k['fault_calls']} calls up ({k['before']['instance0']['calls']} on instance 0, "
               f"{k['killed_instance_calls']} on instance 1); SIGKILL {k['kill_at_s']} s into their listening.",
               f"- Instance 1's calls ended (RTP stopped): {k['killed_calls_ended']} of {k['killed_instance_calls']}.",
-              f"- Instance 0's calls: {k['before']['instance0']['ends']} of {k['before']['instance0']['calls']}, "
+              f"- Instance 0's calls: {k['before']['instance0']['ends']} of {k['before']['instance0']['calls']} (how each ended), "
               f"kernel-stamped gaps {k['before']['instance0']['gaps_kernel']}.",
               f"- New calls started at the kill: {k['after']['total']['carried']}/{k['after']['total']['calls']} "
               f"carried, {k['new_calls_on_killed']} on instance 1, {k['new_calls_setup_over_1s']} took over 1 s "
@@ -554,10 +556,12 @@ def render_md(res: dict) -> str:
               f"- Restarted: READY after {_f(k['restart_ready_s'], '{:.1f}')} s; back in rotation "
               f"{_f(k['rejoined_after_ready_s'], '{:.1f}')} s after READY (first healthy OPTIONS).",
               f"- Then {k['rejoined']['total']['calls']} calls: {k['rejoined']['instance0']['calls']} on instance 0, "
-              f"{k['rejoined']['instance1']['calls']} on instance 1, {k['rejoined']['total']['carried']} carried."]
+              f"{k['rejoined']['instance1']['calls']} on instance 1, {k['rejoined']['total']['carried']} carried, "
+              f"kernel-stamped gaps {k['rejoined']['instance0']['gaps_kernel']} / {k['rejoined']['instance1']['gaps_kernel']}.",
+              f"- GPU processes after the kill, before the restart: {k.get('gpu_processes_before_restart', '-')}."]
     d = res.get("drain")
     if d:
-        L += ["", "## Instance 1 drained (SIGTERM) mid-load", "",
+        L += ["", "### Instance 1 drained (SIGTERM) mid-load", "",
               f"- {d['fault_calls']} calls up ({d['before']['instance0']['calls']} on instance 0, "
               f"{d['draining_instance_calls']} on instance 1); SIGTERM {d['term_at_s']} s into their listening.",
               f"- Instance 1's calls finished: {d['draining_calls_finished']} of {d['draining_instance_calls']} "
@@ -566,9 +570,23 @@ def render_md(res: dict) -> str:
               f"- Out of rotation {_f(d['out_of_rotation_after_s'], '{:.1f}')} s after SIGTERM.",
               f"- New calls: {d['after']['total']['carried']}/{d['after']['total']['calls']} carried, "
               f"{d['new_calls_on_draining']} on instance 1, errors {d['after']['total']['errors']}."]
-    if res.get("notes"):
-        L += ["", "Notes: " + res["notes"]]
     return "\n".join(L) + "\n"
+
+
+def render_all(runs: list[dict], preface: str = "") -> str:
+    """All runs, newest first, under a table of every load wave's totals."""
+    L = ["# Two instances, one per GPU, behind Kamailio (benchmarks/two_gpus.py)", ""]
+    if preface:
+        L += [preface.strip(), ""]
+    L += ["| run | calls | carried (instance 0 / 1) | first audible p50/p95 ms | kernel-stamped gaps (instance 0 / 1) | packets |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    for res in runs:
+        for row in res.get("load", []):
+            t, i0, i1 = row["total"], row["instance0"], row["instance1"]
+            L.append(f"| {res['date']} | {row['n']} | {t['carried']}/{t['calls']} ({i0['carried']} / {i1['carried']}) "
+                     f"| {_f(t['first_audio_ms']['p50'])}/{_f(t['first_audio_ms']['p95'])} "
+                     f"| {t['gaps_kernel']} ({i0['gaps_kernel']} / {i1['gaps_kernel']}) | {t['packets']} |")
+    return "\n".join(L) + "\n\n" + "\n".join(render_md(r) for r in reversed(runs))
 
 
 def main() -> int:
@@ -591,12 +609,25 @@ def main() -> int:
     ap.add_argument("--warmup-calls", type=int, default=4, help="a first wave through Kamailio, not measured")
     ap.add_argument("--client-procs", type=int, default=0, help="caller processes (default: one per 96 calls)")
     ap.add_argument("--ready-timeout-s", type=float, default=300)
+    ap.add_argument("--sip-ports", default=f"{SIP_PORTS[0]},{SIP_PORTS[1]}", help="the two instances' SIP ports")
+    ap.add_argument("--kamailio-port", type=int, default=KAM_PORT)
     ap.add_argument("--kamailio", default=os.environ.get("KAMAILIO", shutil.which("kamailio") or "kamailio"))
     ap.add_argument("--kamailio-modules", default=os.environ.get("KAMAILIO_MODULES"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--logs", help="keep the instances' and Kamailio's logs here")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--append", action="store_true", help="add this run to the runs already in --out/two_gpus.json")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="no run: write --out/two_gpus.json/.md from these "
+                    "results (each one run, or a file of runs), in this order")
+    ap.add_argument("--preface", default="", help="text under the .md's title (with --merge)")
     a = ap.parse_args()
+    if a.merge:
+        runs: list[dict] = []
+        for f in a.merge:
+            data = json.loads(Path(f).read_text())
+            runs.extend(data.get("runs", [data]))
+        write(Path(a.out), runs, a.preface)
+        return 0
     counts = [int(x) for x in a.calls.split(",") if x]
     phases = [p for p in a.phases.split(",") if p]
     a.max_streams = a.max_streams or max(1, -(-max(counts + [a.fault_calls]) // 2))
@@ -611,27 +642,29 @@ def main() -> int:
                method="benchmarks/two_gpus.py: two sip-tts instances (one per GPU) behind config/kamailio/kamailio.cfg")
     work = Path(tempfile.mkdtemp(prefix="two_gpus."))
     cfg = server_yaml(a, work, max_calls=max(counts + [a.fault_calls]))
-    inst = [Instance(i, work, cfg, {}) for i in (0, 1)]
+    sip_ports = [int(x) for x in a.sip_ports.split(",")]
+    kport = a.kamailio_port
+    inst = [Instance(i, work, cfg, sip_ports[i]) for i in (0, 1)]
     kam = None
     try:
         for i in inst:
             i.start()
         res["ready_s"] = [i.wait_ready(a.ready_timeout_s) for i in inst]
         print(f"  instances ready after {res['ready_s'][0]:.1f} / {res['ready_s'][1]:.1f} s", flush=True)
-        kam = Kamailio(work, [i.port for i in inst], a.kamailio, a.kamailio_modules)
+        kam = Kamailio(work, [i.port for i in inst], a.kamailio, a.kamailio_modules, kport)
         # warm-up: the first waves after start-up send late packets that later ones do not (run 1:
         # 124 and 107 at 128 and 256, then 0 at 384 and in every later wave): see two_gpus.md
         w = a.warmup_calls
-        Wave(KAM_PORT, w, a.listen_s if w > 4 else 1.0, a.spread_s if w > 4 else 0.2,
+        Wave(kport, w, a.listen_s if w > 4 else 1.0, a.spread_s if w > 4 else 0.2,
              a.client_procs or max(1, -(-w // 96))).results()
         time.sleep(a.pause_s)
         if "load" in phases:
-            res["load"] = load_phase(a, KAM_PORT, [i.port for i in inst], counts)
+            res["load"] = load_phase(a, kport, [i.port for i in inst], counts)
         if "kill" in phases:
-            res["kill"] = kill_phase(a, KAM_PORT, inst, kam)
+            res["kill"] = kill_phase(a, kport, inst, kam)
             time.sleep(a.pause_s)
         if "drain" in phases:
-            res["drain"] = drain_phase(a, KAM_PORT, inst, kam)
+            res["drain"] = drain_phase(a, kport, inst, kam)
     finally:
         for i in inst:
             i.stop()
@@ -642,11 +675,16 @@ def main() -> int:
             for f in list(work.glob("instance*")) + list(work.glob("kamailio/kamailio.log")):
                 shutil.copy(f, Path(a.logs) / f.name)
         out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "two_gpus.json").write_text(json.dumps(res, indent=1))
-        (out / "two_gpus.md").write_text(render_md(res))
+        old = json.loads((out / "two_gpus.json").read_text()) if a.append and (out / "two_gpus.json").exists() else {}
+        write(out, old.get("runs", []) + [res], old.get("preface", ""))
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def write(out: Path, runs: list[dict], preface: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "two_gpus.json").write_text(json.dumps(dict(preface=preface, runs=runs), indent=1))
+    (out / "two_gpus.md").write_text(render_all(runs, preface))
 
 
 def _git_commit() -> str:
