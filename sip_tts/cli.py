@@ -16,13 +16,14 @@ import numpy as np
 
 from config import ConfigError, load_prompts, load_server
 from config.loader import shown_path
-from config.schema import EspeakSettings, PromptsConfig, ServerConfig, parse_hostport
+from config.schema import PromptsConfig, ServerConfig, parse_hostport
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
 from engine.prompt_cache import PromptCache
 from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
-from telephony.rtp.pacer import SILENCE, FrameQueue
+from media import SAMPLE_RATE, SILENCE
+from telephony.rtp.pacer import FrameQueue
 from telephony.admission import AdmissionPolicy
 from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
@@ -95,16 +96,15 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
 
     def engine_up() -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
-        return bool(getattr(engine, "available", True))
+        return engine.available
 
     metrics = None
     if cfg.metrics is not None:
         from .metrics import Metrics
 
-        queue = getattr(engine, "queue_depth", None)
-        metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None,
-                          engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache,
-                          engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)),
+        metrics = Metrics(lambda: len(server.calls), engine.queue_depth,
+                          engine_stats=lambda: engine.stats, cache=lambda: cache,
+                          engine_health=lambda: (engine_up(), engine.restarts),
                           pacer_late=lambda: server.clock.late_wakeups if server.clock is not None else 0)
     server = SipServer(settings, route, hooks=metrics, available=engine_up)
     try:
@@ -286,7 +286,7 @@ async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> 
     return decode_g711(b"".join(frames), codec)
 
 
-def write_wav(path: str, samples: np.ndarray, rate: int = 8000) -> None:
+def write_wav(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     with wave.open(path, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         for line in prompts.warnings:
             print(f"warning: {line}")
-        engine_name = "espeak" if isinstance(cfg.engine, EspeakSettings) else "chatterbox"
+        engine_name = cfg.engine.kind
         errors = [f"{shown_path(cfg.prompts_path())}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
                   for name, v in prompts.voices.items() if v.engine is not None and v.engine != engine_name]
         if errors:
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             print("say: give TEXT or --route NUMBER", file=sys.stderr)
             return 2
         write_wav(args.out, samples)
-        print(f"{args.out}: {len(samples) / 8000:.2f} s")
+        print(f"{args.out}: {len(samples) / SAMPLE_RATE:.2f} s")
         return 0
     rtp_ports = None
     if args.rtp_ports:
