@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from . import errors, ops, speech, voices
@@ -61,8 +61,8 @@ class BodyCap:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.cap:
-                    raise ApiError(413, f"body: larger than api.max_body_bytes={self.cap}", "body", "too_large")
+                if seen > self.cap:  # (FastAPI passes an HTTPException from the body's reading on)
+                    raise HTTPException(413, f"body: larger than api.max_body_bytes={self.cap}")
             return message
 
         await self.app(scope, counted, send)

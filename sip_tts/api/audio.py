@@ -86,7 +86,11 @@ class Encoder:
         if fmt in _SOUNDFILE:
             major, sub = _SOUNDFILE[fmt]
             self._sink = _Sink()
-            self._file = soundfile.SoundFile(self._sink, "w", samplerate=rate, channels=1, format=major, subtype=sub)
+            # MP3 at a constant bit rate: a streamed file has no Xing header (written last, at the start), and
+            # readers then take its length from its size and first frame's rate (VBR: a quarter was read)
+            extra = {"bitrate_mode": "CONSTANT", "compression_level": 0.5} if fmt == "mp3" else {}
+            self._file = soundfile.SoundFile(self._sink, "w", samplerate=rate, channels=1, format=major, subtype=sub,
+                                             **extra)
 
     def _bytes(self, x: np.ndarray) -> bytes:
         if self._file is not None:

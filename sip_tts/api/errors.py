@@ -52,7 +52,7 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or "body"
+    param = "body" if first.get("type") == "json_invalid" else ".".join(loc) or "body"
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     return error_response(400, f"{param}: {msg}", param, str(first.get("type", "invalid_value")))
 
@@ -68,7 +68,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
+        param = "body" if exc.status_code == 413 else None
+        return error_response(exc.status_code, str(exc.detail), param, None, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -169,7 +169,9 @@ def build(ctx: ApiContext, auth) -> APIRouter:
             ctx.done()
             raise
         ctx.metrics.requests.labels("speech", "200").inc()
-        enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE, streamed=True)
+        # FLAC goes out whole: a FLAC stream without its length in the header is refused by libsndfile's readers
+        enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE,
+                      streamed=body.response_format != "flac")
         audio = _encoded(ctx, chunks, first, enc, request)
         headers = _timing_headers(timing)
         if body.stream_format == "sse":
@@ -211,7 +213,7 @@ async def _synth(ctx: ApiContext, request: Request, text: str, voice_name: str, 
         ctx.done()
         raise
     ctx.metrics.requests.labels(endpoint, "200").inc()
-    enc = None if codec else Encoder(fmt, ctx.engine.sample_rate, rate, streamed=stream)
+    enc = None if codec else Encoder(fmt, ctx.engine.sample_rate, rate, streamed=stream and fmt != "flac")
     headers = {**_timing_headers(timing), "X-Sample-Rate": str(rate)}
     media = CONTENT_TYPES[fmt]
     audio = _encoded(ctx, chunks, first, enc, request)
