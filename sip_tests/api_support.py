@@ -27,6 +27,7 @@ def start_api_server(tmp_path: Path, api_yaml: str = "", extra_yaml: str = "", p
     port = free_udp_port()  # in our network namespace a free UDP port is a free TCP port too
     yaml = f"api:\n  listen: 127.0.0.1:{port}\n{api_yaml}{extra_yaml}"
     kwargs = {"prompts": prompts} if prompts is not None else {}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     srv = _start_server(tmp_path, extra_yaml=yaml, **kwargs)
     return ApiServer(srv, port)
 
