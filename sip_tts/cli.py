@@ -134,7 +134,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
             return (200, "ready") if ua.accepting else (503, "full")
 
         try:
-            http = await api.start_http(cfg, prompts, engine, voice, health, metrics.registry, metrics.render)
+            http = await api.start_http(cfg, prompts, engine, voice, health, metrics.registry, metrics.render,
+                                        live_calls=lambda: len(server.calls))
         except OSError as exc:
             log.error("cannot serve http on %s: %s", cfg.api.listen if cfg.api.enabled else cfg.metrics.listen,
                       exc.strerror or exc)

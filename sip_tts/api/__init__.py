@@ -49,8 +49,8 @@ class HttpHandle:
 
 
 async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFirst, default_voice: VoiceSpec,
-                     health: Callable[[], tuple[int, str]], registry, render_metrics: Callable[[], bytes]
-                     ) -> HttpHandle:
+                     health: Callable[[], tuple[int, str]], registry, render_metrics: Callable[[], bytes],
+                     live_calls: Callable[[], int] = lambda: 0) -> HttpHandle:
     """Bind and serve; an address in use raises OSError (the caller stops start-up with it)."""
     from sip_tts.script import voice_spec
 
@@ -62,6 +62,8 @@ async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFir
     port = None
     try:
         if cfg.api.enabled:
+            engine.pace_with_calls = cfg.api.pace_with_calls
+            engine.live_calls = live_calls
             configured = {n: voice_spec(n, v, default_voice, engine.name, prompts) for n, v in prompts.voices.items()}
             voices = Voices(default_voice, configured, _voice_dir(cfg), engine.name)
             voices.load()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import numpy as np
 
 from engine.audio import encode_line
 from engine.base import TtsEngine, VoiceSpec
+
+
+COALESCE_S = 0.1  # API audio after the first chunk goes on in pieces of at least this long
 
 
 class CallsFirst:
@@ -25,6 +28,10 @@ class CallsFirst:
     def __init__(self, engine: TtsEngine, capacity: int) -> None:
         self.inner = engine
         self.capacity = max(1, capacity)
+        # While calls are in progress each API stream goes at most this many times real time (0: no limit):
+        # an engine far faster than real time (espeak) would otherwise spend the CPU the calls' pacing needs.
+        self.pace_with_calls = 0.0
+        self.live_calls: Callable[[], int] = lambda: 0
         self.calls_active = 0
         self.api_active = 0
         self.api_waiting = 0
@@ -91,6 +98,14 @@ class CallsFirst:
         self.api_active -= 1
         self._wake()
 
+    async def _pace(self, audio_s: float, started: float) -> None:
+        """Calls in progress: hold this stream to ``pace_with_calls`` x real time (after its first second)."""
+        if self.pace_with_calls <= 0 or not self.live_calls():
+            return
+        ahead = (audio_s - 1.0) / self.pace_with_calls - (time.perf_counter() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
     async def api_stream(self, text: str, voice: VoiceSpec, codec: str | None = None,
                          timing: dict | None = None) -> AsyncIterator:
         """An API utterance: float32 chunks at the engine's rate, or with ``codec`` 8 kHz G.711 bytes exactly as a
@@ -108,10 +123,28 @@ class CallsFirst:
                 pieces = line(text, voice, codec) if line is not None else \
                     encode_line(self.inner.stream(text, voice), self.inner.sample_rate, codec)
             try:
+                # The first chunk at once (time to first audio); after it, pieces of >= COALESCE_S: the work
+                # above (encoding, HTTP, the loop's wake-ups) is per piece, and an engine faster than real
+                # time (espeak: 20 ms chunks, ~200x) would otherwise spend the calls' loop on tiny ones.
+                held: list = []
+                size, need, rate, sent, started = 0, 0, 8000, 0, 0.0
                 async for item in pieces:
                     if timing is not None and "first" not in timing:
                         timing["first"] = time.perf_counter() - t0
-                    yield item
+                    if not started:
+                        rate = 8000 if codec else self.inner.sample_rate
+                        need, started, sent = int(COALESCE_S * rate), time.perf_counter(), len(item)
+                        yield item
+                        continue
+                    held.append(item)
+                    size += len(item)
+                    if size >= need:
+                        await self._pace(sent / rate, started)
+                        yield b"".join(held) if codec else np.concatenate(held)
+                        sent += size
+                        held, size = [], 0
+                if held:
+                    yield b"".join(held) if codec else np.concatenate(held)
             finally:
                 await pieces.aclose()  # type: ignore[attr-defined]
         finally:
