@@ -64,7 +64,9 @@ def start_server(work: Path, a: argparse.Namespace, own_thread: bool) -> tuple[s
     (work / "prompts.yaml").write_text(
         'routes:\n  - number: "2000"\n'
         '    say: "Thank you for calling. Your order {headers[X-Order]} is confirmed for Tuesday at nine."\n'
-        'default: "Hello."\ncache:\n  warm: false\n')
+        '  - number: "1000"\n'
+        '    say: "Thank you for calling. Your appointment is confirmed for Tuesday at nine in the morning."\n'
+        'default: "Hello."\n')
     if a.engine == "chatterbox":
         engine = (f"engine:\n  kind: chatterbox\n  model_dir: {a.model_dir}\n  device: {a.device}\n"
                   f"  max_streams: {a.max_streams}\n  max_tokens: {a.max_tokens}\n")
@@ -161,7 +163,7 @@ async def calls_with_streams(sip_port: int, url: str, a: argparse.Namespace, str
     tasks = [asyncio.ensure_future(streamer(None)) for _ in range(streams)]
     if streams:
         await asyncio.sleep(1.0)  # the streams are running before the first call arrives
-    row = await call_load(sip_port, a.calls, a.listen_s, a.spread_s)
+    row = await call_load(sip_port, a.calls, a.listen_s, a.spread_s, "2000" if a.prompt == "live" else "1000")
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     after = {k: metric(url, k) for k in before}
@@ -177,7 +179,8 @@ async def calls_with_streams(sip_port: int, url: str, a: argparse.Namespace, str
 def render(report: dict) -> str:
     lines = [f"# HTTP API load ({report['engine']})", "",
              f"{report['date']}, commit {report['commit']}, {report['host']}"
-             + (f", GPU {report['gpu']}" if report.get("gpu") else ", no GPU") + f"; `{report['command']}`", "",
+             + (f", GPU {report['gpu']}" if report.get("gpu") else ", no GPU")
+             + f", load average at start {report['load_average_at_start'][0]:.1f}; `{report['command']}`", "",
              "## Time to first audio byte (streaming /v1/audio/speech, pcm)", "",
              "| API on | streams | requests | TTFB p50 / p95 ms | engine first audio p50 / p95 ms | "
              "of it waiting for a slot p50 / p95 | API overhead p50 / p95 ms |", "|---|---|---|---|---|---|---|"]
@@ -187,7 +190,8 @@ def render(report: dict) -> str:
                          f"{r['ttfb_ms']['p95']:.1f} | {r['engine_first_ms']['p50']:.1f} / "
                          f"{r['engine_first_ms']['p95']:.1f} | {r['queue_ms']['p50']:.1f} / {r['queue_ms']['p95']:.1f}"
                          f" | {r['overhead_ms']['p50']:.2f} / {r['overhead_ms']['p95']:.2f} |")
-    lines += ["", f"## {report['args']['calls']} live calls, alone and beside API streams", "",
+    lines += ["", f"## {report['args']['calls']} calls ({report['args']['prompt']} prompt), alone and beside API streams",
+              "",
               "| API on | API streams | calls ok | call first audio p50 / p95 ms | RTP gaps > 30 ms (late / skipped"
               " / lost) | server late frames | pacer late wake-ups | API requests served (audio s) |",
               "|---|---|---|---|---|---|---|---|"]
@@ -209,6 +213,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--api-streams", type=int, default=32, help="API streams beside the calls")
     ap.add_argument("--listen-s", type=float, default=4.0)
+    ap.add_argument("--prompt", choices=["live", "cached"], default="live",
+                    help="live: each call's text names a SIP header's value (synthesized while the API runs); "
+                         "cached: a fixed prompt, rendered at start-up (the engine is the API's alone)")
     ap.add_argument("--spread-s", type=float, default=1.0, help="the calls' INVITEs spread over this long")
     ap.add_argument("--modes", default="loop,thread", help="loop: API on the server's loop; thread: its own")
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
@@ -223,7 +230,7 @@ def main() -> int:
 
         benchmark_checkpoint(a.model_dir)
         a.max_streams = min(512, a.max_streams)
-    report: dict = {"engine": a.engine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    report: dict = {"engine": a.engine, "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                              text=True).stdout.strip(),
                     "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "command": " ".join(["python"] + sys.argv),
@@ -237,6 +244,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             proc, sip_port, api_port = start_server(Path(tmp), a, own_thread=mode == "thread")
             url = f"http://127.0.0.1:{api_port}"
+            deadline = time.monotonic() + 120
+            while a.prompt == "cached" and time.monotonic() < deadline and \
+                    not metric(url, "sip_tts_prompt_cache_prompts") >= 2:
+                time.sleep(0.2)  # the fixed prompt rendered at start-up (PCMU and PCMA)
             try:
                 rows = []
                 for n in a.levels:
@@ -258,7 +269,7 @@ def main() -> int:
                 stop_server(proc)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "api_load" if a.engine == "espeak" else f"api_load_{a.engine}"
+    name = ("api_load" if a.engine == "espeak" else f"api_load_{a.engine}") + ("_cached" if a.prompt == "cached" else "")
     (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out / f"{name}.md").write_text(render(report))
     print(render(report))

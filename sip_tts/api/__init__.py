@@ -68,11 +68,10 @@ async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFir
             voices = Voices(default_voice, configured, _voice_dir(cfg), engine.name)
             voices.load()
             ctx = ApiContext(cfg.api, engine, voices, health, render_metrics, ApiMetrics(registry),
-                             speed_native=engine.name == "espeak")
+                             speed_native=engine.name == "espeak",
+                             engine_loop=asyncio.get_running_loop() if cfg.api.own_thread else None)
             api = HttpServer(create_app(ctx), bind(cfg.api.listen), cfg.api.own_thread)
             await api.start()
-            if cfg.api.own_thread:
-                ctx.engine_loop = asyncio.get_running_loop()
             servers.append(api)
             port = api.port
             log.info("http api on %s (port %d)%s", cfg.api.listen, api.port, ", own thread" if cfg.api.own_thread else "")
