@@ -221,15 +221,18 @@ def main() -> int:
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-tokens", type=int, default=150, help="chatterbox: speech tokens per utterance")
+    ap.add_argument("--t3-layers", type=int, default=24, help="chatterbox random checkpoint (a CPU check: 2)")
+    ap.add_argument("--t3-width", type=int, default=1024, help="chatterbox random checkpoint (a CPU check: 128)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     a.levels = [int(x) for x in (a.streams or ("1,32,128" if a.engine == "chatterbox" else "1,8,32")).split(",")]
-    a.max_streams = max(a.levels) + a.calls + a.api_streams
+    # Chatterbox's slots: enough for the largest level, and for the calls beside the API streams (the engine is
+    # then saturated and the calls-first gate decides who waits)
+    a.max_streams = min(512, max(max(a.levels), a.calls + a.api_streams))
     if a.engine == "chatterbox":
         from engine.chatterbox.random_checkpoint import benchmark_checkpoint
 
-        benchmark_checkpoint(a.model_dir)
-        a.max_streams = min(512, a.max_streams)
+        benchmark_checkpoint(a.model_dir, a.t3_layers, a.t3_width)
     report: dict = {"engine": a.engine, "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                              text=True).stdout.strip(),

@@ -194,7 +194,7 @@ class ApiSettings(_Strict):
     max_body_bytes: int = Field(10 * 2**20, ge=4096, description="larger request bodies get 413")
     voice_dir: str | None = Field(None, description="uploaded voices (relative to this file); default: the "
                                                     "engine's voice_cache_dir, else voices/ beside this file")
-    pace_with_calls: float = Field(2.0, ge=0, le=1000, description="while calls are in progress, each API stream "
+    pace_with_calls: float = Field(1.0, ge=0, le=1000, description="while calls are in progress, each API stream "
                                    "is sent at most this many times real time (its first second at once); 0: no "
                                    "limit. Keeps a fast CPU engine's API work from taking the calls' CPU")
     own_thread: bool = Field(False, description="serve HTTP on its own thread and event loop instead of the "

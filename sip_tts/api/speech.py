@@ -109,8 +109,8 @@ async def _start(ctx: ApiContext, text: str, voice: VoiceSpec, codec: str | None
     return chunks, first, timing
 
 
-async def _encoded(ctx: ApiContext, chunks: AsyncIterator, first: object, enc: Encoder | None,
-                   request: Request) -> AsyncIterator[bytes]:
+async def _encoded(ctx: ApiContext, chunks: AsyncIterator, first: object, enc: Encoder | None
+                   ) -> AsyncIterator[bytes]:
     """Bytes for the client as each chunk arrives; a client gone away stops the engine (``aclose``)."""
     done = False
     try:
@@ -172,7 +172,7 @@ def build(ctx: ApiContext, auth) -> APIRouter:
         # FLAC goes out whole: a FLAC stream without its length in the header is refused by libsndfile's readers
         enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE,
                       streamed=body.response_format != "flac")
-        audio = _encoded(ctx, chunks, first, enc, request)
+        audio = _encoded(ctx, chunks, first, enc)
         headers = _timing_headers(timing)
         if body.stream_format == "sse":
             return _Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
@@ -216,7 +216,7 @@ async def _synth(ctx: ApiContext, request: Request, text: str, voice_name: str, 
     enc = None if codec else Encoder(fmt, ctx.engine.sample_rate, rate, streamed=stream and fmt != "flac")
     headers = {**_timing_headers(timing), "X-Sample-Rate": str(rate)}
     media = CONTENT_TYPES[fmt]
-    audio = _encoded(ctx, chunks, first, enc, request)
+    audio = _encoded(ctx, chunks, first, enc)
     if stream:
         return _Guarded(ctx, audio, media_type=media, headers=headers)
     try:
@@ -231,9 +231,12 @@ async def _synth(ctx: ApiContext, request: Request, text: str, voice_name: str, 
 async def _sse(audio: AsyncIterator[bytes], input_chars: int) -> AsyncIterator[bytes]:
     """OpenAI's speech events: ``speech.audio.delta`` (base64 audio) per chunk, then ``speech.audio.done``."""
     deltas = 0
-    async for data in audio:
-        deltas += 1
-        event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
-        yield f"data: {json.dumps(event)}\n\n".encode()
+    try:
+        async for data in audio:
+            deltas += 1
+            event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield f"data: {json.dumps(event)}\n\n".encode()
+    finally:
+        await audio.aclose()  # type: ignore[attr-defined]
     usage = {"input_tokens": input_chars, "output_tokens": deltas, "total_tokens": input_chars + deltas}
     yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
