@@ -224,6 +224,7 @@ def main() -> int:
     ap.add_argument("--t3-layers", type=int, default=24, help="chatterbox random checkpoint (a CPU check: 2)")
     ap.add_argument("--t3-width", type=int, default=1024, help="chatterbox random checkpoint (a CPU check: 128)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--tag", default="", help="appended to the result files' names (e.g. the host: h200)")
     a = ap.parse_args()
     a.levels = [int(x) for x in (a.streams or ("1,32,128" if a.engine == "chatterbox" else "1,8,32")).split(",")]
     # Chatterbox's slots: enough for the largest level, and for the calls beside the API streams (the engine is
@@ -272,7 +273,8 @@ def main() -> int:
                 stop_server(proc)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = ("api_load" if a.engine == "espeak" else f"api_load_{a.engine}") + ("_cached" if a.prompt == "cached" else "")
+    name = ("api_load" if a.engine == "espeak" else f"api_load_{a.engine}") + ("_cached" if a.prompt == "cached" else "") + \
+        (f"_{a.tag}" if a.tag else "")
     (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out / f"{name}.md").write_text(render(report))
     print(render(report))
