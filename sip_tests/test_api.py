@@ -323,6 +323,7 @@ def test_api_keys(tmp_path):
         assert len(sdk.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", response_format="wav").content) > 1000
         assert httpx.get(s.url + "/health").status_code == 200  # health, metrics and the page need no key
         assert httpx.get(s.url + "/metrics").status_code == 200
+        assert "sip_tts_api_requests_total" in httpx.get(s.url + "/v1/metrics").text
     finally:
         s.srv.stop()
 

@@ -23,6 +23,7 @@ def build(health: Callable[[], tuple[int, str]], render_metrics: Callable[[], by
         code, text = health()
         return PlainTextResponse(text + "\n", status_code=code)
 
+    @router.get("/v1/metrics", response_class=Response, include_in_schema=False)  # the original design's path
     @router.get("/metrics", response_class=Response,
                 responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}})
     async def get_metrics() -> Response:
