@@ -136,3 +136,26 @@ def test_api_streams_are_paced_while_calls_are_in_progress():
 
     assert asyncio.run(run(0)) < 0.3  # no calls: as fast as the engine
     assert 0.6 < asyncio.run(run(3)) < 2.0  # calls: (4 s - the first second) / 4x real time = 0.75 s
+
+
+def test_a_long_api_text_goes_in_pieces_and_a_caller_gets_in_between():
+    async def run() -> None:
+        inner = _Engine()
+        gate = CallsFirst(inner, capacity=1, split_chars=60)
+        text = "First sentence is here. Second one follows it. Third is the last one of these."
+        assert gate.parts(text) == ["First sentence is here. Second one follows it.", "Third is the last one of these."]
+        assert all(len(p) <= 60 for p in gate.parts("word " * 100)) and gate.parts("short") == ["short"]
+        api = asyncio.ensure_future(_drain(gate.api_stream(text, VoiceSpec())))
+        await asyncio.sleep(0.01)
+        call = asyncio.ensure_future(_drain(gate.stream("call", VoiceSpec())))  # arrives during the first piece
+        await asyncio.sleep(0.01)
+        inner.release[gate.parts(text)[0]].set()
+        await asyncio.sleep(0.01)
+        assert inner.started == [gate.parts(text)[0], "call"]  # the caller before the API's next piece
+        inner.release["call"].set()
+        await call
+        await asyncio.sleep(0.01)
+        inner.release[gate.parts(text)[1]].set()
+        assert await api == 2 * 8080 and inner.started[-1] == gate.parts(text)[1]
+
+    asyncio.run(run())

@@ -21,11 +21,14 @@ from engine.base import TtsEngine, VoiceSpec
 from .priority import CallsFirst
 
 log = logging.getLogger("sip_tts.api")
+ESPEAK_PIECE_CHARS = 300  # ~20 s of speech, ~0.1 s of espeak's worker on the development host
 
 
 def calls_first(engine: TtsEngine, cfg: ServerConfig) -> CallsFirst:
-    capacity = cfg.engine.max_streams if isinstance(cfg.engine, ChatterboxSettings) else 1
-    return CallsFirst(engine, capacity)
+    if isinstance(cfg.engine, ChatterboxSettings):
+        return CallsFirst(engine, cfg.engine.max_streams)
+    # espeak: one worker, one utterance at a time: long API texts go in pieces, callers in between
+    return CallsFirst(engine, 1, split_chars=ESPEAK_PIECE_CHARS)
 
 
 def _voice_dir(cfg: ServerConfig) -> Path:

@@ -10,6 +10,7 @@ goes in at once, and API requests wait here for the next free slot.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import AsyncIterator, Callable
 
@@ -25,9 +26,10 @@ COALESCE_S = 0.1  # API audio after the first chunk goes on in pieces of at leas
 class CallsFirst:
     """Wraps an engine: ``stream``/``stream_line`` (calls) counted, ``api_*`` gated on free capacity."""
 
-    def __init__(self, engine: TtsEngine, capacity: int) -> None:
+    def __init__(self, engine: TtsEngine, capacity: int, split_chars: int = 0) -> None:
         self.inner = engine
         self.capacity = max(1, capacity)
+        self.split_chars = split_chars
         # While calls are in progress each API stream goes at most this many times real time (0: no limit):
         # an engine far faster than real time (espeak) would otherwise spend the CPU the calls' pacing needs.
         self.pace_with_calls = 0.0
@@ -106,46 +108,66 @@ class CallsFirst:
         if ahead > 0:
             await asyncio.sleep(ahead)
 
+    def parts(self, text: str) -> list[str]:
+        """The text in pieces of at most ``split_chars`` (whole sentences where they fit), each its own utterance,
+        so a caller's utterance waits at most for one piece of a long API text (0: never split)."""
+        if self.split_chars <= 0 or len(text) <= self.split_chars:
+            return [text]
+        out: list[str] = []
+        for sentence in re.split(r"(?<=[.!?;:])\s+", text.strip()):
+            while len(sentence) > self.split_chars:  # a run-on sentence: cut at the last space that fits
+                cut = sentence.rfind(" ", 0, self.split_chars)
+                cut = cut if cut > 0 else self.split_chars
+                out.append(sentence[:cut])
+                sentence = sentence[cut:].lstrip()
+            if out and len(out[-1]) + 1 + len(sentence) <= self.split_chars:
+                out[-1] += " " + sentence
+            elif sentence:
+                out.append(sentence)
+        return out
+
     async def api_stream(self, text: str, voice: VoiceSpec, codec: str | None = None,
                          timing: dict | None = None) -> AsyncIterator:
         """An API utterance: float32 chunks at the engine's rate, or with ``codec`` 8 kHz G.711 bytes exactly as a
         call gets them. ``timing`` receives ``queued`` (waiting for a slot) and ``first`` (to the first chunk),
-        in seconds."""
+        in seconds.
+
+        The first chunk goes out at once (time to first audio); after it, pieces of >= COALESCE_S: the work
+        above (encoding, HTTP, the loop's wake-ups) is per piece, and an engine faster than real time
+        (espeak: 20 ms chunks, ~200x) would otherwise spend the calls' loop on tiny ones."""
         t0 = time.perf_counter()
-        await self._acquire()
-        if timing is not None:
-            timing["queued"] = time.perf_counter() - t0
-        try:
-            if codec is None:
-                pieces = self.inner.stream(text, voice)
-            else:
-                line = getattr(self.inner, "stream_line", None)
-                pieces = line(text, voice, codec) if line is not None else \
-                    encode_line(self.inner.stream(text, voice), self.inner.sample_rate, codec)
+        held: list = []
+        size, need, rate, sent, started = 0, 0, 8000, 0, 0.0
+        for part in self.parts(text):
+            await self._acquire()  # for each piece: a caller that came meanwhile goes first
+            if timing is not None and "queued" not in timing:
+                timing["queued"] = time.perf_counter() - t0
             try:
-                # The first chunk at once (time to first audio); after it, pieces of >= COALESCE_S: the work
-                # above (encoding, HTTP, the loop's wake-ups) is per piece, and an engine faster than real
-                # time (espeak: 20 ms chunks, ~200x) would otherwise spend the calls' loop on tiny ones.
-                held: list = []
-                size, need, rate, sent, started = 0, 0, 8000, 0, 0.0
-                async for item in pieces:
-                    if timing is not None and "first" not in timing:
-                        timing["first"] = time.perf_counter() - t0
-                    if not started:
-                        rate = 8000 if codec else self.inner.sample_rate
-                        need, started, sent = int(COALESCE_S * rate), time.perf_counter(), len(item)
-                        yield item
-                        continue
-                    held.append(item)
-                    size += len(item)
-                    if size >= need:
-                        await self._pace(sent / rate, started)
-                        yield b"".join(held) if codec else np.concatenate(held)
-                        sent += size
-                        held, size = [], 0
-                if held:
-                    yield b"".join(held) if codec else np.concatenate(held)
+                if codec is None:
+                    pieces = self.inner.stream(part, voice)
+                else:
+                    line = getattr(self.inner, "stream_line", None)
+                    pieces = line(part, voice, codec) if line is not None else \
+                        encode_line(self.inner.stream(part, voice), self.inner.sample_rate, codec)
+                try:
+                    async for item in pieces:
+                        if timing is not None and "first" not in timing:
+                            timing["first"] = time.perf_counter() - t0
+                        if not started:
+                            rate = 8000 if codec else self.inner.sample_rate
+                            need, started, sent = int(COALESCE_S * rate), time.perf_counter(), len(item)
+                            yield item
+                            continue
+                        held.append(item)
+                        size += len(item)
+                        if size >= need:
+                            await self._pace(sent / rate, started)
+                            yield b"".join(held) if codec else np.concatenate(held)
+                            sent += size
+                            held, size = [], 0
+                finally:
+                    await pieces.aclose()  # type: ignore[attr-defined]
             finally:
-                await pieces.aclose()  # type: ignore[attr-defined]
-        finally:
-            self._release()
+                self._release()
+        if held:
+            yield b"".join(held) if codec else np.concatenate(held)
