@@ -40,6 +40,7 @@ def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
 
 
 class SipSettings(_Strict):
+    enabled: bool = Field(True, description="false: no SIP at all, the HTTP API alone (a TTS server)")
     listen: str = Field("0.0.0.0:5060", description="HOST:PORT for SIP over UDP")
     advertised_address: str | None = Field(
         None, description="address put in Contact, Via and SDP; default: the listen host, "
@@ -154,6 +155,39 @@ class MetricsSettings(_Strict):
         return v
 
 
+class ApiSettings(_Strict):
+    """The HTTP API (sip_tts/api): synthesis, voices, playground, /metrics and /health."""
+
+    enabled: bool = True
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT for HTTP; a non-loopback host needs keys")
+    keys: list[str] = Field(default_factory=list, description="API keys (Authorization: Bearer KEY); "
+                                                              "empty: no authentication (loopback only)")
+    max_concurrent: int = Field(32, ge=1, le=4096, description="synthesis requests at once; more get 429")
+    max_body_bytes: int = Field(10 * 2**20, ge=4096, description="larger request bodies get 413")
+    voice_dir: str | None = Field(None, description="uploaded voices (relative to this file); default: the "
+                                                    "engine's voice_cache_dir, else voices/ beside this file")
+    pace_with_calls: float = Field(1.0, ge=0, le=1000, description="while calls are in progress, each API stream "
+                                   "is sent at most this many times real time (its first second at once); 0: no "
+                                   "limit. Keeps a fast CPU engine's API work from taking the calls' CPU")
+    own_thread: bool = Field(False, description="serve HTTP on its own thread and event loop instead of the "
+                                                "server's loop (benchmarks/results/api_load.md)")
+
+    @field_validator("listen")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        host, _ = parse_hostport(v, 8080)
+        ipaddress.ip_address(host)
+        return v
+
+    @model_validator(mode="after")
+    def _keys_off_loopback(self) -> "ApiSettings":
+        host = parse_hostport(self.listen, 8080)[0]
+        if self.enabled and not self.keys and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"keys: listening on {host} (not loopback) needs api.keys "
+                             "(or listen on 127.0.0.1)")
+        return self
+
+
 class ServerConfig(_Strict):
     sip: SipSettings = SipSettings()
     rtp: RtpSettings = RtpSettings()
@@ -163,7 +197,9 @@ class ServerConfig(_Strict):
     prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
     limits: LimitSettings = LimitSettings()
     media: MediaSettings = MediaSettings()
-    metrics: MetricsSettings | None = Field(None, description="Prometheus metrics and health endpoint; none: off")
+    metrics: MetricsSettings | None = Field(None, description="Prometheus metrics and health endpoint on a port "
+                                                              "of their own (they are also on the API's); none: off")
+    api: ApiSettings = ApiSettings()
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
     # YAML key "register" (an alias: the name itself would shadow ABCMeta.register)

@@ -29,7 +29,7 @@ from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
-from . import logs, systemd
+from . import api, logs, systemd
 from .engines import SpokenPrompt, build_engine
 from .script import ScriptRun, Speech
 
@@ -46,6 +46,7 @@ def _load(path: str) -> tuple[ServerConfig, PromptsConfig]:
 async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 rtp_ports: tuple[int, int] | None = None, pid_file: str | None = None) -> int:
     engine, voice = build_engine(cfg)
+    engine = api.calls_first(engine, cfg)  # the HTTP API's utterances never queue ahead of a caller's
     try:
         await engine.start()
     except ImportError as exc:
@@ -54,6 +55,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     except (RuntimeError, OSError, ValueError) as exc:
         log.error("engine %s failed to start: %s", engine.name, exc)
         return 1
+    if not cfg.sip.enabled:
+        return await api.serve_alone(cfg, prompts, engine, voice)
     host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
     rtp_min, rtp_max = rtp_ports or (cfg.rtp.port_min, cfg.rtp.port_max)
     settings = ServerSettings(
@@ -99,7 +102,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         return engine.available
 
     metrics = None
-    if cfg.metrics is not None:
+    if cfg.metrics is not None or cfg.api.enabled:
         from .metrics import Metrics
 
         metrics = Metrics(lambda: len(server.calls), engine.queue_depth,
@@ -121,9 +124,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     _watch_gc()
-    if metrics is not None and cfg.metrics is not None:
-        from .metrics import serve_http
-
+    http = None
+    if metrics is not None:
         def health() -> tuple[int, str]:
             ua = server.ua
             if ua is None or ua.draining:
@@ -132,11 +134,12 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 return 503, "engine down"
             return (200, "ready") if ua.accepting else (503, "full")
 
-        mhost, mport = parse_hostport(cfg.metrics.listen, 9100)
         try:
-            await serve_http(mhost, mport, metrics, health)
+            http = await api.start_http(cfg, prompts, engine, voice, health, metrics.registry, metrics.render,
+                                        live_calls=lambda: len(server.calls))
         except OSError as exc:
-            log.error("cannot serve metrics on %s: %s", cfg.metrics.listen, exc.strerror or exc)
+            log.error("cannot serve http on %s: %s", cfg.api.listen if cfg.api.enabled else cfg.metrics.listen,
+                      exc.strerror or exc)
             await server.stop()
             await engine.close()
             return 1
@@ -152,7 +155,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = float(stall_ms) / 1000
-    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
+    http_at = f", http api port {http.port}" if http is not None and http.port is not None else ""
+    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}{http_at}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()
 
@@ -187,6 +191,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     left = await server.drain(cfg.drain_timeout_s, interrupted=second)
     log.info("stopping: hanging up %d call(s)", left)
     await server.stop()
+    if http is not None:
+        await http.stop()
     for task in warming:
         task.cancel()
     await engine.close()
