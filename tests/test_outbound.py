@@ -400,3 +400,19 @@ def test_transaction_accepted_state_passes_2xx_retransmissions_until_timer_m():
     assert [e.value for e in tx.on_response(resp, 0.6)] == ["response"]
     assert tx.handle_timers(32.1) == [TuEvent.TERMINATED]
     assert tx.on_response(resp, 33.0) == []  # after Timer M: nothing reaches the TU
+
+
+def test_in_dialog_reinvite_is_refused_until_wired_and_options_answered():
+    call, _ = answered_call()
+    resp = in_dialog(call, "INVITE", 2, 1.0, branch="z9hG4bKre1")
+    assert resp.status == 488 and resp.cseq == (2, "INVITE")
+    assert call.deadline() == pytest.approx(1.5)  # Timer G: our 488 is retransmitted until the ACK
+    call.receive(parse_message(
+        f"ACK sip:tts@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5070;branch=z9hG4bKre1\r\n"
+        f"From: {call.dialog.remote_party}\r\nTo: {call.dialog.local_party}\r\nCall-ID: {call.call_id}\r\n"
+        f"CSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n".encode()), 1.2, ("198.51.100.7", 5070))
+    call.handle_timer(1.5)
+    assert drain(call) == []  # no retransmission after the ACK
+    options = in_dialog(call, "OPTIONS", 3, 2.0, branch="z9hG4bKopt")
+    assert options.status == 200 and "NOTIFY" in options.headers.get_all("Allow")
+    assert call.phase == "established" and call.next_events() == []

@@ -48,8 +48,11 @@ def ok(call: OutboundCall, invite: Request, now: float, tag: str = "far1", recor
 
 
 def in_dialog(call: OutboundCall, method: str, cseq: int, now: float, extra: str = "", body: bytes = b"",
-              branch: str = "z9hG4bKfar0001", to_tag: str | None = None) -> Response:
-    """A request the callee sends inside the dialog; returns our (parsed) answer."""
+              branch: str = "z9hG4bKfar0001", to_tag: str | None = None, also_sent: list | None = None) -> Response:
+    """A request the callee sends inside the dialog; returns our (parsed) answer.
+
+    Requests the UAC sends in reaction (a BYE after a transfer) go to ``also_sent``, if given,
+    and must not be sent otherwise."""
     dialog = call.dialog
     assert dialog is not None
     data = (
@@ -67,6 +70,11 @@ def in_dialog(call: OutboundCall, method: str, cseq: int, now: float, extra: str
     call.receive(parse_message(data), now, ("198.51.100.7", 5070))
     out = drain(call)
     responses = [(m, s) for m, s in out if isinstance(m, Response)]
+    others = [m for m, _ in out if not isinstance(m, Response)]
+    if also_sent is None:
+        assert others == [], others
+    else:
+        also_sent.extend(others)
     assert len(responses) == 1, out
     msg, send = responses[0]
     assert send.addr == ("198.51.100.7", 5070) and send.uri is None

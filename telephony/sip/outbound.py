@@ -544,8 +544,11 @@ class OutboundCall:
 
     # -- requests inside the dialog --------------------------------------------------------------
     def _receive_request(self, req: Request, now: float, source: Address | None) -> None:
-        if req.method == "ACK":
-            return  # only for a re-INVITE we refused; the server transaction needs nothing more
+        if req.method == "ACK":  # only for a re-INVITE we refused: it stops our 488 retransmissions
+            refused = self._server_txs.get(f"{branch_of(req)}:INVITE")
+            if refused is not None:
+                refused[0].handle(Input.ACK, now)
+            return
         key = f"{branch_of(req)}:{req.method}"
         known = self._server_txs.get(key)
         if known is not None:
@@ -562,9 +565,12 @@ class OutboundCall:
             resp = response_for(req, 200)
             if self.phase == "established":
                 self._finish("ended", None, "remote-bye")
-        elif req.method == "NOTIFY" and self.transfer_job is not None:
-            resp = self.transfer_job.on_notify(req, now)
-            self._take_transfer_events(now)
+        elif req.method == "NOTIFY":
+            if self.transfer_job is None:  # no subscription of ours (RFC 6665 §4.1.3)
+                resp = response_for(req, 481)
+            else:
+                resp = self.transfer_job.on_notify(req, now)
+                self._take_transfer_events(now)
         elif req.method == "REFER":
             resp = refuse_refer(req)
         elif req.method in ("OPTIONS", "INFO"):
