@@ -12,7 +12,7 @@ from telephony.sip.auth import DigestAuthenticator, parse_digest
 from telephony.sip.digest_client import DigestClient
 from telephony.sip.invite_client import InviteClientTransaction, Timer
 from telephony.sip.message import Headers, Request, Response, parse_message, response_for
-from telephony.sip.outbound import OutboundCall, build_offer
+from telephony.sip.outbound import OutboundCall, build_offer, hop_address
 from telephony.sip.sdp import parse_sdp
 from telephony.sip.transaction import State, TuEvent
 from telephony.sip.uri import NameAddr, Via
@@ -416,3 +416,35 @@ def test_in_dialog_reinvite_is_refused_until_wired_and_options_answered():
     options = in_dialog(call, "OPTIONS", 3, 2.0, branch="z9hG4bKopt")
     assert options.status == 200 and "NOTIFY" in options.headers.get_all("Allow")
     assert call.phase == "established" and call.next_events() == []
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("target", "tel:+15551234", "target: not a SIP URI"),
+    ("from_uri", "sip:", "from_uri"),
+    ("transport", "SCTP", "transport: must be UDP, TCP or TLS"),
+    ("ring_timeout_s", 0, "ring_timeout_s"),
+    ("codecs", ("OPUS",), "PCMU and/or PCMA"),
+    ("from_display", "a\r\nVia: x", "from_display"),
+    ("outbound_proxy", "proxy.example", "outbound_proxy"),
+])
+def test_bad_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(**{field: value})
+
+
+def test_display_name_is_quoted_safely():
+    call = OutboundCall(config(from_display='Dr "Who" \\ Clinic'))
+    call.start(0.0)
+    (invite,) = requests(call)
+    assert NameAddr.parse(invite.headers.get("From")).uri == "sip:tts@example.com"
+    assert invite.headers.get("From").startswith('"Dr \\"Who\\" \\\\ Clinic" <sip:tts@example.com>;tag=')
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("sip:+1555@198.51.100.7", ("198.51.100.7", 5060, "UDP")),
+    ("sip:trunk.example:5080;transport=tcp", ("trunk.example", 5080, "TCP")),
+    ("sips:trunk.example", ("trunk.example", 5061, "TLS")),
+    ("sip:[2001:db8::5];lr", ("2001:db8::5", 5060, "UDP")),
+])
+def test_hop_address(uri, expected):
+    assert hop_address(uri) == expected

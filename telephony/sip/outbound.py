@@ -62,7 +62,7 @@ from .transaction import (
     _Transaction,
     response_input,
 )
-from .uri import NameAddr
+from .uri import NameAddr, SipUri
 
 Address = tuple[str, int]
 
@@ -110,6 +110,43 @@ class OutboundConfig:
     dtmf_payload_type: int = 101
     user_agent: str = PRODUCT
     call_id: str = field(default_factory=lambda: secrets.token_hex(12) + "@sip-tts")
+
+    def __post_init__(self) -> None:
+        """Refuse what would make a malformed INVITE, naming the field (the API turns it into a 4xx)."""
+        for name in ("target", "from_uri", "contact"):
+            try:
+                SipUri.parse(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if self.to_uri is not None:
+            try:
+                SipUri.parse(self.to_uri)
+            except ValueError as exc:
+                raise ValueError(f"to_uri: {exc}") from None
+        if self.outbound_proxy:
+            try:
+                SipUri.parse(NameAddr.parse(self.outbound_proxy).uri if self.outbound_proxy.lstrip().startswith("<")
+                             else self.outbound_proxy)
+            except ValueError as exc:
+                raise ValueError(f"outbound_proxy: {exc}") from None
+        if self.transport.upper() not in ("UDP", "TCP", "TLS"):
+            raise ValueError(f"transport: must be UDP, TCP or TLS, not {self.transport!r}")
+        if not self.ring_timeout_s > 0:
+            raise ValueError(f"ring_timeout_s: must be > 0, not {self.ring_timeout_s!r}")
+        if any(c in self.from_display for c in '\r\n\0'):
+            raise ValueError("from_display: control characters are not allowed")
+        build_offer(self.media_address, self.media_port, 0, self.codecs, self.dtmf_payload_type)
+
+
+def hop_address(uri: str) -> tuple[str, int, str]:
+    """(host, port, transport) of a next-hop URI without DNS: the port defaults to 5060 (5061
+    for sips or TLS), the transport to the URI's ``transport`` parameter, else TLS for sips, UDP for sip.
+    A host name still needs resolving (RFC 3263 SRV/A) by the I/O layer."""
+    parsed = SipUri.parse(uri)
+    secure = parsed.scheme == "sips"
+    transport = (parsed.params.get("transport") or ("TLS" if secure else "UDP")).upper()
+    port = parsed.port or (5061 if secure or transport == "TLS" else 5060)
+    return parsed.host.strip("[]"), port, transport
 
 
 def build_offer(address: str, port: int, session_id: int, codecs: tuple[str, ...] = ("PCMU", "PCMA"),
@@ -329,7 +366,8 @@ class OutboundCall:
         if cfg.outbound_proxy:
             proxy = cfg.outbound_proxy if cfg.outbound_proxy.startswith("<") else f"<{cfg.outbound_proxy}>"
             h.add("Route", proxy)
-        display = f'"{cfg.from_display}" ' if cfg.from_display else ""
+        quoted = cfg.from_display.replace("\\", "\\\\").replace('"', '\\"')
+        display = f'"{quoted}" ' if cfg.from_display else ""
         h.add("From", f"{display}<{cfg.from_uri}>;tag={self._from_tag}")
         h.add("To", f"<{cfg.to_uri or cfg.target}>")
         h.add("Call-ID", cfg.call_id)

@@ -52,13 +52,17 @@ def parse_sipfrag_status(body: bytes) -> tuple[int, str]:
 def refuse_refer(req: Request, to_tag: str | None = None) -> Response:
     """Our answer to an incoming REFER: we are not a phone and never act on one.
 
-    Decision: ``603 Decline``, not ``405 Method Not Allowed``. We understand REFER
-    (RFC 3515) and decline it by policy, which is what 603 says ("the user does
-    not wish to take part"); 405 says the method is not allowed for the
-    Request-URI and would invite the referrer to conclude we lack REFER support
-    altogether. RFC 3515 §2.4.2 asks for ``400`` when a REFER carries zero or
-    more than one Refer-To, and that check comes first. A REFER outside any
-    dialog of ours gets 481 from the dialog layer before reaching here.
+    Decision: ``603 Decline``, not ``405 Method Not Allowed``. RFC 3515 §2 leaves
+    the answer of agents that do *not* implement REFER to RFC 3261 (405/501);
+    we do implement it (we parse it, check it, and send REFERs ourselves), and
+    §2.4.2 has a UA that accepts a well-formed REFER seek approval from its user
+    or configured policy first: our policy never approves, and a refusal by
+    policy is what 603 says ("the user does not wish to take part"). 405 would
+    instead tell the referrer the method is unsupported here, which is false
+    and could stop it from sending us in-dialog REFER-based features it probes
+    for. The well-formedness check comes first: zero or more than one Refer-To
+    is ``400`` (RFC 3515 §2.4.1). A REFER outside any dialog of ours gets 481
+    from the dialog layer before reaching here.
     """
     refer_to = req.headers.get_all("Refer-To")
     if len(refer_to) != 1:
