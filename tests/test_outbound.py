@@ -287,8 +287,10 @@ def test_digest_client_counts_nonce_uses_and_allows_a_stale_retry():
     assert parse_digest(second[1])["nc"] == "00000002"
     client.reset()
     no_qop = Response(401, "", Headers([("WWW-Authenticate", 'Digest realm="r2", nonce="n2", opaque="o"')]))
-    (third,) = client.authorize(no_qop, "BYE", "sip:x@y")
+    kept, third = client.authorize(no_qop, "BYE", "sip:x@y")  # realm "r" is remembered and answered too
+    assert parse_digest(kept[1])["realm"] == "r" and parse_digest(kept[1])["nc"] == "00000003"
     params = parse_digest(third[1])
+    assert params["realm"] == "r2"
     assert "qop" not in params and params["opaque"] == "o" and params["algorithm"] == "MD5"
 
 
@@ -448,3 +450,24 @@ def test_display_name_is_quoted_safely():
 ])
 def test_hop_address(uri, expected):
     assert hop_address(uri) == expected
+
+
+def test_proxy_then_far_end_challenge_keeps_both_credentials():
+    proxy = DigestAuthenticator("proxy.example", {"acct": "s3cret"})
+    far = DigestAuthenticator("trunk.example", {"acct": "s3cret"})
+    call = OutboundCall(config(username="acct", password="s3cret"))
+    call.start(0.0)
+    (first,) = requests(call)
+    reply(call, first, 407, 0.1, extra=[("Proxy-Authenticate", v) for _, v in proxy.challenges(0.1)])
+    (second,) = requests(call, "INVITE")
+    reply(call, second, 401, 0.2, extra=far.challenges(0.2))
+    (third,) = requests(call, "INVITE")
+    assert third.cseq == (3, "INVITE")
+    proxy_cred, = third.headers.get_all("Proxy-Authorization")
+    far_cred, = third.headers.get_all("Authorization")
+    assert parse_digest(proxy_cred)["nc"] == "00000002"  # the proxy's nonce, used a second time
+    assert parse_digest(far_cred)["nc"] == "00000001"
+    # Both verifiers accept, and the proxy sees a growing nonce count (no replay).
+    assert proxy.check(Request("INVITE", TARGET, Headers([("Authorization", second.headers.get("Proxy-Authorization"))])), 0.3) == (True, False)
+    assert proxy.check(Request("INVITE", TARGET, Headers([("Authorization", proxy_cred)])), 0.3) == (True, False)
+    assert far.check(Request("INVITE", TARGET, Headers([("Authorization", far_cred)])), 0.3) == (True, False)

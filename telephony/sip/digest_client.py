@@ -3,7 +3,9 @@
 Sans-IO and separate from the REGISTER client so outbound INVITEs, CANCEL-free
 re-tries and in-dialog requests share one implementation. The nonce count (nc)
 is kept per nonce: it starts at 1 for a new nonce and grows with every request
-that reuses it, as qop=auth requires. A second challenge for a realm we just
+that reuses it, as qop=auth requires. Challenges are remembered per realm: a request
+challenged by a proxy (407) and then by the far end (401) is retried with both
+credentials (§22.3), each computed afresh with its next nonce count. A second challenge for a realm we just
 answered means the credentials are wrong, unless it says ``stale=true``
 (the nonce expired): then one more answer is allowed.
 """
@@ -25,9 +27,11 @@ class DigestClient:
     password: str
     _nc: dict[str, int] = field(default_factory=dict)  # nonce → last nonce count used
     _answered: set[str] = field(default_factory=set)  # realms answered for the current request
+    _challenges: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (header, realm) → params
 
     def authorize(self, response: Response, method: str, uri: str) -> list[tuple[str, str]] | None:
-        """Authorization (401) or Proxy-Authorization (407) headers for the retried request.
+        """Authorization / Proxy-Authorization headers for the retried request: the answer to
+        this challenge plus the credentials of realms answered before (a proxy's, say).
 
         Returns None when the challenge cannot or must not be answered (no usable
         algorithm, no credentials, or the same realm challenged again without stale).
@@ -56,14 +60,18 @@ class DigestClient:
                 best[realm] = params
         if not best:
             return None
-        headers = []
         for realm, params in best.items():
             stale = params.get("stale", "").lower() == "true"
             if realm in self._answered and not stale:
                 return None  # our answer was refused: wrong credentials
+        for realm, params in best.items():
             self._answered.add(realm)
-            headers.append((answer_name, self.credentials(params, method, uri)))
-        return headers
+            self._challenges[(answer_name, realm)] = params
+        return self.headers_for(method, uri)
+
+    def headers_for(self, method: str, uri: str) -> list[tuple[str, str]]:
+        """Credentials for every realm challenged so far, for a new request to ``uri``."""
+        return [(name, self.credentials(params, method, uri)) for (name, _), params in self._challenges.items()]
 
     def credentials(self, params: dict[str, str], method: str, uri: str) -> str:
         """One ``Digest ...`` credentials value for a parsed challenge."""
