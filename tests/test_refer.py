@@ -249,3 +249,13 @@ def test_remote_bye_during_a_transfer_then_the_final_notify():
 def test_notify_without_a_transfer_is_481():
     call, _ = answered_call()
     assert notify(call, "SIP/2.0 200 OK\r\n", 1, 1.0).status == 481
+
+
+def test_notify_event_id_must_name_our_refer():
+    call, _, refer, _ = start_transfer()
+    reply(call, refer, 202, 1.1)
+    assert notify(call, "SIP/2.0 200 OK\r\n", 1, 2.0, event="refer;id=99").status == 481
+    assert [e.kind for e in call.next_events()] == ["accepted"]
+    sent: list = []
+    assert notify(call, "SIP/2.0 200 OK\r\n", 2, 2.1, event=f"refer;id={refer.cseq[0]}", also_sent=sent).status == 200
+    assert [e.kind for e in call.next_events()] == ["succeeded", "ended"] and [m.method for m in sent] == ["BYE"]

@@ -89,6 +89,7 @@ class BlindTransfer:
     events: list[TransferEvent] = field(default_factory=list)
     expires_at: float = 0.0
     request: Request | None = None  # the REFER last sent
+    refer_cseqs: set[int] = field(default_factory=set)  # CSeq numbers of our REFERs: the NOTIFYs' Event id
     _retired: list[NonInviteClientTransaction] = field(default_factory=list)
 
     def start(self, now: float) -> None:
@@ -109,6 +110,7 @@ class BlindTransfer:
         self.tx = NonInviteClientTransaction.start(self.tx_key, req.serialize(), now,
                                                    reliable=self.transport != "UDP")
         self.request = req
+        self.refer_cseqs.add(req.cseq[0])
 
     @property
     def done(self) -> bool:
@@ -163,9 +165,14 @@ class BlindTransfer:
 
     def on_notify(self, req: Request, now: float) -> Response:
         """Answer a NOTIFY of the ``refer`` event, and learn the transfer's state from its sipfrag."""
-        event = (req.headers.get("Event") or "").split(";")[0].strip().lower()
-        if event != "refer":
+        event, *params = [p.strip() for p in (req.headers.get("Event") or "").split(";")]
+        if event.lower() != "refer":
             return response_for(req, 489, "Bad Event")
+        for param in params:  # RFC 3515 §2.4.6: id= is the CSeq of the REFER it reports on
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "id" and (not value.strip().isdigit() or
+                                                  int(value.strip()) not in self.refer_cseqs):
+                return response_for(req, 481, "Subscription Does Not Exist")
         content_type = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "message/sipfrag":
             return response_for(req, 415, "Unsupported Media Type", extra=[("Accept", "message/sipfrag")])
