@@ -187,11 +187,11 @@ def test_blind_transfer_on_an_inbound_dialog():
     assert NameAddr.parse(refer.headers.get("To")).tag == "caller1"
     assert refer.headers.get("Referred-By") == "<sip:1000@192.0.2.1>"
     job.on_response(parse_message(response_for(refer, 202, "Accepted").serialize()), 0.1)
-    frag = parse_message(
+    frag = parse_message((
         b"NOTIFY sip:1000@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKx\r\n"
         b"From: <sip:5551234@10.0.0.5>;tag=caller1\r\nTo: <sip:1000@192.0.2.1>;tag=ourtag\r\nCall-ID: in-1\r\n"
-        b"CSeq: 5 NOTIFY\r\nEvent: refer;id=2\r\nSubscription-State: terminated\r\n"
-        b"Content-Type: message/sipfrag\r\nContent-Length: 16\r\n\r\nSIP/2.0 200 OK\r\n")
+        b"CSeq: 5 NOTIFY\r\nEvent: refer;id=%d\r\nSubscription-State: terminated\r\n"
+        b"Content-Type: message/sipfrag\r\nContent-Length: 16\r\n\r\nSIP/2.0 200 OK\r\n") % refer.cseq[0])
     assert job.on_notify(frag, 0.5).status == 200
     assert [e.kind for e in job.events] == ["accepted", "succeeded"] and job.outcome == "succeeded"
     assert job.tx.state is State.COMPLETED and not job.done
