@@ -40,6 +40,7 @@ in-dialog requests go out with ``addr`` set: where the request came from.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -65,6 +66,7 @@ from .transaction import (
 from .uri import NameAddr, SipUri
 
 Address = tuple[str, int]
+log = logging.getLogger(__name__)
 
 # Final responses with an outcome of their own; every other 3xx-6xx is "failed".
 OUTCOMES = {486: "busy", 600: "busy", 603: "declined", 404: "not_found", 604: "not_found"}
@@ -337,10 +339,13 @@ class OutboundCall:
         """A parsed response to one of our requests, or a request inside our dialog."""
         if msg.call_id != self.call_id:
             return
-        if isinstance(msg, Response):
-            self._receive_response(msg, now)
-        else:
-            self._receive_request(msg, now, source)
+        try:
+            if isinstance(msg, Response):
+                self._receive_response(msg, now)
+            else:
+                self._receive_request(msg, now, source)
+        except ValueError as exc:  # a malformed address in a header we had to read: drop it
+            log.info("call %s: dropped a malformed message: %s", self.call_id, exc)
         self._forget_done()
 
     # -- sending ---------------------------------------------------------------------------------
@@ -533,7 +538,15 @@ class OutboundCall:
                 return
             self._stray_2xx(resp, now)
             return
-        self.dialog = uac_dialog(self.invite, resp)
+        try:
+            dialog = uac_dialog(self.invite, resp)
+            for route in dialog.route_set:
+                SipUri.parse(NameAddr.parse(route).uri)
+            SipUri.parse(dialog.remote_target)
+        except ValueError as exc:  # no usable Contact or Record-Route: we cannot even ACK it
+            self._finish("failed", resp.status, f"malformed 2xx: {exc}")
+            return
+        self.dialog = dialog
         self._ack = self._send_ack(self.dialog)
         self._cancel_guard = None
         if self._cancel_reason is not None:  # the 2xx crossed our CANCEL (or beat it): end it
