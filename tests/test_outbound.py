@@ -12,7 +12,8 @@ from telephony.sip.auth import DigestAuthenticator, parse_digest
 from telephony.sip.digest_client import DigestClient
 from telephony.sip.invite_client import InviteClientTransaction, Timer
 from telephony.sip.message import Headers, Request, Response, parse_message, response_for
-from telephony.sip.outbound import OutboundCall, build_offer, hop_address
+from telephony.sip.outbound import OutboundCall
+from telephony.sip.uac import build_offer, hop_address
 from telephony.sip.sdp import parse_sdp
 from telephony.sip.transaction import State, TuEvent
 from telephony.sip.uri import NameAddr, Via

@@ -20,6 +20,7 @@ from .dialog import Dialog, new_branch
 from .digest_client import DigestClient
 from .message import Request, Response, response_for
 from .transaction import NonInviteClientTransaction, State, TuEvent, response_input
+from .uac import branch_of
 
 _SIPFRAG_STATUS = re.compile(r"^SIP/2\.0 ([1-6][0-9]{2})(?: (.*))?$", re.IGNORECASE)
 TRANSFER_TIMEOUT_S = 30.0
@@ -145,7 +146,7 @@ class BlindTransfer:
     def on_response(self, resp: Response, now: float) -> None:
         """A response to our REFER (the owner matched it by Via branch and CSeq method)."""
         tx = self.tx
-        if tx is None or f"{_branch(resp)}:REFER" != self.tx_key:
+        if tx is None or f"{branch_of(resp)}:REFER" != self.tx_key:
             return  # a late answer to a REFER we already re-sent with credentials
         if tx.state in (State.COMPLETED, State.TERMINATED):
             return  # a retransmitted final response
@@ -198,11 +199,3 @@ class BlindTransfer:
             self.outcome = kind
             self.events.append(TransferEvent(self.dialog.call_id, kind, status, reason))
 
-
-def _branch(msg: Request | Response) -> str:
-    via = msg.headers.get("Via") or ""
-    for part in via.split(";")[1:]:
-        name, _, value = part.partition("=")
-        if name.strip().lower() == "branch":
-            return value.strip()
-    return ""
