@@ -429,6 +429,8 @@ def test_in_dialog_reinvite_is_refused_until_wired_and_options_answered():
     ("codecs", ("OPUS",), "PCMU and/or PCMA"),
     ("from_display", "a\r\nVia: x", "from_display"),
     ("outbound_proxy", "proxy.example", "outbound_proxy"),
+    ("media_port", 0, "media_port"),
+    ("dtmf_payload_type", 8, "dtmf_payload_type"),
 ])
 def test_bad_config_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):

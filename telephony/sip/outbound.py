@@ -110,7 +110,7 @@ class OutboundConfig:
     outbound_proxy: str | None = None  # e.g. sip:proxy.example:5060;lr — preloaded Route, first hop
     ring_timeout_s: float = 30.0
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
-    dtmf_payload_type: int = 101
+    dtmf_payload_type: int | None = 101  # None: no telephone-event in the offer
     user_agent: str = PRODUCT
     call_id: str = field(default_factory=lambda: secrets.token_hex(12) + "@sip-tts")
 
@@ -138,6 +138,10 @@ class OutboundConfig:
             raise ValueError(f"ring_timeout_s: must be > 0, not {self.ring_timeout_s!r}")
         if any(c in self.from_display for c in '\r\n\0'):
             raise ValueError("from_display: control characters are not allowed")
+        if not 0 < self.media_port < 65536:
+            raise ValueError(f"media_port: must be 1-65535, not {self.media_port!r}")
+        if self.dtmf_payload_type is not None and not 96 <= self.dtmf_payload_type <= 127:
+            raise ValueError(f"dtmf_payload_type: must be a dynamic payload type 96-127, not {self.dtmf_payload_type!r}")
         build_offer(self.media_address, self.media_port, 0, self.codecs, self.dtmf_payload_type)
 
 
