@@ -110,8 +110,12 @@ class _TcpConnection(asyncio.Protocol):
             try:
                 n = frame_length(bytes(self.buffer))
             except SipParseError:
+                # A framing error cannot be recovered on a stream (RFC 4475 §3.1.2.3, §3.3.9): the
+                # UA answers what it can of it (400), then the connection closes.
                 log.info("closing TCP connection from %s: unframeable data", self.peer)
+                message = bytes(self.buffer)
                 self.buffer.clear()
+                self.server._on_sip_message(message, self.peer, "TCP")
                 assert self.transport is not None
                 self.transport.close()
                 return
@@ -288,7 +292,10 @@ class SipServer:
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         conn = self._tcp.get(addr)
-        if conn is not None and conn.transport is not None and b"SIP/2.0/TCP" in data[:1024].upper():
+        # Responses go back on the connection the request came in on, whatever its Via says
+        # (RFC 3261 §18.2.2); our requests (BYE) name their transport in their own Via.
+        on_stream = data.startswith(b"SIP/2.0 ") or b"SIP/2.0/TCP" in data[:1024].upper()
+        if conn is not None and conn.transport is not None and on_stream:
             conn.transport.write(data)
         elif self._transport is not None:
             self._transport.sendto(data, addr)

@@ -56,6 +56,7 @@ SERVED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 KNOWN_UNSERVED = ("REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 ACCEPT = "application/sdp"
 SUPPORTED = "timer"  # RFC 4028 session timers (we never refresh: the caller does)
+SUPPORTED_OPTIONS = frozenset({"timer"})  # what a Require may name without a 420
 MIN_SE = 90  # RFC 4028 minimum session interval, seconds
 
 
@@ -140,7 +141,8 @@ class UserAgent:
             msg = parse_message(data, max_headers=max_headers)
         except SipParseError as err:
             if err.can_respond and (adm is None or adm.allowed(addr[0])):
-                self._send_response(response_for_error(err), addr)
+                extra = [("Allow", ", ".join(SERVED))] if err.status in (405, 501) else []
+                self._send_response(response_for_error(err, extra=extra), addr)
             else:
                 log.debug("dropped unparseable datagram from %s: %s", addr, err.reason)
             return
@@ -329,6 +331,8 @@ class UserAgent:
             tx.handle(Input.REQUEST, now)
             self._touched.add(key)
             return
+        if req.method in SERVED and not self._inspect_headers(req, key, addr, now):
+            return
 
         if req.method == "INVITE":
             self._receive_invite(req, key, addr, now)
@@ -348,6 +352,23 @@ class UserAgent:
             self._respond_new(req, key, addr, now, 405, [("Allow", ", ".join(SERVED))])
         else:
             self._respond_new(req, key, addr, now, 501, [("Allow", ", ".join(SERVED))])
+
+    def _inspect_headers(self, req: Request, key: str, addr: Address, now: float) -> bool:
+        """RFC 3261 §8.2.2: the Request-URI's scheme (416) and Require (420) of a method we serve.
+
+        False: answered here. CANCEL is never refused over Require (§8.2.2.3).
+        """
+        scheme = req.uri.partition(":")[0].lower()
+        if scheme not in ("sip", "sips"):
+            self._respond_new(req, key, addr, now, 416)
+            return False
+        if req.method != "CANCEL":
+            unsupported = [opt for value in req.headers.get_all("Require") for opt in
+                           (o.strip() for o in value.split(",")) if opt and opt.lower() not in SUPPORTED_OPTIONS]
+            if unsupported:
+                self._respond_new(req, key, addr, now, 420, [("Unsupported", ", ".join(unsupported))])
+                return False
+        return True
 
     def _receive_invite(self, req: Request, key: str, addr: Address, now: float) -> None:
         to = NameAddr.parse(req.headers.get("To") or "")
@@ -377,9 +398,11 @@ class UserAgent:
                 tx.handle(Input.FAILURE, now, response_for(
                     req, 401, to_tag=new_tag(), extra=self.authenticator.challenges(now, stale)).serialize())
                 return
-        if req.headers.get("Require"):
-            tx.handle(Input.FAILURE, now, response_for(
-                req, 420, to_tag=new_tag(), extra=[("Unsupported", req.headers.get("Require") or "")]).serialize())
+        if not _accepts_sdp(req):
+            # The caller cannot take an SDP answer (RFC 3261 §8.2.3, RFC 4475 §3.3.15)
+            tx.handle(Input.FAILURE, now, response_for(req, 406, to_tag=new_tag(), extra=[
+                ("Accept", ACCEPT), ("Warning", f'399 {self._hostport()} "an answer needs application/sdp"'),
+            ]).serialize())
             return
         tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
         if not self.accepting:  # draining or full
@@ -674,16 +697,18 @@ class UserAgent:
             first = next(i for i, (name, _) in enumerate(items) if name == "Via")
             items[first] = ("Via", str(via))
 
-    @staticmethod
-    def _tx_key(req: Request, via: Via) -> str:
+    def _tx_key(self, req: Request, via: Via) -> str:
+        """RFC 3261 §17.2.3 matching (branch, sent-by, method), narrowed by transport, Call-ID and
+        CSeq number: a peer that reuses a branch for another request (RFC 4475 replays do) gets
+        that request processed, not the other one's response replayed."""
         method = "INVITE" if req.method == "ACK" else req.method
         branch = via.branch
-        if branch and branch.startswith("z9hG4bK"):
-            return f"{branch}|{via.host}:{via.port}:{method}"
+        if branch and branch.startswith("z9hG4bK") and len(branch) > 7:  # a bare magic cookie: RFC 4475 §3.2.1
+            return f"{branch}|{via.host}:{via.port}|{self._current_transport}|{req.call_id}|{req.cseq[0]}:{method}"
         # RFC 2543 peer: match on the request's identity instead (§17.2.3)
         cseq, _ = req.cseq
         from_tag = NameAddr.parse(req.headers.get("From") or "").tag
-        return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}:{method}"
+        return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}|{self._current_transport}:{method}"
 
     def _destination(self, dialog: Dialog) -> Address:
         try:
@@ -742,6 +767,19 @@ def _session_interval(req: Request) -> tuple[int | None, bool]:
     if "timer" not in supported or refresher == "uas":
         return None, False
     return seconds, False
+
+
+def _accepts_sdp(req: Request) -> bool:
+    """Whether the request's Accept (absent: application/sdp, RFC 3261 §20.1) allows an SDP answer."""
+    values = req.headers.get_all("Accept")
+    if not values:
+        return True
+    for value in values:
+        for item in value.split(","):
+            media = item.split(";")[0].strip().lower()
+            if media in ("application/sdp", "application/*", "*/*") or (not media and len(values) == 1):
+                return True
+    return False
 
 
 def _is_ip(host: str) -> bool:
