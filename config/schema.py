@@ -148,6 +148,11 @@ class AuthSettings(_Strict):
     algorithms: list[Literal["SHA-256", "MD5"]] = Field(["SHA-256", "MD5"], min_length=1,
                                                         description="offered in this order (RFC 8760)")
     nonce_ttl_s: float = Field(300, ge=10, le=86400)
+    # Online password guessing (telephony/sip/lockout.py): per source and per username
+    max_failures: int = Field(10, ge=1, le=100000, description="failed digest answers allowed per window")
+    failure_window_s: float = Field(300, gt=0, le=86400, description="the sliding window of max_failures")
+    lockout_s: float = Field(900, gt=0, le=604800, description="how long a guessing source is locked out")
+    lockout_response: Literal["403", "silent"] = Field("403", description="what a locked-out source gets")
 
 
 class RegisterSettings(_Strict):

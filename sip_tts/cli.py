@@ -24,7 +24,7 @@ from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
 from telephony.rtp.pacer import SILENCE, FrameQueue
 from telephony.admission import AdmissionPolicy
-from telephony.sip.auth import DigestAuthenticator
+from .lockout import build_authenticator, register_lockout_metrics
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
@@ -67,8 +67,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                                         cfg.registration.username, cfg.registration.password,
                                         cfg.registration.expires, user_agent=cfg.sip.user_agent)
         if cfg.registration else None,
-        authenticator=DigestAuthenticator(cfg.auth.realm, dict(cfg.auth.users), tuple(cfg.auth.algorithms),
-                                          cfg.auth.nonce_ttl_s) if cfg.auth else None,
+        authenticator=build_authenticator(cfg.auth) if cfg.auth else None,
         admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
                                   invite_burst=cfg.limits.invite_burst_per_source,
                                   max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))
@@ -106,6 +105,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                           engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache,
                           engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)),
                           pacer_late=lambda: server.clock.late_wakeups if server.clock is not None else 0)
+        register_lockout_metrics(metrics.registry, settings.authenticator)
     server = SipServer(settings, route, hooks=metrics, available=engine_up)
     try:
         await server.start()

@@ -331,6 +331,8 @@ class UserAgent:
             tx.handle(Input.REQUEST, now)
             self._touched.add(key)
             return
+        if self._locked_out(req, key, addr, now):
+            return
         if req.method in SERVED and not self._inspect_headers(req, key, addr, now):
             return
 
@@ -352,6 +354,21 @@ class UserAgent:
             self._respond_new(req, key, addr, now, 405, [("Allow", ", ".join(SERVED))])
         else:
             self._respond_new(req, key, addr, now, 501, [("Allow", ", ".join(SERVED))])
+
+    def _locked_out(self, req: Request, key: str, addr: Address, now: float) -> bool:
+        """A source locked out for guessing passwords: 403 (or silence) to all but BYE and CANCEL."""
+        auth = self.authenticator
+        if auth is None or auth.lockout is None or req.method in ("BYE", "CANCEL"):
+            return False
+        if not auth.lockout.locked(addr[0], now):
+            return False
+        if auth.lockout_silent:
+            tx = NonInviteServerTransaction(key=key) if req.method != "INVITE" else InviteServerTransaction(key=key)
+            self._add_tx(key, tx, addr)  # absorbs retransmissions; sends nothing
+            tx.handle(Input.FAILURE, now, None)
+        else:
+            self._respond_new(req, key, addr, now, 403)
+        return True
 
     def _inspect_headers(self, req: Request, key: str, addr: Address, now: float) -> bool:
         """RFC 3261 §8.2.2: the Request-URI's scheme (416) and Require (420) of a method we serve.
@@ -393,10 +410,21 @@ class UserAgent:
                 extra=[("Retry-After", str(self.retry_after))]).serialize())
             return
         if self.authenticator is not None:
-            ok, stale = self.authenticator.check(req, now)
-            if not ok:
+            verdict = self.authenticator.judge(req, now)
+            lockout = self.authenticator.lockout
+            if verdict.outcome == "failed" and lockout is not None and lockout.failure(addr[0], verdict.username, now):
+                log.warning("locked out %s for %d s: more than %d failed digest answers in %d s (last username %r)",
+                            addr[0], lockout.policy.lockout_s, lockout.policy.max_failures,
+                            lockout.policy.window_s, verdict.username[:64])
+                if self.authenticator.lockout_silent:
+                    tx.handle(Input.FAILURE, now, None)  # ends the transaction; nothing is sent
+                else:
+                    tx.handle(Input.FAILURE, now, response_for(req, 403, to_tag=new_tag()).serialize())
+                return
+            if verdict.outcome != "ok":
                 tx.handle(Input.FAILURE, now, response_for(
-                    req, 401, to_tag=new_tag(), extra=self.authenticator.challenges(now, stale)).serialize())
+                    req, 401, to_tag=new_tag(),
+                    extra=self.authenticator.challenges(now, verdict.outcome == "stale")).serialize())
                 return
         if not _accepts_sdp(req):
             # The caller cannot take an SDP answer (RFC 3261 §8.2.3, RFC 4475 §3.3.15)

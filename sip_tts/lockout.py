@@ -1,0 +1,32 @@
+"""Wiring of digest authentication with its password-guessing lockout: config in, /metrics out."""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily
+
+from config.schema import AuthSettings
+from telephony.sip.auth import DigestAuthenticator
+from telephony.sip.lockout import Lockout, LockoutPolicy
+
+
+def build_authenticator(cfg: AuthSettings) -> DigestAuthenticator:
+    policy = LockoutPolicy(cfg.max_failures, cfg.failure_window_s, cfg.lockout_s)
+    return DigestAuthenticator(cfg.realm, dict(cfg.users), tuple(cfg.algorithms), cfg.nonce_ttl_s,
+                               lockout=Lockout(policy), lockout_silent=cfg.lockout_response == "silent")
+
+
+class _LockoutCollector:
+    def __init__(self, lockout: Lockout) -> None:
+        self.lockout = lockout
+
+    def collect(self):
+        yield CounterMetricFamily("sip_tts_auth_failures", "failed digest answers (wrong password, unknown "
+                                  "user, bad or replayed nonce)", value=self.lockout.failures)
+        yield CounterMetricFamily("sip_tts_auth_lockouts", "sources locked out for guessing passwords",
+                                  value=self.lockout.lockouts)
+
+
+def register_lockout_metrics(registry, authenticator: DigestAuthenticator | None) -> None:
+    """Add the lockout counters to /metrics (nothing when auth is off)."""
+    if authenticator is not None and authenticator.lockout is not None:
+        registry.register(_LockoutCollector(authenticator.lockout))
