@@ -1,10 +1,12 @@
-"""Wiring of digest authentication with its password-guessing lockout: config in, /metrics out."""
+"""Wiring of what faces the internet: digest auth with its lockout (config in, /metrics out), TLS."""
 
 from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily
 
-from config.schema import AuthSettings
+from config.schema import AuthSettings, TlsConfig, parse_hostport
+
+from telephony.tls import TlsSettings
 from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.lockout import Lockout, LockoutPolicy
 
@@ -30,3 +32,11 @@ def register_lockout_metrics(registry, authenticator: DigestAuthenticator | None
     """Add the lockout counters to /metrics (nothing when auth is off)."""
     if authenticator is not None and authenticator.lockout is not None:
         registry.register(_LockoutCollector(authenticator.lockout))
+
+
+def tls_settings(cfg: TlsConfig | None) -> TlsSettings | None:
+    if cfg is None:
+        return None
+    host, port = parse_hostport(cfg.listen)
+    return TlsSettings(host, port, str(cfg.cert_file), str(cfg.key_file),
+                       str(cfg.ca_file) if cfg.ca_file else None, cfg.verify_client)

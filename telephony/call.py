@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector
 from .rtp.rtcp import ReceiveStats, ReportBlock
@@ -118,6 +118,7 @@ class Call:
     rtcp_remote: tuple[str, int] | None = None  # where the caller's RTCP comes from (else RTP port + 1)
     rtcp_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     peer_report: ReportBlock | None = None  # the caller's view of our stream
+    srtp: Any = None  # the call's SrtpContext (telephony/rtp/srtp.py) when it is SRTP
 
     @property
     def remote(self) -> tuple[str, int]:

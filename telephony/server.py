@@ -27,6 +27,8 @@ from .rtp.packet import RtpError, RtpPacket
 from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
 from .rtp.rtcp import RtcpError, SenderReport, parse_compound, report_interval, sdes_cname
 from .rtp.rtcp import bye as rtcp_bye
+from .tls import TlsSettings, start_listener as start_tls_listener
+from .rtp.srtp import SUITES as SRTP_SUITES, SrtpContext, SrtpError, choose as choose_crypto
 from .sip.auth import DigestAuthenticator
 from .sip.registration import Registration, RegistrationConfig
 from .sip.uri import SipUri
@@ -60,6 +62,8 @@ class ServerSettings:
     tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
     tcp_max_per_source: int = 32
     max_message_bytes: int = 65535
+    srtp: str = "optional"  # off | optional | required (required: a plain RTP offer gets 488)
+    tls: TlsSettings | None = None  # set: also listen for SIP over TLS (telephony/tls.py)
 
 
 class ServerHooks(Protocol):
@@ -87,9 +91,10 @@ def _call_context(call: Call):
 
 
 class _TcpConnection(asyncio.Protocol):
-    """One SIP-over-TCP connection: messages framed by Content-Length (RFC 3261 §18.3)."""
+    """One SIP-over-TCP (or TLS) connection: messages framed by Content-Length (RFC 3261 §18.3)."""
 
-    def __init__(self, server: "SipServer") -> None:
+    def __init__(self, server: "SipServer", label: str = "TCP") -> None:
+        self.label = label  # the transport the UA is told: "TCP" or "TLS"
         self.server = server
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -115,7 +120,7 @@ class _TcpConnection(asyncio.Protocol):
                 log.info("closing TCP connection from %s: unframeable data", self.peer)
                 message = bytes(self.buffer)
                 self.buffer.clear()
-                self.server._on_sip_message(message, self.peer, "TCP")
+                self.server._on_sip_message(message, self.peer, self.label)
                 assert self.transport is not None
                 self.transport.close()
                 return
@@ -128,7 +133,7 @@ class _TcpConnection(asyncio.Protocol):
                 return
             message = bytes(self.buffer[:n])
             del self.buffer[:n]
-            self.server._on_sip_message(message, self.peer, "TCP")
+            self.server._on_sip_message(message, self.peer, self.label)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._tcp_unregister(self)
@@ -166,6 +171,7 @@ class SipServer:
         self.clock: PacerClock | None = None
         self._tcp: dict[tuple[str, int], _TcpConnection] = {}
         self._tcp_server: asyncio.AbstractServer | None = None
+        self._tls_server: asyncio.AbstractServer | None = None
         self._tcp_sweeper: asyncio.TimerHandle | None = None
         self._media_sweeper: asyncio.TimerHandle | None = None
 
@@ -183,7 +189,15 @@ class SipServer:
             self._tcp_server = await self._loop.create_server(
                 lambda: _TcpConnection(self), self.settings.listen_host, port, reuse_address=True)
             self._tcp_sweeper = self._loop.call_later(5.0, self._sweep_tcp)
-        self.ua = UserAgent(UserAgentConfig(self.settings.advertised_host, port, self.settings.user_agent),
+        tls = self.settings.tls
+        if tls is not None:
+            self._tls_server = await start_tls_listener(self, tls, lambda: _TcpConnection(self, "TLS"))
+            if not self._tcp_sweeper:
+                self._tcp_sweeper = self._loop.call_later(5.0, self._sweep_tcp)
+            tls.port = self._tls_server.sockets[0].getsockname()[1]
+            log.info("listening on tls %s:%d", tls.host, tls.port)
+        self.ua = UserAgent(UserAgentConfig(self.settings.advertised_host, port, self.settings.user_agent,
+                                            tls_port=tls.port if tls is not None else None),
                             max_calls=self.settings.max_calls)
         if self.settings.admission is not None:
             self.ua.admission = Admission(self.settings.admission)
@@ -246,8 +260,11 @@ class SipServer:
             self._tcp_sweeper.cancel()
         if self._media_sweeper is not None:
             self._media_sweeper.cancel()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
+        if self._tcp_server is not None or self._tls_server is not None:
+            if self._tcp_server is not None:
+                self._tcp_server.close()
             for conn in list(self._tcp.values()):
                 if conn.transport is not None:
                     conn.transport.close()
@@ -294,7 +311,8 @@ class SipServer:
         conn = self._tcp.get(addr)
         # Responses go back on the connection the request came in on, whatever its Via says
         # (RFC 3261 §18.2.2); our requests (BYE) name their transport in their own Via.
-        on_stream = data.startswith(b"SIP/2.0 ") or b"SIP/2.0/TCP" in data[:1024].upper()
+        head = data[:1024].upper()
+        on_stream = data.startswith(b"SIP/2.0 ") or b"SIP/2.0/TCP" in head or b"SIP/2.0/TLS" in head
         if conn is not None and conn.transport is not None and on_stream:
             conn.transport.write(data)
         elif self._transport is not None:
@@ -348,10 +366,10 @@ class SipServer:
             self.ua.reject(ev.call_id, 503, now, [("Retry-After", "5")])
             return
         try:
-            media, index = negotiate(ev.offer, self.settings.codecs)
+            media, index = negotiate(ev.offer, self.settings.codecs, self.settings.srtp, frozenset(SRTP_SUITES))
         except SdpError as exc:
             log.info("call %s: %s", ev.call_id, exc)
-            self.ua.reject(ev.call_id, 488, now, [("Warning", '304 sip-tts "No G.711 codec offered"')])
+            self.ua.reject(ev.call_id, 488, now, [("Warning", f'304 sip-tts "{exc}"')])
             return
         headers: dict[str, str] = {}
         for name, value in ev.request.headers.items:
@@ -378,8 +396,11 @@ class SipServer:
         # Synthesis starts now, while the socket binds and the 200 OK travels.
         call.producer = asyncio.ensure_future(self._produce(call, source))
         call.session_id = secrets.randbelow(2**31)
+        theirs = choose_crypto(list(media.crypto)) if media.crypto else None
+        call.srtp = SrtpContext(theirs) if theirs is not None else None
+        crypto = call.srtp.ours.attribute() if call.srtp is not None else None
         answer = lambda rtp_port: build_answer(  # noqa: E731
-            ev.offer, media, index, self.settings.advertised_host, rtp_port, call.session_id)
+            ev.offer, media, index, self.settings.advertised_host, rtp_port, call.session_id, crypto=crypto)
         asyncio.ensure_future(self._bind_and_answer(call, answer))
 
     async def _bind_and_answer(self, call: Call, answer: Callable[[int], bytes]) -> None:
@@ -482,9 +503,11 @@ class SipServer:
         call.confirmed_at = time.monotonic()
         call.confirmed_loop_time = self._now()
         transport = call.transport
+        send: Callable[[bytes], None] = lambda data: transport.sendto(data, call.remote)  # noqa: E731 (remote may move)
+        if call.srtp is not None:
+            send = lambda data: transport.sendto(call.srtp.protect(data), call.remote)  # noqa: E731
         call.sender = RtpSender(
-            payload_type=call.media.payload_type, codec=call.info.codec,
-            send=lambda data: transport.sendto(data, call.remote), queue=call.queue,  # remote may move (re-INVITE)
+            payload_type=call.media.payload_type, codec=call.info.codec, send=send, queue=call.queue,
             on_done=lambda: self._on_prompt_done(call))
         call.sender.paused = call.held
         self.clock.add(call.sender)
@@ -502,11 +525,16 @@ class SipServer:
         offer = ev.offer
         if offer is not None:
             try:
-                media, index = negotiate(offer, [call.info.codec])  # the call keeps its codec
+                media, index = negotiate(offer, [call.info.codec], self.settings.srtp, frozenset(SRTP_SUITES))
+                if bool(media.crypto) != (call.srtp is not None):
+                    raise SdpError("a re-offer may not switch between RTP and SRTP")
             except SdpError as exc:
                 log.info("call %s: re-offer refused: %s", ev.call_id, exc)
                 self.ua.reject_update(ev.call_id, 488, now)
                 return
+            theirs = choose_crypto(list(media.crypto)) if media.crypto else None
+            if call.srtp is not None and theirs is not None:
+                call.srtp = call.srtp.rekeyed(theirs)
             call.media = media
             call.latched = False  # the caller may have moved: latch again on its next packet
             call.held = media.direction in ("sendonly", "inactive")
@@ -516,14 +544,19 @@ class SipServer:
         call.sdp_version += 1
         if offer is None:  # no offer in the re-INVITE: ours is the current session
             offer = call.incoming.offer
-            media, index = negotiate(offer, [call.info.codec])
+            media, index = negotiate(offer, [call.info.codec], self.settings.srtp, frozenset(SRTP_SUITES))
         sdp = build_answer(offer, media, index, self.settings.advertised_host, call.local_port, call.session_id,
-                           call.sdp_version)
+                           call.sdp_version, crypto=call.srtp.ours.attribute() if call.srtp is not None else None)
         self.ua.answer_update(ev.call_id, sdp, now)
         self._arm_session_timer(call, self.ua.session_expires(ev.call_id))
 
     # -- the caller's media --------------------------------------------------------
     def _on_rtp(self, call: Call, data: bytes, addr: tuple[str, int]) -> None:
+        if call.srtp is not None:
+            try:
+                data = call.srtp.unprotect(data)
+            except SrtpError:
+                return  # forged, replayed or not SRTP: as if it never came
         now = self._now()
         call.last_rtp_at = now
         if len(data) >= 12 and data[0] >> 6 == 2:
@@ -546,11 +579,13 @@ class SipServer:
             self._on_digit(call, digit)
 
     def _on_rtcp(self, call: Call, data: bytes, addr: tuple[str, int]) -> None:
-        call.rtcp_remote = addr
         try:
+            if call.srtp is not None:
+                data = call.srtp.unprotect_rtcp(data)
             reports = parse_compound(data)
-        except RtcpError:
+        except (RtcpError, SrtpError):
             return
+        call.rtcp_remote = addr
         for report in reports:
             for block in report.blocks:
                 if call.sender is not None and block.ssrc == call.sender.ssrc:
@@ -571,6 +606,8 @@ class SipServer:
         packet = sr.serialize() + sdes_cname(sender.ssrc, f"sip-tts@{self.settings.advertised_host}")
         if final:
             packet += rtcp_bye(sender.ssrc)
+        if call.srtp is not None:
+            packet = call.srtp.protect_rtcp(packet)
         dest = call.rtcp_remote or (call.remote[0], call.remote[1] + 1)
         try:
             call.rtcp.sendto(packet, dest)

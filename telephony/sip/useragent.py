@@ -80,6 +80,7 @@ class UserAgentConfig:
     advertised_host: str  # what goes in Contact and Via
     port: int
     user_agent: str = "sip-tts/0.1"
+    tls_port: int | None = None  # where we listen for TLS: our Via and Contact on TLS dialogs
 
 
 @dataclass
@@ -292,7 +293,7 @@ class UserAgent:
         call.ended = True
         branch = new_branch()
         transport = call.dialog.transport
-        via = f"SIP/2.0/{transport} {self._hostport()};branch={branch};rport"
+        via = f"SIP/2.0/{transport} {self._hostport(transport)};branch={branch};rport"
         bye = call.dialog.build_request("BYE", via, self._contact(transport), [("User-Agent", self.config.user_agent)])
         dest = self._destination(call.dialog)
         key = f"{branch}:BYE"
@@ -755,15 +756,16 @@ class UserAgent:
             host = dialog.source[0]  # no resolver in the core: fall back to where the INVITE came from
         return host.strip("[]"), uri.port or 5060
 
-    def _hostport(self) -> str:
+    def _hostport(self, transport: str = "UDP") -> str:
         host = self.config.advertised_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"{host}:{self.config.port}"
+        port = self.config.tls_port if transport == "TLS" and self.config.tls_port else self.config.port
+        return f"{host}:{port}"
 
     def _contact(self, transport: str = "UDP") -> str:
         param = "" if transport == "UDP" else f";transport={transport.lower()}"
-        return f"<sip:sip-tts@{self._hostport()}{param}>"
+        return f"<sip:sip-tts@{self._hostport(transport)}{param}>"
 
     def _capabilities(self) -> list[tuple[str, str]]:
         caps = [("Allow", ", ".join(SERVED)), ("Accept", ACCEPT)]

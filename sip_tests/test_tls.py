@@ -1,0 +1,140 @@
+"""SIP over TLS: a Python TLS client, a wrong certificate and port scanners against the real server.
+
+Certificates come from a throwaway CA made by openssl in the test. Run inside a network
+namespace like the rest of sip_tests.
+"""
+
+import socket
+import ssl
+import time
+
+import pytest
+
+from telephony.sip.message import frame_length
+from tests.sipmsg import invite, offer, request
+
+from .conftest import free_udp_port
+from .tls_certs import make_certs
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def certs(tmp_path):
+    return make_certs(tmp_path / "certs")
+
+
+def tls_server(start_server, certs, verify_client=True, extra=""):
+    port = free_tcp_port()
+    srv = start_server(prompts='routes:\n  "2000": "Hello."\ndefault: "Hello."\n', sip_yaml=(
+        f"  tls:\n    listen: 127.0.0.1:{port}\n    cert_file: {certs.server_cert}\n    key_file: {certs.server_key}\n"
+        f"    ca_file: {certs.ca}\n    verify_client: {'true' if verify_client else 'false'}\n"), extra_yaml=extra)
+    srv.tls_port = port
+    return srv
+
+
+def client_context(certs, cert=None, key=None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def tls_connect(srv, ctx) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def read_messages(s, count: int, timeout: float = 10.0) -> list[bytes]:
+    s.settimeout(timeout)
+    buf, out = b"", []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        chunk = s.recv(65535)
+        if not chunk:
+            break
+        buf += chunk
+        while (n := frame_length(buf)) is not None:
+            out.append(buf[:n])
+            buf = buf[n:]
+    return out
+
+
+def tls(data: bytes) -> bytes:
+    return data.replace(b"SIP/2.0/UDP", b"SIP/2.0/TLS")
+
+
+def test_options_and_a_call_over_tls_with_our_bye_on_the_same_connection(start_server, certs):
+    srv = tls_server(start_server, certs)
+    s = tls_connect(srv, client_context(certs, certs.client_cert, certs.client_key))
+    assert s.version() in ("TLSv1.2", "TLSv1.3")
+    s.sendall(tls(request("OPTIONS", via_host="127.0.0.1:5099")))
+    (ok,) = read_messages(s, 1)
+    assert ok.startswith(b"SIP/2.0 200 OK\r\n")
+    s.sendall(tls(invite(call_id="tls-2", user="2000", host="127.0.0.1", via_host="127.0.0.1:5099",
+                         sdp=offer("127.0.0.1", free_udp_port()))))
+    got = read_messages(s, 2)
+    assert got[-1].startswith(b"SIP/2.0 200 OK\r\n"), got
+    ok = got[-1].decode()
+    assert f";transport=tls>" in ok and f":{srv.tls_port};transport=tls" in ok  # Contact: our TLS port
+    to = next(line for line in ok.split("\r\n") if line.startswith("To:"))
+    s.sendall(tls((f"ACK sip:sip-tts@127.0.0.1:{srv.tls_port};transport=tls SIP/2.0\r\n"
+                   f"Via: SIP/2.0/TLS 127.0.0.1:5099;branch=z9hG4bKack2\r\nMax-Forwards: 70\r\n"
+                   f'From: "Caller" <sip:5551234@127.0.0.1>;tag=caller1\r\n{to}\r\nCall-ID: tls-2\r\n'
+                   f"CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()))
+    (bye,) = read_messages(s, 1, timeout=20)  # "Hello." is short: the server hangs up
+    assert bye.startswith(b"BYE ") and b"Via: SIP/2.0/TLS " in bye and f":{srv.tls_port};".encode() in bye
+    head = bye.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    fields = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in head[1:]}
+    s.sendall((f"SIP/2.0 200 OK\r\nVia: {fields['Via']}\r\nFrom: {fields['From']}\r\nTo: {fields['To']}\r\n"
+               f"Call-ID: {fields['Call-ID']}\r\nCSeq: {fields['CSeq']}\r\nContent-Length: 0\r\n\r\n").encode())
+    s.close()
+    deadline = time.monotonic() + 10
+    while "ended: prompt-done" not in srv.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "ended: prompt-done" in srv.log_text()
+
+
+def test_wrong_certificates_old_tls_and_port_scanners_leave_the_server_serving(start_server, certs):
+    srv = tls_server(start_server, certs)
+    good = client_context(certs, certs.client_cert, certs.client_key)
+    # 1. a client certificate from no CA we trust, and none at all: refused in the handshake
+    for ctx in (client_context(certs, certs.rogue_cert, certs.rogue_key), client_context(certs)):
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            s = tls_connect(srv, ctx)
+            s.sendall(tls(request("OPTIONS", via_host="127.0.0.1:5099")))
+            assert read_messages(s, 1, timeout=3) == []  # TLS 1.3: the refusal arrives after the handshake
+            raise ConnectionError("refused after the handshake")
+    # 2. TLS 1.1 and below: refused
+    old = client_context(certs, certs.client_cert, certs.client_key)
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        tls_connect(srv, old)
+    # 3. port scanners: connect and leave, plain text, half a ClientHello then silence
+    socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5).close()
+    with socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5) as p:
+        p.sendall(b"GET / HTTP/1.0\r\n\r\n" + request("OPTIONS"))
+        p.settimeout(5)
+        try:
+            assert p.recv(100) == b""  # closed: nothing is answered in clear
+        except ConnectionResetError:
+            pass
+    idle = socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5)
+    idle.sendall(b"\x16\x03\x01\x00\xc8\x01")  # the first bytes of a ClientHello, then nothing
+    # the server still serves: TLS with the right certificate, and UDP
+    s = tls_connect(srv, good)
+    s.sendall(tls(request("OPTIONS", via_host="127.0.0.1:5099")))
+    assert read_messages(s, 1)[0].startswith(b"SIP/2.0 200 OK")
+    s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.sendto(request("OPTIONS"), ("127.0.0.1", srv.port))
+    assert u.recv(65535).startswith(b"SIP/2.0 200 OK")
+    u.close()
+    idle.close()
+    assert srv.proc.poll() is None
