@@ -4,16 +4,21 @@ Certificates come from a throwaway CA made by openssl in the test. Run inside a 
 namespace like the rest of sip_tests.
 """
 
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
+import numpy as np
 import pytest
 
 from telephony.sip.message import frame_length
 from tests.sipmsg import invite, offer, request
 
-from .conftest import free_udp_port
+from .conftest import PEERS, ROOT, free_udp_port, require
+from .test_baresip import best_correlation, read_wav
 from .tls_certs import make_certs
 
 
@@ -138,3 +143,54 @@ def test_wrong_certificates_old_tls_and_port_scanners_leave_the_server_serving(s
     u.close()
     idle.close()
     assert srv.proc.poll() is None
+
+
+def test_baresip_over_tls_with_mandatory_srtp_hears_the_prompt(start_server, certs, tmp_path):
+    """baresip (its srtp module, mediaenc=srtp-mand) calls over TLS; the server only takes SRTP.
+
+    What it recorded, decrypted by baresip, must correlate with `sip-tts say` of the prompt
+    as the plain-RTP baresip test does.
+    """
+    require("baresip")
+    text = "Thank you for calling. This is a test of the media server."
+    port = free_tcp_port()
+    srv = start_server(sip_yaml=(f"  tls:\n    listen: 127.0.0.1:{port}\n    cert_file: {certs.server_cert}\n"
+                                 f"    key_file: {certs.server_key}\n"), extra_yaml="media:\n  srtp: required\n")
+    ref_path, rec_path = tmp_path / "ref.wav", tmp_path / "rec.wav"
+    subprocess.run([sys.executable, "-m", "sip_tts.cli", "say", text, "--out", str(ref_path),
+                    "--config", str(srv.workdir / "server.yaml")], cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "BARESIP_ACCOUNT_PARAMS": ";mediaenc=srtp-mand",
+           "BARESIP_EXTRA_CONFIG": f"module srtp.so\nsip_cafile {certs.ca}"}
+    res = subprocess.run([str(PEERS / "baresip" / "call_and_record.sh"), f"sip:1000@127.0.0.1:{port};transport=tls",
+                          str(rec_path), "20"], capture_output=True, text=True, timeout=90, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "terminated" in res.stderr, res.stderr[-2000:]  # our BYE, over the TLS connection
+    rec, ref = read_wav(rec_path), read_wav(ref_path)
+    assert ref_s_ok(len(ref) / 8000, len(rec) / 8000)
+    assert np.sqrt(np.mean(rec ** 2)) > 1000
+    corr, lag = best_correlation(rec, ref)
+    assert corr > 0.9, (corr, lag)
+    log = srv.log_text()
+    assert "ended: prompt-done" in log and "0 lost" in log  # baresip's SRTP reached us and was decrypted
+
+
+def ref_s_ok(ref_s: float, rec_s: float) -> bool:
+    """Speech of the expected length: the prompt plus the 300 ms tail and jitter-buffer slack."""
+    return ref_s - 0.1 < rec_s < ref_s + 1.5
+
+
+def test_a_plain_rtp_offer_gets_488_when_srtp_is_required(start_server):
+    srv = start_server(extra_yaml="media:\n  srtp: required\n")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(5)
+    u.sendto(invite(call_id="plain-1", user="1000", host="127.0.0.1", via_host="127.0.0.1:5099",
+                    sdp=offer("127.0.0.1", free_udp_port())), ("127.0.0.1", srv.port))
+    finals = []
+    while not finals:
+        data = u.recv(65535)
+        if not data.startswith(b"SIP/2.0 100"):
+            finals.append(data)
+    u.close()
+    assert finals[0].startswith(b"SIP/2.0 488 Not Acceptable Here\r\n")
+    assert b'Warning: 304 sip-tts "SRTP required' in finals[0]
