@@ -24,7 +24,7 @@ from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
 from telephony.rtp.pacer import SILENCE, FrameQueue
 from telephony.admission import AdmissionPolicy
-from .lockout import build_authenticator, register_lockout_metrics, tls_settings
+from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
@@ -68,7 +68,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                                         cfg.registration.expires, user_agent=cfg.sip.user_agent)
         if cfg.registration else None,
         authenticator=build_authenticator(cfg.auth) if cfg.auth else None,
-        srtp=cfg.media.srtp, tls=tls_settings(cfg.sip.tls),
+        srtp=cfg.media.srtp, tls=tls_settings(cfg.sip.tls, cfg.source),
         admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
                                   invite_burst=cfg.limits.invite_burst_per_source,
                                   max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))

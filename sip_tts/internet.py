@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.core import CounterMetricFamily
 
 from config.schema import AuthSettings, TlsConfig, parse_hostport
-
 from telephony.tls import TlsSettings
 from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.lockout import Lockout, LockoutPolicy
@@ -34,9 +35,14 @@ def register_lockout_metrics(registry, authenticator: DigestAuthenticator | None
         registry.register(_LockoutCollector(authenticator.lockout))
 
 
-def tls_settings(cfg: TlsConfig | None) -> TlsSettings | None:
+def tls_settings(cfg: TlsConfig | None, source: Path | None = None) -> TlsSettings | None:
+    """The TLS listener's settings; relative file names are relative to server.yaml (``source``)."""
     if cfg is None:
         return None
+
+    def path(p: Path) -> str:
+        return str(p if p.is_absolute() or source is None else source.parent / p)
+
     host, port = parse_hostport(cfg.listen)
-    return TlsSettings(host, port, str(cfg.cert_file), str(cfg.key_file),
-                       str(cfg.ca_file) if cfg.ca_file else None, cfg.verify_client)
+    return TlsSettings(host, port, path(cfg.cert_file), path(cfg.key_file),
+                       path(cfg.ca_file) if cfg.ca_file else None, cfg.verify_client)
