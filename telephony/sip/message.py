@@ -360,15 +360,17 @@ def parse_message(data: bytes, max_headers: int = 0) -> Message:
         _check_request_uri(uri, start_line, headers)
         msg = Request(method, uri, headers)
 
+    grouped: dict[str, list[str]] = {}  # canonical name → values, built once (not a scan per lookup)
+    for name, value in headers.items:
+        grouped.setdefault(name, []).append(value)
     for name in RESPONSE_HEADERS:
-        values = headers.get_all(name)
-        if not values:
+        if name not in grouped:
             raise SipParseError(f"missing {name}", start_line, headers)
     for name in SINGLE_HEADERS:
-        if len(headers.get_all(name)) > 1:
+        if len(grouped.get(name, ())) > 1:
             raise SipParseError(f"more than one {name}", start_line, headers)
     try:
-        _, cseq_method = parse_cseq(headers.get("CSeq") or "")
+        _, cseq_method = parse_cseq(grouped["CSeq"][0])
     except ValueError as exc:
         raise SipParseError(str(exc), start_line, headers) from None
     if isinstance(msg, Request) and cseq_method != msg.method:
@@ -376,9 +378,9 @@ def parse_message(data: bytes, max_headers: int = 0) -> Message:
         raise SipParseError("CSeq method does not match the request method", start_line, headers,
                             status=501 if unknown else 400)
     if isinstance(msg, Request):
-        _check_request_headers(headers, start_line)
+        _check_request_headers(headers, grouped, start_line)
 
-    length_values = headers.get_all("Content-Length")
+    length_values = grouped.get("Content-Length", [])
     if length_values:
         if len(set(length_values)) > 1 or not length_values[0].isdigit():
             raise SipParseError(f"bad Content-Length {length_values!r}", start_line, headers)
@@ -402,19 +404,18 @@ def _check_request_uri(uri: str, start_line: str, headers: "Headers") -> None:
         raise SipParseError("headers are not allowed in a Request-URI", start_line, headers)
 
 
-def _check_request_headers(headers: "Headers", start_line: str) -> None:
+def _check_request_headers(headers: "Headers", grouped: dict[str, list[str]], start_line: str) -> None:
     """The grammar of the headers a UAS acts on: addresses, Via, Max-Forwards, Date."""
     try:
         for name in _ADDRESS_HEADERS:
-            for value in headers.get_all(name):
+            for value in grouped.get(name, ()):
                 grammar.check_name_addr(value, star_ok=name == "Contact")
-        for value in headers.get_all("Via"):
+        for value in grouped.get("Via", ()):
             grammar.check_via(value)
-        mf = headers.get("Max-Forwards")
-        if mf is not None and not mf.isdigit():
-            raise ValueError(f"bad Max-Forwards {mf[:20]!r}")
-        date = headers.get("Date")
-        if date is not None:
+        for mf in grouped.get("Max-Forwards", ()):
+            if not mf.isdigit():
+                raise ValueError(f"bad Max-Forwards {mf[:20]!r}")
+        for date in grouped.get("Date", ()):
             grammar.check_date(date)
     except ValueError as exc:
         raise SipParseError(str(exc), start_line, headers) from None
