@@ -7,7 +7,7 @@ from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.lockout import Lockout, LockoutPolicy
 from telephony.sip.useragent import UserAgent, UserAgentConfig
 from tests.digest_client import authorized_invite, challenge_of
-from tests.sipmsg import invite
+from tests.sipmsg import invite, request
 
 ATTACKER = ("198.51.100.7", 5060)
 PBX = ("203.0.113.5", 5060)
@@ -56,6 +56,10 @@ def test_a_guessing_source_is_locked_out_the_pbx_is_not_and_the_lockout_expires(
     assert attacker.attempt("pbx", "s3cret", 1.0) == "SIP/2.0 403 Forbidden"  # the right password too
     assert pbx.attempt("pbx", "s3cret", 1.0) == "authenticated"  # another source is unaffected
     assert ua.authenticator.lockout.lockouts == 1
+    ua.receive_datagram(request("OPTIONS", via_host=f"{ATTACKER[0]}:5060"), ATTACKER, 1.0)
+    assert ua.datagrams_to_send()[-1][0].startswith(b"SIP/2.0 403 Forbidden")  # every request of it
+    ua.receive_datagram(request("OPTIONS", via_host=f"{PBX[0]}:5060"), PBX, 1.0)
+    assert ua.datagrams_to_send()[-1][0].startswith(b"SIP/2.0 200 OK")
     assert attacker.attempt("pbx", "s3cret", 31.0) == "authenticated"  # expired on its own (lockout 30 s)
 
 
