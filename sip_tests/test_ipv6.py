@@ -24,7 +24,8 @@ def test_sipp_calls_over_ipv6_loopback_and_hears_rtp_over_ipv6(tmp_path):
         res = subprocess.run(
             ["sipp", f"[::1]:{port}", "-sf", str(PEERS / "sipp" / "uac_pcmu_wait_bye.xml"), "-s", "2000",
              "-i", "::1", "-p", str(free_udp_port()), "-mi", "::1", "-mp", "17600", "-m", "2", "-l", "1",
-             "-nostdin", "-recv_timeout", "20000", "-trace_msg", "-trace_stat", "-stf", str(tmp_path / "sipp_stats.csv")],
+             "-nostdin", "-recv_timeout", "20000", "-trace_msg", "-trace_stat",
+             "-stf", str(tmp_path / "sipp_stats.csv")],
             cwd=tmp_path, capture_output=True, text=True, timeout=120)
         cap.stop()
         assert res.returncode == 0, res.stdout[-2000:]

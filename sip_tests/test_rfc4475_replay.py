@@ -33,7 +33,8 @@ def test_every_torture_message_gets_the_rfc_answer_and_the_server_serves_a_call_
     tcp = [(c.name, c.section, c.tcp, _num(got[c.name]["tcp"])) for c in CASES if c.tcp is not None]
     with capsys.disabled():
         print("\nRFC 4475 replay over UDP:\n" + table(udp) + "\n\nover TCP:\n" + table(tcp))
-        print(f"\nUDP {sum(e == g for _, _, e, g in udp)}/{len(udp)}, TCP {sum(e == g for _, _, e, g in tcp)}/{len(tcp)}")
+        ok_udp, ok_tcp = sum(e == g for _, _, e, g in udp), sum(e == g for _, _, e, g in tcp)
+        print(f"\nUDP {ok_udp}/{len(udp)}, TCP {ok_tcp}/{len(tcp)}")
     assert [r for r in udp if r[2] != r[3]] == []
     assert [r for r in tcp if r[2] != r[3]] == []
     assert out["alive_after_replay"] and out["stop_codes"] == [0, 0]

@@ -3,8 +3,9 @@
 One row per message: its RFC section, the answer over UDP, and the answer over TCP or
 None where the message's framing cannot be carried on a stream. An answer is a status
 code, ``"drop"`` (no response: responses that match nothing, unusable status lines) or,
-over TCP only, ``"400+close"`` (framing error: answered, then the connection closed: RFC 4475 §3.1.2.3, §3.3.9). An INVITE that
-opens a call expects 200. Where the RFC allows a choice, the comment says which we make.
+over TCP only, ``"400+close"`` (framing error: answered, then the connection closed:
+RFC 4475 §3.1.2.3, §3.3.9). An INVITE that opens a call expects 200. Where the RFC allows
+a choice, the comment says which we make.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ CASES = [
     Case("esc02", "3.1.1.5", 501, 501, "RE%47IST%45R is not REGISTER: unknown method"),
     Case("lwsdisp", "3.1.1.6", 200, 200, "OPTIONS"),
     Case("longreq", "3.1.1.7", 200, 200, "INVITE answered: a call"),
-    Case("dblreq", "3.1.1.8", 405, None, "REGISTER, trailing octets ignored (UDP only: on TCP they are a next message)"),
+    Case("dblreq", "3.1.1.8", 405, None,
+         "REGISTER, trailing octets ignored (UDP only: on TCP they are a next message)"),
     Case("semiuri", "3.1.1.9", 200, 200, "OPTIONS"),
     Case("transports", "3.1.1.10", 200, 200, "OPTIONS"),
     Case("mpart01", "3.1.1.11", 405, 405, "MESSAGE: known, not served"),

@@ -17,7 +17,8 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
 _SWS = " \t"
 # gen-value = token / host / quoted-string; a host may be an IPv6 reference
 _GEN_VALUE = re.compile(rf"[{TOKEN_CHARS}:\[\]]+")
-_VIA_PROTOCOL = re.compile(rf"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([{TOKEN_CHARS}]+)[ \t]+(.*)$", re.IGNORECASE | re.DOTALL)
+_VIA_PROTOCOL = re.compile(rf"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([{TOKEN_CHARS}]+)[ \t]+(.*)$",
+                           re.IGNORECASE | re.DOTALL)
 _SENT_BY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:[ \t]*:[ \t]*\d{1,5})?")
 _DATE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
                    r"\d{4} \d{2}:\d{2}:\d{2} GMT")

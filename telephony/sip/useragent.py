@@ -120,6 +120,15 @@ class UserAgent:
     _touched: set[str] = field(default_factory=set)  # transactions whose deadline may have changed
     _seq: int = 0
 
+    def _server_tx(self, req: Request, key: str) -> _Transaction:
+        cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
+        return cls(key=key, reliable=self._reliable)
+
+    @property
+    def _reliable(self) -> bool:
+        """Whether the request being handled came over a stream (TCP, TLS)."""
+        return self._current_transport != "UDP"
+
     @property
     def accepting(self) -> bool:
         """Whether a new call would be taken now (what OPTIONS tells a load balancer)."""
@@ -364,7 +373,7 @@ class UserAgent:
         if not auth.lockout.locked(addr[0], now):
             return False
         if auth.lockout_silent:
-            tx = NonInviteServerTransaction(key=key) if req.method != "INVITE" else InviteServerTransaction(key=key)
+            tx = self._server_tx(req, key)
             self._add_tx(key, tx, addr)  # absorbs retransmissions; sends nothing
             tx.handle(Input.FAILURE, now, None)
         else:
@@ -403,7 +412,7 @@ class UserAgent:
             # same Call-ID, new transaction, no To-tag: a looped or merged request (§8.2.2.2)
             self._respond_new(req, key, addr, now, 482)
             return
-        tx = InviteServerTransaction(key=key)
+        tx = InviteServerTransaction(key=key, reliable=self._reliable)
         self._add_tx(key, tx, addr)
         if self.admission is not None and not self.admission.take_invite(addr[0], now):
             tx.handle(Input.FAILURE, now, response_for(
@@ -469,7 +478,7 @@ class UserAgent:
                           call: _Call | None, to_tag: str) -> None:
         if self._in_dialog(req, key, addr, now, call, to_tag):
             assert call is not None
-            self._start_update(req, key, addr, now, call, InviteServerTransaction(key=key))
+            self._start_update(req, key, addr, now, call, self._server_tx(req, key))
 
     def _in_dialog(self, req: Request, key: str, addr: Address, now: float, call: _Call | None,
                    to_tag: str | None) -> bool:
@@ -592,7 +601,7 @@ class UserAgent:
             ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             self._events.append(InfoReceived(req.call_id, ctype, req.body))
             return
-        self._start_update(req, key, addr, now, call, NonInviteServerTransaction(key=key))
+        self._start_update(req, key, addr, now, call, self._server_tx(req, key))
 
     def _receive_bye(self, req: Request, key: str, addr: Address, now: float) -> None:
         call = self._calls.get(req.call_id)
@@ -612,7 +621,7 @@ class UserAgent:
 
     def _respond_new(self, req: Request, key: str, addr: Address, now: float, status: int,
                      extra: list[tuple[str, str]] | None = None) -> None:
-        tx = NonInviteServerTransaction(key=key) if req.method != "INVITE" else InviteServerTransaction(key=key)
+        tx = self._server_tx(req, key)
         self._add_tx(key, tx, addr)
         # response_for keeps a To-tag that is already there (BYE, CANCEL in a dialog)
         to_tag = None if status == 100 else new_tag()
