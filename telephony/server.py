@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from .call import AudioSource, Call, CallHandle, CallInfo, Router
+from .addresses import for_v6_socket
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector, parse_info
@@ -83,6 +84,11 @@ class _SipProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket error: %s", exc)
+
+
+def _stream_host(host: str) -> str | None:
+    """asyncio binds "::" IPv6-only; None binds every address of both families (dual stack, as UDP on "::")."""
+    return None if host == "::" else host
 
 
 def _call_context(call: Call):
@@ -172,6 +178,7 @@ class SipServer:
         self._tcp: dict[tuple[str, int], _TcpConnection] = {}
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tls_server: asyncio.AbstractServer | None = None
+        self._v6 = ":" in settings.listen_host  # IPv6 sockets: IPv4 peers as ::ffff:a.b.c.d
         self._tcp_sweeper: asyncio.TimerHandle | None = None
         self._media_sweeper: asyncio.TimerHandle | None = None
 
@@ -187,7 +194,7 @@ class SipServer:
             self._media_sweeper = self._loop.call_later(1.0, self._sweep_media)
         if self.settings.tcp:
             self._tcp_server = await self._loop.create_server(
-                lambda: _TcpConnection(self), self.settings.listen_host, port, reuse_address=True)
+                lambda: _TcpConnection(self), _stream_host(self.settings.listen_host), port, reuse_address=True)
             self._tcp_sweeper = self._loop.call_later(5.0, self._sweep_tcp)
         tls = self.settings.tls
         if tls is not None:
@@ -316,7 +323,7 @@ class SipServer:
         if conn is not None and conn.transport is not None and on_stream:
             conn.transport.write(data)
         elif self._transport is not None:
-            self._transport.sendto(data, addr)
+            self._transport.sendto(data, for_v6_socket(addr) if self._v6 else addr)
 
     def _on_sip_timer(self) -> None:
         assert self.ua is not None
@@ -506,6 +513,9 @@ class SipServer:
         send: Callable[[bytes], None] = lambda data: transport.sendto(data, call.remote)  # noqa: E731 (remote may move)
         if call.srtp is not None:
             send = lambda data: transport.sendto(call.srtp.protect(data), call.remote)  # noqa: E731
+        if self._v6:
+            send = lambda data: transport.sendto(call.srtp.protect(data) if call.srtp else data,  # noqa: E731
+                                                 for_v6_socket(call.remote))
         call.sender = RtpSender(
             payload_type=call.media.payload_type, codec=call.info.codec, send=send, queue=call.queue,
             on_done=lambda: self._on_prompt_done(call))
@@ -609,6 +619,8 @@ class SipServer:
         if call.srtp is not None:
             packet = call.srtp.protect_rtcp(packet)
         dest = call.rtcp_remote or (call.remote[0], call.remote[1] + 1)
+        if self._v6:
+            dest = for_v6_socket(dest)
         try:
             call.rtcp.sendto(packet, dest)
         except OSError:

@@ -53,5 +53,6 @@ async def start_listener(server: "SipServer", settings: TlsSettings,
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM, a key that does not match
         files = ", ".join(f for f in (settings.cert_file, settings.key_file, settings.ca_file) if f)
         raise OSError(0, f"sip.tls: cannot use {files}: {getattr(exc, 'strerror', None) or exc}") from None
-    return await loop.create_server(connection, settings.host, settings.port, ssl=ctx,
+    host = None if settings.host == "::" else settings.host  # "::": both families, as for UDP
+    return await loop.create_server(connection, host, settings.port, ssl=ctx,
                                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S, reuse_address=True)
