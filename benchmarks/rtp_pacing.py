@@ -300,6 +300,10 @@ def srtp_main(a: argparse.Namespace) -> int:
           "SRTP (pylibsrtp, one session per call) in the same run; send-time error from kernel arrival "
           "timestamps in a separate receiver process; protect = µs per packet, measured alone.", "",
           "| calls | RTP | err p50/p99/max ms | late frames | CPU % | protect µs/packet |", "|---|---|---|---|---|---|"]
+    if load > (os.cpu_count() or 1):
+        md[2:2] = [f"**Load average {load:.1f} on {os.cpu_count()} cores: other work held the cores, so the send-time "
+                   "errors measure the machine, not the pacer; compare the rows with each other, and rerun on an idle "
+                   "machine for absolute numbers.**", ""]
     for r in rows:
         md.append(f"| {r['n']} | {r['kind']} | {r['err_p50_ms']:.2f}/{r['err_p99_ms']:.2f}/{r['err_max_ms']:.1f} | "
                   f"{r['late_frames']} | {r['cpu_percent']:.0f} | {r['protect_us']:.2f} |")

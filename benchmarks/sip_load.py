@@ -322,6 +322,9 @@ def tls_main(a: argparse.Namespace) -> int:
           f"(uac_pcmu_bye.xml), TLS calls from an asyncio client on {TLS_CONNECTIONS} connections "
           f"(SIPp here has no TLS); {a.seconds:.0f} s per row.", "",
           "| cps | transport | ok/failed | INVITE→200 p50/p99 ms | server CPU % | RSS MB |", "|---|---|---|---|---|---|"]
+    if result["load_average"] > (os.cpu_count() or 1):
+        md[2:2] = [f"**Load average {result['load_average']:.1f} on {os.cpu_count()} cores: other work held the cores "
+                   "(see the server's CPU %); rerun on an idle machine for the capacity numbers.**", ""]
     for r in result["rows"]:
         md.append(f"| {r['rate']} | {r['transport']} | {r['successful']}/{r['failed']} | "
                   f"{r['invite_200_p50_ms']}/{r['invite_200_p99_ms']} | {r['server_cpu_percent']:.0f} | {r['server_rss_mb']:.0f} |")
