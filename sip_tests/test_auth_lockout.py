@@ -17,8 +17,8 @@ from tests.sipmsg import invite
 from .conftest import free_udp_port
 from .rfc4475_replay import _in_dialog
 
-GUESSES = 300
-LOCKOUT_S = 6
+GUESSES = 1000
+LOCKOUT_S = 10
 
 
 class Client:

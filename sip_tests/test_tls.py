@@ -19,6 +19,7 @@ from tests.sipmsg import invite, offer, request
 
 from .conftest import PEERS, ROOT, free_udp_port, require
 from .test_baresip import best_correlation, read_wav
+from .pcap import read_udp
 from .tls_certs import make_certs
 
 
@@ -145,7 +146,7 @@ def test_wrong_certificates_old_tls_and_port_scanners_leave_the_server_serving(s
     assert srv.proc.poll() is None
 
 
-def test_baresip_over_tls_with_mandatory_srtp_hears_the_prompt(start_server, certs, tmp_path):
+def test_baresip_over_tls_with_mandatory_srtp_hears_the_prompt(start_server, certs, tmp_path, capture):
     """baresip (its srtp module, mediaenc=srtp-mand) calls over TLS; the server only takes SRTP.
 
     What it recorded, decrypted by baresip, must correlate with `sip-tts say` of the prompt
@@ -159,10 +160,13 @@ def test_baresip_over_tls_with_mandatory_srtp_hears_the_prompt(start_server, cer
     ref_path, rec_path = tmp_path / "ref.wav", tmp_path / "rec.wav"
     subprocess.run([sys.executable, "-m", "sip_tts.cli", "say", text, "--out", str(ref_path),
                     "--config", str(srv.workdir / "server.yaml")], cwd=ROOT, check=True, capture_output=True)
-    env = {**os.environ, "BARESIP_ACCOUNT_PARAMS": ";mediaenc=srtp-mand",
+    env = {**os.environ, "BARESIP_ACCOUNT_PARAMS": ";mediaenc=srtp-mand", "BARESIP_RTP_PORTS": "30200-30210",
            "BARESIP_EXTRA_CONFIG": f"module srtp.so\nsip_cafile {certs.ca}"}
+    lo, hi = srv.rtp_range
+    cap = capture(f"udp and src portrange {lo}-{hi} and dst portrange 30200-30210")
     res = subprocess.run([str(PEERS / "baresip" / "call_and_record.sh"), f"sip:1000@127.0.0.1:{port};transport=tls",
                           str(rec_path), "20"], capture_output=True, text=True, timeout=90, env=env)
+    cap.stop()
     assert res.returncode == 0, res.stderr[-3000:]
     assert "terminated" in res.stderr, res.stderr[-2000:]  # our BYE, over the TLS connection
     rec, ref = read_wav(rec_path), read_wav(ref_path)
@@ -172,6 +176,11 @@ def test_baresip_over_tls_with_mandatory_srtp_hears_the_prompt(start_server, cer
     assert corr > 0.9, (corr, lag)
     log = srv.log_text()
     assert "ended: prompt-done" in log and "0 lost" in log  # baresip's SRTP reached us and was decrypted
+    ours = [p.payload for p in read_udp(cap.path) if len(p.payload) > 12 and p.payload[1] & 0x7F == 0]
+    rtp = [p for p in ours if p[0] >> 6 == 2]
+    assert len(rtp) > 100 and {len(p) for p in rtp} == {12 + 160 + 10}  # SRTP: the 80-bit auth tag on each
+    silence = bytes([0xFF]) * 160
+    assert not any(p[12:172] == silence for p in rtp)  # the payload is encrypted: even our silence frames
 
 
 def ref_s_ok(ref_s: float, rec_s: float) -> bool:

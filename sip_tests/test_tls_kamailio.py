@@ -1,8 +1,9 @@
 """Kamailio (config/kamailio/kamailio.cfg with its tls module) forwards calls to us over TLS.
 
-SIPp calls Kamailio over UDP; the only route from Kamailio to sip-tts is its TLS listener
-(dispatcher entry ";transport=tls", probed with OPTIONS over TLS), with our certificate
-verified against the test CA and Kamailio's client certificate verified by us.
+SIPp calls Kamailio over UDP, then baresip calls it over TLS with mandatory SRTP; the only
+route from Kamailio to sip-tts is its TLS listener (dispatcher entry ";transport=tls", probed
+with OPTIONS over TLS), with our certificate verified against the test CA and Kamailio's
+client certificate verified by us.
 """
 
 import os
@@ -10,7 +11,10 @@ import signal
 import subprocess
 import time
 
-from .conftest import ROOT, free_udp_port, require, run_sipp, sipp_counts
+import numpy as np
+
+from .conftest import PEERS, ROOT, free_udp_port, require, run_sipp, sipp_counts
+from .test_baresip import read_wav
 from .test_tls import free_tcp_port
 from .tls_certs import make_certs
 
@@ -28,7 +32,7 @@ def test_kamailio_forwards_calls_to_us_over_tls(start_server, tmp_path):
     run.mkdir()
     (run / "dispatcher.list").write_text(f"1 sip:127.0.0.1:{tls_port};transport=tls 0 0\n")
     (run / "tls.cfg").write_text(
-        f"[server:default]\nmethod = TLSv1.2+\ncertificate = {certs.client_cert}\nprivate_key = {certs.client_key}\n"
+        f"[server:default]\nmethod = TLSv1.2+\ncertificate = {certs.server_cert}\nprivate_key = {certs.server_key}\n"
         f"verify_certificate = no\nrequire_certificate = no\n\n"
         f"[client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n"
         f"ca_list = {certs.ca}\ncertificate = {certs.client_cert}\nprivate_key = {certs.client_key}\n")
@@ -51,6 +55,19 @@ def test_kamailio_forwards_calls_to_us_over_tls(start_server, tmp_path):
         trace = next(tmp_path.glob("*_messages.log")).read_text()
         assert "transport=tls" in trace.lower()  # Kamailio's TLS side in the Record-Route / our Contact
         assert f":{tls_port};transport=tls" in trace  # our Contact: the TLS listener
+        # The whole internet-facing path: baresip over TLS with mandatory SRTP -> Kamailio (TLS) -> us (TLS);
+        # the SRTP keys travel in the SDP through the proxy, the media goes end to end.
+        require("baresip")
+        rec = tmp_path / "rec.wav"
+        env = {**os.environ, "BARESIP_ACCOUNT_PARAMS": ";mediaenc=srtp-mand",
+               "BARESIP_EXTRA_CONFIG": f"module srtp.so\nsip_cafile {certs.ca}"}
+        res = subprocess.run([str(PEERS / "baresip" / "call_and_record.sh"), f"sip:2000@127.0.0.1:{ktls};transport=tls",
+                              str(rec), "10"], capture_output=True, text=True, timeout=90, env=env)
+        assert res.returncode == 0, res.stderr[-3000:] + (run / "kamailio.log").read_text()[-2000:]
+        assert "terminated" in res.stderr  # our BYE came back through Kamailio over TLS
+        audio = read_wav(rec)
+        assert np.sqrt(np.mean(audio ** 2)) > 1000  # "Hello.", decrypted by baresip
+        assert srv.log_text().count("ended: prompt-done") == 4
     finally:
         try:
             os.kill(int((run / "kamailio.pid").read_text().strip()), signal.SIGTERM)
