@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .schema import PromptsConfig, ServerConfig
+from .steps import untagged
 
 M = TypeVar("M", bound=BaseModel)
 Path_ = tuple[str | int, ...]
@@ -103,7 +104,7 @@ def validate(model: type[M], data: Any, path: Path, lines: dict[Path_, int], **c
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = untagged(tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'"),)
             field = ".".join(str(p) for p in loc)

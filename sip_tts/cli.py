@@ -16,19 +16,20 @@ import numpy as np
 
 from config import ConfigError, load_prompts, load_server
 from config.loader import shown_path
-from config.schema import EspeakSettings, PromptsConfig, ServerConfig, parse_hostport
+from config.schema import PromptsConfig, ServerConfig, parse_hostport
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
 from engine.prompt_cache import PromptCache
 from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
-from telephony.rtp.pacer import SILENCE, FrameQueue
+from media import SAMPLE_RATE, SILENCE
+from telephony.rtp.pacer import FrameQueue
 from telephony.admission import AdmissionPolicy
 from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
-from . import logs, systemd
+from . import api, logs, systemd
 from .engines import SpokenPrompt, build_engine
 from .script import ScriptRun, Speech
 
@@ -45,6 +46,7 @@ def _load(path: str) -> tuple[ServerConfig, PromptsConfig]:
 async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 rtp_ports: tuple[int, int] | None = None, pid_file: str | None = None) -> int:
     engine, voice = build_engine(cfg)
+    engine = api.calls_first(engine, cfg)  # the HTTP API's utterances never queue ahead of a caller's
     try:
         await engine.start()
     except ImportError as exc:
@@ -53,6 +55,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     except (RuntimeError, OSError, ValueError) as exc:
         log.error("engine %s failed to start: %s", engine.name, exc)
         return 1
+    if not cfg.sip.enabled:
+        return await api.serve_alone(cfg, prompts, engine, voice)
     host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
     rtp_min, rtp_max = rtp_ports or (cfg.rtp.port_min, cfg.rtp.port_max)
     settings = ServerSettings(
@@ -95,16 +99,15 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
 
     def engine_up() -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
-        return bool(getattr(engine, "available", True))
+        return engine.available
 
     metrics = None
-    if cfg.metrics is not None:
+    if cfg.metrics is not None or cfg.api.enabled:
         from .metrics import Metrics
 
-        queue = getattr(engine, "queue_depth", None)
-        metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None,
-                          engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache,
-                          engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)),
+        metrics = Metrics(lambda: len(server.calls), engine.queue_depth,
+                          engine_stats=lambda: engine.stats, cache=lambda: cache,
+                          engine_health=lambda: (engine_up(), engine.restarts),
                           pacer_late=lambda: server.clock.late_wakeups if server.clock is not None else 0)
         register_lockout_metrics(metrics.registry, settings.authenticator)
     server = SipServer(settings, route, hooks=metrics, available=engine_up)
@@ -122,9 +125,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     _watch_gc()
-    if metrics is not None and cfg.metrics is not None:
-        from .metrics import serve_http
-
+    http = None
+    if metrics is not None:
         def health() -> tuple[int, str]:
             ua = server.ua
             if ua is None or ua.draining:
@@ -133,11 +135,12 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 return 503, "engine down"
             return (200, "ready") if ua.accepting else (503, "full")
 
-        mhost, mport = parse_hostport(cfg.metrics.listen, 9100)
         try:
-            await serve_http(mhost, mport, metrics, health)
+            http = await api.start_http(cfg, prompts, engine, voice, health, metrics.registry, metrics.render,
+                                        live_calls=lambda: len(server.calls))
         except OSError as exc:
-            log.error("cannot serve metrics on %s: %s", cfg.metrics.listen, exc.strerror or exc)
+            log.error("cannot serve http on %s: %s", cfg.api.listen if cfg.api.enabled else cfg.metrics.listen,
+                      exc.strerror or exc)
             await server.stop()
             await engine.close()
             return 1
@@ -153,7 +156,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = float(stall_ms) / 1000
-    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
+    http_at = f", http api port {http.port}" if http is not None and http.port is not None else ""
+    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}{http_at}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()
 
@@ -188,6 +192,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     left = await server.drain(cfg.drain_timeout_s, interrupted=second)
     log.info("stopping: hanging up %d call(s)", left)
     await server.stop()
+    if http is not None:
+        await http.stop()
     for task in warming:
         task.cancel()
     await engine.close()
@@ -287,7 +293,7 @@ async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> 
     return decode_g711(b"".join(frames), codec)
 
 
-def write_wav(path: str, samples: np.ndarray, rate: int = 8000) -> None:
+def write_wav(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     with wave.open(path, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         for line in prompts.warnings:
             print(f"warning: {line}")
-        engine_name = "espeak" if isinstance(cfg.engine, EspeakSettings) else "chatterbox"
+        engine_name = cfg.engine.kind
         errors = [f"{shown_path(cfg.prompts_path())}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
                   for name, v in prompts.voices.items() if v.engine is not None and v.engine != engine_name]
         if errors:
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print("say: give TEXT or --route NUMBER", file=sys.stderr)
             return 2
         write_wav(args.out, samples)
-        print(f"{args.out}: {len(samples) / 8000:.2f} s")
+        print(f"{args.out}: {len(samples) / SAMPLE_RATE:.2f} s")
         return 0
     rtp_ports = None
     if args.rtp_ports:

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..base import EngineError, EngineStats, VoiceSpec
+from ..base import EngineBase, EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
@@ -46,7 +46,7 @@ class ChatterboxOptions:
     t3_share: float = 1.0  # T3's GPU time between S3Gen batches, in batch durations (scheduler docstring)
 
 
-class ChatterboxEngine:
+class ChatterboxEngine(EngineBase):
     name = "chatterbox"
     sample_rate = SAMPLE_RATE
 
