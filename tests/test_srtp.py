@@ -73,3 +73,18 @@ def test_packets_both_ways_and_tampering(suite):
         server.unprotect(bytes(forged))
     rtcp = bytes([0x80, 200, 0, 6]) + (0x1234).to_bytes(4, "big") + bytes(20)
     assert caller.unprotect_rtcp(server.protect_rtcp(rtcp)) == rtcp
+
+
+def test_a_new_key_of_theirs_keeps_our_outbound_session():
+    theirs = Crypto(1, "AES_CM_128_HMAC_SHA1_80", secrets.token_bytes(30))
+    server = SrtpContext(theirs)
+    caller = SrtpContext(server.ours, ours=theirs)
+    rtp = [RtpPacket(0, n, n * 160, 0x99, b"\x7f" * 160).serialize() for n in range(3)]
+    assert caller.unprotect(server.protect(rtp[0])) == rtp[0]
+    new_theirs = Crypto(1, theirs.suite, secrets.token_bytes(30))
+    again = server.rekeyed(new_theirs)
+    assert again.ours == server.ours and again._tx is server._tx  # same outbound session, same key
+    assert caller.unprotect(again.protect(rtp[1])) == rtp[1]
+    recaller = SrtpContext(server.ours, ours=new_theirs)
+    assert again.unprotect(recaller.protect(rtp[2])) == rtp[2]  # their new key is used inbound
+    assert server.rekeyed(theirs) is server

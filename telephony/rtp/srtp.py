@@ -100,8 +100,14 @@ class SrtpContext:
             raise SrtpError(str(exc)) from None
 
     def rekeyed(self, theirs: Crypto) -> "SrtpContext":
-        """A re-offer with another key of theirs: a new inbound session, ours unchanged."""
+        """A re-offer with another key of theirs: a new inbound session; our outbound session goes on
+        (restarting it with the same key would restart its rollover counter and reuse keystream)."""
         if theirs == self.theirs:
             return self
-        ours = self.ours if theirs.suite == self.ours.suite else None
-        return SrtpContext(theirs, ours)
+        if theirs.suite != self.ours.suite:
+            return SrtpContext(theirs)  # another suite: a fresh key of ours too
+        other = SrtpContext.__new__(SrtpContext)
+        other.theirs, other.ours, other._tx = theirs, self.ours, self._tx
+        other._rx = pylibsrtp.Session(pylibsrtp.Policy(key=theirs.key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+                                                       srtp_profile=SUITES[theirs.suite]))
+        return other
