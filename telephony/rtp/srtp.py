@@ -107,7 +107,8 @@ class SrtpContext:
         if theirs.suite != self.ours.suite:
             return SrtpContext(theirs)  # another suite: a fresh key of ours too
         other = SrtpContext.__new__(SrtpContext)
-        other.theirs, other.ours, other._tx = theirs, self.ours, self._tx
+        # (the answer names the tag the re-offer's chosen line has)
+        other.theirs, other.ours, other._tx = theirs, Crypto(theirs.tag, self.ours.suite, self.ours.key), self._tx
         other._rx = pylibsrtp.Session(pylibsrtp.Policy(key=theirs.key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
                                                        srtp_profile=SUITES[theirs.suite]))
         return other
