@@ -110,7 +110,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--hold-ms", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--tls", action="store_true", help="UDP (SIPp) and TLS (Python client) rows in one run "
+                    "(sip_load_tls.md); default rates 200")
     a = ap.parse_args()
+    if a.tls:
+        return tls_main(a)
     rates = [int(r) for r in a.rates.split(",")]
     result: dict = dict(machine=f"{os.cpu_count()} cores", date=time.strftime("%Y-%m-%d"), hold_ms=a.hold_ms,
                         seconds=a.seconds, ours=[], reference=[])
@@ -168,6 +172,165 @@ def main() -> int:
     (out / "sip_load.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
+
+
+# -- TLS (issue 19): the same calls over SIP/TLS next to UDP, one server, one run --------------------
+# SIPp here is built without TLS, so the TLS caller is an asyncio client on a few persistent TLS
+# connections: INVITE, 200, ACK, hold, BYE, 200; INVITE→200 measured per call.
+TLS_CONNECTIONS = 16
+
+
+async def _tls_calls(port: int, ctx, rate: int, seconds: float, hold_ms: int, sink_port: int) -> dict:
+    import asyncio
+    import secrets
+
+    sys.path.insert(0, str(ROOT))
+    from telephony.sip.message import frame_length
+
+    pending: dict[tuple[str, str], "asyncio.Future[bytes]"] = {}
+    conns = []
+
+    async def reader(r: "asyncio.StreamReader", w: "asyncio.StreamWriter") -> None:
+        buf = b""
+        while chunk := await r.read(65536):
+            buf += chunk
+            while (n := frame_length(buf)) is not None:
+                msg, buf = buf[:n], buf[n:]
+                head = msg.split(b"\r\n\r\n", 1)[0].decode()
+                fields = {ln.split(":", 1)[0].lower(): ln.split(":", 1)[1].strip() for ln in head.split("\r\n")[1:]}
+                if not msg.startswith(b"SIP/2.0 "):  # a request of the server's (a BYE): 200
+                    w.write((f"SIP/2.0 200 OK\r\nVia: {fields['via']}\r\nFrom: {fields['from']}\r\nTo: {fields['to']}"
+                             f"\r\nCall-ID: {fields['call-id']}\r\nCSeq: {fields['cseq']}\r\nContent-Length: 0\r\n\r\n").encode())
+                    continue
+                if int(msg.split(b" ", 2)[1]) < 200:
+                    continue
+                fut = pending.pop((fields["call-id"], fields["cseq"].split()[1]), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    for _ in range(TLS_CONNECTIONS):
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1")
+        conns.append((w, asyncio.ensure_future(reader(r, w)), w.get_extra_info("sockname")[1]))
+    sdp = (f"v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           f"m=audio {sink_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    latencies: list[float] = []
+    failures = 0
+
+    async def call(i: int) -> None:
+        nonlocal failures
+        w, _, lport = conns[i % len(conns)]
+        loop = asyncio.get_running_loop()
+        cid = f"tls-load-{i}-{secrets.token_hex(4)}"
+        def req(method: str, cseq: int, to: str, body: str = "") -> bytes:
+            return (f"{method} sip:1000@127.0.0.1:{port};transport=tls SIP/2.0\r\n"
+                    f"Via: SIP/2.0/TLS 127.0.0.1:{lport};branch=z9hG4bK{secrets.token_hex(6)}\r\nMax-Forwards: 70\r\n"
+                    f"From: <sip:load@127.0.0.1>;tag={i}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n"
+                    f"Contact: <sip:load@127.0.0.1:{lport};transport=tls>\r\n"
+                    + ("Content-Type: application/sdp\r\n" if body else "")
+                    + f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+        try:
+            fut = pending[(cid, "INVITE")] = loop.create_future()
+            t0 = time.monotonic()
+            w.write(req("INVITE", 1, "<sip:1000@127.0.0.1>", sdp))
+            ok = await asyncio.wait_for(fut, 10)
+            if not ok.startswith(b"SIP/2.0 200 "):
+                failures += 1
+                return
+            latencies.append((time.monotonic() - t0) * 1000)
+            to = next(ln.split(":", 1)[1].strip() for ln in ok.decode().split("\r\n") if ln.lower().startswith("to:"))
+            w.write(req("ACK", 1, to))
+            await asyncio.sleep(hold_ms / 1000)
+            fut = pending[(cid, "BYE")] = loop.create_future()
+            w.write(req("BYE", 2, to))
+            if not (await asyncio.wait_for(fut, 10)).startswith(b"SIP/2.0 200 "):
+                failures += 1
+        except (asyncio.TimeoutError, ConnectionError):
+            failures += 1
+
+    calls = int(rate * seconds)
+    start = time.monotonic()
+    tasks = []
+    for i in range(calls):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        tasks.append(asyncio.ensure_future(call(i)))
+    await asyncio.gather(*tasks)
+    for w, rd, _ in conns:
+        w.close()
+        rd.cancel()
+    latencies.sort()
+    pct = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None  # noqa: E731
+    return dict(rate=rate, calls=calls, successful=calls - failures, failed=failures,
+                invite_200_p50_ms=pct(0.5), invite_200_p99_ms=pct(0.99))
+
+
+def tls_main(a: argparse.Namespace) -> int:
+    import asyncio
+    import ssl
+
+    sys.path.insert(0, str(ROOT))
+    from sip_tests.tls_certs import make_certs
+
+    rates = [int(r) for r in a.rates.split(",")] if a.rates != "25,50,100,150,200" else [200]
+    result: dict = dict(machine=f"{os.cpu_count()} cores", load_average=os.getloadavg()[0], date=time.strftime("%Y-%m-%d"),
+                        commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                              text=True).stdout.strip(), hold_ms=a.hold_ms, seconds=a.seconds, rows=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        certs = make_certs(work / "certs")
+        port, tls_port = free_port(), free_port()
+        proc = start_ours(work, port)  # (UDP only) restarted below with TLS on
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        cfg = (work / "server.yaml").read_text().replace(
+            "  tcp: false\n", f"  tcp: false\n  tls:\n    listen: 127.0.0.1:{tls_port}\n"
+                               f"    cert_file: {certs.server_cert}\n    key_file: {certs.server_key}\n")
+        (work / "server.yaml").write_text(cfg)
+        proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
+                                 "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=open(work / "server.log", "w"), text=True)
+        assert proc.stdout is not None and "ready" in proc.stdout.readline(), (work / "server.log").read_text()
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        try:
+            for rate in rates:
+                (work / "udp").mkdir(exist_ok=True)
+                r = run_rate(port, rate, a.seconds, a.hold_ms, work / "udp", proc.pid)
+                r["transport"] = "UDP (SIPp)"
+                result["rows"].append(r)
+                print(f"UDP {rate} cps: {r['successful']}/{r['calls']} ok, {r['failed']} failed, "
+                      f"p50 {r['invite_200_p50_ms']} p99 {r['invite_200_p99_ms']} ms", flush=True)
+                time.sleep(a.hold_ms / 1000 + 2)
+                cpu0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
+                r = asyncio.run(_tls_calls(tls_port, ctx, rate, a.seconds, a.hold_ms, sink.getsockname()[1]))
+                wall = time.monotonic() - t0
+                r.update(transport="TLS (asyncio client)", server_cpu_percent=100 * (proc_cpu_seconds(proc.pid) - cpu0) / wall,
+                         server_rss_mb=proc_rss_mb(proc.pid), retransmissions=0)
+                result["rows"].append(r)
+                print(f"TLS {rate} cps: {r['successful']}/{r['calls']} ok, {r['failed']} failed, "
+                      f"p50 {r['invite_200_p50_ms']} p99 {r['invite_200_p99_ms']} ms", flush=True)
+        finally:
+            sink.close()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sip_load_tls.json").write_text(json.dumps(result, indent=1))
+    md = [f"# SIP load, UDP and TLS ({result['machine']}, load average {result['load_average']:.1f}, {result['date']}, "
+          f"commit {result['commit']}, calls held {a.hold_ms} ms)", "",
+          "`python benchmarks/sip_load.py --tls` — one server with UDP and TLS listeners; UDP calls from SIPp "
+          f"(uac_pcmu_bye.xml), TLS calls from an asyncio client on {TLS_CONNECTIONS} connections "
+          f"(SIPp here has no TLS); {a.seconds:.0f} s per row.", "",
+          "| cps | transport | ok/failed | INVITE→200 p50/p99 ms | server CPU % | RSS MB |", "|---|---|---|---|---|---|"]
+    if result["load_average"] > (os.cpu_count() or 1):
+        md[2:2] = [f"**Load average {result['load_average']:.1f} on {os.cpu_count()} cores: other work held the cores "
+                   "(see the server's CPU %); rerun on an idle machine for the capacity numbers.**", ""]
+    for r in result["rows"]:
+        md.append(f"| {r['rate']} | {r['transport']} | {r['successful']}/{r['failed']} | "
+                  f"{r['invite_200_p50_ms']}/{r['invite_200_p99_ms']} | {r['server_cpu_percent']:.0f} | {r['server_rss_mb']:.0f} |")
+    (out / "sip_load_tls.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0 if all(r["failed"] == 0 for r in result["rows"]) else 1
 
 
 if __name__ == "__main__":

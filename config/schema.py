@@ -39,6 +39,29 @@ def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
     return host or "0.0.0.0", int(port) if port else default_port
 
 
+class TlsConfig(_Strict):
+    """SIP over TLS (RFC 3261 §26): its own listener, TLS 1.2 at least."""
+
+    listen: str = Field("0.0.0.0:5061", description="HOST:PORT for SIP over TLS")
+    cert_file: Path = Field(description="PEM certificate chain")
+    key_file: Path = Field(description="PEM private key")
+    ca_file: Path | None = Field(None, description="PEM CAs that client certificates must chain to")
+    verify_client: bool = Field(False, description="refuse clients without a certificate signed by ca_file")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        host, _ = parse_hostport(v)
+        ipaddress.ip_address(host)
+        return v
+
+    @model_validator(mode="after")
+    def _ca_for_verify(self) -> "TlsConfig":
+        if self.verify_client and self.ca_file is None:
+            raise ValueError("verify_client needs ca_file")
+        return self
+
+
 class SipSettings(_Strict):
     enabled: bool = Field(True, description="false: no SIP at all, the HTTP API alone (a TTS server)")
     listen: str = Field("0.0.0.0:5060", description="HOST:PORT for SIP over UDP")
@@ -49,6 +72,7 @@ class SipSettings(_Strict):
     tcp: bool = Field(True, description="also listen on TCP (same address and port)")
     tcp_idle_timeout_s: float = Field(120, ge=5, description="close TCP connections idle this long (not carrying a call)")
     tcp_max_connections_per_source: int = Field(32, ge=1, description="more TCP connections from one IP are refused")
+    tls: TlsConfig | None = Field(None, description="SIP over TLS listener; none: off")
 
     @field_validator("listen")
     @classmethod
@@ -121,6 +145,11 @@ class AuthSettings(_Strict):
     algorithms: list[Literal["SHA-256", "MD5"]] = Field(["SHA-256", "MD5"], min_length=1,
                                                         description="offered in this order (RFC 8760)")
     nonce_ttl_s: float = Field(300, ge=10, le=86400)
+    # Online password guessing (telephony/sip/lockout.py): per source and per username
+    max_failures: int = Field(10, ge=1, le=100000, description="failed digest answers allowed per window")
+    failure_window_s: float = Field(300, gt=0, le=86400, description="the sliding window of max_failures")
+    lockout_s: float = Field(900, gt=0, le=604800, description="how long a guessing source is locked out")
+    lockout_response: Literal["403", "silent"] = Field("403", description="what a locked-out source gets")
 
 
 class RegisterSettings(_Strict):
@@ -142,6 +171,8 @@ class MediaSettings(_Strict):
     timeout_s: float = Field(0, ge=0, le=3600, description="no RTP from the caller this long: BYE (0: off)")
     dscp: int = Field(46, ge=0, le=63, description="DSCP of our RTP packets (46 = EF); 0: unmarked")
     barge_in: bool = Field(False, description="a DTMF digit stops the prompt at once")
+    srtp: Literal["off", "optional", "required"] = Field(
+        "optional", description="SRTP with SDES keys (RFC 3711/4568): required answers 488 to a plain RTP offer")
 
 
 class MetricsSettings(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,18 @@ def read_udp(path: str | Path) -> list[UdpPacket]:
         frame = data[off:off + incl]
         off += incl
         ip = frame[link_len:]
-        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+        if len(ip) >= 40 and ip[0] >> 4 == 6 and ip[6] == 17:  # IPv6, UDP right after the fixed header
+            udp = ip[40:]
+            src, dst = str(ipaddress.IPv6Address(ip[8:24])), str(ipaddress.IPv6Address(ip[24:40]))
+        elif len(ip) >= 20 and ip[0] >> 4 == 4 and ip[9] == 17:
+            udp = ip[(ip[0] & 0x0F) * 4:]
+            src = ".".join(str(b) for b in ip[12:16])
+            dst = ".".join(str(b) for b in ip[16:20])
+        else:
             continue
-        ihl = (ip[0] & 0x0F) * 4
-        udp = ip[ihl:]
         if len(udp) < 8:
             continue
         sport, dport, length = struct.unpack_from("!HHH", udp)
-        src = ".".join(str(b) for b in ip[12:16])
-        dst = ".".join(str(b) for b in ip[16:20])
         ts = sec + frac / (1e9 if nano else 1e6)
         out.append(UdpPacket(ts, (src, sport), (dst, dport), bytes(udp[8:length])))
     return out

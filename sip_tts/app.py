@@ -23,11 +23,11 @@ from telephony.admission import AdmissionPolicy
 from telephony.call import CallInfo
 from telephony.calls import CallSettings
 from telephony.server import ServerSettings, SipServer
-from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
 
 from . import api, systemd
 from .engines import build_engine
+from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from .script import ScriptRun, Speech
 
 log = logging.getLogger("sip_tts")
@@ -46,13 +46,12 @@ def server_settings(cfg: ServerConfig, host: str, port: int, rtp_ports: tuple[in
         listen_host=host, listen_port=port, rtp_port_min=rtp_ports[0], rtp_port_max=rtp_ports[1],
         calls=CallSettings(advertised_host=advertised, codecs=list(cfg.codecs), max_calls=limits.max_calls,
                            hangup_after_prompt_ms=cfg.hangup_after_prompt_ms, media_timeout=cfg.media.timeout_s,
-                           barge_in=cfg.media.barge_in, summary={"engine": engine}),
+                           barge_in=cfg.media.barge_in, srtp=cfg.media.srtp, summary={"engine": engine}),
         user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, dscp=cfg.media.dscp, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
         tcp_max_per_source=cfg.sip.tcp_max_connections_per_source, max_message_bytes=limits.max_message_bytes,
         registration=RegistrationConfig(reg.registrar, reg.aor, "", reg.username, reg.password, reg.expires,
                                         user_agent=cfg.sip.user_agent) if reg else None,
-        authenticator=DigestAuthenticator(auth.realm, dict(auth.users), tuple(auth.algorithms), auth.nonce_ttl_s)
-        if auth else None,
+        authenticator=build_authenticator(auth) if auth else None, tls=tls_settings(cfg.sip.tls, cfg.source),
         admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=limits.invite_rate_per_source,
                                   invite_burst=limits.invite_burst_per_source,
                                   max_message_bytes=limits.max_message_bytes, max_headers=limits.max_headers))
@@ -132,6 +131,8 @@ class App:
                                    pacer_late=lambda: self.server.clock.late_wakeups
                                    if self.server is not None and self.server.clock is not None else 0)
         settings = server_settings(self.cfg, self.host, self.port, self.rtp_ports, engine.name)
+        if self.metrics is not None:
+            register_lockout_metrics(self.metrics.registry, settings.authenticator)
         self.server = server = SipServer(settings, self.route, hooks=self.metrics, available=self.engine_up)
         try:
             await server.start()

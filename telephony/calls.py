@@ -33,8 +33,9 @@ from .rtp.packet import RtpError, RtpPacket
 from .rtp.pacer import FrameQueue, RtpSender
 from .rtp.rtcp import ReceiveStats, ReportBlock, RtcpError, SenderReport, parse_compound, report_interval, sdes_cname
 from .rtp.rtcp import bye as rtcp_bye
+from .rtp.srtp import SUITES as SRTP_SUITES, SrtpContext, SrtpError, choose as choose_crypto
 from .sip.events import CallConfirmed, CallEnded, Event, IncomingCall, InfoReceived, SessionUpdate
-from .sip.sdp import NegotiatedAudio, SdpError, build_answer, negotiate
+from .sip.sdp import NegotiatedAudio, SdpError, SessionDescription, build_answer, negotiate
 from .sip.useragent import UserAgent
 
 log = logging.getLogger("telephony.server")
@@ -62,6 +63,7 @@ class CallSettings:
     hangup_after_prompt_ms: int
     media_timeout: float  # no RTP from the caller for this long: BYE (0: off)
     barge_in: bool  # a DTMF digit stops the prompt at once (sources that run menus decide themselves)
+    srtp: str = "off"  # off | optional | required (required: a plain RTP offer gets 488); the app maps media.srtp
     summary: dict[str, str] = field(default_factory=dict)  # more fields of each call's summary line
 
 
@@ -95,6 +97,12 @@ class Call:
     rx: ReceiveStats = field(default_factory=ReceiveStats)  # the caller's stream: loss, jitter
     rtcp_remote: Address | None = None  # where the caller's RTCP comes from (else RTP port + 1)
     peer_report: ReportBlock | None = None  # the caller's view of our stream
+    srtp: SrtpContext | None = None  # the call's SRTP sessions (telephony/rtp/srtp.py) when it is SRTP
+
+    @property
+    def crypto(self) -> str | None:
+        """Our a=crypto value for the answer (None: plain RTP)."""
+        return self.srtp.ours.attribute() if self.srtp is not None else None
 
     @property
     def remote(self) -> Address:
@@ -225,10 +233,10 @@ class CallTable:
             self.ua.reject(ev.call_id, 503, now, RETRY_AFTER)
             return
         try:
-            media, index = negotiate(ev.offer, self.settings.codecs)
+            media, index = self._negotiate(ev.offer, self.settings.codecs)
         except SdpError as exc:
             log.info("call %s: %s", ev.call_id, exc)
-            self.ua.reject(ev.call_id, 488, now, [("Warning", '304 sip-tts "No G.711 codec offered"')])
+            self.ua.reject(ev.call_id, 488, now, [("Warning", f'304 sip-tts "{exc}"')])
             return
         headers: dict[str, str] = {}
         for name, value in ev.request.headers.items:
@@ -245,6 +253,8 @@ class CallTable:
             return
         call = Call(info, ev, media, port, FrameQueue(SILENCE[media.codec]), source, index, now,
                     secrets.randbelow(2**31), handles_digits=source.handles_digits, early_media=source.early_media)
+        theirs = choose_crypto(list(media.crypto)) if media.crypto else None
+        call.srtp = SrtpContext(theirs) if theirs is not None else None
         self.calls[ev.call_id] = call
         if media.dtmf_payload_type is not None:
             call.dtmf = Rfc4733Detector(SAMPLE_RATE)
@@ -277,7 +287,7 @@ class CallTable:
             self._actions.append(Bind(call, call.local_port))
             return
         sdp = build_answer(call.incoming.offer, call.media, call.offer_index, self.settings.advertised_host,
-                           call.local_port, call.session_id)
+                           call.local_port, call.session_id, crypto=call.crypto)
         if call.early_media:
             # 183 with SDP and the audio at once; at its end the call is refused (480), never answered
             self.ua.progress(call_id, sdp, now)
@@ -311,6 +321,11 @@ class CallTable:
         call = self.calls.get(call_id)
         if call is None:
             return
+        if call.srtp is not None:
+            try:
+                data = call.srtp.unprotect(data)
+            except SrtpError:
+                return  # forged, replayed or not SRTP: as if it never came
         call.last_rtp_at = now
         if len(data) >= 12 and data[0] >> 6 == 2:
             seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
@@ -335,11 +350,13 @@ class CallTable:
         call = self.calls.get(call_id)
         if call is None:
             return
-        call.rtcp_remote = addr
         try:
+            if call.srtp is not None:
+                data = call.srtp.unprotect_rtcp(data)
             reports = parse_compound(data)
-        except RtcpError:
-            return
+        except (RtcpError, SrtpError):
+            return  # (a forged packet does not move where our reports go)
+        call.rtcp_remote = addr
         for report in reports:
             for block in report.blocks:
                 if call.sender is not None and block.ssrc == call.sender.ssrc:
@@ -434,11 +451,16 @@ class CallTable:
         offer = ev.offer
         if offer is not None:
             try:
-                media, index = negotiate(offer, [call.info.codec])  # the call keeps its codec
+                media, index = self._negotiate(offer, [call.info.codec])  # the call keeps its codec
+                if bool(media.crypto) != (call.srtp is not None):
+                    raise SdpError("a re-offer may not switch between RTP and SRTP")
             except SdpError as exc:
                 log.info("call %s: re-offer refused: %s", ev.call_id, exc)
                 self.ua.reject_update(ev.call_id, 488, now)
                 return
+            theirs = choose_crypto(list(media.crypto)) if media.crypto else None
+            if call.srtp is not None and theirs is not None:
+                call.srtp = call.srtp.rekeyed(theirs)  # a new key of theirs: a new inbound session
             call.media = media
             call.rtp_source = None  # the caller may have moved: latch again on its next packet
             if call.sender is not None:
@@ -447,11 +469,15 @@ class CallTable:
         call.sdp_version += 1
         if offer is None:  # no offer in the re-INVITE: ours is the current session
             offer = call.incoming.offer
-            media, index = negotiate(offer, [call.info.codec])
+            media, index = self._negotiate(offer, [call.info.codec])
         sdp = build_answer(offer, media, index, self.settings.advertised_host, call.local_port, call.session_id,
-                           call.sdp_version)
+                           call.sdp_version, crypto=call.crypto)
         self.ua.answer_update(ev.call_id, sdp, now)
         self._arm_session(call, self.ua.session_expires(ev.call_id), now)
+
+    def _negotiate(self, offer: SessionDescription, codecs: list[str]) -> tuple[NegotiatedAudio, int]:
+        """The offer's audio stream under our codec list and SRTP mode (raises SdpError)."""
+        return negotiate(offer, codecs, self.settings.srtp, frozenset(SRTP_SUITES))
 
     def _digit(self, call: Call, digit: DtmfDigit) -> None:
         call.digits.append(digit)
@@ -474,6 +500,8 @@ class CallTable:
         packet = sr.serialize() + sdes_cname(sender.ssrc, f"sip-tts@{self.settings.advertised_host}")
         if final:
             packet += rtcp_bye(sender.ssrc)
+        if call.srtp is not None:
+            packet = call.srtp.protect_rtcp(packet)
         return SendRtcp(call, packet, call.rtcp_remote or (call.remote[0], call.remote[1] + 1))
 
     def _send_rtcp(self, call: Call, now: float) -> None:

@@ -14,6 +14,7 @@ from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from media import SAMPLE_RATE, silence
 
+from .addresses import for_v6_socket
 from .call import CallHandle
 from .calls import Action, Answered, BargeIn, Bind, Call, CallTable, Digit, Ended, Produce, Release, SendRtcp, StartSending
 from .rtp.pacer import PacerClock, RtpSender
@@ -49,6 +50,7 @@ class MediaIO:
         self.table, self.clock, self.loop = table, clock, loop
         self.listen_host, self.dscp, self.hangup_after_prompt_ms = listen_host, dscp, hangup_after_prompt_ms
         self.hooks = hooks
+        self.v6 = ":" in listen_host  # IPv6 sockets (dual stack on "::"): IPv4 peers as ::ffff:a.b.c.d
         self.pump = pump  # the server's: after an I/O result, the cores' new output goes out
         self._io: dict[str, _CallIO] = {}
 
@@ -69,8 +71,7 @@ class MediaIO:
             transport = io.rtp
             assert transport is not None
             sender = RtpSender(payload_type=call.media.payload_type, codec=call.info.codec, queue=call.queue,
-                               send=lambda data: transport.sendto(data, call.remote),  # remote may move (re-INVITE)
-                               on_done=lambda: self._prompt_done(call_id))
+                               send=self._rtp_send(call, transport), on_done=lambda: self._prompt_done(call_id))
             self.table.sending(call_id, sender)
             self.clock.add(sender)
         elif isinstance(action, Digit):
@@ -97,6 +98,16 @@ class MediaIO:
             if self.hooks is not None:
                 self.hooks.call_ended(call, action.reason)
 
+    def _rtp_send(self, call: Call, transport: asyncio.DatagramTransport) -> Callable[[bytes], None]:
+        """The sender's output: to where the call's remote is now (it may move: re-INVITE, latching),
+        through the call's SRTP session when it has one (a re-offer may rekey it: read at each packet)."""
+        if self.v6:
+            return lambda data: transport.sendto(call.srtp.protect(data) if call.srtp is not None else data,
+                                                 for_v6_socket(call.remote))
+        if call.srtp is not None:
+            return lambda data: transport.sendto(call.srtp.protect(data), call.remote)  # type: ignore[union-attr]
+        return lambda data: transport.sendto(data, call.remote)
+
     def _prompt_done(self, call_id: str) -> None:
         call = self.table.calls.get(call_id)
         if call is not None:
@@ -108,7 +119,7 @@ class MediaIO:
         io = self._io.get(report.call.info.call_id)
         if io is not None and io.rtcp is not None:
             try:
-                io.rtcp.sendto(report.data, report.addr)
+                io.rtcp.sendto(report.data, for_v6_socket(report.addr) if self.v6 else report.addr)
             except OSError:
                 pass
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 from structlog.contextvars import bound_contextvars
 
+from .addresses import for_v6_socket
 from .admission import Admission, AdmissionPolicy
 from .call import Router
 from .calls import Call, CallSettings, CallTable
@@ -26,6 +27,7 @@ from .sip.auth import DigestAuthenticator
 from .sip.registration import Registration, RegistrationConfig
 from .sip.uri import SipUri
 from .sip.useragent import UserAgent, UserAgentConfig
+from .tls import TlsSettings, start_listener as start_tls_listener
 from .transports import SipDatagrams, TcpConnections
 
 log = logging.getLogger("telephony.server")
@@ -49,6 +51,7 @@ class ServerSettings:
     admission: AdmissionPolicy | None = None
     authenticator: DigestAuthenticator | None = None
     registration: RegistrationConfig | None = None
+    tls: TlsSettings | None = None  # set: also listen for SIP over TLS (telephony/tls.py)
 
 
 class SipServer:
@@ -69,6 +72,7 @@ class SipServer:
         self._media: MediaIO | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._poller: asyncio.TimerHandle | None = None
+        self._v6 = ":" in settings.listen_host  # IPv6 sockets: IPv4 peers as ::ffff:a.b.c.d
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -80,7 +84,13 @@ class SipServer:
         port = self._udp.get_extra_info("sockname")[1]
         if s.tcp:
             await self._tcp.listen(loop, s.listen_host, port, s.tcp_idle_timeout, self._now, self._call_sources)
-        self.ua = UserAgent(UserAgentConfig(s.calls.advertised_host, port, s.user_agent), max_calls=s.calls.max_calls)
+        tls_port = None
+        if s.tls is not None:
+            tls_port = s.tls.port = await start_tls_listener(self._tcp, s.tls, loop, s.tcp_idle_timeout, self._now,
+                                                             self._call_sources)
+            log.info("listening on tls %s:%d", s.tls.host, tls_port)
+        self.ua = UserAgent(UserAgentConfig(s.calls.advertised_host, port, s.user_agent, tls_port=tls_port),
+                            max_calls=s.calls.max_calls)
         if s.admission is not None:
             self.ua.admission = Admission(s.admission)
         self.ua.authenticator = s.authenticator
@@ -192,8 +202,8 @@ class SipServer:
                     table.sip_event(event, self._now())
         for data, addr, transport in ua.messages_to_send():
             try:
-                if not (transport == "TCP" and self._tcp.write(addr, data)) and self._udp is not None:
-                    self._udp.sendto(data, addr)
+                if not (transport != "UDP" and self._tcp.write(addr, data)) and self._udp is not None:
+                    self._udp.sendto(data, for_v6_socket(addr) if self._v6 else addr)
             except OSError as exc:
                 log.warning("SIP send to %s failed: %s", addr, exc)
         whens = [w for w in (ua.get_timer(), table.get_timer()) if w is not None]

@@ -1,7 +1,9 @@
-"""asyncio protocols for SIP over UDP and TCP and for a call's RTP/RTCP sockets.
+"""asyncio protocols for SIP over UDP, TCP and TLS and for a call's RTP/RTCP sockets.
 
-They only move bytes: a SIP message (a datagram, or one framed out of a TCP stream) goes to
-the server's ``on_message(data, addr, transport)``; a call socket's datagrams go to its callback.
+They only move bytes: a SIP message (a datagram, or one framed out of a TCP or TLS stream) goes
+to the server's ``on_message(data, addr, transport)``; a call socket's datagrams go to its callback.
+TCP and TLS connections share one table (keyed by the peer's address), so a response or our BYE
+goes back on the connection the request came in on, whichever the transport.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import Callable
 
 from .sip.message import SipParseError, frame_length
@@ -43,11 +46,17 @@ class CallSocket(asyncio.DatagramProtocol):
         pass  # ICMP port unreachable while the caller is gone: nothing to do
 
 
-class TcpConnection(asyncio.Protocol):
-    """One SIP-over-TCP connection: messages framed by Content-Length (RFC 3261 §18.3)."""
+def stream_host(host: str) -> str | None:
+    """asyncio binds "::" IPv6-only; None binds every address of both families (dual stack, as UDP on "::")."""
+    return None if host == "::" else host
 
-    def __init__(self, owner: "TcpConnections") -> None:
+
+class TcpConnection(asyncio.Protocol):
+    """One SIP-over-TCP (or TLS) connection: messages framed by Content-Length (RFC 3261 §18.3)."""
+
+    def __init__(self, owner: "TcpConnections", label: str = "TCP") -> None:
         self.owner = owner
+        self.label = label  # the transport the UA is told: "TCP" or "TLS"
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
@@ -67,6 +76,11 @@ class TcpConnection(asyncio.Protocol):
             try:
                 n = frame_length(bytes(self.buffer))
             except SipParseError:
+                # A framing error cannot be recovered on a stream (RFC 4475 §3.1.2.3, §3.3.9): the
+                # UA answers what it can of it (400), then the connection closes.
+                message = bytes(self.buffer)
+                self.buffer.clear()
+                self.owner.on_message(message, self.peer, self.label)
                 self._close("unframeable data")
                 return
             if n is None:
@@ -75,10 +89,10 @@ class TcpConnection(asyncio.Protocol):
                 return
             message = bytes(self.buffer[:n])
             del self.buffer[:n]
-            self.owner.on_message(message, self.peer, "TCP")
+            self.owner.on_message(message, self.peer, self.label)
 
     def _close(self, why: str) -> None:
-        log.info("closing TCP connection from %s: %s", self.peer, why)
+        log.info("closing %s connection from %s: %s", self.label, self.peer, why)
         self.buffer.clear()
         assert self.transport is not None
         self.transport.close()
@@ -88,8 +102,8 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpConnections:
-    """The TCP listener and its connections: a per-source cap, and idle ones closed unless a call
-    still needs them (for its BYE)."""
+    """The TCP (and TLS) listeners and their connections: a per-source cap, and idle ones closed
+    unless a call still needs them (for its BYE)."""
 
     def __init__(self, max_per_source: int, max_message_bytes: int, on_message: OnMessage) -> None:
         self.max_per_source = max_per_source
@@ -97,20 +111,32 @@ class TcpConnections:
         self.on_message = on_message
         self.now: Callable[[], float] = lambda: 0.0
         self._conns: dict[Address, TcpConnection] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, loop: asyncio.AbstractEventLoop, host: str, port: int, idle_timeout: float,
-                     now: Callable[[], float], in_use: Callable[[], set[Address]]) -> None:
+                     now: Callable[[], float], in_use: Callable[[], set[Address]], label: str = "TCP",
+                     ssl_context: ssl.SSLContext | None = None, handshake_timeout: float | None = None) -> int:
+        """Listen on ``host:port`` ("::": both families); returns the port. ``ssl_context``: TLS
+        (``label`` "TLS"), a failed handshake closing only that connection."""
         self.now = now
-        self._server = await loop.create_server(lambda: TcpConnection(self), host, port, reuse_address=True)
+        server = await loop.create_server(lambda: TcpConnection(self, label), stream_host(host), port,
+                                          reuse_address=True, ssl=ssl_context,
+                                          ssl_handshake_timeout=handshake_timeout if ssl_context else None)
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweep(loop, idle_timeout, in_use)
+        return server.sockets[0].getsockname()[1]
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, idle_timeout: float, in_use: Callable[[], set[Address]]) -> None:
+        """Every few seconds: close connections idle for ``idle_timeout`` that carry no call."""
 
         def sweep() -> None:
-            t = now()
+            t = self.now()
             busy = in_use()
             for peer, conn in list(self._conns.items()):
                 if t - conn.last_activity > idle_timeout and peer not in busy:
-                    log.info("closing idle TCP connection from %s", peer)
+                    log.info("closing idle %s connection from %s", conn.label, peer)
                     if conn.transport is not None:
                         conn.transport.close()
             self._sweeper = loop.call_later(SWEEP_INTERVAL, sweep)
@@ -120,7 +146,7 @@ class TcpConnections:
     def register(self, conn: TcpConnection) -> bool:
         same_source = sum(1 for peer in self._conns if peer[0] == conn.peer[0])
         if same_source >= self.max_per_source:
-            log.warning("refused TCP connection from %s: %d already open", conn.peer[0], same_source)
+            log.warning("refused %s connection from %s: %d already open", conn.label, conn.peer[0], same_source)
             return False
         self._conns[conn.peer] = conn
         return True
@@ -140,11 +166,11 @@ class TcpConnections:
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
-            for conn in list(self._conns.values()):
-                if conn.transport is not None:
-                    conn.transport.close()
+        for server in self._servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
 
 
 def bind_udp(host: str, port: int, dscp: int) -> socket.socket | None:

@@ -62,10 +62,14 @@ def test_body_shorter_than_content_length_is_an_error_that_can_be_answered():
     assert exc.value.request_method == "INVITE"
 
 
-def test_missing_call_id_cannot_be_answered():
+def test_missing_call_id_is_still_answered_400():
+    """RFC 4475 §3.3.1 (insuf): a request without Call-ID/From/To ideally gets 400; Via and CSeq suffice."""
     data = invite().replace(b"Call-ID: call-1\r\n", b"")
     with pytest.raises(SipParseError) as exc:
         parse_message(data)
+    assert exc.value.can_respond and exc.value.status == 400
+    with pytest.raises(SipParseError) as exc:
+        parse_message(invite().replace(b"CSeq: 1 INVITE\r\n", b""))
     assert not exc.value.can_respond
 
 

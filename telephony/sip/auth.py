@@ -4,7 +4,9 @@ Sans-IO. Nonces are stateless: ``time.random.hmac`` signed with a per-process
 secret, so any nonce we issued can be checked without storing it and expires
 after ``nonce_ttl`` (an expired one gets a fresh challenge with ``stale=true``).
 Replays are refused: with qop=auth every use of a nonce must carry a larger
-nonce-count (nc) than the last one we accepted for that nonce.
+nonce-count (nc) than the last one we accepted for that nonce. Wrong answers are
+counted by ``lockout`` (see lockout.py); an unknown username is checked against a
+dummy password, so it costs and answers exactly as a known one with a wrong password.
 """
 
 from __future__ import annotations
@@ -14,8 +16,20 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from typing import Literal
 
+from .lockout import Lockout
 from .message import Request, split_commas
+
+Outcome = Literal["ok", "stale", "missing", "failed"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the credentials of a request amount to; ``username`` is what the request claimed."""
+
+    outcome: Outcome
+    username: str = ""
 
 ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
 
@@ -52,7 +66,10 @@ class DigestAuthenticator:
     users: dict[str, str]  # username → password
     algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     nonce_ttl: float = 300.0
+    lockout: Lockout | None = None  # set: sources guessing passwords are locked out
+    lockout_silent: bool = False  # locked-out sources get no answer (else 403)
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _dummy: str = field(default_factory=lambda: secrets.token_hex(16))  # the password of unknown users
     _nc_seen: dict[str, int] = field(default_factory=dict)  # nonce → highest nc accepted
 
     def _sign(self, stamp: str, salt: str) -> str:
@@ -86,6 +103,11 @@ class DigestAuthenticator:
 
     def check(self, req: Request, now: float) -> tuple[bool, bool]:
         """(authorised, stale): stale means a well-formed answer to an expired nonce."""
+        verdict = self.judge(req, now)
+        return verdict.outcome == "ok", verdict.outcome == "stale"
+
+    def judge(self, req: Request, now: float) -> Verdict:
+        """ok, stale (right answer, expired nonce), missing (no credentials for our realm) or failed."""
         for value in req.headers.get_all("Authorization"):
             try:
                 p = parse_digest(value)
@@ -93,33 +115,33 @@ class DigestAuthenticator:
                 continue
             if p.get("realm") != self.realm:
                 continue
+            username = p.get("username", "")
             algorithm = p.get("algorithm", "MD5").upper()
-            if algorithm not in self.algorithms or p.get("username") not in self.users:
-                return False, False
             nonce = p.get("nonce", "")
-            age = self._nonce_age(nonce, now)
-            if age is None or age < -5:
-                return False, False
             qop, nc, cnonce = p.get("qop", ""), p.get("nc", ""), p.get("cnonce", "")
-            if qop != "auth" or not cnonce or len(nc) != 8:
-                return False, False
+            known = username in self.users
+            # The digest is computed for every answer, known user or not: same cost, same outcome.
+            expected = digest_response(algorithm if algorithm in ALGORITHMS else "MD5", username, self.realm,
+                                       self.users[username] if known else self._dummy,
+                                       req.method, p.get("uri", ""), nonce, nc, cnonce, qop)
+            right = hmac.compare_digest(expected, p.get("response", "")) and known
+            age = self._nonce_age(nonce, now)
             try:
                 count = int(nc, 16)
             except ValueError:
-                return False, False
-            expected = digest_response(algorithm, p["username"], self.realm, self.users[p["username"]],
-                                       req.method, p.get("uri", ""), nonce, nc, cnonce, qop)
-            if not hmac.compare_digest(expected, p.get("response", "")):
-                return False, False
+                count = -1
+            if (not right or algorithm not in self.algorithms or age is None or age < -5 or qop != "auth"
+                    or not cnonce or len(nc) != 8 or count < 0):
+                return Verdict("failed", username)
             if age > self.nonce_ttl:
-                return False, True
+                return Verdict("stale", username)
             if count <= self._nc_seen.get(nonce, 0):
-                return False, False  # a replayed nonce-count
+                return Verdict("failed", username)  # a replayed nonce-count
             self._nc_seen[nonce] = count
             if len(self._nc_seen) > 50000:
                 self._prune(now)
-            return True, False
-        return False, False
+            return Verdict("ok", username)
+        return Verdict("missing")
 
     def _prune(self, now: float) -> None:
         self._nc_seen = {n: c for n, c in self._nc_seen.items()

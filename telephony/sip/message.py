@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from . import grammar
+
 SIP_VERSION = "SIP/2.0"
 
 # RFC 3261 §7.3.3 and the IANA registry of compact forms.
@@ -56,16 +58,50 @@ RESPONSE_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _STATUS_LINE = re.compile(r"^SIP/2\.0 ([1-6][0-9]{2})(?: (.*))?$", re.IGNORECASE)
+# Method SP Request-URI SP SIP-Version, exactly one SP each (RFC 3261 §7.1, RFC 4475 §3.1.2.9/10)
+_REQUEST_LINE = re.compile(r"^(\S+) (\S+) (SIP/\d+\.\d+)$", re.IGNORECASE)
+# Methods of the IANA registry: a request whose CSeq names another method than one of these is
+# an unknown method first (501, RFC 4475 §3.1.2.18), a mismatch only for a known one (400).
+KNOWN_METHODS = frozenset((
+    "ACK", "BYE", "CANCEL", "INFO", "INVITE", "MESSAGE", "NOTIFY", "OPTIONS", "PRACK", "PUBLISH",
+    "REFER", "REGISTER", "SUBSCRIBE", "UPDATE",
+))
+# Header fields that appear at most once (RFC 3261 §7.3.1, RFC 4475 §3.3.8)
+SINGLE_HEADERS = ("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Type")
+# Header fields whose values are name-addr / addr-spec (checked by grammar.check_name_addr)
+_ADDRESS_HEADERS = ("From", "To", "Contact", "Route", "Record-Route", "Reply-To")
 
+# The reason phrases of RFC 3261 §21 and of the RFCs that added codes (IANA "SIP Response Codes").
 REASON_PHRASES = {
-    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
-    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
-    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
-    491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented",
-    503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large",
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
+    199: "Early Dialog Terminated", 200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    417: "Unknown Resource-Priority", 420: "Bad Extension", 421: "Extension Required",
+    422: "Session Interval Too Small", 423: "Interval Too Brief", 428: "Use Identity Header",
+    429: "Provide Referrer Identity", 433: "Anonymity Disallowed", 436: "Bad Identity-Info",
+    437: "Unsupported Certificate", 438: "Invalid Identity Header", 439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded", 469: "Bad Info Package", 470: "Consent Needed",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
+    483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 494: "Security Agreement Required",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
+    555: "Push Notification Service Not Supported", 580: "Precondition Failure",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    607: "Unwanted", 608: "Rejected",
 }
+
+
+# For a code missing from the table: the phrase of its class's x00 code (RFC 3261 §21: an unknown
+# code is treated as x00 of its class), never a made-up word.
+_CLASS_PHRASES = {1: "Trying", 2: "OK", 3: "Multiple Choices", 4: "Bad Request", 5: "Server Internal Error",
+                  6: "Busy Everywhere"}
 
 
 class SipParseError(ValueError):
@@ -75,24 +111,30 @@ class SipParseError(ValueError):
     caller can answer ``400 Bad Request`` when the request is identifiable.
     """
 
-    def __init__(self, reason: str, start_line: str = "", headers: "Headers | None" = None):
+    def __init__(self, reason: str, start_line: str = "", headers: "Headers | None" = None, status: int = 400):
         super().__init__(reason)
         self.reason = reason
         self.start_line = start_line
         self.headers = headers if headers is not None else Headers()
+        self.status = status  # the answer: 400, 505 (version), 501 (unknown method, CSeq mismatch)
 
     @property
     def request_method(self) -> str | None:
-        parts = self.start_line.split(" ")
-        if len(parts) == 3 and parts[2].upper() == SIP_VERSION and _TOKEN.match(parts[0]):
-            return parts[0]
-        return None
+        """The method of a start line that is a request's, however malformed the rest of it."""
+        method = self.start_line.split(" ", 1)[0]
+        if method.upper().startswith("SIP/") or not _TOKEN.match(method) or " " not in self.start_line:
+            return None
+        return method
 
     @property
     def can_respond(self) -> bool:
-        """True when a 400 can be formed: a request with the headers a response copies."""
+        """True when an error response can be formed: a request (not ACK) with a Via and a CSeq.
+
+        From, To and Call-ID are copied when present: RFC 4475 §3.3.1 (insuf) wants a 400
+        even for a request that lacks them.
+        """
         return self.request_method is not None and self.request_method != "ACK" and all(
-            self.headers.get(h) for h in RESPONSE_HEADERS
+            self.headers.get(h) for h in ("Via", "CSeq")
         )
 
 
@@ -222,7 +264,7 @@ class Response(_Fields):
     body: bytes = b""
 
     def serialize(self) -> bytes:
-        reason = self.reason or REASON_PHRASES.get(self.status, "Unknown")
+        reason = self.reason or REASON_PHRASES.get(self.status) or _CLASS_PHRASES[self.status // 100]
         return _serialize(f"{SIP_VERSION} {self.status} {reason}", self.headers, self.body)
 
 
@@ -285,7 +327,7 @@ def parse_message(data: bytes, max_headers: int = 0) -> Message:
     except UnicodeDecodeError:
         raise SipParseError("header section is not UTF-8") from None
     lines = _unfold(head)
-    start_line = lines[0].strip()
+    start_line = lines[0]
     headers = Headers()
     too_many = bool(max_headers) and len(lines) - 1 > max_headers
     for line in lines[1:]:
@@ -309,29 +351,36 @@ def parse_message(data: bytes, max_headers: int = 0) -> Message:
     if status:
         msg = Response(int(status.group(1)), status.group(2) or "", headers)
     else:
-        parts = start_line.split(" ")
-        if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1]:
+        req = _REQUEST_LINE.match(start_line)
+        if req is None or not _TOKEN.fullmatch(req.group(1)):
             raise SipParseError(f"malformed start line {start_line[:60]!r}", start_line, headers)
-        if parts[2].upper() != SIP_VERSION:
-            raise SipParseError(f"unsupported version {parts[2]!r}", start_line, headers)
-        if ":" not in parts[1]:
-            raise SipParseError(f"malformed Request-URI {parts[1]!r}", start_line, headers)
-        msg = Request(parts[0], parts[1], headers)
+        method, uri, version = req.groups()
+        if version.upper() != SIP_VERSION:
+            raise SipParseError(f"unsupported version {version!r}", start_line, headers, status=505)
+        _check_request_uri(uri, start_line, headers)
+        msg = Request(method, uri, headers)
 
+    grouped: dict[str, list[str]] = {}  # canonical name → values, built once (not a scan per lookup)
+    for name, value in headers.items:
+        grouped.setdefault(name, []).append(value)
     for name in RESPONSE_HEADERS:
-        values = headers.get_all(name)
-        if not values:
+        if name not in grouped:
             raise SipParseError(f"missing {name}", start_line, headers)
-        if name != "Via" and len(values) > 1:
+    for name in SINGLE_HEADERS:
+        if len(grouped.get(name, ())) > 1:
             raise SipParseError(f"more than one {name}", start_line, headers)
     try:
-        _, cseq_method = parse_cseq(headers.get("CSeq") or "")
+        _, cseq_method = parse_cseq(grouped["CSeq"][0])
     except ValueError as exc:
         raise SipParseError(str(exc), start_line, headers) from None
     if isinstance(msg, Request) and cseq_method != msg.method:
-        raise SipParseError("CSeq method does not match the request method", start_line, headers)
+        unknown = msg.method.upper() not in KNOWN_METHODS
+        raise SipParseError("CSeq method does not match the request method", start_line, headers,
+                            status=501 if unknown else 400)
+    if isinstance(msg, Request):
+        _check_request_headers(headers, grouped, start_line)
 
-    length_values = headers.get_all("Content-Length")
+    length_values = grouped.get("Content-Length", [])
     if length_values:
         if len(set(length_values)) > 1 or not length_values[0].isdigit():
             raise SipParseError(f"bad Content-Length {length_values!r}", start_line, headers)
@@ -341,11 +390,35 @@ def parse_message(data: bytes, max_headers: int = 0) -> Message:
         msg.body = rest[:length]
     else:
         msg.body = rest  # UDP: the datagram ends the message (RFC 3261 §18.3)
-    if isinstance(msg, Request) and msg.method == "INVITE":
-        mf = headers.get("Max-Forwards")
-        if mf is not None and not mf.isdigit():
-            raise SipParseError(f"bad Max-Forwards {mf!r}", start_line, headers)
     return msg
+
+
+def _check_request_uri(uri: str, start_line: str, headers: "Headers") -> None:
+    """A Request-URI is a bare URI; a SIP one carries no escaped headers (RFC 3261 §19.1.1 table 1)."""
+    try:
+        grammar.check_uri(uri, in_brackets=True)
+    except ValueError as exc:
+        raise SipParseError(f"malformed Request-URI: {exc}", start_line, headers) from None
+    scheme, _, rest = uri.partition(":")
+    if scheme.lower() in ("sip", "sips") and "?" in rest.rpartition("@")[2]:
+        raise SipParseError("headers are not allowed in a Request-URI", start_line, headers)
+
+
+def _check_request_headers(headers: "Headers", grouped: dict[str, list[str]], start_line: str) -> None:
+    """The grammar of the headers a UAS acts on: addresses, Via, Max-Forwards, Date."""
+    try:
+        for name in _ADDRESS_HEADERS:
+            for value in grouped.get(name, ()):
+                grammar.check_name_addr(value, star_ok=name == "Contact")
+        for value in grouped.get("Via", ()):
+            grammar.check_via(value)
+        for mf in grouped.get("Max-Forwards", ()):
+            if not mf.isdigit():
+                raise ValueError(f"bad Max-Forwards {mf[:20]!r}")
+        for date in grouped.get("Date", ()):
+            grammar.check_date(date)
+    except ValueError as exc:
+        raise SipParseError(str(exc), start_line, headers) from None
 
 
 def frame_length(buffer: bytes) -> int | None:
@@ -360,14 +433,17 @@ def frame_length(buffer: bytes) -> int | None:
     if idx < 0:
         return None
     head = stripped[:idx].decode("utf-8", "replace")
-    length = 0
+    lengths: set[int] = set()
     for line in _unfold(head)[1:]:
         name, _, value = line.partition(":")
         if canonical_name(name.strip()) == "Content-Length":
             value = value.strip()
             if not value.isdigit():
                 raise SipParseError("bad Content-Length in stream")
-            length = int(value)
+            lengths.add(int(value))
+    if len(lengths) > 1:  # which one frames the message is unknowable (RFC 4475 §3.3.9)
+        raise SipParseError("conflicting Content-Length values in stream")
+    length = lengths.pop() if lengths else 0
     total = offset + idx + 4 + length
     return total if len(buffer) >= total else None
 
@@ -390,11 +466,21 @@ def response_for(request: Request, status: int, reason: str = "", to_tag: str | 
     return Response(status, reason or REASON_PHRASES.get(status, ""), headers, body)
 
 
-def response_for_error(err: SipParseError, status: int = 400) -> Response:
-    """A 400 for a request that failed to parse but can still be answered."""
+def response_for_error(err: SipParseError, status: int | None = None,
+                       extra: Iterable[tuple[str, str]] = ()) -> Response:
+    """The error response (``err.status`` unless given) to a request that failed to parse.
+
+    Copies every Via and the first From, To, Call-ID and CSeq there are (a request may lack
+    some, RFC 4475 §3.3.1, or repeat them, §3.3.8).
+    """
+    status = err.status if status is None else status
     headers = Headers()
     for name in RESPONSE_HEADERS:
-        for value in err.headers.get_all(name):
+        values = err.headers.get_all(name)
+        for value in values if name == "Via" else values[:1]:
             headers.add(name, value)
-    reason = "Bad Request - " + re.sub(r"[\r\n]", " ", err.reason)[:80]
+    for name, value in extra:
+        headers.add(name, value)
+    detail = re.sub(r"[\x00-\x1f\x7f]", " ", err.reason)[:80]
+    reason = f"{REASON_PHRASES.get(status, 'Bad Request')} - {detail}" if status == 400 else REASON_PHRASES[status]
     return Response(status, reason, headers)

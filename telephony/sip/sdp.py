@@ -30,6 +30,7 @@ class MediaLine:
     direction: str = "sendrecv"
     connection: str | None = None
     ptime: int | None = None
+    crypto: list[str] = field(default_factory=list)  # a=crypto values (SDES, RFC 4568)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class NegotiatedAudio:
     payload_type: int
     dtmf_payload_type: int | None
     direction: str  # the direction of the offer's audio stream, from the caller's side
+    proto: str = "RTP/AVP"  # RTP/SAVP(F): SRTP with one of ``crypto``
+    crypto: tuple[str, ...] = ()  # the offer's a=crypto values on the chosen stream
 
 
 def parse_sdp(body: bytes) -> SessionDescription:
@@ -105,6 +108,8 @@ def parse_sdp(body: bytes) -> SessionDescription:
                     current.fmtp[int(pt)] = params.strip()
             elif name == "ptime" and arg.strip().isdigit():
                 current.ptime = int(arg.strip())
+            elif name == "crypto":
+                current.crypto.append(arg.strip())
     if not media:
         raise SdpError("no m= line")
     return SessionDescription(origin, session_conn, media)
@@ -119,14 +124,29 @@ def _codec_of(line: MediaLine, pt: int) -> tuple[str, int] | None:
     return None
 
 
-def negotiate(offer: SessionDescription, preference: list[str]) -> tuple[NegotiatedAudio, int]:
+PLAIN = ("RTP/AVP", "RTP/AVPF")
+SECURE = ("RTP/SAVP", "RTP/SAVPF")
+
+
+def negotiate(offer: SessionDescription, preference: list[str], srtp: str = "off",
+              suites: frozenset[str] = frozenset()) -> tuple[NegotiatedAudio, int]:
     """Pick the audio stream and codec; returns the choice and the m-line index.
 
     ``preference`` orders our codecs (e.g. ``["PCMA", "PCMU"]``); the first one
-    the offer contains wins. Raises SdpError when no G.711 codec is offered.
+    the offer contains wins. ``srtp``: "off" takes only RTP/AVP streams, "optional"
+    either, "required" only RTP/SAVP streams with an a=crypto of one of ``suites``.
+    Raises SdpError when nothing acceptable is offered.
     """
+    def usable(line: MediaLine) -> bool:
+        proto = line.proto.upper()
+        if proto in PLAIN:
+            return srtp != "required"
+        if proto in SECURE and srtp != "off":
+            return any(len(c.split()) > 1 and c.split()[1].upper() in suites for c in line.crypto)
+        return False
+
     for index, line in enumerate(offer.media):
-        if line.media != "audio" or line.port == 0 or line.proto.upper() not in ("RTP/AVP", "RTP/AVPF"):
+        if line.media != "audio" or line.port == 0 or not usable(line):
             continue
         offered: dict[str, int] = {}
         dtmf: int | None = None
@@ -148,7 +168,11 @@ def negotiate(offer: SessionDescription, preference: list[str]) -> tuple[Negotia
                     raise SdpError("no c= line for the audio stream")
                 # c=0.0.0.0 is the RFC 2543 way to say "hold"
                 direction = "inactive" if host in ("0.0.0.0", "::") else line.direction
-                return NegotiatedAudio(host, line.port, name, offered[name], dtmf, direction), index
+                secure = line.proto.upper() in SECURE
+                return NegotiatedAudio(host, line.port, name, offered[name], dtmf, direction, line.proto.upper(),
+                                       tuple(line.crypto) if secure else ()), index
+    if srtp == "required":
+        raise SdpError("SRTP required: no RTP/SAVP audio stream with a usable a=crypto offered")
     raise SdpError("no G.711 (PCMU/PCMA) audio stream offered")
 
 
@@ -156,8 +180,8 @@ _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly":
 
 
 def build_answer(offer: SessionDescription, chosen: NegotiatedAudio, index: int, address: str,
-                 port: int, session_id: int, version: int = 1) -> bytes:
-    """The SDP answer: our address and port, the chosen codec and telephone-event."""
+                 port: int, session_id: int, version: int = 1, crypto: str | None = None) -> bytes:
+    """The SDP answer: our address and port, the chosen codec and telephone-event (and our SDES key)."""
     ip_kind = "IP6" if ":" in address else "IP4"
     lines = [
         "v=0",
@@ -173,11 +197,13 @@ def build_answer(offer: SessionDescription, chosen: NegotiatedAudio, index: int,
         fmts = [str(chosen.payload_type)]
         if chosen.dtmf_payload_type is not None:
             fmts.append(str(chosen.dtmf_payload_type))
-        lines.append(f"m=audio {port} RTP/AVP {' '.join(fmts)}")
+        lines.append(f"m=audio {port} {chosen.proto} {' '.join(fmts)}")
         lines.append(f"a=rtpmap:{chosen.payload_type} {chosen.codec}/8000")
         if chosen.dtmf_payload_type is not None:
             lines.append(f"a=rtpmap:{chosen.dtmf_payload_type} telephone-event/8000")
             lines.append(f"a=fmtp:{chosen.dtmf_payload_type} 0-16")
         lines.append("a=ptime:20")
+        if crypto is not None:
+            lines.append(f"a=crypto:{crypto}")
         lines.append(f"a={_ANSWER_DIRECTION.get(chosen.direction, 'sendrecv')}")
     return ("\r\n".join(lines) + "\r\n").encode()

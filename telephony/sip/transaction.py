@@ -71,6 +71,7 @@ class _Transaction:
     timers: dict[Input, float] = field(default_factory=dict)
     last_response: bytes | None = None
     retransmit_interval: float = T1
+    reliable: bool = False  # TCP/TLS: no retransmission of non-2xx, Timers I and J are 0 (§17.2)
 
     TABLE: ClassVar[dict[State, dict[Input, Handler]]] = {}
 
@@ -123,7 +124,10 @@ class InviteServerTransaction(_Transaction):
         self._send(data)
         self.state = state
         self.retransmit_interval = T1
-        self.timers[Input.TIMER_G] = now + T1
+        # A 2xx is retransmitted over any transport (§13.3.1.4: it must cross proxies end to end),
+        # a non-2xx only over an unreliable one (§17.2.1, Timer G).
+        if state is State.ACCEPTED or not self.reliable:
+            self.timers[Input.TIMER_G] = now + T1
         self.timers[Input.TIMER_H] = now + 64 * T1
         return []
 
@@ -157,7 +161,7 @@ class InviteServerTransaction(_Transaction):
     def _completed_ack(self, now: float, data: bytes | None) -> list[TuEvent]:
         self.state = State.CONFIRMED
         self.timers.clear()
-        self.timers[Input.TIMER_I] = now + T4
+        self.timers[Input.TIMER_I] = now + (0.0 if self.reliable else T4)
         return [TuEvent.ACK_RECEIVED]
 
     def _confirmed_done(self, now: float, data: bytes | None) -> list[TuEvent]:
@@ -205,7 +209,7 @@ class NonInviteServerTransaction(_Transaction):
         self.last_response = data
         self._send(data)
         self.state = State.COMPLETED
-        self.timers[Input.TIMER_J] = now + 64 * T1
+        self.timers[Input.TIMER_J] = now + (0.0 if self.reliable else 64 * T1)
         return []
 
     def _done(self, now: float, data: bytes | None) -> list[TuEvent]:

@@ -6,7 +6,10 @@ send to, and header parameters such as ``tag``, ``branch`` and ``rport``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+_VIA_PROTOCOL = re.compile(r"SIP\s*/\s*2\.0\s*/\s*([^\s/;]+)\s+(.*)$", re.IGNORECASE | re.DOTALL)
 
 
 def _parse_params(text: str) -> dict[str, str | None]:
@@ -65,10 +68,11 @@ class SipUri:
         scheme = scheme.lower()
         if not sep or scheme not in ("sip", "sips"):
             raise ValueError(f"not a SIP URI: {text!r}")
-        rest, _, headers = rest.partition("?")
         user: str | None = None
-        if "@" in rest:
+        if "@" in rest:  # the user part may hold '?' and ';' (RFC 4475 §3.1.1.2, §3.1.1.9)
             user, _, rest = rest.rpartition("@")
+        rest, _, headers = rest.partition("?")
+        if user is not None:
             user = user.partition(":")[0]  # drop a password
         hostport, _, params = rest.partition(";")
         host, port = split_hostport(hostport)
@@ -142,11 +146,12 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> "Via":
-        proto, _, rest = text.strip().partition(" ")
-        parts = [p.strip() for p in proto.split("/")]
-        if len(parts) != 3 or parts[0].upper() != "SIP" or not parts[2]:
-            raise ValueError(f"bad Via protocol {proto!r}")
-        sent_by, _, params = rest.strip().partition(";")
+        # LWS may surround the slashes (RFC 3261 §25.1 SLASH = SWS "/" SWS; RFC 4475 §3.1.1.1)
+        m = _VIA_PROTOCOL.match(text.strip())
+        if m is None:
+            raise ValueError(f"bad Via protocol {text[:40]!r}")
+        parts = ["SIP", "2.0", m.group(1)]
+        sent_by, _, params = m.group(2).strip().partition(";")
         host, port = split_hostport(sent_by.replace(" ", ""))
         if not host:
             raise ValueError(f"bad Via sent-by {text!r}")

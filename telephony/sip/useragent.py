@@ -58,6 +58,7 @@ SERVED = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "INFO")
 KNOWN_UNSERVED = ("REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE")
 ACCEPT = "application/sdp"
 SUPPORTED = "timer"  # RFC 4028 session timers (we never refresh: the caller does)
+SUPPORTED_OPTIONS = frozenset({"timer"})  # what a Require may name without a 420
 MIN_SE = 90  # RFC 4028 minimum session interval, seconds
 
 
@@ -92,6 +93,7 @@ class UserAgentConfig:
     advertised_host: str  # what goes in Contact and Via
     port: int
     user_agent: str = PRODUCT
+    tls_port: int | None = None  # where we listen for TLS: our Via and Contact on TLS dialogs
 
 
 @dataclass
@@ -131,6 +133,15 @@ class UserAgent:
     _touched: set[str] = field(default_factory=set)  # transactions whose deadline may have changed
     _seq: int = 0
 
+    def _server_tx(self, req: Request, key: str) -> _Transaction:
+        cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
+        return cls(key=key, reliable=self._reliable)
+
+    @property
+    def _reliable(self) -> bool:
+        """Whether the request being handled came over a stream (TCP, TLS)."""
+        return self._current_transport != "UDP"
+
     @property
     def accepting(self) -> bool:
         """Whether a new call would be taken now (what OPTIONS tells a load balancer)."""
@@ -153,7 +164,8 @@ class UserAgent:
             msg = parse_message(data, max_headers=max_headers)
         except SipParseError as err:
             if err.can_respond and (adm is None or adm.allowed(addr[0])):
-                self._send_response(response_for_error(err), addr)
+                extra = [("Allow", ", ".join(SERVED))] if err.status in (405, 501) else []
+                self._send_response(response_for_error(err, extra=extra), addr)
             else:
                 log.debug("dropped unparseable datagram from %s: %s", addr, err.reason)
             return
@@ -308,7 +320,7 @@ class UserAgent:
         call.ended = True
         branch = new_branch()
         transport = call.dialog.transport
-        via = f"SIP/2.0/{transport} {self._hostport()};branch={branch};rport"
+        via = f"SIP/2.0/{transport} {self._hostport(transport)};branch={branch};rport"
         bye = call.dialog.build_request("BYE", via, self._contact(transport), [("User-Agent", self.config.user_agent)])
         dest = self._destination(call.dialog)
         key = f"{branch}:BYE"
@@ -347,6 +359,10 @@ class UserAgent:
             tx.handle(Input.REQUEST, now)
             self._touched.add(key)
             return
+        if self._locked_out(req, key, addr, now):
+            return
+        if req.method in SERVED and not self._inspect_headers(req, key, addr, now):
+            return
 
         if req.method == "INVITE":
             self._receive_invite(req, key, addr, now)
@@ -367,6 +383,38 @@ class UserAgent:
         else:
             self._respond_new(req, key, addr, now, 501, [("Allow", ", ".join(SERVED))])
 
+    def _locked_out(self, req: Request, key: str, addr: Address, now: float) -> bool:
+        """A source locked out for guessing passwords: 403 (or silence) to all but BYE and CANCEL."""
+        auth = self.authenticator
+        if auth is None or auth.lockout is None or req.method in ("BYE", "CANCEL"):
+            return False
+        if not auth.lockout.locked(addr[0], now):
+            return False
+        if auth.lockout_silent:
+            tx = self._server_tx(req, key)
+            self._add_tx(key, tx, addr)  # absorbs retransmissions; sends nothing
+            tx.handle(Input.FAILURE, now, None)
+        else:
+            self._respond_new(req, key, addr, now, 403)
+        return True
+
+    def _inspect_headers(self, req: Request, key: str, addr: Address, now: float) -> bool:
+        """RFC 3261 §8.2.2: the Request-URI's scheme (416) and Require (420) of a method we serve.
+
+        False: answered here. CANCEL is never refused over Require (§8.2.2.3).
+        """
+        scheme = req.uri.partition(":")[0].lower()
+        if scheme not in ("sip", "sips"):
+            self._respond_new(req, key, addr, now, 416)
+            return False
+        if req.method != "CANCEL":
+            unsupported = [opt for value in req.headers.get_all("Require") for opt in
+                           (o.strip() for o in value.split(",")) if opt and opt.lower() not in SUPPORTED_OPTIONS]
+            if unsupported:
+                self._respond_new(req, key, addr, now, 420, [("Unsupported", ", ".join(unsupported))])
+                return False
+        return True
+
     def _receive_invite(self, req: Request, key: str, addr: Address, now: float) -> None:
         to = NameAddr.parse(req.headers.get("To") or "")
         NameAddr.parse(req.headers.get("From") or "")  # validates: a bad From is a 400
@@ -382,7 +430,7 @@ class UserAgent:
             # same Call-ID, new transaction, no To-tag: a looped or merged request (§8.2.2.2)
             self._respond_new(req, key, addr, now, 482)
             return
-        tx = InviteServerTransaction(key=key)
+        tx = InviteServerTransaction(key=key, reliable=self._reliable)
         self._add_tx(key, tx, addr)
         if self.admission is not None and not self.admission.take_invite(addr[0], now):
             tx.handle(Input.FAILURE, now, response_for(
@@ -390,14 +438,27 @@ class UserAgent:
                 extra=[("Retry-After", str(self.retry_after))]).serialize())
             return
         if self.authenticator is not None:
-            ok, stale = self.authenticator.check(req, now)
-            if not ok:
-                tx.handle(Input.FAILURE, now, response_for(
-                    req, 401, to_tag=new_tag(), extra=self.authenticator.challenges(now, stale)).serialize())
+            verdict = self.authenticator.judge(req, now)
+            lockout = self.authenticator.lockout
+            if verdict.outcome == "failed" and lockout is not None and lockout.failure(addr[0], verdict.username, now):
+                log.warning("locked out %s for %d s: more than %d failed digest answers in %d s (last username %r)",
+                            addr[0], lockout.policy.lockout_s, lockout.policy.max_failures,
+                            lockout.policy.window_s, verdict.username[:64])
+                if self.authenticator.lockout_silent:
+                    tx.handle(Input.FAILURE, now, None)  # ends the transaction; nothing is sent
+                else:
+                    tx.handle(Input.FAILURE, now, response_for(req, 403, to_tag=new_tag()).serialize())
                 return
-        if req.headers.get("Require"):
-            tx.handle(Input.FAILURE, now, response_for(
-                req, 420, to_tag=new_tag(), extra=[("Unsupported", req.headers.get("Require") or "")]).serialize())
+            if verdict.outcome != "ok":
+                tx.handle(Input.FAILURE, now, response_for(
+                    req, 401, to_tag=new_tag(),
+                    extra=self.authenticator.challenges(now, verdict.outcome == "stale")).serialize())
+                return
+        if not _accepts_sdp(req):
+            # The caller cannot take an SDP answer (RFC 3261 §8.2.3, RFC 4475 §3.3.15)
+            tx.handle(Input.FAILURE, now, response_for(req, 406, to_tag=new_tag(), extra=[
+                ("Accept", ACCEPT), ("Warning", f'399 {self._hostport()} "an answer needs application/sdp"'),
+            ]).serialize())
             return
         tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
         if not self.accepting:  # draining or full
@@ -435,7 +496,7 @@ class UserAgent:
                           call: _Call | None, to_tag: str) -> None:
         if self._in_dialog(req, key, addr, now, call, to_tag):
             assert call is not None
-            self._start_update(req, key, addr, now, call, InviteServerTransaction(key=key))
+            self._start_update(req, key, addr, now, call, self._server_tx(req, key))
 
     def _in_dialog(self, req: Request, key: str, addr: Address, now: float, call: _Call | None,
                    to_tag: str | None) -> bool:
@@ -558,7 +619,7 @@ class UserAgent:
             ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             self._events.append(InfoReceived(req.call_id, ctype, req.body))
             return
-        self._start_update(req, key, addr, now, call, NonInviteServerTransaction(key=key))
+        self._start_update(req, key, addr, now, call, self._server_tx(req, key))
 
     def _receive_bye(self, req: Request, key: str, addr: Address, now: float) -> None:
         call = self._calls.get(req.call_id)
@@ -578,7 +639,7 @@ class UserAgent:
 
     def _respond_new(self, req: Request, key: str, addr: Address, now: float, status: int,
                      extra: list[tuple[str, str]] | None = None) -> None:
-        tx = NonInviteServerTransaction(key=key) if req.method != "INVITE" else InviteServerTransaction(key=key)
+        tx = self._server_tx(req, key)
         self._add_tx(key, tx, addr)
         # response_for keeps a To-tag that is already there (BYE, CANCEL in a dialog)
         to_tag = None if status == 100 else new_tag()
@@ -694,16 +755,18 @@ class UserAgent:
             first = next(i for i, (name, _) in enumerate(items) if name == "Via")
             items[first] = ("Via", str(via))
 
-    @staticmethod
-    def _tx_key(req: Request, via: Via) -> str:
+    def _tx_key(self, req: Request, via: Via) -> str:
+        """RFC 3261 §17.2.3 matching (branch, sent-by, method), narrowed by transport, Call-ID and
+        CSeq number: a peer that reuses a branch for another request (RFC 4475 replays do) gets
+        that request processed, not the other one's response replayed."""
         method = "INVITE" if req.method == "ACK" else req.method
         branch = via.branch
-        if branch and branch.startswith("z9hG4bK"):
-            return f"{branch}|{via.host}:{via.port}:{method}"
+        if branch and branch.startswith("z9hG4bK") and len(branch) > 7:  # a bare magic cookie: RFC 4475 §3.2.1
+            return f"{branch}|{via.host}:{via.port}|{self._current_transport}|{req.call_id}|{req.cseq[0]}:{method}"
         # RFC 2543 peer: match on the request's identity instead (§17.2.3)
         cseq, _ = req.cseq
         from_tag = NameAddr.parse(req.headers.get("From") or "").tag
-        return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}:{method}"
+        return f"{req.call_id}|{cseq}|{from_tag}|{via.host}:{via.port}|{self._current_transport}:{method}"
 
     def _destination(self, dialog: Dialog) -> Address:
         try:
@@ -722,15 +785,16 @@ class UserAgent:
             host = dialog.source[0]  # no resolver in the core: fall back to where the INVITE came from
         return host.strip("[]"), uri.port or 5060
 
-    def _hostport(self) -> str:
+    def _hostport(self, transport: str = "UDP") -> str:
         host = self.config.advertised_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"{host}:{self.config.port}"
+        port = self.config.tls_port if transport == "TLS" and self.config.tls_port else self.config.port
+        return f"{host}:{port}"
 
     def _contact(self, transport: str = "UDP") -> str:
         param = "" if transport == "UDP" else f";transport={transport.lower()}"
-        return f"<sip:sip-tts@{self._hostport()}{param}>"
+        return f"<sip:sip-tts@{self._hostport(transport)}{param}>"
 
     def _capabilities(self) -> list[tuple[str, str]]:
         caps = [("Allow", ", ".join(SERVED)), ("Accept", ACCEPT)]
@@ -762,6 +826,19 @@ def _session_interval(req: Request) -> tuple[int | None, bool]:
     if "timer" not in supported or refresher == "uas":
         return None, False
     return seconds, False
+
+
+def _accepts_sdp(req: Request) -> bool:
+    """Whether the request's Accept (absent: application/sdp, RFC 3261 §20.1) allows an SDP answer."""
+    values = req.headers.get_all("Accept")
+    if not values:
+        return True
+    for value in values:
+        for item in value.split(","):
+            media = item.split(";")[0].strip().lower()
+            if media in ("application/sdp", "application/*", "*/*") or (not media and len(values) == 1):
+                return True
+    return False
 
 
 def _is_ip(host: str) -> bool:

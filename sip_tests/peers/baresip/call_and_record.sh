@@ -10,7 +10,9 @@
 #
 # Environment: SRC_WAV (8 kHz mono s16 WAV to send; default silence), BARESIP_SIP_PORT,
 # BARESIP_CTRL_PORT (ctrl_tcp, for sending DTMF), BARESIP_RTP_PORTS (default 30000-30100),
-# SETUP_TIMEOUT (seconds to wait for the answer, default 15), KEEP_TMP=1 (keep the work dir).
+# SETUP_TIMEOUT (seconds to wait for the answer, default 15), KEEP_TMP=1 (keep the work dir),
+# BARESIP_ACCOUNT_PARAMS (appended to the account, e.g. ";mediaenc=srtp-mand"),
+# BARESIP_EXTRA_CONFIG (lines appended to the config, e.g. "module srtp.so" or "sip_cafile ...").
 set -u
 [ $# -eq 3 ] || { echo "usage: $0 URI OUT.wav SECONDS" >&2; exit 2; }
 uri=$1 out=$2 secs=$3
@@ -34,7 +36,7 @@ if [ -z "$src" ]; then  # silence for the whole call: aufile stops the source at
 fi
 
 # No registration; PCMU only (baresip adds telephone-event itself).
-echo '<sip:tester@127.0.0.1>;regint=0;audio_codecs=PCMU/8000/1' > "$work/conf/accounts"
+echo "<sip:tester@127.0.0.1>;regint=0;audio_codecs=PCMU/8000/1${BARESIP_ACCOUNT_PARAMS:-}" > "$work/conf/accounts"
 : > "$work/conf/contacts"
 # No sound card: aufile is the source, aubridge the player; sndfile dumps the decoded
 # received stream as dump/dump-<time>-dec.wav. net_interface must be an address in 1.0.
@@ -66,6 +68,7 @@ module_app menu.so
 module_app ctrl_tcp.so
 ctrl_tcp_listen 127.0.0.1:$ctrl_port
 snd_path $work/dump
+${BARESIP_EXTRA_CONFIG:-}
 CONF
 
 log=$work/baresip.log

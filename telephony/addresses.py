@@ -1,0 +1,9 @@
+"""Peer addresses for a socket's family: an IPv6 socket (listen on [::]) reaches IPv4 peers as
+v4-mapped addresses (::ffff:a.b.c.d), which SDP and Contact headers never carry."""
+
+from __future__ import annotations
+
+
+def for_v6_socket(addr: tuple[str, int]) -> tuple[str, int]:
+    host = addr[0]
+    return (f"::ffff:{host}", addr[1]) if ":" not in host else addr
