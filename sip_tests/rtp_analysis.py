@@ -33,6 +33,11 @@ class StreamStats:
         return float(np.percentile(np.abs(self.intervals_ms - 20.0), 99))
 
     @property
+    def on_grid_share(self) -> float:
+        """Share of intervals within 5 ms of 20 ms."""
+        return float((np.abs(self.intervals_ms - 20.0) <= 5.0).mean())
+
+    @property
     def max_interval_ms(self) -> float:
         return float(self.intervals_ms.max())
 

@@ -38,7 +38,7 @@ def test_20_calls_5_at_a_time_each_ended_by_our_bye_with_perfect_rtp(server, cap
         assert 160 in s.ts_steps and all(step % 160 == 0 for step in s.ts_steps), s.ts_steps
         assert abs(s.median_ms - 20.0) < 0.5
         assert abs(s.clock_drift_ms) < 60.0, report  # the timestamps followed the clock
-        assert s.p99_abs_dev_ms < 60.0, report
+        assert s.on_grid_share >= 0.8, report  # most intervals 20 +- 5 ms (stalls make the rest)
         assert s.max_interval_ms < 300.0, report
     lengths = {s.packets for s in streams.values()}
     assert max(lengths) - min(lengths) <= 1  # same prompt, same length
