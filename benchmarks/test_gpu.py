@@ -44,6 +44,15 @@ def card() -> str:
         return "no torch"
 
 
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def outcomes(junit: Path) -> list[dict]:
     rows = []
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -68,6 +77,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     junit = out / "test_gpu.junit.xml"
+    junit.unlink(missing_ok=True)  # never read a previous run's outcomes
     env = dict(os.environ, SIP_TTS_NO_SKIPS="1")
     started = dt.datetime.now(dt.timezone.utc)
     rc = subprocess.call([sys.executable, "-m", "pytest", "tests_gpu", "-p", "no:cacheprovider", "-rA",
@@ -86,7 +96,12 @@ def main() -> int:
     for r in rows:
         measured = "; ".join(r["printed"]) or r["detail"]
         md.append(f"| `{r['test']}` | {r['outcome']} | {r['seconds']} | {measured.replace('|', '/')} |")
-    targets = {out, ROOT / "benchmarks" / "results"}
+    results = (ROOT / "benchmarks" / "results").resolve()
+    targets = {out.resolve(), results}
+    if not has_cuda():  # a run without a GPU is never recorded as the GPU run (smoke runs: --out elsewhere)
+        targets.discard(results)
+        if not targets:
+            print("no CUDA device: nothing recorded under benchmarks/results (give --out elsewhere)")
     for target in targets:
         target.mkdir(parents=True, exist_ok=True)
         (target / "test_gpu.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -15,8 +15,8 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3,
        torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 512, 37), (8, 64, 4801), (32, 256, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 512, 37), (8, 64, 4801), (32, 256, 1000)], ids=str)
 def test_snake_kernel_equals_the_stock_arithmetic(dtype, shape):
     """One fused pass == the five stock element-wise ops (computed in float32, then rounded)."""
     assert snake.triton is not None or not ON_GPU, "Triton missing: the vocoder would run the stock ops"
@@ -49,7 +49,7 @@ def _decode_case(n: int, heads: int = 16, d: int = 64, length: int = 1024, share
     return q, k, v, pk, pv, pos.to(DEVICE), keys
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("n,shared", [(1, 300), (32, 300), (128, 300), (48, 0)])
 def test_decode_kernel_equals_sdpa(monkeypatch, dtype, n, shared):
     """The decode kernel (voice prefix from the shared buffer when ``shared``; else each slot's own

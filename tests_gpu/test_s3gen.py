@@ -87,7 +87,7 @@ def test_fused_snake_in_the_whole_vocoder_equals_the_stock_ops(ckpt, tokens, mon
     assert snr > 70, snr
 
 
-@pytest.mark.parametrize("dtype,floor", [(torch.float16, 35.0), (torch.bfloat16, 20.0)])
+@pytest.mark.parametrize("dtype,floor", [(torch.float16, 35.0), (torch.bfloat16, 20.0)], ids=["float16", "bfloat16"])
 def test_low_precision_vocoder_against_float32(ckpt, dtype, floor):
     """HiFT in float16/bfloat16 on the reference mel (the engine's start-up check, which accepts
     >= 40 dB): H100, random weights, measured float16 48.9 dB, bfloat16 31 dB (engine.py)."""

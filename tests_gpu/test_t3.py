@@ -39,7 +39,7 @@ def other_voice(ckpt):
     return dataclasses.replace(ckpt.conds.t3, speaker_emb=ckpt.conds.t3.speaker_emb.flip(-1))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_graph_steps_equal_eager_steps(ckpt, dtype):
     """40 slots of one voice (the decode kernel with the shared prefix, from 32 slots): the captured
     step graphs give the eager steps' tokens, step for step. Both runners prefill eagerly, so the
@@ -59,7 +59,7 @@ def test_graph_steps_equal_eager_steps(ckpt, dtype):
     assert tokens[True] == tokens[False]
 
 
-@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
 def test_prefill_graphs_equal_eager_prefill(ckpt, dtype, bound):
     """A batch of 24 texts prefilled by the captured prefill graph (batch and length padded to its
     bucket) and eagerly (exact shapes): the same first-token logits, to rounding."""
@@ -97,7 +97,7 @@ def test_mixed_voices_in_one_batch_equal_each_voice_alone(ckpt):
     assert mixed[:16] != mixed[16:]  # the two voices do decode differently
 
 
-@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 0.1), (torch.float16, 0.02)], ids=["bfloat16", "float16"])
 def test_low_precision_logits_follow_float32(ckpt, dtype, bound):
     """The same state in bfloat16/float16: the logits of the first decode step stay within
     ``bound`` (relative norm) of float32's: a wrong cast or an overflow gives ~1 or NaN."""
