@@ -5,7 +5,9 @@ by (path, size, mtime, codec). Frames are 160 bytes (20 ms at 8 kHz); the last
 one is padded with the codec's silence. Memory is bounded by a byte budget with
 least-recently-used eviction; with a directory, rendered prompts are also kept
 on disk (one file per key, written atomically) and survive restarts. Hits and
-misses are counted for the metrics.
+misses are counted for the metrics. With ``shared`` (a fleet's Redis, see
+``shared_cache``), spoken prompts also go to and come from a second level that
+other instances fill: ``fetch``/``store`` use it, ``get``/``put`` stay local.
 
 Knows nothing of SIP: callers push the frames into whatever queue they own.
 """
@@ -24,6 +26,7 @@ import soxr
 
 from .audio import encode_g711, encode_line, float_to_int16
 from .base import TtsEngine, VoiceSpec
+from .shared_cache import SharedCache
 
 FRAME = 160
 
@@ -92,9 +95,11 @@ def render_wav(path: str | Path, codec: str) -> bytes:
 
 
 class PromptCache:
-    def __init__(self, max_bytes: int, directory: str | Path | None = None) -> None:
+    def __init__(self, max_bytes: int, directory: str | Path | None = None,
+                 shared: SharedCache | None = None) -> None:
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory else None
+        self.shared = shared
         self._items: OrderedDict[str, list[bytes]] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -124,6 +129,26 @@ class PromptCache:
                 return frames
         self.misses += 1
         return None
+
+    async def fetch(self, key: str) -> list[bytes] | None:
+        """Like ``get``, then the shared level (waiting at most its timeout); a shared hit is kept locally."""
+        frames = self.get(key)
+        if frames is not None or self.shared is None:
+            return frames
+        data = await self.shared.get("prompt", key)
+        if not data or len(data) % FRAME:
+            return None
+        frames = _split(data)
+        self.misses -= 1  # not rendered after all
+        self.hits += 1
+        self.put(key, frames)
+        return frames
+
+    def store(self, key: str, frames: list[bytes]) -> None:
+        """``put``, and hand the frames to the shared level (in the background)."""
+        self.put(key, frames)
+        if self.shared is not None:
+            self.shared.put("prompt", key, b"".join(frames))
 
     def peek(self, key: str) -> bool:
         """Whether ``key`` is cached (memory or disk), without counting or reordering."""

@@ -27,7 +27,7 @@ from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
-from . import logs, systemd
+from . import fleet, logs, systemd
 from .engines import SpokenPrompt, build_engine
 from .script import ScriptRun, Speech
 
@@ -73,6 +73,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                                   max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))
 
     cache = build_cache(prompts)
+    cache.shared = fleet.shared_cache(cfg)  # Redis, second level (None: off)
     try:
         speech = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
     except ValueError as exc:
@@ -189,6 +190,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     for task in warming:
         task.cancel()
     await engine.close()
+    if cache.shared is not None:
+        cache.shared.close()
     if pid_file:
         Path(pid_file).unlink(missing_ok=True)
     return 0

@@ -1,0 +1,254 @@
+"""The fleet's shared cache with a real redis-server (started here), real instances and SIPp.
+
+Instance A renders the fixed prompts into Redis; instance B, started after it with
+prompt warming off and an empty local cache, plays them from Redis without
+rendering; Redis killed (or stopped) mid-test never fails a call and comes back by
+itself; a corrupted or foreign-format entry is ignored, never played.
+Run inside a network namespace (see the README's Tests section).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from engine.shared_cache import FORMAT, pack, unpack
+from sip_tests.conftest import PROMPTS, free_udp_port, run_sipp, sipp_counts
+from sip_tests.pcap import read_udp
+
+pytestmark = pytest.mark.timeout(180)
+FIRST_PACKET_LIMIT = 0.025  # ACK -> first audible RTP packet on the wire, Redis hit (issue 21)
+
+
+class Redis:
+    """A redis-server of our own on loopback, no persistence; a minimal RESP client for the checks."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: run `make test` (sip_tests/peers/debs-fleet.txt)")
+        self.port = port or free_tcp_port()
+        self.workdir = workdir
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(workdir)],
+                                     stdout=open(workdir / f"redis-{self.port}.log", "a"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.cmd("PING") == "PONG":
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cmd(self, *args: str | bytes) -> object:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=3) as s:
+            parts = [a.encode() if isinstance(a, str) else a for a in args]
+            s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+            return _read_resp(s.makefile("rb"))
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _read_resp(f) -> object:
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind in (b"+", b"-"):
+        return rest.decode()
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        return [_read_resp(f) for _ in range(int(rest))]
+    raise AssertionError(f"bad RESP reply {line!r}")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    servers: list[Redis] = []
+
+    def start(port: int | None = None) -> Redis:
+        r = Redis(tmp_path, port)
+        servers.append(r)
+        return r
+
+    yield start
+    for r in servers:
+        r.stop()
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def server_yaml(redis_url: str, mport: int, timeout_ms: int = 20) -> str:
+    return (f"metrics:\n  listen: 127.0.0.1:{mport}\n"
+            f"cache:\n  redis_url: {redis_url}\n  timeout_ms: {timeout_ms}\n")
+
+
+COLD = PROMPTS + "cache:\n  warm: false\n"  # no rendering at start-up: only calls fill the cache
+
+
+def wait_for(cond, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def call(srv, number: str, workdir: Path, media_port: int) -> None:
+    """One SIPp call that the server ends with BYE after its prompt."""
+    workdir.mkdir(exist_ok=True)
+    res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", number, workdir, "-m", "1", "-recv_timeout", "20000",
+                   media_port=media_port, timeout=60)
+    assert res.returncode == 0, f"{res.stdout[-1500:]}\n{res.stderr[-1500:]}\n{srv.log_text()[-2000:]}"
+    assert sipp_counts(workdir)["SuccessfulCall(C)"] == 1
+
+
+def stored_prompts(r: Redis) -> dict[bytes, bytes]:
+    keys = r.cmd("KEYS", "sip-tts:*:prompt:*")
+    assert isinstance(keys, list)
+    return {k: r.cmd("GET", k) for k in keys}
+
+
+def test_instance_b_plays_from_redis_what_instance_a_rendered(redis_server, start_server, capture, tmp_path):
+    r = redis_server()
+    ma, mb, mc = free_tcp_port(), free_tcp_port(), free_tcp_port()
+    a = start_server(extra_yaml=server_yaml(r.url, ma))  # warms: renders every fixed prompt, stores it in Redis
+    wait_for(lambda: r.cmd("DBSIZE") == 8, what="A's 4 prompts x 2 codecs in Redis")
+    entries = {k: unpack(v) for k, v in stored_prompts(r).items()}
+    assert all(v and len(v) % 160 == 0 for v in entries.values()), "entries carry our header and whole frames"
+    a.stop()
+
+    b = start_server(extra_yaml=server_yaml(r.url, mb), prompts=COLD)
+    cap = capture(f"udp and host 127.0.0.1 and (port {b.port} or dst port 17300)")
+    call(b, "1000", tmp_path / "b1", 17300)   # local miss -> Redis hit
+    call(b, "1000", tmp_path / "b2", 17300)   # local memory hit
+    cap.stop()
+    m = metrics(mb)
+    assert m["sip_tts_prompt_cache_misses_total"] == 0, "B rendered nothing"
+    assert m["sip_tts_shared_cache_hits_total"] >= 1 and m["sip_tts_prompt_cache_hits_total"] >= 2
+
+    # Split the capture into the two calls at the second ACK; B's audio is A's frames, byte for byte.
+    packets = read_udp(cap.path)
+    acks = [p.time for p in packets if p.payload.startswith(b"ACK ")]
+    assert len(acks) == 2
+    firsts = []
+    for i, (start, end) in enumerate(((acks[0], acks[1]), (acks[1], float("inf")))):
+        body = [p.payload[12:] for p in packets if start <= p.time < end and p.dst[1] == 17300]
+        audible = [p.time for p in packets if start <= p.time < end and p.dst[1] == 17300
+                   and p.payload[12:].strip(b"\xff\x7f")]
+        firsts.append(audible[0] - start)
+        played = b"".join(body)
+        assert any(v in played for v in entries.values() if len(v) > 8000), f"call {i + 1} plays A's frames"
+    redis_ms, local_ms = (f * 1000 for f in firsts)
+    print(f"\nfirst audible packet after ACK: Redis hit {redis_ms:.1f} ms, local memory {local_ms:.1f} ms")
+    (tmp_path.parent / "redis_first_packet.txt").write_text(f"redis {redis_ms:.2f} ms, local {local_ms:.2f} ms\n")
+    assert firsts[0] <= FIRST_PACKET_LIMIT, f"Redis hit: first packet {redis_ms:.1f} ms after ACK"
+
+    # A third instance that warms: fills its local cache from Redis, renders nothing.
+    c = start_server(extra_yaml=server_yaml(r.url, mc))
+    wait_for(lambda: "prompt cache:" in c.log_text(), what="C's warm-up")
+    assert "0 prompts rendered, 8 cached" in c.log_text()
+
+
+def test_redis_killed_calls_still_play_errors_counted_and_it_comes_back(redis_server, start_server, tmp_path):
+    r = redis_server()
+    mport = free_tcp_port()
+    srv = start_server(extra_yaml=server_yaml(r.url, mport), prompts=COLD)
+    call(srv, "2000", tmp_path / "c1", 17400)
+    wait_for(lambda: r.cmd("DBSIZE") == 1, what="the rendered prompt written to Redis")
+
+    r.kill()
+    for i, number in enumerate(("1000", "3000")):  # rendered locally; Redis is not waited for
+        call(srv, number, tmp_path / f"down{i}", 17400)
+    m = metrics(mport)
+    assert m["sip_tts_shared_cache_errors_total"] >= 1
+    assert m["sip_tts_shared_cache_up"] == 0
+    assert m["sip_tts_prompt_cache_misses_total"] == 3
+    assert srv.log_text().count("unavailable") == 1, "one log line while Redis is down"
+
+    r2 = redis_server(r.port)  # back on the same port, empty: the prober finds it with no traffic
+    wait_for(lambda: metrics(mport)["sip_tts_shared_cache_up"] == 1, timeout=20, what="recovery")
+    assert "answers again" in srv.log_text()
+    call(srv, "9999", tmp_path / "after", 17400)  # a prompt never played: rendered, written to the new Redis
+    wait_for(lambda: r2.cmd("DBSIZE") == 1, what="the write after recovery")
+
+    # Slow Redis (stopped, connections hang): calls still play; the lookup gave up in milliseconds.
+    (srv.workdir / "prompts.yaml").write_text(COLD.replace("Hello.", "Hello again."))
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in srv.log_text(), what="reload")
+    r2.proc.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    call(srv, "2000", tmp_path / "slow", 17400)  # a local miss: the Redis lookup times out, then it renders
+    assert time.monotonic() - t0 < 30
+    r2.proc.send_signal(signal.SIGCONT)
+    assert metrics(mport)["sip_tts_shared_cache_errors_total"] > m["sip_tts_shared_cache_errors_total"]
+
+
+def test_corrupted_or_foreign_version_entry_is_ignored(redis_server, start_server, capture, tmp_path):
+    r = redis_server()
+    a = start_server(extra_yaml=server_yaml(r.url, free_tcp_port()))
+    wait_for(lambda: r.cmd("DBSIZE") == 8, what="A's prompts in Redis")
+    a.stop()
+    good = {k: unpack(v) for k, v in stored_prompts(r).items()}
+    for i, (key, payload) in enumerate(good.items()):
+        assert payload is not None
+        if i % 2:  # a flipped byte in the audio
+            blob = bytearray(pack(payload))
+            blob[-100] ^= 0x55
+            r.cmd("SET", key, bytes(blob))
+        else:      # another format version with audio that must never be played
+            r.cmd("SET", key, pack(b"\x00" * len(payload), version=FORMAT + 1))
+
+    mport = free_tcp_port()
+    b = start_server(extra_yaml=server_yaml(r.url, mport), prompts=COLD)
+    cap = capture("udp and dst host 127.0.0.1 and dst port 17500")
+    call(b, "1000", tmp_path / "c1", 17500)
+    call(b, "2000", tmp_path / "c2", 17500)
+    cap.stop()
+    m = metrics(mport)
+    assert m["sip_tts_shared_cache_rejected_total"] == 2
+    assert m["sip_tts_shared_cache_hits_total"] == 0
+    assert m["sip_tts_prompt_cache_misses_total"] == 2, "both rendered locally"
+    payloads = [p.payload[12:] for p in read_udp(cap.path)]
+    played = b"".join(payloads)
+    assert sum(1 for p in payloads if p == b"\x00" * 160) == 0, "the foreign entry's audio was not played"
+    assert sum(1 for p in payloads if p.strip(b"\xff\x7f")) > 50, "the calls heard speech"
+    assert played
