@@ -9,6 +9,7 @@ from config.schema import EspeakSettings, ServerConfig
 from engine.prompt_cache import render_speech
 from engine.base import TtsEngine, VoiceSpec
 from engine.espeak import EspeakEngine
+from sip_tts.fleet import shared_config
 from telephony.call import CallHandle
 
 
@@ -38,7 +39,8 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
         max_streams=settings.max_streams, max_tokens=settings.max_tokens,
         voice_cache_dir=resolve(settings.voice_cache_dir), temperature=settings.temperature,
         top_k=settings.top_k, top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
-        overlap=settings.overlap, t3_share=settings.t3_share)
+        overlap=settings.overlap, t3_share=settings.t3_share,
+        shared=shared_config(cfg))  # the fleet's Redis: voices computed once (None: off)
     voice = VoiceSpec("default", (("voice_wav", resolve(settings.voice_wav)),) if settings.voice_wav else ())
     if settings.process:
         from engine.process import EngineProcess
