@@ -165,30 +165,38 @@ def test_instance_b_plays_from_redis_what_instance_a_rendered(redis_server, star
     assert all(v and len(v) % 160 == 0 for v in entries.values()), "entries carry our header and whole frames"
     a.stop()
 
-    b = start_server(extra_yaml=server_yaml(r.url, mb), prompts=COLD)
-    cap = capture(f"udp and host 127.0.0.1 and (port {b.port} or dst port 17300)")
-    call(b, "1000", tmp_path / "b1", 17300)   # local miss -> Redis hit
-    call(b, "1000", tmp_path / "b2", 17300)   # local memory hit
-    cap.stop()
+    disk = tmp_path / "disk-cache"
+    cold_disk = COLD.replace("  warm: false\n", f"  warm: false\n  dir: {disk}\n")
+    # SIPp's media port and every ACK (payload "ACK "), whichever instance it goes to
+    cap = capture("udp and (dst port 17300 or udp[8:4] = 0x41434b20)")
+    b = start_server(extra_yaml=server_yaml(r.url, mb), prompts=cold_disk)
+    call(b, "1000", tmp_path / "b1", 17300)   # local miss -> Redis hit (kept in memory and on disk)
     m = metrics(mb)
     assert m["sip_tts_prompt_cache_misses_total"] == 0, "B rendered nothing"
-    assert m["sip_tts_shared_cache_hits_total"] >= 1 and m["sip_tts_prompt_cache_hits_total"] >= 2
+    assert m["sip_tts_shared_cache_hits_total"] == 1 and m["sip_tts_prompt_cache_hits_total"] == 1
+    b.stop()
+    b2 = start_server(extra_yaml=server_yaml(r.url, mb), prompts=cold_disk)  # same disk, empty memory
+    call(b2, "1000", tmp_path / "b2", 17300)  # local disk hit
+    call(b2, "1000", tmp_path / "b3", 17300)  # local memory hit
+    cap.stop()
+    assert metrics(mb)["sip_tts_shared_cache_hits_total"] == 0, "the disk came first"
 
-    # Split the capture into the two calls at the second ACK; B's audio is A's frames, byte for byte.
+    # Split the capture into the calls at the ACKs; what each plays is A's frames, byte for byte.
     packets = read_udp(cap.path)
     acks = [p.time for p in packets if p.payload.startswith(b"ACK ")]
-    assert len(acks) == 2
+    assert len(acks) == 3
     firsts = []
-    for i, (start, end) in enumerate(((acks[0], acks[1]), (acks[1], float("inf")))):
+    for i, (start, end) in enumerate(zip(acks, acks[1:] + [float("inf")])):
         body = [p.payload[12:] for p in packets if start <= p.time < end and p.dst[1] == 17300]
         audible = [p.time for p in packets if start <= p.time < end and p.dst[1] == 17300
                    and p.payload[12:].strip(b"\xff\x7f")]
         firsts.append(audible[0] - start)
         played = b"".join(body)
         assert any(v in played for v in entries.values() if len(v) > 8000), f"call {i + 1} plays A's frames"
-    redis_ms, local_ms = (f * 1000 for f in firsts)
-    print(f"\nfirst audible packet after ACK: Redis hit {redis_ms:.1f} ms, local memory {local_ms:.1f} ms")
-    (tmp_path.parent / "redis_first_packet.txt").write_text(f"redis {redis_ms:.2f} ms, local {local_ms:.2f} ms\n")
+    redis_ms, disk_ms, memory_ms = (f * 1000 for f in firsts)
+    line = (f"first audible packet after ACK: Redis hit {redis_ms:.1f} ms, local disk {disk_ms:.1f} ms, "
+            f"local memory {memory_ms:.1f} ms")
+    print("\n" + line)
     assert firsts[0] <= FIRST_PACKET_LIMIT, f"Redis hit: first packet {redis_ms:.1f} ms after ACK"
 
     # A third instance that warms: fills its local cache from Redis, renders nothing.
