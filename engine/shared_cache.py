@@ -140,7 +140,7 @@ class SharedCache:
             return None
         fut = self._submit_read(self.key(kind, key))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), self.config.timeout_ms / 1000 * 1.5 + 0.005)
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.config.timeout_ms / 1000)
         except asyncio.TimeoutError:
             return None  # the read's own socket timeout counts the error and opens the circuit
 
