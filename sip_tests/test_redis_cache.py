@@ -227,16 +227,34 @@ def test_redis_killed_calls_still_play_errors_counted_and_it_comes_back(redis_se
     call(srv, "9999", tmp_path / "after", 17400)  # a prompt never played: rendered, written to the new Redis
     wait_for(lambda: r2.cmd("DBSIZE") == 1, what="the write after recovery")
 
-    # Slow Redis (stopped, connections hang): calls still play; the lookup gave up in milliseconds.
-    (srv.workdir / "prompts.yaml").write_text(SHORT.replace("Two.", "Two again."))
-    srv.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reloaded" in srv.log_text(), what="reload")
+    def reload(text: str) -> None:
+        mark = srv.log_text().count("reloaded")
+        (srv.workdir / "prompts.yaml").write_text(text)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: srv.log_text().count("reloaded") > mark, what="reload")
+
+    # Full Redis (maxmemory reached under noeviction): the write is refused, counted, logged once; calls play.
+    r2.cmd("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    r2.cmd("CONFIG", "SET", "maxmemory", "1")
+    reload(SHORT.replace("Two.", "Two again."))
+    before = metrics(mport)["sip_tts_shared_cache_errors_total"]
+    call(srv, "2", tmp_path / "full", 17400)  # a new prompt: rendered, its write refused
+    wait_for(lambda: "refuses writes" in srv.log_text(), what="the refused write")
+    m = metrics(mport)
+    assert m["sip_tts_shared_cache_errors_total"] > before and m["sip_tts_shared_cache_up"] == 1
+    assert r2.cmd("DBSIZE") == 1
+
+    # Slow Redis (stopped: connections hang): the lookup gives up after timeout_ms, the call plays,
+    # the circuit opens, and closes by itself once Redis runs again.
+    reload(SHORT.replace("Two.", "Two once more."))
     r2.proc.send_signal(signal.SIGSTOP)
     t0 = time.monotonic()
     call(srv, "2", tmp_path / "slow", 17400)  # a local miss: the Redis lookup times out, then it renders
     assert time.monotonic() - t0 < 30
+    wait_for(lambda: metrics(mport)["sip_tts_shared_cache_up"] == 0, timeout=10, what="the circuit to open")
     r2.proc.send_signal(signal.SIGCONT)
-    assert metrics(mport)["sip_tts_shared_cache_errors_total"] > m["sip_tts_shared_cache_errors_total"]
+    wait_for(lambda: metrics(mport)["sip_tts_shared_cache_up"] == 1, timeout=30, what="recovery after SIGCONT")
+    assert srv.log_text().count("unavailable") == 2, "one warning per outage"
 
 
 def test_corrupted_or_foreign_version_entry_is_ignored(redis_server, start_server, capture, tmp_path):
