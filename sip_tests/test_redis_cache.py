@@ -223,7 +223,7 @@ def test_redis_killed_calls_still_play_errors_counted_and_it_comes_back(redis_se
 
     r2 = redis_server(r.port)  # back on the same port, empty: the prober finds it with no traffic
     wait_for(lambda: metrics(mport)["sip_tts_shared_cache_up"] == 1, timeout=20, what="recovery")
-    assert "answers again" in srv.log_text()
+    wait_for(lambda: "answers again" in srv.log_text(), timeout=5, what="the recovery log line")
     call(srv, "9999", tmp_path / "after", 17400)  # a prompt never played: rendered, written to the new Redis
     wait_for(lambda: r2.cmd("DBSIZE") == 1, what="the write after recovery")
 
