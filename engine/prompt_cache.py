@@ -14,8 +14,10 @@ Knows nothing of SIP: callers push the frames into whatever queue they own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import wave
 from collections import OrderedDict
 from pathlib import Path
@@ -130,18 +132,22 @@ class PromptCache:
         self.misses += 1
         return None
 
-    async def fetch(self, key: str) -> list[bytes] | None:
-        """Like ``get``, then the shared level (waiting at most its timeout); a shared hit is kept locally."""
+    async def fetch(self, key: str, background: bool = False) -> list[bytes] | None:
+        """Like ``get``, then the shared level (waiting at most its timeout; ``background``: nobody is
+        listening, e.g. warming, so ten times that); a shared hit is kept locally."""
         frames = self.get(key)
         if frames is not None or self.shared is None:
             return frames
-        data = await self.shared.get("prompt", key)
+        timeout = self.shared.config.timeout_ms * 10 if background else None
+        data = await self.shared.get("prompt", key, timeout)
         if not data or len(data) % FRAME:
             return None
         frames = _split(data)
         self.misses -= 1  # not rendered after all
         self.hits += 1
-        self.put(key, frames)
+        self._insert(key, frames)
+        if self.directory is not None:  # the disk copy after the caller has its frames, off the loop
+            asyncio.get_running_loop().run_in_executor(None, self._write, key, frames)
         return frames
 
     def store(self, key: str, frames: list[bytes]) -> None:
@@ -157,13 +163,17 @@ class PromptCache:
     def put(self, key: str, frames: list[bytes]) -> None:
         self._insert(key, frames)
         if self.directory is not None:
-            path = self.directory / f"{key}.g711"
-            tmp = path.with_suffix(".tmp")
-            try:
-                tmp.write_bytes(b"".join(frames))
-                os.replace(tmp, path)
-            except OSError:
-                pass  # the disk copy is an optimisation; memory still serves
+            self._write(key, frames)
+
+    def _write(self, key: str, frames: list[bytes]) -> None:
+        assert self.directory is not None
+        path = self.directory / f"{key}.g711"
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(b"".join(frames))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the disk copy is an optimisation; memory still serves
 
     def _insert(self, key: str, frames: list[bytes]) -> None:
         old = self._items.pop(key, None)

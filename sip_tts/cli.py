@@ -191,7 +191,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         task.cancel()
     await engine.close()
     if cache.shared is not None:
-        cache.shared.close()
+        await cache.shared.aclose()
     if pid_file:
         Path(pid_file).unlink(missing_ok=True)
     return 0

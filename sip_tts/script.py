@@ -124,7 +124,7 @@ class Speech:
         for text, voice in self.fixed_prompts():
             for codec in codecs:
                 key = speech_key(self.engine.name, voice, text, codec)
-                if not self.cache.peek(key) and await self.cache.fetch(key) is None:
+                if not self.cache.peek(key) and await self.cache.fetch(key, background=True) is None:
                     try:
                         data = await render_speech(self.engine, voice, text, codec, background=True)
                         self.cache.store(key, frames_of(data, codec))
