@@ -147,9 +147,10 @@ class SharedCache:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            timeout = self.config.timeout_ms / 1000
-            self._aredis = aredis.Redis.from_url(self.config.url, socket_timeout=timeout,
-                                                 socket_connect_timeout=timeout, health_check_interval=0,
+            # wait_for bounds each lookup; the sockets' own limit only has to cover the longest (background)
+            longest = self.config.timeout_ms * 10 / 1000
+            self._aredis = aredis.Redis.from_url(self.config.url, socket_timeout=longest,
+                                                 socket_connect_timeout=longest, health_check_interval=0,
                                                  retry=Retry(NoBackoff(), 0))
         self._reads_in_flight += 1
         try:

@@ -123,40 +123,55 @@ def best_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(corr / np.sqrt(np.maximum(energy, 1e-9) * (b * b).sum())))
 
 
-def test_container_serves_calls_answers_health_and_drains_on_sigterm(image, tmp_path):
-    port, mport, media = free_udp_port(), free_tcp_port(), free_udp_port()
-    rtp = free_udp_range()
-    cfg = tmp_path / "etc"
-    cfg.mkdir()
-    (cfg / "prompts.yaml").write_text(PROMPTS)
-    (cfg / "server.yaml").write_text(
-        f"sip:\n  listen: 127.0.0.1:{port}\n  advertised_address: 127.0.0.1\n"
-        f"rtp:\n  port_min: {rtp}\n  port_max: {rtp + 19}\nprompts: prompts.yaml\n"
-        f"metrics:\n  listen: 127.0.0.1:{mport}\ndrain_timeout_s: 30\n")
-    cfg.chmod(0o755)
-    for f in cfg.iterdir():
-        f.chmod(0o644)
-    name = f"sip-tts-test-{port}"
-    t0 = time.monotonic()
-    run = subprocess.run(podman_cmd() + ["run", "-d", "--name", name, "--network", "host", *ulimits(),
-                                         "--health-interval", "disable",
-                                         "-e", f"SIP_TTS_HEALTH_URL=http://127.0.0.1:{mport}/health",
-                                         "-v", f"{cfg}:/etc/sip-tts:ro", image],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    try:
+class Instance:
+    """A sip-tts container on the host's network, with its own ports, started and ready."""
+
+    def __init__(self, image: str, tmp_path: Path) -> None:
+        self.port, self.mport = free_udp_port(), free_tcp_port()
+        rtp = free_udp_range()
+        cfg = tmp_path / f"etc-{self.port}"
+        cfg.mkdir()
+        (cfg / "prompts.yaml").write_text(PROMPTS)
+        (cfg / "server.yaml").write_text(
+            f"sip:\n  listen: 127.0.0.1:{self.port}\n  advertised_address: 127.0.0.1\n"
+            f"rtp:\n  port_min: {rtp}\n  port_max: {rtp + 19}\nprompts: prompts.yaml\n"
+            f"metrics:\n  listen: 127.0.0.1:{self.mport}\ndrain_timeout_s: 30\n")
+        cfg.chmod(0o755)
+        for f in cfg.iterdir():
+            f.chmod(0o644)
+        self.cfg = cfg
+        self.name = f"sip-tts-test-{self.port}"
+        t0 = time.monotonic()
+        run = subprocess.run(podman_cmd() + ["run", "-d", "--name", self.name, "--network", "host", *ulimits(),
+                                             "--health-interval", "disable",
+                                             "-e", f"SIP_TTS_HEALTH_URL=http://127.0.0.1:{self.mport}/health",
+                                             "-v", f"{cfg}:/etc/sip-tts:ro", image],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if health(mport) == (200, "ready"):
+                if health(self.mport) == (200, "ready"):
                     break
             except OSError:
                 pass
             time.sleep(0.05)
         else:
-            logs = subprocess.run(podman_cmd() + ["logs", name], capture_output=True, text=True).stdout
+            logs = subprocess.run(podman_cmd() + ["logs", self.name], capture_output=True, text=True).stdout
+            self.remove()
             raise AssertionError(f"the container never became ready:\n{logs[-3000:]}")
-        ready_s = time.monotonic() - t0
+        self.ready_s = time.monotonic() - t0
+
+    def remove(self) -> None:
+        subprocess.run(podman_cmd() + ["rm", "-f", "-t", "0", self.name], capture_output=True)
+
+
+def test_container_serves_calls_answers_health_and_drains_on_sigterm(image, tmp_path):
+    media = free_udp_port()
+    inst = Instance(image, tmp_path)
+    port, mport, name, cfg = inst.port, inst.mport, inst.name, inst.cfg
+    try:
+        ready_s = inst.ready_s
         print(f"\ncontainer start to ready (/health 200): {ready_s:.2f} s")
         check = subprocess.run(podman_cmd() + ["healthcheck", "run", name], capture_output=True, text=True)
         assert check.returncode == 0, f"HEALTHCHECK failed: {check.stdout} {check.stderr}"
@@ -203,4 +218,43 @@ def test_container_serves_calls_answers_health_and_drains_on_sigterm(image, tmp_
         wait = subprocess.run(podman_cmd() + ["wait", name], capture_output=True, text=True, timeout=60)
         assert wait.stdout.strip() == "0", f"exit code {wait.stdout!r} {wait.stderr}"
     finally:
+        inst.remove()
+
+
+@pytest.fixture(scope="module")
+def kamailio_image(image) -> str:
+    """deploy/Containerfile.kamailio on the base image build-local.sh made."""
+    tag = "localhost/sip-tts-kamailio:test"
+    res = subprocess.run(podman_cmd() + ["build", "--network", "host", *ulimits(), "--format", "docker",
+                                         "--build-arg", "BASE=localhost/sip-tts-base:bookworm",
+                                         "-f", "deploy/Containerfile.kamailio", "-t", tag, "."],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    return tag
+
+
+def test_kamailio_container_routes_calls_to_the_sip_tts_container(image, kamailio_image, tmp_path):
+    """The compose file's front: our Kamailio image with its dispatcher list, the CPU image behind it."""
+    inst = Instance(image, tmp_path)
+    kport, media = free_udp_port(), free_udp_port()
+    listed = tmp_path / "dispatcher.list"
+    listed.write_text(f"1 sip:127.0.0.1:{inst.port} 0 0\n")
+    listed.chmod(0o644)
+    name = f"kamailio-test-{kport}"
+    try:
+        run = subprocess.run(podman_cmd() + ["run", "-d", "--name", name, "--network", "host", *ulimits(),
+                                             "-v", f"{listed}:/etc/kamailio/dispatcher.list:ro", kamailio_image,
+                                             "-l", f"udp:127.0.0.1:{kport}", "-A", "DS_PING_INTERVAL=1"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        time.sleep(3)  # the first OPTIONS probe marks the instance up
+        call = sipp(kport, "1000", tmp_path / "via-kamailio", media)
+        out, _ = call.communicate(timeout=60)
+        logs = subprocess.run(podman_cmd() + ["logs", name], capture_output=True, text=True)
+        assert call.returncode == 0, f"{out[-1500:]}\n{(logs.stdout + logs.stderr)[-2000:]}"
+        assert sipp_counts(tmp_path / "via-kamailio")["SuccessfulCall(C)"] == 1
+        text = urllib.request.urlopen(f"http://127.0.0.1:{inst.mport}/metrics", timeout=3).read().decode()
+        assert 'sip_tts_calls_total{outcome="prompt-done"} 1.0' in text, "the call reached the instance"
+    finally:
         subprocess.run(podman_cmd() + ["rm", "-f", "-t", "0", name], capture_output=True)
+        inst.remove()
