@@ -1,14 +1,18 @@
-# sip-tts: `make run` starts the server on the embedded engine; `make test` installs
-# everything (Python venv with CPU torch and the GPU engine's packages, Debian peers:
-# sipp, baresip, kamailio, tcpdump) and runs the tests.
+# sip-tts: `make run` starts the server on the embedded engine (and installs sipp for the
+# README's "Try it"); `make test` installs everything (Python venv with CPU torch and the GPU
+# engine's packages, the Debian peers listed in sip_tests/peers/debs-*.txt) and runs the tests.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-PEERS ?= $(abspath ../shared/peers)
+# the peer kit (SIPp scenarios, baresip script, Debian package lists); PEERS=/path overrides
+PEERS ?= sip_tests/peers
 CONFIG ?= config/server.yaml
 PYTEST_ARGS ?=
-# CPU torch (a local file here). On a GPU host: make install-engine TORCH=torch==2.11.0 (PyPI's CUDA build)
+# CPU torch: on these machines `torch==2.13.0` resolves to a local CPU wheel. On an ordinary
+# machine PyPI's torch==2.13.0 is a multi-GB CUDA build: for a CPU build there, pass
+# TORCH="torch==2.13.0+cpu --extra-index-url <PyTorch's CPU index>" (README, "Two commands").
+# On a GPU host: make install-engine TORCH=torch==2.11.0 (PyPI's CUDA build).
 TORCH ?= torch==2.13.0
 
 .PHONY: install install-engine run test unit sip-tests peers check-config clean
@@ -38,23 +42,24 @@ install: $(VENV)/.installed
 install-engine: $(VENV)/.installed-engine
 
 run: install
+	@bash sip_tests/peers/install.sh sip-tester
 	$(VENV)/bin/sip-tts serve --config $(CONFIG)
 
 check-config: install
 	$(VENV)/bin/sip-tts check-config --config $(CONFIG)
 
 peers:
-	@test -x $(PEERS)/install.sh || { echo "peer kit not found at $(PEERS) (set PEERS=...)"; exit 1; }
-	bash $(PEERS)/install.sh
+	@test -f $(PEERS)/install.sh || { echo "peer kit not found at $(PEERS) (set PEERS=...)"; exit 1; }
+	@bash $(PEERS)/install.sh
 
 test: install-engine peers
-	PEERS_DIR=$(PEERS) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	PEERS_DIR=$(abspath $(PEERS)) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: install-engine
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 sip-tests: install peers
-	PEERS_DIR=$(PEERS) $(PY) -m pytest -q sip_tests $(PYTEST_ARGS)
+	PEERS_DIR=$(abspath $(PEERS)) $(PY) -m pytest -q sip_tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -39,7 +39,10 @@ WINDOWS = [10, 15, 25, 50, 75]
 SAMPLES_PER_TOKEN = 960  # 24 kHz, 25 tokens per second
 
 
-class BurstEngine:
+from engine.base import EngineBase  # noqa: E402
+
+
+class BurstEngine(EngineBase):
     """Releases sine audio in GPU-engine-shaped windows, in bursts on a shared clock."""
 
     name = "burst"

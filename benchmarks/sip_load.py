@@ -3,7 +3,7 @@
     python benchmarks/sip_load.py [--rates 25,50,100,150,200] [--seconds 8] [--hold-ms 1000]
 
 Each call: INVITE → 200 → ACK, a short prompt plays for ``--hold-ms``, the caller
-sends BYE (SIPp's uac_pcmu_bye.xml from ../shared/peers). For each rate we report
+sends BYE (SIPp's uac_pcmu_bye.xml from sip_tests/peers). For each rate we report
 calls attempted/successful/failed, INVITE→200 p50/p99 (SIPp's per-call response
 time), SIPp's retransmission count, and the server's CPU % and RSS. The same
 rates are then run against SIPp's reference UAS (uas_pcmu.xml): the ratio of
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = Path(os.environ.get("PEERS_DIR", ROOT.parent / "shared" / "peers")).resolve()
+PEERS = Path(os.environ.get("PEERS_DIR", ROOT / "sip_tests" / "peers")).resolve()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

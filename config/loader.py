@@ -14,9 +14,20 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .schema import PromptsConfig, ServerConfig
+from .steps import untagged
 
 M = TypeVar("M", bound=BaseModel)
 Path_ = tuple[str | int, ...]
+
+
+def shown_path(path: str | Path) -> str:
+    """A file as messages name it: relative to the working directory when it lies below it,
+    so server.yaml and the prompts file it points to read alike however they were given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 class ConfigError(Exception):
@@ -29,6 +40,7 @@ class ConfigError(Exception):
     @staticmethod
     def format(problem: tuple[str, int | None, str, str]) -> str:
         file, line, fld, msg = problem
+        file = shown_path(file)
         where = f"{file}:{line}" if line else file
         return f"{where}: {fld}: {msg}" if fld else f"{where}: {msg}"
 
@@ -92,7 +104,7 @@ def validate(model: type[M], data: Any, path: Path, lines: dict[Path_, int], **c
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = untagged(tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'"),)
             field = ".".join(str(p) for p in loc)

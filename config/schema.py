@@ -8,9 +8,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.chatterbox.settings import ChatterboxSettings  # noqa: F401 (importable from here, as before)
+from engine.espeak import EspeakSettings  # noqa: F401 (the default engine; importable from here)
+from engine.registry import ENGINES
+from telephony import PRODUCT
+
+from .steps import STEPS, CollectStep, MenuStep, PlayStep, References, Say, SayStep, Step  # noqa: F401
+from telephony.admission import MAX_HEADERS, MAX_MESSAGE_BYTES
 
 
 class _Strict(BaseModel):
@@ -32,11 +40,12 @@ def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
 
 
 class SipSettings(_Strict):
+    enabled: bool = Field(True, description="false: no SIP at all, the HTTP API alone (a TTS server)")
     listen: str = Field("0.0.0.0:5060", description="HOST:PORT for SIP over UDP")
     advertised_address: str | None = Field(
         None, description="address put in Contact, Via and SDP; default: the listen host, "
                           "or this host's primary address when listening on 0.0.0.0")
-    user_agent: str = "sip-tts/0.1"
+    user_agent: str = Field(PRODUCT, description="our User-Agent and Server header")
     tcp: bool = Field(True, description="also listen on TCP (same address and port)")
     tcp_idle_timeout_s: float = Field(120, ge=5, description="close TCP connections idle this long (not carrying a call)")
     tcp_max_connections_per_source: int = Field(32, ge=1, description="more TCP connections from one IP are refused")
@@ -86,46 +95,10 @@ class RtpSettings(_Strict):
         return self
 
 
-class EspeakSettings(_Strict):
-    kind: Literal["espeak"] = "espeak"
-    voice: str = "en-us"
-    rate: int = Field(165, ge=80, le=450, description="words per minute")
-    pitch: int = Field(50, ge=0, le=99)
-    process: bool = Field(False, description="run espeak-ng in its own process (restarted if it dies)")
-
-
-class ChatterboxSettings(_Strict):
-    kind: Literal["chatterbox"]
-    model_dir: str = Field(description="local checkpoint directory (public Chatterbox Turbo layout)")
-    device: str = "cuda"
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    vocoder_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="HiFT's precision; auto: float16 on a GPU (1.35x faster on an H100) when its audio on "
-                            "the voice's reference is >= 40 dB from float32 (checked at start-up), else float32")
-    voice_wav: str | None = Field(None, description="reference WAV (>= 5 s) for the default voice; "
-                                                    "none: the checkpoint's built-in voice (conds.pt)")
-    voice_cache_dir: str | None = Field(None, description="where computed voice conditioning is kept")
-    max_streams: int = Field(64, ge=1, le=512, description="utterances decoded together (KV-cache slots)")
-    max_tokens: int = Field(750, ge=10, le=4000, description="speech tokens per utterance (25 per second)")
-    temperature: float = Field(0.8, gt=0, le=2)
-    top_k: int = Field(1000, ge=1)
-    top_p: float = Field(0.95, gt=0, le=1)
-    repetition_penalty: float = Field(1.2, ge=1, le=3)
-    overlap: bool = Field(False, description="GPU: S3Gen on its own CUDA stream beside T3's (higher priority): "
-                                             "~4% more throughput, but more late frames near capacity (H100: "
-                                             "64 vs 0 at 128 streams); off: T3 and S3Gen alternate")
-    t3_share: float = Field(1.0, ge=0.25, le=8, description="T3's GPU time between S3Gen batches, in batch "
-                            "durations: 1 favours first audio; 2 makes S3Gen batches larger and carries more "
-                            "streams (H100: late frames at 192 streams 54,929 -> 111) at ~200 ms more first-audio "
-                            "p95 under load")
-    process: bool = Field(True, description="run the engine in its own process, so the GPU worker's Python "
-                                            "never delays RTP pacing (restarted if it dies)")
-
-
 class LimitSettings(_Strict):
     max_calls: int = Field(500, ge=1, description="concurrent calls; more get 503")
-    max_message_bytes: int = Field(8192, ge=1500, le=65535, description="larger SIP messages get 513")
-    max_headers: int = Field(100, ge=20, le=1000, description="more header lines get 400")
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1500, le=65535, description="larger SIP messages get 513")
+    max_headers: int = Field(MAX_HEADERS, ge=20, le=1000, description="more header lines get 400")
     invite_rate_per_source: float = Field(0, ge=0, description="new INVITEs per second per source IP; 0: no limit")
     invite_burst_per_source: float = Field(0, ge=0, description="burst above that rate; 0: twice the rate")
 
@@ -201,17 +174,51 @@ class CacheSettings(_Strict):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
+class ApiSettings(_Strict):
+    """The HTTP API (sip_tts/api): synthesis, voices, playground, /metrics and /health."""
+
+    enabled: bool = True
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT for HTTP; a non-loopback host needs keys")
+    keys: list[str] = Field(default_factory=list, description="API keys (Authorization: Bearer KEY); "
+                                                              "empty: no authentication (loopback only)")
+    max_concurrent: int = Field(32, ge=1, le=4096, description="synthesis requests at once; more get 429")
+    max_body_bytes: int = Field(10 * 2**20, ge=4096, description="larger request bodies get 413")
+    voice_dir: str | None = Field(None, description="uploaded voices (relative to this file); default: the "
+                                                    "engine's voice_cache_dir, else voices/ beside this file")
+    pace_with_calls: float = Field(1.0, ge=0, le=1000, description="while calls are in progress, each API stream "
+                                   "is sent at most this many times real time (its first second at once); 0: no "
+                                   "limit. Keeps a fast CPU engine's API work from taking the calls' CPU")
+    own_thread: bool = Field(False, description="serve HTTP on its own thread and event loop instead of the "
+                                                "server's loop (benchmarks/results/api_load.md)")
+
+    @field_validator("listen")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        host, _ = parse_hostport(v, 8080)
+        ipaddress.ip_address(host)
+        return v
+
+    @model_validator(mode="after")
+    def _keys_off_loopback(self) -> "ApiSettings":
+        host = parse_hostport(self.listen, 8080)[0]
+        if self.enabled and not self.keys and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"keys: listening on {host} (not loopback) needs api.keys "
+                             "(or listen on 127.0.0.1)")
+        return self
+
 
 class ServerConfig(_Strict):
     sip: SipSettings = SipSettings()
     rtp: RtpSettings = RtpSettings()
     codecs: list[Literal["PCMU", "PCMA"]] = Field(["PCMU", "PCMA"], min_length=1,
                                                  description="preference order for the answer")
-    engine: EspeakSettings | ChatterboxSettings = Field(EspeakSettings(), discriminator="kind")
+    engine: Union[tuple(ENGINES.values())] = Field(EspeakSettings(), discriminator="kind")  # type: ignore[valid-type]
     prompts: str = Field("prompts.yaml", description="prompts file, relative to this file")
     limits: LimitSettings = LimitSettings()
     media: MediaSettings = MediaSettings()
-    metrics: MetricsSettings | None = Field(None, description="Prometheus metrics and health endpoint; none: off")
+    metrics: MetricsSettings | None = Field(None, description="Prometheus metrics and health endpoint on a port "
+                                                              "of their own (they are also on the API's); none: off")
+    api: ApiSettings = ApiSettings()
     cache: CacheSettings = CacheSettings()
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
@@ -236,98 +243,11 @@ class ServerConfig(_Strict):
 class VoiceDef(_Strict):
     """A named voice: the engine it needs and that engine's settings."""
 
-    engine: Literal["espeak", "chatterbox"] | None = Field(None, description="default: the server's engine")
+    engine: Literal[tuple(ENGINES)] | None = Field(None, description="default: the server's engine")  # type: ignore[valid-type]
     voice: str | None = Field(None, description="espeak: voice name (en-us, en-gb+f3, ...)")
     rate: int | None = Field(None, ge=80, le=450, description="espeak: words per minute")
     pitch: int | None = Field(None, ge=0, le=99, description="espeak: pitch")
     wav: str | None = Field(None, description="chatterbox: reference WAV (>= 5 s), relative to this file")
-
-
-class SayStep(_Strict):
-    text: str = Field(min_length=1, description="what to say; {caller}, {called}, {date}, {time}, "
-                                                "{headers[Name]}, route vars and collected digits fill in")
-    voice: str | None = None
-    barge_in: bool = Field(False, description="a digit stops this prompt (the digit is kept for the next menu)")
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("text is blank")
-        return v
-
-
-class PlayStep(_Strict):
-    file: str = Field(description="WAV file (any rate, mono or stereo), relative to this file")
-    barge_in: bool = False
-
-
-class MenuStep(_Strict):
-    prompt: SayStep | None = None
-    options: dict[str, str] = Field(min_length=1, description="digit → script to go to")
-    timeout_s: float | None = Field(None, gt=0, le=60, description="wait for a digit after the prompt (default 5)")
-    retries: int = Field(2, ge=0, le=10, description="prompt again this often on timeout or a wrong digit")
-    invalid: SayStep | None = Field(None, description="said after a wrong digit")
-    on_timeout: str | None = Field(None, description="script after the last retry; none: hang up")
-
-    @field_validator("options")
-    @classmethod
-    def _digits(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if len(k) != 1 or k not in "0123456789*#ABCD":
-                raise ValueError(f"option {k!r} is not one DTMF digit (0-9 * # A-D)")
-        return v
-
-
-class CollectStep(_Strict):
-    prompt: SayStep | None = None
-    into: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable the digits go into")
-    max_digits: int = Field(16, ge=1, le=64)
-    terminator: str = Field("#", pattern=r"^[0-9*#]?$", description="ends input early (not kept)")
-    timeout_s: float = Field(5.0, gt=0, le=60, description="after the prompt and between digits")
-
-
-class Step(_Strict):
-    """One script step: exactly one of the fields below (``hangup`` may be written alone)."""
-
-    say: SayStep | None = None
-    play: PlayStep | None = None
-    pause: float | None = Field(None, gt=0, le=60, description="seconds of silence")
-    menu: MenuStep | None = None
-    collect: CollectStep | None = None
-    goto: str | None = None
-    hangup: bool | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short_forms(cls, data: object) -> object:
-        if data == "hangup":
-            return {"hangup": True}
-        if isinstance(data, dict):
-            data = dict(data)
-            if isinstance(data.get("say"), str):
-                data["say"] = {"text": data["say"]}
-            if isinstance(data.get("play"), str):
-                data["play"] = {"file": data["play"]}
-            for key in ("menu", "collect"):
-                if isinstance(data.get(key), dict) and isinstance(data[key].get("prompt"), str):
-                    data[key] = {**data[key], "prompt": {"text": data[key]["prompt"], "barge_in": True}}
-            if isinstance(data.get("menu"), dict) and isinstance(data["menu"].get("invalid"), str):
-                data["menu"] = {**data["menu"], "invalid": {"text": data["menu"]["invalid"]}}
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Step":
-        set_ = [k for k in ("say", "play", "pause", "menu", "collect", "goto", "hangup") if getattr(self, k) is not None]
-        if len(set_) != 1:
-            raise ValueError("a step is exactly one of say, play, pause, menu, collect, goto, hangup"
-                             + (f" (got {', '.join(set_)})" if set_ else ""))
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("say", "play", "pause", "menu", "collect", "goto", "hangup")
-                    if getattr(self, k) is not None)
 
 
 class Route(_Strict):
@@ -378,7 +298,7 @@ class Route(_Strict):
         if self.steps is not None:
             return self.steps
         if self.say is not None:
-            return [Step(say=SayStep(text=self.say))]
+            return [Say(say=SayStep(text=self.say))]
         return scripts[self.script or ""]
 
     def matches(self, dialed: str, caller: str, headers: dict[str, str]) -> bool:
@@ -456,59 +376,24 @@ class PromptsConfig(_Strict):
     def references(self) -> tuple[list[tuple[tuple, str]], list[tuple[tuple, str]]]:
         """(errors, warnings), each (location, message): unknown scripts and voices, unreachable scripts, menus
         without a timeout."""
-        errors: list[tuple[tuple, str]] = []
-        warnings: list[tuple[tuple, str]] = []
-        reached: set[str] = set()
-
-        def voice(loc: tuple, name: str | None) -> None:
-            if name is not None and name not in self.voices:
-                errors.append((loc, f"unknown voice {name!r}"))
-
-        def target(loc: tuple, name: str | None) -> None:
-            if name is None:
-                return
-            if name not in self.scripts:
-                errors.append((loc, f"unknown script {name!r}"))
-            else:
-                reached.add(name)
-
-        def steps(loc: tuple, items: list[Step]) -> None:
-            for i, st in enumerate(items):
-                here = loc + (i,)
-                if st.say is not None:
-                    voice(here + ("say", "voice"), st.say.voice)
-                if st.goto is not None:
-                    target(here + ("goto",), st.goto)
-                if st.menu is not None:
-                    for digit, name in st.menu.options.items():
-                        target(here + ("menu", "options", digit), name)
-                    target(here + ("menu", "on_timeout"), st.menu.on_timeout)
-                    if st.menu.timeout_s is None:
-                        warnings.append((here + ("menu",), "menu without timeout_s: waits 5 s for a digit"))
-                    for sub in (st.menu.prompt, st.menu.invalid):
-                        if sub is not None:
-                            voice(here + ("menu",), sub.voice)
-                if st.collect is not None and st.collect.prompt is not None:
-                    voice(here + ("collect", "prompt", "voice"), st.collect.prompt.voice)
-                if st.kind in ("goto", "hangup") and i + 1 < len(items):
-                    warnings.append((loc + (i + 1,), f"unreachable: step after {st.kind}"))
-
+        refs = References(set(self.voices), set(self.scripts))
         for i, route in enumerate(self.routes):
-            voice(("routes", i, "voice"), route.voice)
-            target(("routes", i, "script"), route.script)
+            refs.voice(("routes", i, "voice"), route.voice)
+            refs.target(("routes", i, "script"), route.script)
             if route.steps:
-                steps(("routes", i, "steps"), route.steps)
+                refs.steps(("routes", i, "steps"), route.steps)
         if self.default is not None:
-            voice(("default", "voice"), self.default.voice)
-            target(("default", "script"), self.default.script)
+            refs.voice(("default", "voice"), self.default.voice)
+            refs.target(("default", "script"), self.default.script)
             if self.default.steps:
-                steps(("default", "steps"), self.default.steps)
+                refs.steps(("default", "steps"), self.default.steps)
         for name, items in self.scripts.items():
-            steps(("scripts", name), items)
+            refs.steps(("scripts", name), items)
         for name in self.scripts:
-            if name not in reached:
-                warnings.append((("scripts", name), f"script {name!r} is never used (no route, goto or menu leads to it)"))
-        return errors, warnings
+            if name not in refs.reached:
+                refs.warnings.append((("scripts", name),
+                                      f"script {name!r} is never used (no route, goto or menu leads to it)"))
+        return refs.errors, refs.warnings
 
 
 class PromptCacheSettings(_Strict):

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import numpy as np
 import soxr
 
-TELEPHONE_RATE = 8000
+from media import SAMPLE_RATE as TELEPHONE_RATE
 
 # -- G.711 --------------------------------------------------------------------------
 _ULAW_BIAS = 0x84

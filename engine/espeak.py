@@ -14,11 +14,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from pathlib import Path
+from typing import AsyncIterator, Callable, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from .base import EngineError, EngineStats, VoiceSpec
+from .base import EngineBase, EngineError, EngineStats, Resolve, TtsEngine, VoiceSpec
+
+NATIVE_RATE = 22050  # espeak-ng's output rate
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -37,7 +41,36 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-class EspeakEngine:
+class EspeakSettings(BaseModel):
+    """server.yaml ``engine: {kind: espeak, ...}``: the embedded CPU voice (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["espeak"] = "espeak"
+    voice: str = "en-us"
+    rate: int = Field(165, ge=80, le=450, description="words per minute")
+    pitch: int = Field(50, ge=0, le=99)
+    process: bool = Field(False, description="run espeak-ng in its own process (restarted if it dies)")
+
+    voice_fields: ClassVar[tuple[str, ...]] = ("voice", "rate", "pitch")  # what a named voice may set
+
+    def build(self, resolve: Resolve, shared: object = None) -> tuple[TtsEngine, VoiceSpec]:
+        # shared: nothing per voice to share (its prompts are shared by the prompt cache)
+        voice = VoiceSpec("default", (("voice", self.voice), ("rate", self.rate), ("pitch", self.pitch)))
+        if self.process:
+            from .process import EngineProcess
+
+            return EngineProcess("espeak", NATIVE_RATE, "engine.espeak:EspeakEngine",
+                                 kwargs={"default_voice": self.voice}), voice
+        return EspeakEngine(default_voice=self.voice), voice
+
+    @classmethod
+    def named_voice(cls, name: str, default: VoiceSpec, fields: dict[str, object],
+                    resolve: Callable[[str], Path]) -> VoiceSpec:
+        """The default voice with the named voice's settings over it."""
+        return VoiceSpec(name, tuple({**dict(default.settings), **fields}.items()))
+
+
+class EspeakEngine(EngineBase):
     """Streaming espeak-ng, serialised on one worker thread."""
 
     name = "espeak"
@@ -45,7 +78,7 @@ class EspeakEngine:
     def __init__(self, default_voice: str = "en-us", buffer_ms: int = 20) -> None:
         self.default_voice = default_voice
         self._buffer_ms = buffer_ms
-        self.sample_rate = 22050
+        self.sample_rate = NATIVE_RATE
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()

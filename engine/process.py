@@ -44,7 +44,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from .audio import LINE_CODECS, encode_line
-from .base import EngineError, EngineStats, VoiceSpec
+from .base import EngineBase, EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
 DRAIN_BATCH = 4  # engine messages handled per event-loop iteration
@@ -55,7 +55,7 @@ def _resolve(target: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
-class EngineProcess:
+class EngineProcess(EngineBase):
     """``target`` ("module:callable") called with ``args``/``kwargs`` in the child builds the real engine."""
 
     def __init__(self, name: str, sample_rate: int, target: str, args: tuple = (), kwargs: dict | None = None,
@@ -351,9 +351,8 @@ async def _serve(conn: Connection, engine) -> None:  # type: ignore[no-untyped-d
             tasks.pop(rid, None)
 
     async def report() -> None:
-        depth = getattr(engine, "queue_depth", lambda: 0)
         while True:
-            conn.send(("stats", getattr(engine, "stats", EngineStats()), depth()))
+            conn.send(("stats", engine.stats, engine.queue_depth()))
             await asyncio.sleep(0.5)
 
     reporter = asyncio.create_task(report())

@@ -26,17 +26,17 @@ from typing import Callable
 import numpy as np
 import soxr
 
+from media import FRAME_SAMPLES as FRAME, SAMPLE_RATE, silence
+
 from .audio import encode_g711, encode_line, float_to_int16
 from .base import TtsEngine, VoiceSpec
 from .shared_cache import SharedCache
-
-FRAME = 160
 
 
 def frames_of(data: bytes, codec: str) -> list[bytes]:
     """Cut encoded audio into 20 ms frames, the last one padded with silence (the code of 0)."""
     if len(data) % FRAME:
-        data += encode_g711(np.zeros(FRAME - len(data) % FRAME, dtype=np.int16), codec)
+        data += silence(codec, FRAME - len(data) % FRAME)
     return _split(data)
 
 
@@ -59,13 +59,9 @@ async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: s
                         push: Callable[[bytes], None] | None = None, background: bool = False) -> bytes:
     """Synthesise ``text`` as 8 kHz G.711, handing each piece to ``push`` as it is ready;
     returns all of it. ``background``: nobody is listening (rendering into the cache).
-    An engine that can deliver line audio itself (``stream_line``: one in its own process)
-    does the resampling and encoding there, off this event loop."""
-    line = getattr(engine, "stream_line", None)
-    pieces = line(text, voice, codec, background=background) if line is not None else \
-        encode_line(engine.stream(text, voice, background=background), engine.sample_rate, codec)
+    An engine in its own process does the resampling and encoding there, off this event loop."""
     out = bytearray()
-    async for data in pieces:
+    async for data in engine.stream_line(text, voice, codec, background=background):
         out += data
         if push is not None:
             push(data)
@@ -91,8 +87,8 @@ def render_wav(path: str | Path, codec: str) -> bytes:
         raise ValueError(f"{path}: {8 * width}-bit samples are not supported")
     if channels > 1:
         x = x.reshape(-1, channels).mean(axis=1)
-    if rate != 8000:
-        x = soxr.resample(x, rate, 8000, quality="HQ")
+    if rate != SAMPLE_RATE:
+        x = soxr.resample(x, rate, SAMPLE_RATE, quality="HQ")
     return encode_g711(float_to_int16(np.clip(x, -1, 1)), codec)
 
 

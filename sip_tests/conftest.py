@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = Path(os.environ.get("PEERS_DIR", ROOT.parent / "shared" / "peers")).resolve()
+PEERS = Path(os.environ.get("PEERS_DIR", ROOT / "sip_tests" / "peers")).resolve()
 
 
 def free_udp_port() -> int:
@@ -70,6 +70,8 @@ def _start_server(tmp_path: Path, extra_yaml: str = "", prompts: str = PROMPTS, 
     port = free_udp_port()
     rtp_min = 21000 + (port % 200) * 100
     (tmp_path / "prompts.yaml").write_text(prompts)
+    if "api:" not in extra_yaml:  # the HTTP API is on by default: a port of its own, not 8080 for every server
+        extra_yaml += f"\napi:\n  listen: 127.0.0.1:{free_udp_port()}\n"
     (tmp_path / "server.yaml").write_text(
         f"sip:\n  listen: 127.0.0.1:{port}\n  advertised_address: 127.0.0.1\n{sip_yaml}"
         f"rtp:\n  port_min: {rtp_min}\n  port_max: {rtp_min + 99}\n"

@@ -108,3 +108,24 @@ def test_say_walks_a_route_with_digits_and_check_config_warns(tmp_path):
     assert f"warning: {tmp_path / 'p.yaml'}:4: scripts.a.0.menu: menu without timeout_s" in res.stdout
     assert f"warning: {tmp_path / 'p.yaml'}:6: scripts.a.2: unreachable: step after hangup" in res.stdout
     assert "2 warnings" in res.stdout
+
+
+def test_say_refuses_digits_the_script_never_asked_for(tmp_path):
+    """`say --route 2000 --digits 1,2`: the sales branch hangs up after 1, so 2 is an error, not ignored."""
+    res = sip_tts("say", "--route", "2000", "--digits", "1,2", "--out", str(tmp_path / "walk.wav"),
+                  "--config", str(ROOT / "config" / "server.yaml"))
+    assert res.returncode == 2
+    assert "--digits: 2 never used" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "walk.wav").exists()
+
+
+def test_errors_in_both_files_name_them_relative_to_the_working_directory(tmp_path):
+    """server.yaml given by absolute path: its prompts file's errors are still named relative to cwd."""
+    (tmp_path / "server.yaml").write_text("prompts: p.yaml\n")
+    (tmp_path / "p.yaml").write_text("routes:\n  '1': {text: hi, colour: x}\n")
+    res = sip_tts("check-config", "--config", str(tmp_path / "server.yaml"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "\np.yaml:2: routes.0.colour: unknown field" in res.stderr, res.stderr
+    (tmp_path / "server.yaml").write_text("rtp:\n  port_min: 70000\n")
+    res = sip_tts("check-config", "--config", str(tmp_path / "server.yaml"), cwd=tmp_path)
+    assert "\nserver.yaml:2: rtp.port_min: " in res.stderr, res.stderr

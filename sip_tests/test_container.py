@@ -135,7 +135,8 @@ class Instance:
         (cfg / "server.yaml").write_text(
             f"sip:\n  listen: 127.0.0.1:{self.port}\n  advertised_address: 127.0.0.1\n"
             f"rtp:\n  port_min: {rtp}\n  port_max: {rtp + 19}\nprompts: prompts.yaml\n"
-            f"metrics:\n  listen: 127.0.0.1:{self.mport}\ndrain_timeout_s: 30\n")
+            f"metrics:\n  listen: 127.0.0.1:{self.mport}\ndrain_timeout_s: 30\n"
+            f"api:\n  listen: 127.0.0.1:{free_tcp_port()}\n")  # the host's network: not 8080
         cfg.chmod(0o755)
         for f in cfg.iterdir():
             f.chmod(0o644)

@@ -1,3 +1,5 @@
 """sip-tts: the application that wires config, engines and telephony together."""
 
-__version__ = "0.1.0"
+from telephony import VERSION as __version__
+
+__all__ = ["__version__"]

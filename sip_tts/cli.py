@@ -15,19 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, load_prompts, load_server
-from config.schema import EspeakSettings, PromptsConfig, ServerConfig, parse_hostport
+from config.loader import shown_path
+from config.schema import PromptsConfig, ServerConfig, parse_hostport
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
 from engine.prompt_cache import PromptCache
 from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
-from telephony.rtp.pacer import SILENCE, FrameQueue
+from media import SAMPLE_RATE, SILENCE
+from telephony.rtp.pacer import FrameQueue
 from telephony.admission import AdmissionPolicy
 from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.registration import RegistrationConfig
 from telephony.server import ServerSettings, SipServer
 
-from . import fleet, logs, systemd
+from . import api, fleet, logs, systemd
 from .engines import SpokenPrompt, build_engine
 from .script import ScriptRun, Speech
 
@@ -44,6 +46,7 @@ def _load(path: str) -> tuple[ServerConfig, PromptsConfig]:
 async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 rtp_ports: tuple[int, int] | None = None, pid_file: str | None = None) -> int:
     engine, voice = build_engine(cfg)
+    engine = api.calls_first(engine, cfg)  # the HTTP API's utterances never queue ahead of a caller's
     try:
         await engine.start()
     except ImportError as exc:
@@ -52,6 +55,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     except (RuntimeError, OSError, ValueError) as exc:
         log.error("engine %s failed to start: %s", engine.name, exc)
         return 1
+    if not cfg.sip.enabled:
+        return await api.serve_alone(cfg, prompts, engine, voice)
     host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
     rtp_min, rtp_max = rtp_ports or (cfg.rtp.port_min, cfg.rtp.port_max)
     settings = ServerSettings(
@@ -77,7 +82,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     try:
         speech = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
     except ValueError as exc:
-        log.error("%s: %s", cfg.prompts_path(), exc)
+        log.error("%s: %s", shown_path(cfg.prompts_path()), exc)
         await engine.close()
         return 2
     warming: set[asyncio.Task] = set()
@@ -95,16 +100,15 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
 
     def engine_up() -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
-        return bool(getattr(engine, "available", True))
+        return engine.available
 
     metrics = None
-    if cfg.metrics is not None:
+    if cfg.metrics is not None or cfg.api.enabled:
         from .metrics import Metrics
 
-        queue = getattr(engine, "queue_depth", None)
-        metrics = Metrics(lambda: len(server.calls), queue if callable(queue) else None,
-                          engine_stats=lambda: getattr(engine, "stats", None), cache=lambda: cache,
-                          engine_health=lambda: (engine_up(), getattr(engine, "restarts", 0)),
+        metrics = Metrics(lambda: len(server.calls), engine.queue_depth,
+                          engine_stats=lambda: engine.stats, cache=lambda: cache,
+                          engine_health=lambda: (engine_up(), engine.restarts),
                           pacer_late=lambda: server.clock.late_wakeups if server.clock is not None else 0)
     server = SipServer(settings, route, hooks=metrics, available=engine_up)
     try:
@@ -121,9 +125,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     _watch_gc()
-    if metrics is not None and cfg.metrics is not None:
-        from .metrics import serve_http
-
+    http = None
+    if metrics is not None:
         def health() -> tuple[int, str]:
             ua = server.ua
             if ua is None or ua.draining:
@@ -132,11 +135,12 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 return 503, "engine down"
             return (200, "ready") if ua.accepting else (503, "full")
 
-        mhost, mport = parse_hostport(cfg.metrics.listen, 9100)
         try:
-            await serve_http(mhost, mport, metrics, health)
+            http = await api.start_http(cfg, prompts, engine, voice, health, metrics.registry, metrics.render,
+                                        live_calls=lambda: len(server.calls))
         except OSError as exc:
-            log.error("cannot serve metrics on %s: %s", cfg.metrics.listen, exc.strerror or exc)
+            log.error("cannot serve http on %s: %s", cfg.api.listen if cfg.api.enabled else cfg.metrics.listen,
+                      exc.strerror or exc)
             await server.stop()
             await engine.close()
             return 1
@@ -152,7 +156,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = float(stall_ms) / 1000
-    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}", flush=True)
+    http_at = f", http api port {http.port}" if http is not None and http.port is not None else ""
+    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}{http_at}", flush=True)
     signals = 0
     first, second = asyncio.Event(), asyncio.Event()
 
@@ -174,7 +179,7 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
         speech = new  # calls in progress keep the Speech (and script) they started with
         for line in prompts.warnings:
             log.warning("%s", line)
-        log.info("reloaded %s: %d routes", cfg.prompts_path(), len(prompts.routes))
+        log.info("reloaded %s: %d routes", shown_path(cfg.prompts_path()), len(prompts.routes))
         warm(speech)
 
     loop = asyncio.get_running_loop()
@@ -187,6 +192,8 @@ async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
     left = await server.drain(cfg.drain_timeout_s, interrupted=second)
     log.info("stopping: hanging up %d call(s)", left)
     await server.stop()
+    if http is not None:
+        await http.stop()
     for task in warming:
         task.cancel()
     await engine.close()
@@ -235,6 +242,10 @@ async def walk(cfg: ServerConfig, prompts: PromptsConfig, number: str, digits: l
         for d in digits:
             handle.digit_arrived(DtmfDigit(d, 100, "cli"))
         await run.run(handle)
+        unused = handle.pending_digits()
+        if unused:
+            raise ValueError(f"--digits: {','.join(unused)} never used: the script ended before asking for "
+                             f"{'it' if len(unused) == 1 else 'them'}")
         queue.finish()
         frames = []
         while (frame := queue.pop()) is not None:
@@ -263,6 +274,13 @@ class _OfflineCall(CallHandle):
     async def next_digit(self, timeout: float) -> str | None:
         return self._digits.get_nowait().digit if not self._digits.empty() else None  # no digits left: a timeout
 
+    def pending_digits(self) -> list[str]:
+        """Digits given on the command line that the script never asked for."""
+        left = []
+        while not self._digits.empty():
+            left.append(self._digits.get_nowait().digit)
+        return left
+
 
 async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> np.ndarray:
     """What a caller hears: 8 kHz int16 after the G.711 round trip."""
@@ -277,7 +295,7 @@ async def render(engine: TtsEngine, voice: VoiceSpec, text: str, codec: str) -> 
     return decode_g711(b"".join(frames), codec)
 
 
-def write_wav(path: str, samples: np.ndarray, rate: int = 8000) -> None:
+def write_wav(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     with wave.open(path, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -320,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         for line in prompts.warnings:
             print(f"warning: {line}")
-        engine_name = "espeak" if isinstance(cfg.engine, EspeakSettings) else "chatterbox"
-        errors = [f"{cfg.prompts_path()}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
+        engine_name = cfg.engine.kind
+        errors = [f"{shown_path(cfg.prompts_path())}: voices.{name}: needs engine {v.engine}; this server runs {engine_name}"
                   for name, v in prompts.voices.items() if v.engine is not None and v.engine != engine_name]
         if errors:
             print("config error:\n" + "\n".join(errors), file=sys.stderr)
             return 2
-        print(f"{args.config}: ok ({len(prompts.routes)} routes, {len(prompts.scripts)} scripts, "
+        print(f"{shown_path(args.config)}: ok ({len(prompts.routes)} routes, {len(prompts.scripts)} scripts, "
               f"default {'set' if prompts.default else 'none'}, {len(prompts.warnings)} warnings)")
         return 0
     if args.command == "reload":
@@ -354,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             print("say: give TEXT or --route NUMBER", file=sys.stderr)
             return 2
         write_wav(args.out, samples)
-        print(f"{args.out}: {len(samples) / 8000:.2f} s")
+        print(f"{args.out}: {len(samples) / SAMPLE_RATE:.2f} s")
         return 0
     rtp_ports = None
     if args.rtp_ports:

@@ -1,14 +1,12 @@
-"""Prometheus metrics and the health endpoint, on their own port.
+"""Prometheus metrics of the calls, the engine and the prompt cache.
 
-``GET /metrics`` — the Prometheus text format; ``GET /health`` — 200 ``ready``
-while calls are taken, 503 ``draining`` (or ``full``) otherwise, so a load
-balancer or an orchestrator can read it. The server reports through the
-``ServerHooks`` seam; telephony/ itself knows nothing of Prometheus.
+Served over HTTP by the API (``sip_tts/api``: ``GET /metrics``, beside ``GET
+/health``), and on ``metrics.listen`` when that is set. The server reports
+through the ``ServerHooks`` seam; telephony/ itself knows nothing of Prometheus.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Callable
 
@@ -116,31 +114,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def serve_http(host: str, port: int, metrics: Metrics, health: Callable[[], tuple[int, str]]) -> asyncio.Server:
-    """A minimal HTTP/1.0 server: GET /metrics and GET /health, nothing else."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else ""
-            if path.startswith("/metrics"):
-                status, ctype, body = 200, CONTENT_TYPE_LATEST, metrics.render()
-            elif path.startswith("/health"):
-                code, text = health()
-                status, ctype, body = code, "text/plain; charset=utf-8", (text + "\n").encode()
-            else:
-                status, ctype, body = 404, "text/plain; charset=utf-8", b"not found\n"
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "OK")
-            writer.write(f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, host, port)
-    log.info("metrics and health on http://%s:%d/", host, port)
-    return server

@@ -18,11 +18,14 @@ import string
 from dataclasses import dataclass, field
 from typing import Coroutine
 
-from config.schema import MenuStep, PromptsConfig, Route, SayStep, Step, VoiceDef
+from config.schema import PromptsConfig, Route, SayStep, Step, VoiceDef
+from config.steps import END
 from engine.base import TtsEngine, VoiceSpec
+from engine.registry import ENGINES
 from engine.prompt_cache import PromptCache, file_key, frames_of, render_speech, render_wav, speech_key
 from telephony.call import CallHandle, CallInfo
-from telephony.rtp.pacer import SILENCE, FrameQueue
+from media import FRAME_SECONDS, FRAMES_PER_SECOND, silence
+from telephony.rtp.pacer import FrameQueue
 
 log = logging.getLogger(__name__)
 MAX_JUMPS = 50  # gotos/menu choices in a row without any audio: a loop in the script, hang up
@@ -57,17 +60,12 @@ def has_fields(text: str) -> bool:
 
 
 def voice_spec(name: str, voice: VoiceDef, base: VoiceSpec, engine: str, prompts: PromptsConfig) -> VoiceSpec:
+    """A named voice of prompts.yaml as ``engine`` (its kind in ``engine/registry.py``) reads it."""
     if voice.engine is not None and voice.engine != engine:
         raise ValueError(f"voice {name!r} needs engine {voice.engine}; this server runs {engine}")
-    if engine == "espeak":
-        settings = dict(base.settings)
-        for key in ("voice", "rate", "pitch"):
-            if getattr(voice, key) is not None:
-                settings[key] = getattr(voice, key)
-        return VoiceSpec(name, tuple(settings.items()))
-    if voice.wav is None:
-        return VoiceSpec(name, base.settings)
-    return VoiceSpec(name, (("voice_wav", str(prompts.resolve(voice.wav))),))
+    kind = ENGINES[engine]
+    fields = {key: getattr(voice, key) for key in kind.voice_fields if getattr(voice, key) is not None}
+    return kind.named_voice(name, base, fields, prompts.resolve)
 
 
 @dataclass
@@ -101,9 +99,8 @@ class Speech:
 
         def says(route_voice: str | None, steps: list[Step]) -> None:
             for st in steps:
-                for say in (st.say, st.menu.prompt if st.menu else None, st.menu.invalid if st.menu else None,
-                            st.collect.prompt if st.collect else None):
-                    if say is not None and not has_fields(say.text):
+                for say in st.says():
+                    if not has_fields(say.text):
                         out.append((say.text, self.voice(say.voice, route_voice)))
 
         routes = list(self.prompts.routes) + ([self.prompts.default] if self.prompts.default else [])
@@ -157,7 +154,7 @@ class Speech:
 
 
 class ScriptRun:
-    """One call walking its route's script."""
+    """One call walking its route's script: the steps (``config/steps.py``) run against it."""
 
     handles_digits = True
 
@@ -168,9 +165,11 @@ class ScriptRun:
         self.early_media = route.early_media
         self.values = call_values(info, route)
         self.heard: list[str] = []  # what was said, in order (logs, `sip-tts say --route`)
-        self._typed: str | None = None  # a digit that interrupted a prompt, kept for the next menu
+        self.typed: str | None = None  # a digit that interrupted a prompt, kept for the next menu
+        self._call: CallHandle | None = None
 
     async def run(self, call: CallHandle) -> None:
+        self._call = call
         scripts = self.speech.prompts.scripts
         steps = self.route.script_steps(scripts)
         i = 0
@@ -178,78 +177,54 @@ class ScriptRun:
         while i < len(steps):
             st = steps[i]
             i += 1
-            kind = st.kind
-            if kind == "hangup":
+            after = await st.run(self)
+            if after == END:
                 return
-            if kind == "goto":
-                steps, i, jumps = scripts[st.goto or ""], 0, jumps + 1
-            elif kind == "say":
-                assert st.say is not None
-                await self._say(call, st.say)
+            if after is not None:
+                steps, i, jumps = scripts[after], 0, jumps + 1
+            elif st.audible:
                 jumps = 0
-            elif kind == "play":
-                assert st.play is not None
-                call.queue.pad_frame()
-                call.queue.push_frames(self.speech.play_frames(st.play.file, self.info.codec))
-                await self._play(call, None, st.play.barge_in)
-                jumps = 0
-            elif kind == "pause":
-                call.queue.pad_frame()
-                call.queue.push_frames([bytes([SILENCE[self.info.codec]]) * 160] * round(50 * (st.pause or 0)))
-            elif kind == "menu":
-                assert st.menu is not None
-                target = await self._menu(call, st.menu)
-                if target is None:
-                    return
-                steps, i, jumps = scripts[target], 0, jumps + 1
-            elif kind == "collect":
-                assert st.collect is not None
-                c = st.collect
-                if c.prompt is not None:
-                    await self._say(call, c.prompt)
-                await call.played()
-                digits = ""
-                while len(digits) < c.max_digits:
-                    d = self._take(call) or await call.next_digit(c.timeout_s)
-                    if d is None or (c.terminator and d == c.terminator):
-                        break
-                    digits += d
-                self.values[c.into] = digits
-                log.info("call %s: collected %s=%r", self.info.call_id, c.into, digits)
             if jumps > MAX_JUMPS:
                 log.warning("call %s: script loops without audio; hanging up", self.info.call_id)
                 return
 
-    def _take(self, call: CallHandle) -> str | None:
-        d, self._typed = self._typed, None
-        return d or call.take_digit()
+    # -- the ScriptContext the steps run against ------------------------------------------------
+    @property
+    def call(self) -> CallHandle:
+        assert self._call is not None, "the script is not running"
+        return self._call
 
-    async def _menu(self, call: CallHandle, menu: MenuStep) -> str | None:
-        timeout = menu.timeout_s or 5.0
-        for attempt in range(menu.retries + 1):
-            if menu.prompt is not None and self._typed is None:
-                await self._say(call, menu.prompt)
-            d = self._take(call)
-            if d is None:
-                await call.played()
-                d = await call.next_digit(timeout)
-            if d is None:
-                log.info("call %s: menu timeout (attempt %d)", self.info.call_id, attempt + 1)
-                continue
-            if d in menu.options:
-                log.info("call %s: menu choice %s -> %s", self.info.call_id, d, menu.options[d])
-                return menu.options[d]
-            log.info("call %s: menu: invalid digit %s", self.info.call_id, d)
-            if menu.invalid is not None:
-                await self._say(call, menu.invalid)
-        return menu.on_timeout
+    def take(self) -> str | None:
+        d, self.typed = self.typed, None
+        return d or self.call.take_digit()
 
-    async def _say(self, call: CallHandle, say: SayStep) -> None:
+    async def played(self) -> None:
+        await self.call.played()
+
+    async def next_digit(self, timeout: float) -> str | None:
+        return await self.call.next_digit(timeout)
+
+    def set(self, name: str, value: str) -> None:
+        self.values[name] = value
+
+    def log(self, msg: str, *args: object) -> None:
+        log.info("call %s: " + msg, self.info.call_id, *args)
+
+    def pause(self, seconds: float) -> None:
+        self.call.queue.pad_frame()
+        self.call.queue.push_frames([silence(self.info.codec)] * round(FRAMES_PER_SECOND * seconds))
+
+    async def play(self, file: str, barge_in: bool) -> None:
+        self.call.queue.pad_frame()
+        self.call.queue.push_frames(self.speech.play_frames(file, self.info.codec))
+        await self._play(self.call, None, barge_in)
+
+    async def say(self, say: SayStep) -> None:
         text = fill(say.text, self.values)
         self.heard.append(text)
         voice = self.speech.voice(say.voice, self.route.voice)
-        work = self.speech.speak(call.queue, text, voice, self.info.codec, cacheable=not has_fields(say.text))
-        await self._play(call, work, say.barge_in or self.speech.barge_in)
+        work = self.speech.speak(self.call.queue, text, voice, self.info.codec, cacheable=not has_fields(say.text))
+        await self._play(self.call, work, say.barge_in or self.speech.barge_in)
 
     async def _play(self, call: CallHandle, work: Coroutine | None, barge_in: bool) -> None:
         """Finish ``work`` (what still queues this step's audio); with barge-in a digit stops it
@@ -261,7 +236,7 @@ class ScriptRun:
         task = asyncio.ensure_future(work) if work is not None else None
         try:
             while task is not None and not task.done():  # still synthesising
-                d = await call.barge_digit(0.02)
+                d = await call.barge_digit(FRAME_SECONDS)
                 if d is not None:
                     self._barged(call, d)
                     return
@@ -276,5 +251,5 @@ class ScriptRun:
 
     def _barged(self, call: CallHandle, digit: str) -> None:
         call.queue.flush()
-        self._typed = digit
+        self.typed = digit
         log.info("call %s: barge-in by %s", self.info.call_id, digit)

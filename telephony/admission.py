@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 LOG_INTERVAL = 60.0
+MAX_MESSAGE_BYTES = 8192  # larger messages get 513 (the default of server.yaml's limits too)
+MAX_HEADERS = 100  # more header lines get 400
 
 
 @dataclass
@@ -34,8 +36,8 @@ class AdmissionPolicy:
     allow: list[str] = field(default_factory=list)  # networks (CIDR); empty: everyone
     invite_rate: float = 0.0  # new INVITEs per second per source IP; 0: unlimited
     invite_burst: float = 0.0  # bucket size; 0: 2 x rate
-    max_message_bytes: int = 65535
-    max_headers: int = 128
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_headers: int = MAX_HEADERS
 
 
 class Admission:

@@ -13,6 +13,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from media import FRAME_SECONDS
+
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector
 from .rtp.rtcp import ReceiveStats, ReportBlock
 from .rtp.pacer import FrameQueue, RtpSender
@@ -62,7 +64,7 @@ class CallHandle:
     async def wait_digit_or_played(self) -> str | None:
         """Until the queued audio has played (None) or a digit arrives (the digit)."""
         while self.queue.pending:
-            digit = await self.next_digit(self.queue.pending * 0.020)
+            digit = await self.next_digit(self.queue.pending * FRAME_SECONDS)
             if digit is not None:
                 return digit
         return None
@@ -70,7 +72,7 @@ class CallHandle:
     async def played(self) -> None:
         """Until every queued frame has been sent."""
         while self.queue.pending:
-            await asyncio.sleep(self.queue.pending * 0.020)
+            await asyncio.sleep(self.queue.pending * FRAME_SECONDS)
 
 
 class AudioSource(Protocol):

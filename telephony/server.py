@@ -19,12 +19,14 @@ from typing import Callable, Protocol
 
 from structlog.contextvars import bind_contextvars, bound_contextvars
 
+from media import FRAME_SAMPLES, SAMPLE_RATE, SILENCE, silence
+
 from .call import AudioSource, Call, CallHandle, CallInfo, Router
 from .admission import Admission, AdmissionPolicy
 from .ports import PortAllocator, PortsExhausted
 from .rtp.dtmf import DtmfDigit, Rfc4733Detector, parse_info
 from .rtp.packet import RtpError, RtpPacket
-from .rtp.pacer import SILENCE, FrameQueue, PacerClock, RtpSender
+from .rtp.pacer import FrameQueue, PacerClock, RtpSender
 from .rtp.rtcp import RtcpError, SenderReport, parse_compound, report_interval, sdes_cname
 from .rtp.rtcp import bye as rtcp_bye
 from .sip.auth import DigestAuthenticator
@@ -40,26 +42,28 @@ log = logging.getLogger("telephony.server")
 
 @dataclass
 class ServerSettings:
+    """What the server runs with; every default is config/schema.py's (the app maps it here)."""
+
     listen_host: str
     listen_port: int
     advertised_host: str
     rtp_port_min: int
     rtp_port_max: int
     codecs: list[str]
-    max_calls: int = 500
-    hangup_after_prompt_ms: int = 300
-    user_agent: str = "sip-tts/0.1"
+    max_calls: int
+    hangup_after_prompt_ms: int
+    user_agent: str
+    media_timeout: float  # no RTP from the caller for this long: BYE (0: off)
+    dscp: int  # DSCP of our RTP (46 = EF); 0: leave unmarked
+    barge_in: bool  # a DTMF digit stops the prompt at once
+    tcp: bool
+    tcp_idle_timeout: float  # close a connection idle this long that carries no call
+    tcp_max_per_source: int
+    max_message_bytes: int
     admission: AdmissionPolicy | None = None
     authenticator: DigestAuthenticator | None = None
     registration: RegistrationConfig | None = None
-    media_timeout: float = 0.0  # no RTP from the caller for this long: BYE (0: off)
-    dscp: int = 46  # DSCP of our RTP (46 = EF); 0: leave unmarked
-    barge_in: bool = False  # a DTMF digit stops the prompt at once
     summary: dict[str, str] = dataclasses.field(default_factory=dict)  # more fields of each call's summary line
-    tcp: bool = True
-    tcp_idle_timeout: float = 120.0  # close a connection idle this long that carries no call
-    tcp_max_per_source: int = 32
-    max_message_bytes: int = 65535
 
 
 class ServerHooks(Protocol):
@@ -286,9 +290,9 @@ class SipServer:
         assert self._loop is not None
         self._tcp_sweeper = self._loop.call_later(5.0, self._sweep_tcp)
 
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        conn = self._tcp.get(addr)
-        if conn is not None and conn.transport is not None and b"SIP/2.0/TCP" in data[:1024].upper():
+    def _send(self, data: bytes, addr: tuple[str, int], transport: str) -> None:
+        conn = self._tcp.get(addr) if transport == "TCP" else None
+        if conn is not None and conn.transport is not None:
             conn.transport.write(data)
         elif self._transport is not None:
             self._transport.sendto(data, addr)
@@ -321,9 +325,9 @@ class SipServer:
                         self._on_session_update(event)
                     elif isinstance(event, InfoReceived):
                         self._on_info(event)
-        for data, addr in self.ua.datagrams_to_send():
+        for data, addr, transport in self.ua.messages_to_send():
             try:
-                self._send(data, addr)
+                self._send(data, addr, transport)
             except OSError as exc:
                 log.warning("SIP send to %s failed: %s", addr, exc)
         when = self.ua.get_timer()
@@ -366,7 +370,7 @@ class SipServer:
         self.calls[ev.call_id] = call
         call.held = media.direction in ("sendonly", "inactive")
         if media.dtmf_payload_type is not None:
-            call.dtmf = Rfc4733Detector(8000)
+            call.dtmf = Rfc4733Detector(SAMPLE_RATE)
         self._arm_session_timer(call, ev.session_expires)
         # Synthesis starts now, while the socket binds and the 200 OK travels.
         call.producer = asyncio.ensure_future(self._produce(call, source))
@@ -459,9 +463,9 @@ class SipServer:
             raise
         except Exception:
             log.exception("call %s: audio source failed", call.info.call_id)
-        tail = int(self.settings.hangup_after_prompt_ms / 1000 * 8000)
+        tail = int(self.settings.hangup_after_prompt_ms / 1000 * SAMPLE_RATE)
         if tail:
-            call.queue.push(bytes([SILENCE[call.info.codec]]) * tail)
+            call.queue.push(silence(call.info.codec, tail))
         call.queue.finish()
 
     def _on_confirmed(self, call_id: str) -> None:
@@ -560,7 +564,7 @@ class SipServer:
             return
         block = call.rx.report_block()
         sr = SenderReport(sender.ssrc, time.time(), sender.timestamp, sender.packets_sent,
-                          sender.packets_sent * 160, [block] if block else [])
+                          sender.packets_sent * FRAME_SAMPLES, [block] if block else [])
         packet = sr.serialize() + sdes_cname(sender.ssrc, f"sip-tts@{self.settings.advertised_host}")
         if final:
             packet += rtcp_bye(sender.ssrc)

@@ -28,7 +28,7 @@ def test_compose_instances_configs_dispatcher_and_prometheus_agree():
     assert all(s.get("network_mode") == "host" for s in services.values()), "host networking for every service"
     dispatcher = (DEPLOY / "fleet" / "dispatcher.list").read_text()
     targets = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]
-    sip_ports, metrics_ports, rtp_ranges, gpus = [], [], [], []
+    sip_ports, metrics_ports, api_ports, rtp_ranges, gpus = [], [], [], [], []
     for name, svc in instances.items():
         path = svc["command"][svc["command"].index("--config") + 1]
         assert path.startswith("/etc/sip-tts/fleet/")
@@ -38,12 +38,14 @@ def test_compose_instances_configs_dispatcher_and_prometheus_agree():
         sip_ports.append(cfg.sip.listen_port)
         mport = int(cfg.metrics.listen.rsplit(":", 1)[1])
         metrics_ports.append(mport)
+        api_ports.append(cfg.api.listen)
         assert svc["environment"]["SIP_TTS_HEALTH_URL"] == f"http://127.0.0.1:{mport}/health"
         rtp_ranges.append(range(cfg.rtp.port_min, cfg.rtp.port_max + 1))
         gpus += svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
         assert f"sip:127.0.0.1:{cfg.sip.listen_port} " in dispatcher, f"{name} is in Kamailio's dispatcher list"
         assert f"127.0.0.1:{mport}" in targets["targets"], f"Prometheus scrapes {name}"
     assert len(set(sip_ports)) == len(sip_ports) and len(set(metrics_ports)) == len(metrics_ports)
+    assert len(set(api_ports)) == len(api_ports), "each instance's HTTP API on its own port"
     assert len(set(gpus)) == len(gpus), "one GPU per instance"
     for i, a in enumerate(rtp_ranges):
         for b in rtp_ranges[i + 1:]:

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..base import EngineError, EngineStats, VoiceSpec
+from ..base import EngineBase, EngineError, EngineStats, VoiceSpec
 from ..shared_cache import SharedCache, SharedCacheConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class ChatterboxOptions:
     shared: SharedCacheConfig | None = None  # a fleet's Redis: voice conditioning computed once (voices.py)
 
 
-class ChatterboxEngine:
+class ChatterboxEngine(EngineBase):
     name = "chatterbox"
     sample_rate = SAMPLE_RATE
 

@@ -37,9 +37,7 @@ import struct
 
 _HEADER = struct.Struct("!BBHII")
 
-FRAME_SECONDS = 0.020
-FRAME_SAMPLES = 160  # 20 ms at 8 kHz
-SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}
+from media import FRAME_SAMPLES, FRAME_SECONDS, SILENCE  # noqa: F401 (SILENCE: re-exported for callers)
 
 
 class FrameQueue:

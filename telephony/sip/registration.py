@@ -14,6 +14,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
+from .. import PRODUCT
 from .auth import ALGORITHMS, digest_response, parse_digest
 from .dialog import new_branch, new_tag
 from .message import Headers, Request, Response
@@ -31,7 +32,7 @@ class RegistrationConfig:
     expires: int = 300
     retry_min: float = 5.0
     retry_max: float = 300.0
-    user_agent: str = "sip-tts/0.1"
+    user_agent: str = PRODUCT
 
 
 @dataclass

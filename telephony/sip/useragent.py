@@ -20,7 +20,9 @@ import heapq
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from .. import PRODUCT
 from ..admission import Admission
 from .auth import DigestAuthenticator
 from .dialog import Dialog, new_branch, new_tag
@@ -59,26 +61,37 @@ SUPPORTED = "timer"  # RFC 4028 session timers (we never refresh: the caller doe
 MIN_SE = 90  # RFC 4028 minimum session interval, seconds
 
 
+class Outgoing(NamedTuple):
+    """A message to send: where, and over which transport ("UDP" or "TCP": a response or an
+    in-dialog request goes back over the transport its request or dialog came in on)."""
+
+    data: bytes
+    addr: "Address"
+    transport: str
+
+
 class _Sink(list):  # type: ignore[type-arg]
-    """A transaction's outbox that goes straight to the UA's outgoing queue, tagged with its address.
+    """A transaction's outbox that goes straight to the UA's outgoing queue, tagged with its
+    address and transport.
 
     So the UA never scans every transaction for something to send (that was O(calls) per message).
     """
 
-    def __init__(self, out: list[tuple[bytes, "Address"]], addr: "Address") -> None:
+    def __init__(self, out: list[Outgoing], addr: "Address", transport: str) -> None:
         super().__init__()
         self._out = out
         self._addr = addr
+        self._transport = transport
 
     def append(self, data: bytes) -> None:  # type: ignore[override]
-        self._out.append((data, self._addr))
+        self._out.append(Outgoing(data, self._addr, self._transport))
 
 
 @dataclass
 class UserAgentConfig:
     advertised_host: str  # what goes in Contact and Via
     port: int
-    user_agent: str = "sip-tts/0.1"
+    user_agent: str = PRODUCT
 
 
 @dataclass
@@ -106,7 +119,7 @@ class UserAgent:
     authenticator: DigestAuthenticator | None = None  # set: new INVITEs need digest credentials
     registration: Registration | None = None  # set: keep a contact registered (see start_registration)
     registrar: Address | None = None
-    _outgoing: list[tuple[bytes, Address]] = field(default_factory=list)
+    _outgoing: list[Outgoing] = field(default_factory=list)
     _events: list[Event] = field(default_factory=list)
     _transactions: dict[str, tuple[_Transaction, Address]] = field(default_factory=dict)
     _calls: dict[str, _Call] = field(default_factory=dict)
@@ -188,11 +201,16 @@ class UserAgent:
         events, self._events = self._events, []
         return events
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    def messages_to_send(self) -> list[Outgoing]:
+        """What to send now, each with its address and transport."""
         self._settle()
         out = list(self._outgoing)
         self._outgoing.clear()  # in place: the transactions' sinks hold this list
         return out
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """``messages_to_send`` without the transport (for callers that only use one)."""
+        return [(m.data, m.addr) for m in self.messages_to_send()]
 
     def start_registration(self, registration: Registration, registrar: Address) -> None:
         """Register (and keep registering) ``registration`` at ``registrar`` (an IP address and port)."""
@@ -297,7 +315,7 @@ class UserAgent:
         call.bye_key = key
         self._call_of_tx[key] = call_id
         tx = NonInviteClientTransaction.start(key, bye.serialize(), now, reliable=transport != "UDP")
-        self._add_tx(key, tx, dest)
+        self._add_tx(key, tx, dest, transport)
         self._events.append(CallEnded(call_id, "local-bye"))
         self._settle()
 
@@ -592,7 +610,7 @@ class UserAgent:
             return
         for data in reg.outbox:
             key = f"{reg.pending_branch}:REGISTER"
-            self._add_tx(key, NonInviteClientTransaction.start(key, data, now), self.registrar)
+            self._add_tx(key, NonInviteClientTransaction.start(key, data, now), self.registrar, "UDP")
         reg.outbox.clear()
 
     # -- helpers ------------------------------------------------------------------
@@ -636,11 +654,13 @@ class UserAgent:
         if self._calls.get(call.dialog.call_id) is call:
             del self._calls[call.dialog.call_id]
 
-    def _add_tx(self, key: str, tx: _Transaction, addr: Address) -> None:
-        """Register a transaction; what it sends goes straight to the outgoing queue."""
+    def _add_tx(self, key: str, tx: _Transaction, addr: Address, transport: str | None = None) -> None:
+        """Register a transaction; what it sends goes straight to the outgoing queue, over
+        ``transport`` (default: that of the request being handled)."""
+        transport = transport or self._current_transport
         for data in tx.outbox:
-            self._outgoing.append((data, addr))
-        tx.outbox = _Sink(self._outgoing, addr)
+            self._outgoing.append(Outgoing(data, addr, transport))
+        tx.outbox = _Sink(self._outgoing, addr, transport)
         self._transactions[key] = (tx, addr)
         self._touched.add(key)
 
@@ -656,7 +676,7 @@ class UserAgent:
         self._touched.clear()
 
     def _send_response(self, resp: Response, addr: Address) -> None:
-        self._outgoing.append((resp.serialize(), addr))
+        self._outgoing.append(Outgoing(resp.serialize(), addr, self._current_transport))
 
     @staticmethod
     def _stamp_via(req: Request, via: Via, addr: Address) -> None:

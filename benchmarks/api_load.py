@@ -1,0 +1,285 @@
+"""HTTP API under load: time to first audio byte next to the engine's own first audio, and phone calls
+with and without API streams beside them.
+
+    python benchmarks/api_load.py                          # espeak, here (CPU): N = 1, 8, 32
+    python benchmarks/api_load.py --engine chatterbox      # GPU: N = 1, 32, 128, a random full-size checkpoint
+
+Part 1, TTFB: ``sip-tts serve`` with the HTTP API; N clients at once each POST a streaming
+``/v1/audio/speech`` (pcm) and read it to the end, ``--rounds`` times. Per request: the client's time
+to the first audio byte of the body (TTFB), and the server's ``X-First-Audio-Ms`` header: from the
+handler handing the utterance to the engine (its wait for an engine slot included, ``X-Queue-Ms``)
+to the engine's first chunk. The API's overhead is TTFB minus that (HTTP, validation, encoding,
+the loop; target <= 5 ms p95).
+
+Part 2, calls first: ``--calls`` live SIP calls (benchmarks/e2e_load.py's caller: INVITE, ACK, RTP
+received with kernel timestamps, listen ``--listen-s`` after the first audible packet, BYE); their
+prompt depends on a SIP header, so every call's speech is synthesized live while the API streams run.
+Once alone, once with ``--api-streams`` clients streaming /v1/audio/speech back to back for the whole
+run. Packets more than 30 ms after the one before are counted and classed (late: sent late; skipped:
+the pacer skipped a slot; lost); the server's own counters (late frames, pacer late wake-ups) too.
+
+Both parts run with the API on the server's event loop and on its own thread (``api.own_thread``):
+the decision between the two is taken from these numbers (README "HTTP API").
+
+Writes benchmarks/results/api_load[_<engine>].{json,md} (host, date, commit, GPU if any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.e2e_load import load as call_load  # noqa: E402
+
+TEXT = "Thank you for calling. Your appointment is confirmed for Tuesday at nine in the morning."
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def start_server(work: Path, a: argparse.Namespace, own_thread: bool) -> tuple[subprocess.Popen, int, int]:
+    sip_port, api_port = free_port(), free_port()
+    (work / "prompts.yaml").write_text(
+        'routes:\n  - number: "2000"\n'
+        '    say: "Thank you for calling. Your order {headers[X-Order]} is confirmed for Tuesday at nine."\n'
+        '  - number: "1000"\n'
+        '    say: "Thank you for calling. Your appointment is confirmed for Tuesday at nine in the morning."\n'
+        'default: "Hello."\n')
+    if a.engine == "chatterbox":
+        engine = (f"engine:\n  kind: chatterbox\n  model_dir: {a.model_dir}\n  device: {a.device}\n"
+                  f"  max_streams: {a.max_streams}\n  max_tokens: {a.max_tokens}\n")
+    else:
+        engine = "engine:\n  kind: espeak\n"
+    (work / "server.yaml").write_text(
+        f"sip:\n  listen: 127.0.0.1:{sip_port}\n  advertised_address: 127.0.0.1\n  tcp: false\n"
+        f"rtp:\n  port_min: 30000\n  port_max: 39999\n{engine}"
+        f"limits:\n  max_calls: {a.calls * 2 + 10}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
+        f"hangup_after_prompt_ms: 10000\n"
+        f"api:\n  listen: 127.0.0.1:{api_port}\n  max_concurrent: {max(a.levels) + a.api_streams}\n"
+        f"  own_thread: {str(own_thread).lower()}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
+                             "--log-level", "WARNING", "--log-format", "json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=open(work / "server.log", "w"), text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "ready" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}\n{(work / 'server.log').read_text()[-3000:]}")
+    return proc, sip_port, api_port
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        proc.kill()
+
+
+async def one_stream(client, url: str, text: str) -> dict:
+    """One streaming request on a fresh connection, read to its end. A small HTTP/1.1 client on asyncio
+    streams (httpx costs milliseconds of Python per request and chunk: on a loaded host that is the
+    client's own latency, not the server's). TTFB: the first byte of the body's audio."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}).encode()
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        if status != 200:
+            return {"error": status}
+        first = None
+        n = 0
+        while data := await reader.read(65536):
+            if first is None:
+                first = time.perf_counter()
+            n += len(data)  # (chunk framing included: a few bytes per piece)
+        return {"ttfb_ms": (first - t0) * 1e3 if first else float("nan"), "total_ms": (time.perf_counter() - t0) * 1e3,
+                "engine_first_ms": float(headers["x-first-audio-ms"]), "queue_ms": float(headers["x-queue-ms"]),
+                "audio_s": n / 2 / 24000}
+    finally:
+        writer.close()
+
+
+async def ttfb_level(url: str, n: int, rounds: int) -> dict:
+    client = None
+    await one_stream(client, url, "Warm up.")
+    results: list[dict] = []
+    for _ in range(rounds):
+        results += await asyncio.gather(*(one_stream(client, url, TEXT) for _ in range(n)))
+    ok = [r for r in results if "error" not in r]
+    row: dict = {"streams": n, "requests": len(results), "ok": len(ok),
+                 "errors": [r["error"] for r in results if "error" in r][:5]}
+    overhead = [r["ttfb_ms"] - r["engine_first_ms"] for r in ok]
+    for key, vals in (("ttfb_ms", [r["ttfb_ms"] for r in ok]), ("engine_first_ms", [r["engine_first_ms"] for r in ok]),
+                      ("queue_ms", [r["queue_ms"] for r in ok]), ("overhead_ms", overhead),
+                      ("total_ms", [r["total_ms"] for r in ok])):
+        row[key] = {"p50": pct(vals, 50), "p95": pct(vals, 95), "max": max(vals) if vals else float("nan")}
+    row["audio_s_per_request"] = pct([r["audio_s"] for r in ok], 50)
+    return row
+
+
+def metric(url: str, name: str) -> float:
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return float(next((line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")), "nan"))
+
+
+async def calls_with_streams(sip_port: int, url: str, a: argparse.Namespace, streams: int) -> dict:
+    stop = asyncio.Event()
+    served: list[dict] = []
+
+    async def streamer(client) -> None:
+        while not stop.is_set():
+            served.append(await one_stream(client, url, TEXT))
+
+    before = {k: metric(url, k) for k in ("sip_tts_late_frames_total", "sip_tts_pacer_late_wakeups_total")}
+    tasks = [asyncio.ensure_future(streamer(None)) for _ in range(streams)]
+    if streams:
+        await asyncio.sleep(1.0)  # the streams are running before the first call arrives
+    row = await call_load(sip_port, a.calls, a.listen_s, a.spread_s, "2000" if a.prompt == "live" else "1000")
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    after = {k: metric(url, k) for k in before}
+    ok = [r for r in served if "error" not in r]
+    return {"api_streams": streams, "calls": a.calls, "calls_ok": row["ok"], "call_errors": row["errors"],
+            "first_audio_ms": row["first_audio_ms"], "gaps_kernel": row["gaps_kernel"], "gap_kinds": row["gap_kinds"],
+            "packets": row["packets"], "server_late_frames": after["sip_tts_late_frames_total"] -
+            before["sip_tts_late_frames_total"], "server_pacer_late_wakeups": after["sip_tts_pacer_late_wakeups_total"]
+            - before["sip_tts_pacer_late_wakeups_total"], "api_requests_done": len(ok),
+            "api_audio_s": sum(r["audio_s"] for r in ok), "api_errors": [r["error"] for r in served if "error" in r][:5]}
+
+
+def render(report: dict) -> str:
+    lines = [f"# HTTP API load ({report['engine']})", "",
+             f"{report['date']}, commit {report['commit']}, {report['host']}"
+             + (f", GPU {report['gpu']}" if report.get("gpu") else ", no GPU")
+             + f", load average at start {report['load_average_at_start'][0]:.1f}; `{report['command']}`", "",
+             "## Time to first audio byte (streaming /v1/audio/speech, pcm)", "",
+             "| API on | streams | requests | TTFB p50 / p95 ms | engine first audio p50 / p95 ms | "
+             "of it waiting for a slot p50 / p95 | API overhead p50 / p95 ms |", "|---|---|---|---|---|---|---|"]
+    for mode, rows in report["ttfb"].items():
+        for r in rows:
+            lines.append(f"| {mode} | {r['streams']} | {r['ok']}/{r['requests']} | {r['ttfb_ms']['p50']:.1f} / "
+                         f"{r['ttfb_ms']['p95']:.1f} | {r['engine_first_ms']['p50']:.1f} / "
+                         f"{r['engine_first_ms']['p95']:.1f} | {r['queue_ms']['p50']:.1f} / {r['queue_ms']['p95']:.1f}"
+                         f" | {r['overhead_ms']['p50']:.2f} / {r['overhead_ms']['p95']:.2f} |")
+    lines += ["", f"## {report['args']['calls']} calls ({report['args']['prompt']} prompt), alone and beside API streams",
+              "",
+              "| API on | API streams | calls ok | call first audio p50 / p95 ms | RTP gaps > 30 ms (late / skipped"
+              " / lost) | server late frames | pacer late wake-ups | API requests served (audio s) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for mode, rows in report["calls"].items():
+        for r in rows:
+            k = r["gap_kinds"]
+            lines.append(f"| {mode} | {r['api_streams']} | {r['calls_ok']}/{r['calls']} | "
+                         f"{r['first_audio_ms']['p50']:.0f} / {r['first_audio_ms']['p95']:.0f} | {r['gaps_kernel']} "
+                         f"({k['late']} / {k['skipped']} / {k['lost']}) | {r['server_late_frames']:.0f} | "
+                         f"{r['server_pacer_late_wakeups']:.0f} | {r['api_requests_done']} ({r['api_audio_s']:.0f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--engine", choices=["espeak", "chatterbox"], default="espeak")
+    ap.add_argument("--streams", help="concurrent API streams per level (espeak: 1,8,32; chatterbox: 1,32,128)")
+    ap.add_argument("--rounds", type=int, default=3, help="each level this many times")
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--api-streams", type=int, default=32, help="API streams beside the calls")
+    ap.add_argument("--listen-s", type=float, default=4.0)
+    ap.add_argument("--prompt", choices=["live", "cached"], default="live",
+                    help="live: each call's text names a SIP header's value (synthesized while the API runs); "
+                         "cached: a fixed prompt, rendered at start-up (the engine is the API's alone)")
+    ap.add_argument("--spread-s", type=float, default=1.0, help="the calls' INVITEs spread over this long")
+    ap.add_argument("--modes", default="loop,thread", help="loop: API on the server's loop; thread: its own")
+    ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--max-tokens", type=int, default=150, help="chatterbox: speech tokens per utterance")
+    ap.add_argument("--t3-layers", type=int, default=24, help="chatterbox random checkpoint (a CPU check: 2)")
+    ap.add_argument("--t3-width", type=int, default=1024, help="chatterbox random checkpoint (a CPU check: 128)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--tag", default="", help="appended to the result files' names (e.g. the host: h200)")
+    a = ap.parse_args()
+    a.levels = [int(x) for x in (a.streams or ("1,32,128" if a.engine == "chatterbox" else "1,8,32")).split(",")]
+    # Chatterbox's slots: enough for the largest level, and for the calls beside the API streams (the engine is
+    # then saturated and the calls-first gate decides who waits)
+    a.max_streams = min(512, max(max(a.levels), a.calls + a.api_streams))
+    if a.engine == "chatterbox":
+        from engine.chatterbox.random_checkpoint import benchmark_checkpoint
+
+        benchmark_checkpoint(a.model_dir, a.t3_layers, a.t3_width)
+    report: dict = {"engine": a.engine, "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                             text=True).stdout.strip(),
+                    "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "command": " ".join(["python"] + sys.argv),
+                    "args": {k: v for k, v in vars(a).items()}, "ttfb": {}, "calls": {}}
+    try:
+        report["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                       capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        report["gpu"] = None
+    for mode in a.modes.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, sip_port, api_port = start_server(Path(tmp), a, own_thread=mode == "thread")
+            url = f"http://127.0.0.1:{api_port}"
+            deadline = time.monotonic() + 120
+            while a.prompt == "cached" and time.monotonic() < deadline and \
+                    not metric(url, "sip_tts_prompt_cache_prompts") >= 2:
+                time.sleep(0.2)  # the fixed prompt rendered at start-up (PCMU and PCMA)
+            try:
+                rows = []
+                for n in a.levels:
+                    rows.append(asyncio.run(ttfb_level(url, n, a.rounds)))
+                    r = rows[-1]
+                    print(f"{mode} N={n}: TTFB p50/p95 {r['ttfb_ms']['p50']:.1f}/{r['ttfb_ms']['p95']:.1f} ms, "
+                          f"engine {r['engine_first_ms']['p50']:.1f}/{r['engine_first_ms']['p95']:.1f}, overhead "
+                          f"{r['overhead_ms']['p50']:.2f}/{r['overhead_ms']['p95']:.2f} ms", flush=True)
+                report["ttfb"][mode] = rows
+                runs = []
+                for streams in (0, a.api_streams):
+                    runs.append(asyncio.run(calls_with_streams(sip_port, url, a, streams)))
+                    r = runs[-1]
+                    print(f"{mode} {a.calls} calls + {streams} API streams: {r['calls_ok']} ok, gaps "
+                          f"{r['gaps_kernel']} {r['gap_kinds']}, server late frames {r['server_late_frames']:.0f}, "
+                          f"API requests {r['api_requests_done']}", flush=True)
+                report["calls"][mode] = runs
+            finally:
+                stop_server(proc)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = ("api_load" if a.engine == "espeak" else f"api_load_{a.engine}") + ("_cached" if a.prompt == "cached" else "") + \
+        (f"_{a.tag}" if a.tag else "")
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out / f"{name}.md").write_text(render(report))
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
