@@ -21,7 +21,11 @@ PODMAN="$PODMAN" sh "$ROOT/deploy/make-base.sh" "$BASE"
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/deploy/wheels"
-cp -r "$ROOT/pyproject.toml" "$ROOT/config" "$ROOT/engine" "$ROOT/telephony" "$ROOT/sip_tts" "$ctx/"
+cp "$ROOT/pyproject.toml" "$ctx/"
+for pkg in "$ROOT"/*/__init__.py; do  # every top-level package (tests and benchmarks are left out below)
+    d=$(dirname "$pkg"); case $(basename "$d") in tests|sip_tests|benchmarks) continue;; esac
+    cp -r "$d" "$ctx/"
+done
 cp "$ROOT/deploy/Containerfile" "$ROOT/deploy/server.yaml" "$ROOT/deploy/healthcheck.py" "$ctx/deploy/"
 find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
 "$PY" -m pip wheel -q --disable-pip-version-check -w "$ctx/deploy/wheels" "$ctx" "setuptools>=68" wheel \

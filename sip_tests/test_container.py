@@ -158,7 +158,8 @@ class Instance:
                 pass
             time.sleep(0.05)
         else:
-            logs = subprocess.run(podman_cmd() + ["logs", self.name], capture_output=True, text=True).stdout
+            logs = subprocess.run(podman_cmd() + ["logs", self.name], capture_output=True, text=True)
+            logs = logs.stdout + logs.stderr
             self.remove()
             raise AssertionError(f"the container never became ready:\n{logs[-3000:]}")
         self.ready_s = time.monotonic() - t0

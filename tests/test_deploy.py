@@ -51,3 +51,15 @@ def test_compose_instances_configs_dispatcher_and_prometheus_agree():
         for b in rtp_ranges[i + 1:]:
             assert not set(a) & set(b), "RTP ranges overlap"
     assert 5060 not in sip_ports, "5060 is Kamailio's"
+
+
+def test_images_copy_every_package_the_project_installs():
+    """A package added to pyproject.toml but not copied into the images fails here, not at a container's start."""
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    for name in ("Containerfile", "Containerfile.gpu"):
+        text = (DEPLOY / name).read_text()
+        for pkg in packages:
+            assert f"COPY {pkg} /src/{pkg}\n" in text, f"{name} does not copy {pkg}/"
