@@ -101,10 +101,11 @@ class BurstEngine(EngineBase):
 
 def serve_with_burst_engine(argv: list[str]) -> int:
     """``sip-tts serve`` with the stand-in engine in place of the configured one."""
+    import sip_tts.app as app
     import sip_tts.cli as cli
     from engine.base import VoiceSpec
 
-    cli.build_engine = lambda cfg: (BurstEngine(), VoiceSpec())
+    app.build_engine = lambda cfg: (BurstEngine(), VoiceSpec())
     return cli.main(argv)
 
 

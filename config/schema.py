@@ -17,7 +17,7 @@ from engine.espeak import EspeakSettings  # noqa: F401 (the default engine; impo
 from engine.registry import ENGINES
 from telephony import PRODUCT
 
-from .steps import STEPS, CollectStep, MenuStep, PlayStep, References, Say, SayStep, Step  # noqa: F401
+from .steps import CollectStep, MenuStep, PlayStep, References, Say, SayStep, Step  # noqa: F401 (importable from here)
 from telephony.admission import MAX_HEADERS, MAX_MESSAGE_BYTES
 
 

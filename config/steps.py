@@ -242,9 +242,9 @@ class Collect(_Step):
 
 
 class Goto(_Step):
+    goto: str
     kind: ClassVar[str] = "goto"
     final: ClassVar[bool] = True
-    goto: str
 
     def check(self, loc: tuple, refs: References) -> None:
         refs.target(loc + ("goto",), self.goto)

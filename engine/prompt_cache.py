@@ -28,7 +28,7 @@ import soxr
 
 from media import FRAME_SAMPLES as FRAME, SAMPLE_RATE, silence
 
-from .audio import encode_g711, encode_line, float_to_int16
+from .audio import encode_g711, float_to_int16
 from .base import TtsEngine, VoiceSpec
 from .shared_cache import SharedCache
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -16,22 +15,19 @@ import numpy as np
 
 from config import ConfigError, load_prompts, load_server
 from config.loader import shown_path
-from config.schema import PromptsConfig, ServerConfig, parse_hostport
+from config.schema import PromptsConfig, ServerConfig
 from engine.audio import decode_g711
 from engine.base import TtsEngine, VoiceSpec
 from engine.prompt_cache import PromptCache
+from media import SAMPLE_RATE, SILENCE
 from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
-from media import SAMPLE_RATE, SILENCE
 from telephony.rtp.pacer import FrameQueue
-from telephony.admission import AdmissionPolicy
-from telephony.sip.auth import DigestAuthenticator
-from telephony.sip.registration import RegistrationConfig
-from telephony.server import ServerSettings, SipServer
 
-from . import api, fleet, logs, systemd
+from . import logs
+from .app import App
 from .engines import SpokenPrompt, build_engine
-from .script import ScriptRun, Speech
+from .script import Speech
 
 log = logging.getLogger("sip_tts")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "server.yaml"
@@ -45,186 +41,8 @@ def _load(path: str) -> tuple[ServerConfig, PromptsConfig]:
 
 async def serve(cfg: ServerConfig, prompts: PromptsConfig, listen: str | None,
                 rtp_ports: tuple[int, int] | None = None, pid_file: str | None = None) -> int:
-    engine, voice = build_engine(cfg)
-    engine = api.calls_first(engine, cfg)  # the HTTP API's utterances never queue ahead of a caller's
-    try:
-        await engine.start()
-    except ImportError as exc:
-        log.error("engine %s needs packages that are not installed (%s): see README, 'GPU engine'", engine.name, exc)
-        return 1
-    except (RuntimeError, OSError, ValueError) as exc:
-        log.error("engine %s failed to start: %s", engine.name, exc)
-        return 1
-    if not cfg.sip.enabled:
-        return await api.serve_alone(cfg, prompts, engine, voice)
-    host, port = parse_hostport(listen) if listen else (cfg.sip.listen_host, cfg.sip.listen_port)
-    rtp_min, rtp_max = rtp_ports or (cfg.rtp.port_min, cfg.rtp.port_max)
-    settings = ServerSettings(
-        listen_host=host, listen_port=port,
-        advertised_host=cfg.sip.advertised_address or (host if host not in ("0.0.0.0", "::") else cfg.sip.advertised()),
-        rtp_port_min=rtp_min, rtp_port_max=rtp_max, codecs=list(cfg.codecs),
-        max_calls=cfg.limits.max_calls, hangup_after_prompt_ms=cfg.hangup_after_prompt_ms,
-        user_agent=cfg.sip.user_agent, tcp=cfg.sip.tcp, media_timeout=cfg.media.timeout_s, dscp=cfg.media.dscp,
-        barge_in=cfg.media.barge_in, summary={"engine": engine.name}, tcp_idle_timeout=cfg.sip.tcp_idle_timeout_s,
-        tcp_max_per_source=cfg.sip.tcp_max_connections_per_source, max_message_bytes=cfg.limits.max_message_bytes,
-        registration=RegistrationConfig(cfg.registration.registrar, cfg.registration.aor, "",
-                                        cfg.registration.username, cfg.registration.password,
-                                        cfg.registration.expires, user_agent=cfg.sip.user_agent)
-        if cfg.registration else None,
-        authenticator=DigestAuthenticator(cfg.auth.realm, dict(cfg.auth.users), tuple(cfg.auth.algorithms),
-                                          cfg.auth.nonce_ttl_s) if cfg.auth else None,
-        admission=AdmissionPolicy(allow=list(cfg.access.allow), invite_rate=cfg.limits.invite_rate_per_source,
-                                  invite_burst=cfg.limits.invite_burst_per_source,
-                                  max_message_bytes=cfg.limits.max_message_bytes, max_headers=cfg.limits.max_headers))
-
-    cache = build_cache(prompts)
-    cache.shared = fleet.shared_cache(cfg)  # Redis, second level (None: off)
-    try:
-        speech = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
-    except ValueError as exc:
-        log.error("%s: %s", shown_path(cfg.prompts_path()), exc)
-        await engine.close()
-        return 2
-    warming: set[asyncio.Task] = set()
-
-    def warm(sp: Speech) -> None:
-        if sp.prompts.cache.warm:
-            task = asyncio.ensure_future(sp.warm(list(cfg.codecs)))
-            warming.add(task)
-            task.add_done_callback(lambda t: (warming.discard(t), t.cancelled() or t.exception() or
-                                              log.info("prompt cache: %d prompts rendered, %d cached",
-                                                       t.result(), len(cache))))
-
-    def route(info: CallInfo) -> ScriptRun | None:
-        return speech.source(info)
-
-    def engine_up() -> bool:
-        """An engine in its own process is down while it restarts; one in this process is always up."""
-        return engine.available
-
-    metrics = None
-    if cfg.metrics is not None or cfg.api.enabled:
-        from .metrics import Metrics
-
-        metrics = Metrics(lambda: len(server.calls), engine.queue_depth,
-                          engine_stats=lambda: engine.stats, cache=lambda: cache,
-                          engine_health=lambda: (engine_up(), engine.restarts),
-                          pacer_late=lambda: server.clock.late_wakeups if server.clock is not None else 0)
-    server = SipServer(settings, route, hooks=metrics, available=engine_up)
-    try:
-        await server.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
-        await engine.close()
-        return 1
-    tcp = " and tcp" if cfg.sip.tcp else ""
-    # Everything loaded so far lives for the whole process: keep it out of the collector's
-    # scans, and collect young objects less often (full collections of a big heap paused
-    # the loop for tens of milliseconds under load).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    _watch_gc()
-    http = None
-    if metrics is not None:
-        def health() -> tuple[int, str]:
-            ua = server.ua
-            if ua is None or ua.draining:
-                return 503, "draining"
-            if ua.unavailable:
-                return 503, "engine down"
-            return (200, "ready") if ua.accepting else (503, "full")
-
-        try:
-            http = await api.start_http(cfg, prompts, engine, voice, health, metrics.registry, metrics.render,
-                                        live_calls=lambda: len(server.calls))
-        except OSError as exc:
-            log.error("cannot serve http on %s: %s", cfg.api.listen if cfg.api.enabled else cfg.metrics.listen,
-                      exc.strerror or exc)
-            await server.stop()
-            await engine.close()
-            return 1
-    warm(speech)
-    if pid_file:
-        Path(pid_file).write_text(f"{os.getpid()}\n")
-    systemd.notify(f"READY=1\nSTATUS=serving on {host}:{server.port}")
-    systemd.start_watchdog(asyncio.get_running_loop())
-    if os.environ.get("SIP_TTS_PACER_DIAG") and server.clock is not None:
-        server.clock.enable_diagnosis()  # diagnosis: each late pacing wake-up logged with what the thread did
-    stall_ms = os.environ.get("SIP_TTS_LOOP_STALL_MS")
-    if stall_ms:  # diagnosis: asyncio names every callback that holds the loop longer than this
-        loop = asyncio.get_running_loop()
-        loop.set_debug(True)
-        loop.slow_callback_duration = float(stall_ms) / 1000
-    http_at = f", http api port {http.port}" if http is not None and http.port is not None else ""
-    print(f"sip-tts ready: udp{tcp} {host}:{server.port}, engine {engine.name}{http_at}", flush=True)
-    signals = 0
-    first, second = asyncio.Event(), asyncio.Event()
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        (first if signals == 1 else second).set()
-
-    def reload_prompts() -> None:
-        # SIGHUP: re-read the prompts file; a bad file is refused and the running prompts stay.
-        # Calls in progress keep what they are playing. (server.yaml changes need a restart.)
-        nonlocal prompts, speech
-        try:
-            prompts = load_prompts(cfg.prompts_path())
-            new = Speech.build(prompts, engine, voice, cache, cfg.media.barge_in)
-        except (ConfigError, ValueError) as exc:
-            log.error("reload refused, keeping the running prompts:\n%s", exc)
-            return
-        speech = new  # calls in progress keep the Speech (and script) they started with
-        for line in prompts.warnings:
-            log.warning("%s", line)
-        log.info("reloaded %s: %d routes", shown_path(cfg.prompts_path()), len(prompts.routes))
-        warm(speech)
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    loop.add_signal_handler(signal.SIGHUP, reload_prompts)
-    await first.wait()
-    systemd.notify("STOPPING=1\nSTATUS=draining")
-    # First signal: drain (calls in progress finish, new ones get 503). A second one: hang up now.
-    left = await server.drain(cfg.drain_timeout_s, interrupted=second)
-    log.info("stopping: hanging up %d call(s)", left)
-    await server.stop()
-    if http is not None:
-        await http.stop()
-    for task in warming:
-        task.cancel()
-    await engine.close()
-    if cache.shared is not None:
-        await cache.shared.aclose()
-    if pid_file:
-        Path(pid_file).unlink(missing_ok=True)
-    return 0
-
-
-def _watch_gc() -> None:
-    """Log garbage collections that pause the loop for more than 10 ms (a late frame for every call)."""
-    import time as _time
-
-    started = [0.0]
-
-    def callback(phase: str, info: dict) -> None:
-        if phase == "start":
-            started[0] = _time.perf_counter()
-        else:
-            ms = (_time.perf_counter() - started[0]) * 1000
-            if ms > 10:
-                log.warning("gc pause %.0f ms (generation %d, %d collected)", ms, info.get("generation", -1),
-                            info.get("collected", 0))
-
-    gc.callbacks.append(callback)
-
-
-def build_cache(prompts: PromptsConfig) -> PromptCache:
-    directory = prompts.resolve(prompts.cache.dir) if prompts.cache.dir else None
-    return PromptCache(int(prompts.cache.max_mb * 2**20), directory)
+    """Serve calls until SIGTERM (drain) or a second signal (hang up now); the exit status."""
+    return await App(cfg, prompts, listen, rtp_ports, pid_file).run()
 
 
 async def walk(cfg: ServerConfig, prompts: PromptsConfig, number: str, digits: list[str], codec: str,

@@ -34,6 +34,8 @@ class SpokenPrompt:
     text: str
     voice: VoiceSpec
     codec: str
+    handles_digits = False
+    early_media = False
 
     async def run(self, call: CallHandle) -> None:
         await render_speech(self.engine, self.voice, self.text, self.codec, push=call.queue.push)

@@ -17,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from engine.base import EngineStats
 from engine.prompt_cache import PromptCache
 
-from telephony.call import Call
+from telephony.calls import Call
 
 log = logging.getLogger("sip_tts.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)

@@ -15,11 +15,8 @@ from typing import Callable, Protocol
 
 from media import FRAME_SECONDS
 
-from .rtp.dtmf import DtmfDigit, Rfc4733Detector
-from .rtp.rtcp import ReceiveStats, ReportBlock
-from .rtp.pacer import FrameQueue, RtpSender
-from .sip.events import IncomingCall
-from .sip.sdp import NegotiatedAudio
+from .rtp.dtmf import DtmfDigit
+from .rtp.pacer import FrameQueue
 
 
 @dataclass(frozen=True)
@@ -76,51 +73,13 @@ class CallHandle:
 
 
 class AudioSource(Protocol):
-    async def run(self, call: CallHandle) -> None:
-        """Push the call's audio into ``call.queue``; return when done (the server calls ``finish``).
+    """What plays to a call (the router returns one per call)."""
 
-        A source with ``handles_digits = True`` reacts to digits itself (menus); for the
-        others the server's ``media.barge_in`` setting decides.
-        """
+    handles_digits: bool  # True: the source reacts to digits itself (menus); else ``media.barge_in`` decides
+    early_media: bool  # True: played in 183 Session Progress, then the call is refused with 480 (never answered)
+
+    async def run(self, call: CallHandle) -> None:
+        """Push the call's audio into ``call.queue``; return when done (the server calls ``finish``)."""
 
 
 Router = Callable[[CallInfo], "AudioSource | None"]
-
-
-@dataclass
-class Call:
-    info: CallInfo
-    incoming: IncomingCall
-    media: NegotiatedAudio
-    local_port: int
-    queue: FrameQueue
-    handle: CallHandle
-    handles_digits: bool = False  # the source runs menus: no server-level barge-in
-    early_media: bool = False  # played in 183 Session Progress, then refused with 480 (never answered)
-    transport: asyncio.DatagramTransport | None = None
-    sender: RtpSender | None = None
-    producer: asyncio.Task[None] | None = None
-    invite_at: float = 0.0
-    confirmed_at: float | None = None
-    confirmed_loop_time: float | None = None
-    ended: bool = False
-    binding: bool = False  # RTP socket being bound
-    cleaned: bool = False  # port released, socket closed
-    end_reason: str = ""
-    session_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-    sdp_version: int = 1
-    session_id: int = 0
-    held: bool = False
-    dtmf: Rfc4733Detector | None = None
-    digits: list[DtmfDigit] = field(default_factory=list)
-    last_rtp_at: float | None = None  # when the caller's RTP last arrived (loop time)
-    latched: bool = False  # symmetric RTP: remote taken from the caller's first packet
-    rx: ReceiveStats = field(default_factory=ReceiveStats)  # the caller's stream: loss, jitter
-    rtcp: asyncio.DatagramTransport | None = None
-    rtcp_remote: tuple[str, int] | None = None  # where the caller's RTCP comes from (else RTP port + 1)
-    rtcp_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-    peer_report: ReportBlock | None = None  # the caller's view of our stream
-
-    @property
-    def remote(self) -> tuple[str, int]:
-        return self.media.remote_host, self.media.remote_port

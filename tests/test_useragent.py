@@ -432,3 +432,20 @@ def test_digest_auth_expired_nonce_is_stale(ua):
     ua.receive_datagram(invite(call_id="s2", extra=late), CALLER, 120.0)
     (resp, _), = sent(ua)
     assert resp.status == 401 and "stale=true" in resp.headers.get("WWW-Authenticate")
+
+
+def test_every_outgoing_message_names_its_transport(ua):
+    """Responses go back over the transport their request came in on, our BYE over its dialog's:
+    the I/O layer reads it instead of looking for SIP/2.0/TCP in the bytes."""
+    ua.receive_datagram(invite(call_id="over-tcp"), CALLER, 0.0, "TCP")
+    ua.receive_datagram(invite(call_id="over-udp"), ("10.0.0.6", 5060), 0.0)
+    assert [(m.transport, m.addr) for m in ua.messages_to_send()] == [("TCP", CALLER), ("UDP", ("10.0.0.6", 5060))]
+    ua.next_events()
+    ua.answer("over-tcp", b"v=0\r\n", 1.0)  # later, outside the receive path: still over TCP
+    (ok,) = ua.messages_to_send()
+    assert ok.transport == "TCP" and ok.data.startswith(b"SIP/2.0 200 ")
+    tag = parse_message(ok.data).headers.get("To").split("tag=")[1]
+    ua.receive_datagram(request("ACK", call_id="over-tcp", cseq=1, to_tag=tag), CALLER, 1.1, "TCP")
+    ua.hangup("over-tcp", 2.0)
+    (bye,) = ua.messages_to_send()
+    assert bye.transport == "TCP" and bye.data.startswith(b"BYE ") and bye.addr == CALLER
