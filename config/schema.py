@@ -186,6 +186,25 @@ class MetricsSettings(_Strict):
         return v
 
 
+class CacheSettings(_Strict):
+    """A fleet's shared cache (README "Fleet"): local memory and disk first, Redis second."""
+
+    redis_url: str | None = Field(None, description="redis://[:password@]host:6379/0 (or rediss://, unix://): "
+                                                    "rendered prompts and voice conditioning shared by every "
+                                                    "instance; none: each instance keeps its own")
+    timeout_ms: float = Field(20, ge=1, le=1000, description="one Redis command; a call never waits longer, and "
+                                                             "an error or timeout stops using Redis for a while")
+    ttl_days: float = Field(0, ge=0, description="entries expire after this long; 0: never (Redis's "
+                                                 "maxmemory-policy evicts)")
+    key_prefix: str = Field("sip-tts", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of every key")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
 class ApiSettings(_Strict):
     """The HTTP API (sip_tts/api): synthesis, voices, playground, /metrics and /health."""
 
@@ -231,6 +250,7 @@ class ServerConfig(_Strict):
     metrics: MetricsSettings | None = Field(None, description="Prometheus metrics and health endpoint on a port "
                                                               "of their own (they are also on the API's); none: off")
     api: ApiSettings = ApiSettings()
+    cache: CacheSettings = CacheSettings()
     access: AccessSettings = AccessSettings()
     auth: AuthSettings | None = Field(None, description="digest authentication of new INVITEs; none: off")
     # YAML key "register" (an alias: the name itself would shadow ABCMeta.register)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, ClassVar, Protocol
 
 import numpy as np
 
 from .audio import encode_line
+
+if TYPE_CHECKING:
+    from .shared_cache import SharedCacheConfig
 
 
 class EngineError(RuntimeError):
@@ -114,7 +117,9 @@ class EngineSettings(Protocol):
     kind: str
     voice_fields: ClassVar[tuple[str, ...]]
 
-    def build(self, resolve: Resolve) -> tuple[TtsEngine, VoiceSpec]: ...
+    def build(self, resolve: Resolve, shared: "SharedCacheConfig | None" = None) -> tuple[TtsEngine, VoiceSpec]:
+        """``shared``: the fleet's Redis, for what an engine computes per voice (None: off)."""
+        ...
 
     @classmethod
     def named_voice(cls, name: str, default: VoiceSpec, fields: dict[str, object],

@@ -53,7 +53,8 @@ class EspeakSettings(BaseModel):
 
     voice_fields: ClassVar[tuple[str, ...]] = ("voice", "rate", "pitch")  # what a named voice may set
 
-    def build(self, resolve: Resolve) -> tuple[TtsEngine, VoiceSpec]:
+    def build(self, resolve: Resolve, shared: object = None) -> tuple[TtsEngine, VoiceSpec]:
+        # shared: nothing per voice to share (its prompts are shared by the prompt cache)
         voice = VoiceSpec("default", (("voice", self.voice), ("rate", self.rate), ("pitch", self.pitch)))
         if self.process:
             from .process import EngineProcess

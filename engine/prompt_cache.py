@@ -5,15 +5,19 @@ by (path, size, mtime, codec). Frames are 160 bytes (20 ms at 8 kHz); the last
 one is padded with the codec's silence. Memory is bounded by a byte budget with
 least-recently-used eviction; with a directory, rendered prompts are also kept
 on disk (one file per key, written atomically) and survive restarts. Hits and
-misses are counted for the metrics.
+misses are counted for the metrics. With ``shared`` (a fleet's Redis, see
+``shared_cache``), spoken prompts also go to and come from a second level that
+other instances fill: ``fetch``/``store`` use it, ``get``/``put`` stay local.
 
 Knows nothing of SIP: callers push the frames into whatever queue they own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import wave
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +30,7 @@ from media import FRAME_SAMPLES as FRAME, SAMPLE_RATE, silence
 
 from .audio import encode_g711, float_to_int16
 from .base import TtsEngine, VoiceSpec
+from .shared_cache import SharedCache
 
 
 def frames_of(data: bytes, codec: str) -> list[bytes]:
@@ -88,9 +93,11 @@ def render_wav(path: str | Path, codec: str) -> bytes:
 
 
 class PromptCache:
-    def __init__(self, max_bytes: int, directory: str | Path | None = None) -> None:
+    def __init__(self, max_bytes: int, directory: str | Path | None = None,
+                 shared: SharedCache | None = None) -> None:
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory else None
+        self.shared = shared
         self._items: OrderedDict[str, list[bytes]] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -121,6 +128,30 @@ class PromptCache:
         self.misses += 1
         return None
 
+    async def fetch(self, key: str, background: bool = False) -> list[bytes] | None:
+        """Like ``get``, then the shared level (waiting at most its timeout; ``background``: nobody is
+        listening, e.g. warming, so ten times that); a shared hit is kept locally."""
+        frames = self.get(key)
+        if frames is not None or self.shared is None:
+            return frames
+        timeout = self.shared.config.timeout_ms * 10 if background else None
+        data = await self.shared.get("prompt", key, timeout)
+        if not data or len(data) % FRAME:
+            return None
+        frames = _split(data)
+        self.misses -= 1  # not rendered after all
+        self.hits += 1
+        self._insert(key, frames)
+        if self.directory is not None:  # the disk copy after the caller has its frames, off the loop
+            asyncio.get_running_loop().run_in_executor(None, self._write, key, frames)
+        return frames
+
+    def store(self, key: str, frames: list[bytes]) -> None:
+        """``put``, and hand the frames to the shared level (in the background)."""
+        self.put(key, frames)
+        if self.shared is not None:
+            self.shared.put("prompt", key, b"".join(frames))
+
     def peek(self, key: str) -> bool:
         """Whether ``key`` is cached (memory or disk), without counting or reordering."""
         return key in self._items or (self.directory is not None and (self.directory / f"{key}.g711").exists())
@@ -128,13 +159,17 @@ class PromptCache:
     def put(self, key: str, frames: list[bytes]) -> None:
         self._insert(key, frames)
         if self.directory is not None:
-            path = self.directory / f"{key}.g711"
-            tmp = path.with_suffix(".tmp")
-            try:
-                tmp.write_bytes(b"".join(frames))
-                os.replace(tmp, path)
-            except OSError:
-                pass  # the disk copy is an optimisation; memory still serves
+            self._write(key, frames)
+
+    def _write(self, key: str, frames: list[bytes]) -> None:
+        assert self.directory is not None
+        path = self.directory / f"{key}.g711"
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(b"".join(frames))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the disk copy is an optimisation; memory still serves
 
     def _insert(self, key: str, frames: list[bytes]) -> None:
         old = self._items.pop(key, None)

@@ -25,7 +25,7 @@ from telephony.calls import CallSettings
 from telephony.server import ServerSettings, SipServer
 from telephony.sip.registration import RegistrationConfig
 
-from . import api, systemd
+from . import api, fleet, systemd
 from .engines import build_engine
 from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from .script import ScriptRun, Speech
@@ -71,6 +71,7 @@ class App:
         self.engine = api.calls_first(engine, cfg)  # the HTTP API's utterances never queue ahead of a caller's
         self.http: api.HttpHandle | None = None
         self.cache = build_cache(prompts)
+        self.cache.shared = fleet.shared_cache(cfg)  # the fleet's Redis, second level (None: off)
         self.speech: Speech | None = None
         self.server: SipServer | None = None
         self.metrics = None
@@ -191,6 +192,8 @@ class App:
         for task in self._warming:
             task.cancel()
         await self.engine.close()
+        if self.cache.shared is not None:
+            await self.cache.shared.aclose()
         if self.pid_file:
             Path(self.pid_file).unlink(missing_ok=True)
 

@@ -10,6 +10,8 @@ from engine.prompt_cache import render_speech
 from engine.base import TtsEngine, VoiceSpec
 from telephony.call import CallHandle
 
+from .fleet import shared_config
+
 
 def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
     """The configured engine and its default voice (its kind's settings model builds them;
@@ -21,7 +23,7 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
             return path
         return str(base / path)
 
-    return cfg.engine.build(resolve)
+    return cfg.engine.build(resolve, shared_config(cfg))  # the fleet's Redis (None: off)
 
 
 @dataclass

@@ -60,6 +60,16 @@ class _Live:
                                       value=cache.misses)
             yield GaugeMetricFamily("sip_tts_prompt_cache_bytes", "bytes of rendered prompts held", value=cache.bytes)
             yield GaugeMetricFamily("sip_tts_prompt_cache_prompts", "rendered prompts held", value=len(cache))
+            shared = cache.shared
+            if shared is not None:  # the fleet's Redis (second level)
+                yield GaugeMetricFamily("sip_tts_shared_cache_up", "0 while Redis failed and is not used",
+                                        value=int(shared.up))
+                for name, text in (("hits", "entries found in Redis"), ("misses", "entries not in Redis"),
+                                   ("errors", "Redis errors and timeouts (never fail a call)"),
+                                   ("rejected", "entries ignored: corrupted or another format version"),
+                                   ("writes", "entries written"), ("dropped", "writes dropped (Redis down, "
+                                                                              "queue full)")):
+                    yield CounterMetricFamily(f"sip_tts_shared_cache_{name}", text, value=getattr(shared, name))
 
 
 class Metrics:

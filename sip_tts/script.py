@@ -121,10 +121,10 @@ class Speech:
         for text, voice in self.fixed_prompts():
             for codec in codecs:
                 key = speech_key(self.engine.name, voice, text, codec)
-                if not self.cache.peek(key):
+                if not self.cache.peek(key) and await self.cache.fetch(key, background=True) is None:
                     try:
                         data = await render_speech(self.engine, voice, text, codec, background=True)
-                        self.cache.put(key, frames_of(data, codec))
+                        self.cache.store(key, frames_of(data, codec))
                         done += 1
                     except Exception as exc:  # a prompt that fails to render is logged, never fatal
                         log.warning("prompt %r could not be rendered: %s", text[:40], exc)
@@ -134,14 +134,14 @@ class Speech:
         """Queue ``text``: from the cache when ``cacheable`` (the step's text has no template
         fields; rendered on first use and kept), else streamed (text that depends on the call)."""
         key = speech_key(self.engine.name, voice, text, codec)
-        frames = self.cache.get(key) if cacheable else None
+        frames = await self.cache.fetch(key) if cacheable else None
         if frames is not None:
             queue.push_frames(frames)
             return
         data = await render_speech(self.engine, voice, text, codec, push=queue.push)
         queue.pad_frame()  # what comes next starts on a frame boundary
         if cacheable:
-            self.cache.put(key, frames_of(data, codec))
+            self.cache.store(key, frames_of(data, codec))
 
     def play_frames(self, file: str, codec: str) -> list[bytes]:
         path = self.prompts.resolve(file)

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from ..base import EngineBase, EngineError, EngineStats, VoiceSpec
+from ..shared_cache import SharedCache, SharedCacheConfig
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
@@ -44,6 +45,7 @@ class ChatterboxOptions:
     cuda_graphs: bool = True
     overlap: bool = False  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
     t3_share: float = 1.0  # T3's GPU time between S3Gen batches, in batch durations (scheduler docstring)
+    shared: SharedCacheConfig | None = None  # a fleet's Redis: voice conditioning computed once (voices.py)
 
 
 class ChatterboxEngine(EngineBase):
@@ -54,6 +56,7 @@ class ChatterboxEngine(EngineBase):
         self.options = options
         self._scheduler = None
         self._voices: dict[str, object] = {}
+        self._shared: SharedCache | None = None
         self._ckpt = None
         self._seeds = itertools.count(1)
         self.vocoder_snr_db: float | None = None  # the start-up check's result (lower-precision vocoder)
@@ -119,7 +122,9 @@ class ChatterboxEngine(EngineBase):
 
             assert self._ckpt is not None
             cache = Path(self.options.voice_cache_dir) if self.options.voice_cache_dir else None
-            conds = conditionals_from_wav(self._ckpt, Path(key), cache, self.options.device)
+            if self.options.shared is not None and self._shared is None:
+                self._shared = SharedCache(self.options.shared)
+            conds = conditionals_from_wav(self._ckpt, Path(key), cache, self.options.device, self._shared)
             self._voices[key] = self._make_voice(key, conds)
         return self._voices[key]
 

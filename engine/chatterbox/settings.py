@@ -11,6 +11,7 @@ from typing import Callable, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..base import Resolve, TtsEngine, VoiceSpec
+from ..shared_cache import SharedCacheConfig
 
 
 class ChatterboxSettings(BaseModel):
@@ -46,7 +47,7 @@ class ChatterboxSettings(BaseModel):
 
     voice_fields: ClassVar[tuple[str, ...]] = ("wav",)  # what a named voice may set
 
-    def build(self, resolve: Resolve) -> tuple[TtsEngine, VoiceSpec]:
+    def build(self, resolve: Resolve, shared: SharedCacheConfig | None = None) -> tuple[TtsEngine, VoiceSpec]:
         from .engine import SAMPLE_RATE, ChatterboxEngine, ChatterboxOptions
 
         options = ChatterboxOptions(
@@ -55,7 +56,8 @@ class ChatterboxSettings(BaseModel):
             max_streams=self.max_streams, max_tokens=self.max_tokens,
             voice_cache_dir=resolve(self.voice_cache_dir), temperature=self.temperature,
             top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-            overlap=self.overlap, t3_share=self.t3_share)
+            overlap=self.overlap, t3_share=self.t3_share,
+            shared=shared)  # the fleet's Redis: voice conditioning computed once (None: off)
         voice = VoiceSpec("default", (("voice_wav", resolve(self.voice_wav)),) if self.voice_wav else ())
         if self.process:
             from ..process import EngineProcess
