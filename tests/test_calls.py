@@ -328,3 +328,57 @@ def test_the_table_never_calls_back_it_only_returns_actions():
     for action in h.done:
         assert isinstance(action, (Produce, Bind, Answered, StartSending, SendRtcp, Digit, BargeIn, Release, Ended))
         assert action.call.info.call_id == "call-1"
+
+
+SRTP_KEY = bytes(range(30))
+
+
+def srtp_offer(key: bytes = SRTP_KEY, tag: int = 1) -> str:
+    import base64
+
+    return (f"v=0\r\no=caller 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n"
+            f"m=audio 40000 RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+            f"a=crypto:{tag} AES_CM_128_HMAC_SHA1_80 inline:{base64.b64encode(key).decode()}\r\na=sendrecv\r\n")
+
+
+def test_srtp_call_answers_with_our_key_unprotects_theirs_and_protects_its_rtcp():
+    """The call core keys the call from the offer, drops what fails authentication, and its RTCP is SRTCP."""
+    from telephony.rtp.srtp import Crypto, SrtpContext
+    from telephony.sip.sdp import parse_sdp
+
+    h = Harness(srtp="optional")
+    call, tag = h.answered_call(sdp=srtp_offer())
+    assert call.srtp is not None and call.srtp.theirs.key == SRTP_KEY
+    ours = call.srtp.ours
+    assert ours.key != SRTP_KEY and ours.tag == 1
+    ok = next(m for m in h.wire if isinstance(m, Response) and m.status == 200)
+    (media,) = parse_sdp(ok.body).media
+    assert media.proto == "RTP/SAVP" and media.crypto == [ours.attribute()]  # our fresh key, the offer's tag
+    # the caller's side of the call: it protects with its key, unprotects with ours
+    caller = SrtpContext(Crypto(1, "AES_CM_128_HMAC_SHA1_80", SRTP_KEY), ours=Crypto(1, ours.suite, SRTP_KEY))
+    peer_rx = SrtpContext(ours)  # theirs=ours: its inbound session reads what we protect
+    h.table.rtp_received("call-1", caller.protect(rtp(1, 0)), CALLER_RTP, 0.02)
+    h.table.rtp_received("call-1", rtp(2, 160), CALLER_RTP, 0.04)  # plain RTP on an SRTP call: dropped
+    forged = bytearray(caller.protect(rtp(3, 320)))
+    forged[-1] ^= 0xFF  # a wrong authentication tag
+    h.table.rtp_received("call-1", bytes(forged), CALLER_RTP, 0.06)
+    assert call.rx.received == 1
+    call.sender.packets_sent = 1
+    report = next(a for a in h.tick(10.0) if isinstance(a, SendRtcp))
+    assert report.data[1] == 200  # (the SRTCP header stays readable)
+    assert peer_rx.unprotect_rtcp(report.data)[1] == 200  # authenticated with our key: an SR
+
+
+def test_srtp_required_refuses_a_plain_offer_and_a_re_offer_may_not_drop_srtp():
+    h = Harness(srtp="required")
+    h.sip(invite())
+    assert h.responses()[-1] == 488
+    h2 = Harness(srtp="optional")
+    _, tag = h2.answered_call(sdp=srtp_offer())
+    h2.responses()
+    h2.sip(invite(to_tag=tag, cseq=2))  # a re-INVITE with a plain RTP/AVP offer
+    assert 488 in h2.responses()
+    h2.sip(invite(to_tag=tag, cseq=3, sdp=srtp_offer(key=bytes(30), tag=2)))  # new key of theirs: accepted
+    ok = [m for m in h2.wire if isinstance(m, Response) and m.status == 200]
+    assert ok and b"a=crypto:2 AES_CM_128_HMAC_SHA1_80" in ok[-1].body
+    assert h2.table.calls["call-1"].srtp.theirs.key == bytes(30)
