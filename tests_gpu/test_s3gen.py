@@ -60,7 +60,8 @@ def test_graphs_equal_eager(graphs_and_eager, tokens, batch):
 
 
 def test_a_batch_mixing_two_voices_equals_eager(ckpt, graphs_and_eager, tokens):
-    """Graphs swap each voice's reference states in and out within one batch (measured 55.0 dB)."""
+    """Graphs swap each voice's reference states in and out within one batch (measured 55.0 dB on an
+    H100, 62.5 dB on an H200)."""
     graphs, eager, vg, ve = graphs_and_eager
     other = other_gen(ckpt.conds.gen)
     vg2, ve2 = graphs.prepare_voice(other), eager.prepare_voice(other)
@@ -69,9 +70,15 @@ def test_a_batch_mixing_two_voices_equals_eager(ckpt, graphs_and_eager, tokens):
     snr = snr_db(ref, got)
     print(f"S3Gen graphs vs eager, two voices in a batch of 8: {snr:.1f} dB")
     assert snr > 40, snr
-    # and the voices are not mixed up: each utterance is closer to its own voice's eager audio
-    alone = two_windows(eager, [ve2] * 8, tokens)
-    assert snr_db(ref, alone) < snr - 20
+    # and the voices are not mixed up: each first-voice utterance of the mixed batch is closer to
+    # its own voice's eager audio than to the other voice's. With random weights the two voices
+    # sound alike (H200: about 48 dB apart against 62.5 dB graphs vs eager), so the margin is 6 dB.
+    alone = two_windows(eager, [ve2] * 8, tokens).reshape(8, -1)
+    ref8, got8 = ref.reshape(8, -1), got.reshape(8, -1)
+    for i in range(0, 8, 2):
+        own, other = snr_db(ref8[i], got8[i]), snr_db(alone[i], got8[i])
+        print(f"utterance {i}: own voice {own:.1f} dB, other voice {other:.1f} dB")
+        assert own > other + 6, (i, own, other)
 
 
 def test_fused_snake_in_the_whole_vocoder_equals_the_stock_ops(ckpt, tokens, monkeypatch):
