@@ -14,7 +14,7 @@ PY=${PY:-python3}
 WHEELS=(
   # the server
   pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  structlog==26.1.0 soxr==1.1.0 espeakng-loader==0.2.4 pylibsrtp==1.0.0
+  structlog==26.1.0 soxr==1.1.0 espeakng-loader==0.2.4
   # the HTTP API (the image has anyio, h11, click, httpx)
   fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 annotated-doc==0.0.7
   # SRTP (the server imports it)
