@@ -476,8 +476,12 @@ class CallTable:
         self._arm_session(call, self.ua.session_expires(ev.call_id), now)
 
     def _negotiate(self, offer: SessionDescription, codecs: list[str]) -> tuple[NegotiatedAudio, int]:
-        """The offer's audio stream under our codec list and SRTP mode (raises SdpError)."""
-        return negotiate(offer, codecs, self.settings.srtp, frozenset(SRTP_SUITES))
+        """The offer's audio stream under our codec list and SRTP mode (raises SdpError, also for an
+        SRTP stream none of whose a=crypto lines we can key: answering it with plain RTP would be wrong)."""
+        media, index = negotiate(offer, codecs, self.settings.srtp, frozenset(SRTP_SUITES))
+        if media.crypto and choose_crypto(list(media.crypto)) is None:
+            raise SdpError("no usable a=crypto offered (key length, MKI or session parameters)")
+        return media, index
 
     def _digit(self, call: Call, digit: DtmfDigit) -> None:
         call.digits.append(digit)

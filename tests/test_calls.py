@@ -373,6 +373,9 @@ def test_srtp_required_refuses_a_plain_offer_and_a_re_offer_may_not_drop_srtp():
     h = Harness(srtp="required")
     h.sip(invite())
     assert h.responses()[-1] == 488
+    mki = srtp_offer().replace("\r\na=sendrecv", "|2^20|1:4\r\na=sendrecv")  # a key with an MKI: unusable
+    h.sip(invite(call_id="call-2", sdp=mki))
+    assert h.responses()[-1] == 488 and not h.table.calls
     h2 = Harness(srtp="optional")
     _, tag = h2.answered_call(sdp=srtp_offer())
     h2.responses()
