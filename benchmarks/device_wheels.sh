@@ -39,25 +39,6 @@ for spec in "${WHEELS[@]}"; do
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     -d "$DIR" "$spec"
 done
-# resemble-perth carries a 37 MB watermark network; chatterbox.tts_turbo imports perth, but the
-# server never builds that watermarker, and the carried tree is limited to 64 MiB: drop the file
-# (and its RECORD line) from the wheel.
-"$PY" - "$DIR" <<'PYEOF'
-import sys, zipfile, pathlib
-for whl in pathlib.Path(sys.argv[1]).glob("resemble_perth-*.whl"):
-    src = zipfile.ZipFile(whl)
-    if not any(n.endswith(".pth.tar") for n in src.namelist()):
-        continue
-    tmp = whl.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        for item in src.infolist():
-            if item.filename.endswith(".pth.tar"):
-                continue
-            data = src.read(item)
-            if item.filename.endswith("RECORD"):
-                data = b"".join(l for l in data.splitlines(True) if b".pth.tar" not in l)
-            dst.writestr(item, data)
-    src.close()
-    tmp.replace(whl)
-PYEOF
+# resemble-perth carries its 37 MB watermark network: the Chatterbox engine watermarks by default
+# (watermark: true), so the wheel travels whole (about 58 MB of wheels of the 64 MiB carried).
 ls -la "$DIR"; du -sh "$DIR"
