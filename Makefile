@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # On a GPU host: make install-engine TORCH=torch==2.11.0 (PyPI's CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-engine run test unit sip-tests peers check-config clean
+.PHONY: install install-engine run test unit sip-tests test-gpu peers check-config clean
 
 # Base install: the server on the embedded espeak engine (what `make run` needs).
 $(VENV)/.installed: pyproject.toml
@@ -57,6 +57,12 @@ test: install-engine peers
 
 unit: install-engine
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# GPU-only tests (tests_gpu/: kernels and CUDA graphs against eager, overlap, mixed voices,
+# float16/bfloat16) on a host with CUDA; records benchmarks/results/test_gpu.{json,md}. On the
+# device machine: benchmarks/device_test_gpu.sh. Skips fail this run (no GPU: red, not green).
+test-gpu:
+	$(PY) benchmarks/test_gpu.py $(PYTEST_ARGS)
 
 sip-tests: install peers
 	PEERS_DIR=$(abspath $(PEERS)) $(PY) -m pytest -q sip_tests $(PYTEST_ARGS)

@@ -235,8 +235,8 @@ def main() -> int:
 
         benchmark_checkpoint(a.model_dir, a.t3_layers, a.t3_width)
     report: dict = {"engine": a.engine, "load_average_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                             text=True).stdout.strip(),
+                    "commit": os.environ.get("COMMIT") or subprocess.run(  # $COMMIT: the device's copy
+                        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
                     "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "command": " ".join(["python"] + sys.argv),
                     "args": {k: v for k, v in vars(a).items()}, "ttfb": {}, "calls": {}}
     try:

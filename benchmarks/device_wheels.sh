@@ -17,6 +17,10 @@ WHEELS=(
   structlog==26.1.0 soxr==1.1.0 espeakng-loader==0.2.4
   # the HTTP API (the image has anyio, h11, click, httpx)
   fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 annotated-doc==0.0.7
+  # SRTP (the server imports it)
+  pylibsrtp==1.0.0
+  # fastapi imports opentelemetry-api
+  opentelemetry-api==1.45.2
   # the Chatterbox engine (chatterbox-tts and friends are used without their own pins)
   chatterbox-tts==0.1.7 s3tokenizer==0.3.0 resemble-perth==1.0.1 conformer==0.3.2 diffusers==0.29.0
   omegaconf==2.4.0 pyloudnorm==0.2.0 importlib_metadata==10.2.0

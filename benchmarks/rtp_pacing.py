@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.hostload import HostLoad  # noqa: E402
 from telephony.rtp.pacer import FrameQueue, PacerClock, RtpSender  # noqa: E402
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -175,6 +176,7 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     frames = [bytes([0x80 + (i % 64)]) * 160 for i in range(int(a.seconds * 50) + 100)]  # a long "prompt"
     rows = []
+    host = HostLoad()
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     for n in [int(x) for x in a.streams.split(",")]:
         row: dict = dict(n=n)
@@ -191,7 +193,8 @@ def main() -> int:
                   + (f", {stats['bytes_per_call'] / 1024:.1f} KiB/call, skipped slots {stats['skipped_slots']}"
                      if kind == "ours" else ""), flush=True)
         rows.append(row)
-    result = dict(machine=f"{os.cpu_count()} cores", date=time.strftime("%Y-%m-%d"), seconds=a.seconds, runs=rows)
+    result = dict(machine=f"{os.cpu_count()} cores", date=time.strftime("%Y-%m-%d"), seconds=a.seconds, runs=rows,
+                  host=host.finish())
     outdir = Path(a.out)
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "rtp_pacing.json").write_text(json.dumps(result, indent=1))
@@ -205,6 +208,7 @@ def main() -> int:
         md.append(f"| {r['n']} | {o['err_p50_ms']:.2f}/{o['err_p99_ms']:.2f}/{o['err_max_ms']:.1f} | {o['late_frames']} | "
                   f"{o['cpu_percent']:.0f} | {o['bytes_per_call'] / 1024:.1f} | "
                   f"{v['err_p50_ms']:.2f}/{v['err_p99_ms']:.2f}/{v['err_max_ms']:.1f} | {v['late_frames']} | {v['cpu_percent']:.0f} |")
+    md += ["", HostLoad.describe(result["host"])]
     (outdir / "rtp_pacing.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -1,21 +1,32 @@
-"""SIP load: SIPp calls at rising rates against our server, and against SIPp's own UAS.
+"""SIP load: SIPp calls at rising rates until a rate fails, against our server and against
+SIPp's own UAS, in the same run.
 
-    python benchmarks/sip_load.py [--rates 25,50,100,150,200] [--seconds 8] [--hold-ms 1000]
+    python benchmarks/sip_load.py [--start 100] [--factor 1.5] [--max-rate 4000] [--seconds 8] [--hold-ms 1000]
+    python benchmarks/sip_load.py --rates 50,100,200        # fixed rates instead of the search
 
 Each call: INVITE → 200 → ACK, a short prompt plays for ``--hold-ms``, the caller
-sends BYE (SIPp's uac_pcmu_bye.xml from sip_tests/peers). For each rate we report
-calls attempted/successful/failed, INVITE→200 p50/p99 (SIPp's per-call response
-time), SIPp's retransmission count, and the server's CPU % and RSS. The same
-rates are then run against SIPp's reference UAS (uas_pcmu.xml): the ratio of
-the two tells how close we are to what the generator itself sustains on this
-machine. Table and JSON go to benchmarks/results/sip_load.{md,json}.
+sends BYE (SIPp's uac_pcmu_bye.xml from sip_tests/peers). Each side is driven from
+``--start`` calls/s, times ``--factor`` per step, until a step fails (a failed call,
+fewer successful calls than attempted, SIPp's error exit or a run that does not
+finish): the ceiling is the last rate that passed, and the first failing rate is
+reported with what failed. SIPp's UAS (uas_pcmu.xml) is the reference: it shows
+what the generator itself sustains on this machine, which bounds what any
+server can be measured at here.
+
+INVITE→200 is taken from a capture of the signalling (tcpdump on lo, kernel
+timestamps, microseconds): first INVITE of a Call-ID to its first 200, instead
+of SIPp's response-time counters, which come in its timer's steps (4 ms seen).
+We also report SIPp's retransmissions and the server's CPU % and RSS, and the
+host's load over the run (the machine is shared: see the table's footer).
+Table and JSON go to benchmarks/results/sip_load.{md,json}. Run it in its own
+network namespace (the README's note) so no other loopback traffic interferes.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import re
 import os
 import signal
 import socket
@@ -26,6 +37,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.hostload import HostLoad  # noqa: E402
+from sip_tests.pcap import read_udp  # noqa: E402
+
 PEERS = Path(os.environ.get("PEERS_DIR", ROOT / "sip_tests" / "peers")).resolve()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -69,102 +84,175 @@ def start_reference(work: Path, port: int) -> subprocess.Popen:
     return proc
 
 
+_CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", re.M | re.I)
+_CSEQ = re.compile(rb"^CSeq[ \t]*:[ \t]*\d+[ \t]+INVITE", re.M | re.I)
+
+
+def invite_to_200_ms(pcap: Path, port: int) -> list[float]:
+    """Per call, ms from the first INVITE sent to ``port`` to the first 200 (to the INVITE) back."""
+    sent: dict[bytes, float] = {}
+    took: dict[bytes, float] = {}
+    for p in read_udp(pcap):
+        data = p.payload
+        m = _CALL_ID.search(data)
+        if m is None or not _CSEQ.search(data):
+            continue
+        call = m.group(1)
+        if data.startswith(b"INVITE ") and p.dst[1] == port:
+            sent.setdefault(call, p.time)
+        elif data.startswith(b"SIP/2.0 200") and p.src[1] == port and call in sent and call not in took:
+            took[call] = (p.time - sent[call]) * 1e3
+    return sorted(took.values())
+
+
+def start_capture(path: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-s", "2048", "-B", "16384", "-w", str(path),
+                             f"udp port {port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "listening on" in line:
+            return proc
+        if proc.poll() is not None:
+            break
+    raise RuntimeError("tcpdump did not start (run as root, inside a network namespace)")
+
+
 def run_rate(target_port: int, rate: int, seconds: float, hold_ms: int, work: Path, pid: int | None) -> dict:
     calls = int(rate * seconds)
     run = work / f"rate{rate}"
     run.mkdir(exist_ok=True)
     cpu0 = proc_cpu_seconds(pid) if pid else 0.0
+    cap = start_capture(run / "sip.pcap", target_port)
     t0 = time.monotonic()
-    res = subprocess.run(
-        ["sipp", f"127.0.0.1:{target_port}", "-sf", str(PEERS / "sipp" / "uac_pcmu_bye.xml"), "-s", "1000",
-         "-i", "127.0.0.1", "-p", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
-         "-m", str(calls), "-r", str(rate), "-l", str(max(50, rate * 4)), "-d", str(hold_ms), "-nostdin",
-         "-recv_timeout", "10000", "-trace_stat", "-stf", str(run / "stats.csv"), "-trace_rtt", "-rtt_freq", "1"],
-        cwd=run, capture_output=True, text=True, timeout=seconds * 4 + 60)
+    try:
+        res = subprocess.run(
+            ["sipp", f"127.0.0.1:{target_port}", "-sf", str(PEERS / "sipp" / "uac_pcmu_bye.xml"), "-s", "1000",
+             "-i", "127.0.0.1", "-p", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
+             "-m", str(calls), "-r", str(rate), "-l", str(max(50, rate * 4)), "-d", str(hold_ms), "-nostdin",
+             "-recv_timeout", "10000", "-trace_stat", "-stf", str(run / "stats.csv")],
+            cwd=run, capture_output=True, text=True, timeout=seconds * 4 + 60)
+        rc = res.returncode
+    except subprocess.TimeoutExpired:
+        rc = None  # did not finish: a failure
     wall = time.monotonic() - t0
+    cap.send_signal(signal.SIGINT)
+    cap.wait(30)
     cpu = (proc_cpu_seconds(pid) - cpu0) if pid else None
-    rows = (run / "stats.csv").read_text().strip().splitlines()
-    head, last = rows[0].split(";"), rows[-1].split(";")
-    stat = dict(zip(head, last))
-    rtts: list[float] = []
-    for f in run.glob("*_rtt.csv"):
-        with open(f) as fh:
-            for row in csv.reader(fh, delimiter=";"):
-                if len(row) >= 2 and row[1].replace(".", "", 1).isdigit():
-                    rtts.append(float(row[1]))
-    rtts.sort()
+    stat: dict[str, str] = {}
+    if (run / "stats.csv").exists():
+        rows = (run / "stats.csv").read_text().strip().splitlines()
+        stat = dict(zip(rows[0].split(";"), rows[-1].split(";")))
+    rtts = invite_to_200_ms(run / "sip.pcap", target_port)
+    (run / "sip.pcap").unlink()
 
     def pct(q: float) -> float | None:
-        return rtts[min(len(rtts) - 1, int(q * len(rtts)))] if rtts else None
+        return round(rtts[min(len(rtts) - 1, int(q * len(rtts)))], 3) if rtts else None
 
-    return dict(rate=rate, calls=calls, rc=res.returncode, successful=int(stat.get("SuccessfulCall(C)", 0)),
-                failed=int(stat.get("FailedCall(C)", 0)), retransmissions=int(stat.get("Retransmissions(C)", 0)),
-                invite_200_p50_ms=pct(0.50), invite_200_p99_ms=pct(0.99), wall_s=wall,
-                server_cpu_percent=(100 * cpu / wall) if cpu is not None else None,
-                server_rss_mb=proc_rss_mb(pid) if pid else None)
+    out = dict(rate=rate, calls=calls, rc=rc, successful=int(stat.get("SuccessfulCall(C)", 0)),
+               failed=int(stat.get("FailedCall(C)", 0)), retransmissions=int(stat.get("Retransmissions(C)", 0)),
+               answered=len(rtts), invite_200_p50_ms=pct(0.50), invite_200_p99_ms=pct(0.99),
+               invite_200_max_ms=round(rtts[-1], 3) if rtts else None, wall_s=wall,
+               server_cpu_percent=(100 * cpu / wall) if cpu is not None else None,
+               server_rss_mb=proc_rss_mb(pid) if pid else None)
+    out["passed"] = rc == 0 and out["failed"] == 0 and out["successful"] == calls
+    return out
+
+
+def search(port: int, rates: list[int] | None, a: argparse.Namespace, work: Path, pid: int | None, label: str) -> list[dict]:
+    """Fixed ``rates``, or from ``a.start`` up by ``a.factor`` until one fails (the ceiling search)."""
+    runs: list[dict] = []
+    rate = a.start
+    while True:
+        if rates is not None:
+            if len(runs) == len(rates):
+                break
+            rate = rates[len(runs)]
+        r = run_rate(port, rate, a.seconds, a.hold_ms, work, pid)
+        runs.append(r)
+        cpu = f", cpu {r['server_cpu_percent']:.0f}%, rss {r['server_rss_mb']:.0f} MB" if pid else ""
+        print(f"{label:9s} {rate:5d} cps: {'pass' if r['passed'] else 'FAIL'} {r['successful']}/{r['calls']} ok, "
+              f"{r['failed']} failed, rc {r['rc']}, INVITE->200 p50 {r['invite_200_p50_ms']} p99 "
+              f"{r['invite_200_p99_ms']} ms, retrans {r['retransmissions']}{cpu}", flush=True)
+        if rates is None:
+            if not r["passed"] or rate >= a.max_rate:
+                break
+            rate = min(a.max_rate, int(round(rate * a.factor)))
+    return runs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default="25,50,100,150,200")
+    ap.add_argument("--rates", default=None, help="fixed rates (comma-separated) instead of the ceiling search")
+    ap.add_argument("--start", type=int, default=100)
+    ap.add_argument("--factor", type=float, default=1.5)
+    ap.add_argument("--max-rate", type=int, default=4000)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--hold-ms", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
-    rates = [int(r) for r in a.rates.split(",")]
+    rates = [int(r) for r in a.rates.split(",")] if a.rates else None
+    host = HostLoad()
     result: dict = dict(machine=f"{os.cpu_count()} cores", date=time.strftime("%Y-%m-%d"), hold_ms=a.hold_ms,
-                        seconds=a.seconds, ours=[], reference=[])
+                        seconds=a.seconds, mode="fixed rates" if rates else f"ceiling search from {a.start} x{a.factor}",
+                        invite_200_source="tcpdump on lo, kernel timestamps (us)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         port = free_port()
         ours = start_ours(work, port)
         (work / "ours").mkdir()
         try:
-            for rate in rates:
-                r = run_rate(port, rate, a.seconds, a.hold_ms, work / "ours", ours.pid)
-                result["ours"].append(r)
-                print(f"ours      {rate:4d} cps: {r['successful']}/{r['calls']} ok, {r['failed']} failed, "
-                      f"p50 {r['invite_200_p50_ms']} ms p99 {r['invite_200_p99_ms']} ms, "
-                      f"retrans {r['retransmissions']}, cpu {r['server_cpu_percent']:.0f}%, rss {r['server_rss_mb']:.0f} MB",
-                      flush=True)
+            result["ours"] = search(port, rates, a, work / "ours", ours.pid, "ours")
         finally:
             ours.send_signal(signal.SIGTERM)
-            ours.wait(20)
+            ours.wait(60)
         ref_port = free_port()
         ref = start_reference(work, ref_port)
         try:
             (work / "ref").mkdir()
-            for rate in rates:
-                r = run_rate(ref_port, rate, a.seconds, a.hold_ms, work / "ref", ref.pid)
-                result["reference"].append(r)
-                print(f"sipp UAS  {rate:4d} cps: {r['successful']}/{r['calls']} ok, {r['failed']} failed, "
-                      f"p50 {r['invite_200_p50_ms']} ms p99 {r['invite_200_p99_ms']} ms", flush=True)
+            result["reference"] = search(ref_port, rates, a, work / "ref", ref.pid, "sipp UAS")
         finally:
             ref.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             ref.send_signal(signal.SIGTERM)
             ref.wait(10)
+    result["host"] = host.finish()
 
-    def sustained(runs: list[dict]) -> int:
-        ok = [r["rate"] for r in runs if r["failed"] == 0 and r["successful"] == r["calls"]]
-        return max(ok) if ok else 0
+    def ceiling(runs: list[dict]) -> tuple[int, dict | None]:
+        passed = [r["rate"] for r in runs if r["passed"]]
+        failed = next((r for r in runs if not r["passed"]), None)
+        return (max(passed) if passed else 0), failed
 
-    result["ours_sustained_cps"] = sustained(result["ours"])
-    result["reference_sustained_cps"] = sustained(result["reference"])
+    for side in ("ours", "reference"):
+        top, fail = ceiling(result[side])
+        result[f"{side}_sustained_cps"] = top
+        result[f"{side}_first_failing_cps"] = fail["rate"] if fail else None
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sip_load.json").write_text(json.dumps(result, indent=1))
-    md = [f"# SIP load ({result['machine']}, {result['date']}, calls held {a.hold_ms} ms)", "",
-          "`python benchmarks/sip_load.py` — SIPp uac_pcmu_bye.xml at each rate for "
-          f"{a.seconds:.0f} s; reference: SIPp's uas_pcmu.xml in the same run.", "",
-          "| cps | ours ok/failed | ours INVITE→200 p50/p99 ms | retrans | server CPU % | RSS MB | SIPp UAS ok/failed | SIPp UAS p50/p99 ms |",
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    def line(r: dict, server: bool) -> str:
+        cpu = f"{r['server_cpu_percent']:.0f} | {r['server_rss_mb']:.0f} | " if server else ""
+        return (f"{'pass' if r['passed'] else '**fail**'} | {r['successful']}/{r['calls']} ({r['failed']} failed) | "
+                f"{ms(r['invite_200_p50_ms'])}/{ms(r['invite_200_p99_ms'])}/{ms(r['invite_200_max_ms'])} | "
+                f"{r['retransmissions']} | {cpu}")
+    md = [f"# SIP load ({result['machine']}, {result['date']}, calls held {a.hold_ms} ms, {a.seconds:.0f} s per rate)", "",
+          "`python benchmarks/sip_load.py` (in its own network namespace): SIPp uac_pcmu_bye.xml at rising rates until "
+          "one fails, against our server (embedded espeak engine, prompt cached) and, in the same run, against SIPp's "
+          "uas_pcmu.xml. INVITE→200 from a tcpdump capture (kernel timestamps), per call.", "",
+          "| side | cps | result | ok/attempted | INVITE→200 p50/p99/max ms | retrans | server CPU % | RSS MB |",
           "|---|---|---|---|---|---|---|---|"]
-    for o, r in zip(result["ours"], result["reference"]):
-        md.append(f"| {o['rate']} | {o['successful']}/{o['failed']} | {o['invite_200_p50_ms']}/{o['invite_200_p99_ms']} | "
-                  f"{o['retransmissions']} | {o['server_cpu_percent']:.0f} | {o['server_rss_mb']:.0f} | "
-                  f"{r['successful']}/{r['failed']} | {r['invite_200_p50_ms']}/{r['invite_200_p99_ms']} |")
-    md += ["", f"Sustained with 0 failures: ours {result['ours_sustained_cps']} cps, "
-               f"SIPp UAS {result['reference_sustained_cps']} cps."]
+    md += [f"| ours | {r['rate']} | {line(r, True)}" for r in result["ours"]]
+    md += [f"| SIPp UAS | {r['rate']} | {line(r, False)} - | - |" for r in result["reference"]]
+    md += ["", f"Ceiling (highest rate with every call successful): ours {result['ours_sustained_cps']} cps "
+               f"(first failing: {result['ours_first_failing_cps'] or 'none up to --max-rate'}), SIPp UAS "
+               f"{result['reference_sustained_cps']} cps (first failing: "
+               f"{result['reference_first_failing_cps'] or 'none up to --max-rate'}). The load generator (SIPp's UAC) "
+               "runs on the same cores, so both ceilings include its share.", "", HostLoad.describe(result["host"])]
     (out / "sip_load.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -291,7 +291,8 @@ class Instance:
         self.t_start = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(self.config),
-             "--listen", f"{HOST}:{self.port}", "--rtp-ports", f"{lo}-{hi}", "--log-format", "json"],
+             "--listen", f"{HOST}:{self.port}", "--rtp-ports", f"{lo}-{hi}",
+             "--api-listen", f"{HOST}:{8080 + self.index}", "--log-format", "json"],
             cwd=ROOT, env=self.env, stdout=open(self.stdout, "w"), stderr=open(self.log, "w"),
             stdin=subprocess.DEVNULL)
 

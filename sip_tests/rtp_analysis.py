@@ -22,6 +22,7 @@ class StreamStats:
     intervals_ms: np.ndarray
     payload_types: set[int]
     payload: bytes
+    ts_span: int = 0  # last timestamp - first, in samples (8 kHz)
 
     @property
     def median_ms(self) -> float:
@@ -32,12 +33,23 @@ class StreamStats:
         return float(np.percentile(np.abs(self.intervals_ms - 20.0), 99))
 
     @property
+    def on_grid_share(self) -> float:
+        """Share of intervals within 5 ms of 20 ms."""
+        return float((np.abs(self.intervals_ms - 20.0) <= 5.0).mean())
+
+    @property
     def max_interval_ms(self) -> float:
         return float(self.intervals_ms.max())
 
     @property
     def mean_ms(self) -> float:
         return float(self.intervals_ms.mean())
+
+    @property
+    def clock_drift_ms(self) -> float:
+        """Wall time the stream spanned minus what its RTP timestamps say: ~0 when timestamps follow
+        the clock (through stalls too: skipped slots advance the timestamp)."""
+        return float(self.intervals_ms.sum() - self.ts_span / 8.0)
 
 
 def rtp_streams(packets: list[UdpPacket]) -> dict[int, StreamStats]:
@@ -62,5 +74,6 @@ def rtp_streams(packets: list[UdpPacket]) -> dict[int, StreamStats]:
             intervals_ms=np.diff(times) * 1000.0,
             payload_types={r.payload_type for _, r in items},
             payload=b"".join(r.payload for _, r in items),
+            ts_span=(tss[-1] - tss[0]) % 2**32,
         )
     return out

@@ -30,10 +30,10 @@ def test_hold_stops_our_rtp_and_resume_continues_the_same_stream(server, capture
     gaps = np.diff(times)
     hold = int(np.argmax(gaps))
     assert 1.3 < gaps[hold] < 1.9  # nothing sent while on hold (~1.5 s)
-    assert np.sort(gaps)[-2] < 0.05  # and no other gap
+    assert np.sort(gaps)[-2] < 0.1  # and no other gap (20 ms by design; 100 ms: a stated margin for a loaded host)
     assert stream.seq_gaps == 0  # sequence numbers continue across the hold
     before, after = packets[hold][1], packets[hold + 1][1]
     assert after.marker and not any(p.marker for _, p in packets[1:hold + 1])
     ts_step = (after.timestamp - before.timestamp) % 2**32
-    assert abs(ts_step / 8000 - gaps[hold]) < 0.06  # the timestamp followed the clock
+    assert abs(ts_step / 8000 - gaps[hold]) < 0.1  # the timestamp followed the clock (within a stated 100 ms)
     assert "on hold" in server.log_text() and "active" in server.log_text()

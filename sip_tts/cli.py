@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="answer calls and speak their prompts")
     p_serve.add_argument("--config", default=str(DEFAULT_CONFIG))
     p_serve.add_argument("--listen", help="HOST:PORT, overrides sip.listen")
+    p_serve.add_argument("--api-listen", help="HOST:PORT, overrides api.listen (one HTTP port per instance)")
     p_serve.add_argument("--rtp-ports", help="MIN-MAX, overrides rtp.port_min/port_max (one range per instance)")
     p_serve.add_argument("--log-level", default="INFO")
     p_serve.add_argument("--log-format", choices=["auto", "json", "console"], default="auto",
@@ -199,6 +200,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--rtp-ports: expected MIN-MAX within 1024-65535, got {args.rtp_ports!r}", file=sys.stderr)
             return 2
         rtp_ports = (int(lo), int(hi))
+    if args.api_listen:
+        from pydantic import ValidationError
+
+        from config.schema import ApiSettings
+        try:
+            api = ApiSettings.model_validate({**cfg.api.model_dump(), "listen": args.api_listen})
+        except ValidationError as exc:
+            print(f"--api-listen {args.api_listen!r}: {exc.errors()[0]['msg']}", file=sys.stderr)
+            return 2
+        cfg = cfg.model_copy(update={"api": api})
     try:
         return asyncio.run(serve(cfg, prompts, args.listen, rtp_ports, args.pid_file))
     except KeyboardInterrupt:

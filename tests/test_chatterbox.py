@@ -202,28 +202,47 @@ def test_continuous_batching_matches_decoding_alone(ckpt):
 
 
 def test_sampling_follows_the_stock_chain():
+    """Our batched sampler draws from the distribution of transformers' processor chain, penalty
+    included. The logits are built so that the penalty moves the distribution by far more than
+    the sampling noise (and the draws are seeded, so every run is the same): a sampler that leaves
+    the penalty out fails the comparison, and the test checks that it would."""
     from engine.chatterbox.t3_runner import sample_tokens
     from transformers.generation.logits_process import (
         LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
         TopPLogitsWarper,
     )
 
-    torch.manual_seed(1)
-    logits = torch.randn(3, 500) * 3
-    history = torch.randint(0, 500, (3, 20))
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 500, generator=gen) * 0.5
+    # Row 0: token 0 (generated before) leads token 1 (not) before the penalty (x / 1.2) and trails
+    # it after; row 1: the same with negative logits (x * 1.2); row 2: no overlap with its history.
+    logits[0] -= 2.0
+    logits[0, :2] = torch.tensor([4.0, 3.5])
+    logits[1] -= 15.0
+    logits[1, :2] = torch.tensor([-4.0, -4.5])
+    history = torch.stack([torch.tensor([0, 7, 9, 11] * 5), torch.tensor([0, 7, 9, 11] * 5),
+                           torch.arange(400, 420)])
     seen = torch.zeros(3, 500, dtype=torch.bool)
     seen.scatter_(1, history, True)
-    chain = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.9),
-                                 RepetitionPenaltyLogitsProcessor(1.2)])
-    expected = chain(history, logits.clone()).softmax(-1)
+
+    def chain(penalty):
+        steps = [TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.9)]
+        return LogitsProcessorList(steps + [RepetitionPenaltyLogitsProcessor(penalty)] if penalty else steps)
+
+    expected = chain(1.2)(history, logits.clone()).softmax(-1)
+    unpenalised = chain(None)(history, logits.clone()).softmax(-1)
+    assert (expected - unpenalised).abs().max() > 0.15  # the penalty matters here: the check below can fail
     params = SamplingParams(0.8, 50, 0.9, 1.2)
+    torch.manual_seed(1)
     counts = torch.zeros(3, 500)
     for _ in range(4000):
         tok = sample_tokens(logits, seen, params)
         counts[torch.arange(3), tok] += 1
     freq = counts / counts.sum(1, keepdim=True)
     assert (freq[expected == 0] == 0).all()  # never outside the top-k/top-p set
-    assert (freq - expected).abs().max() < 0.03  # same distribution
+    # 4,000 draws: a frequency's standard deviation is at most 0.008, so 0.03 is > 3.5 sigma
+    assert (freq - expected).abs().max() < 0.03, (freq - expected).abs().max()
+    assert (freq - unpenalised).abs().max() > 0.1  # and the sampler is not the unpenalised chain
 
 
 # -- S3Gen + HiFT -------------------------------------------------------------------
@@ -713,4 +732,8 @@ def test_scheduler_overlap_path_steps_t3_while_a_batch_is_in_flight(ckpt):
         assert ours[i].size == (40 + 10 * i + 3) * 2 * SAMPLES_PER_FRAME
         assert ours[i].size == ref[i].size  # the same utterance, whatever the windows' timing
         assert np.isfinite(ours[i]).all()
+        # the same audio: windows batched differently (other utterances, a cancelled one) differ
+        # only by float rounding (1e-7 here, peak 0.1), held to the bound of
+        # test_windows_of_different_utterances_batch_like_alone
+        assert np.abs(ours[i] - ref[i]).max() < 1e-4, np.abs(ours[i] - ref[i]).max()
     assert stats.cancelled == 1 and stats.finished == 2

@@ -122,10 +122,17 @@ class RtpSender:
         self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
         self._marker = True
 
+    def lose_frames(self, n: int) -> None:
+        """``n`` slots lost to a stalled loop: the timestamp follows the clock (on hold: as ``skip_slot``)."""
+        self.timestamp = (self.timestamp + FRAME_SAMPLES * n) & 0xFFFFFFFF
+        if self.paused:
+            self._marker = True
+        else:
+            self.skipped_frames += n
+
     def next_packet(self, now: float, skipped_slots: int = 0) -> bytes:
         if skipped_slots:
-            self.timestamp = (self.timestamp + FRAME_SAMPLES * skipped_slots) & 0xFFFFFFFF
-            self.skipped_frames += skipped_slots
+            self.lose_frames(skipped_slots)
         frame = self.queue.pop()
         if frame is None:
             frame = bytes([SILENCE[self.codec]]) * FRAME_SAMPLES
@@ -185,6 +192,13 @@ class Pacer:
         if skipped:  # whole frames lost to a stall: skipped, not sent in a burst
             self._tick += skipped * self.phases
             self.skipped_slots += skipped
+            # Every phase lost the same frames, but only this phase is served now: the other
+            # phases' calls advance their timestamps here (else they would lag wall time by the stall).
+            current = self._tick % self.phases
+            for phase, others in enumerate(self._groups):
+                if phase != current:
+                    for sender in others.values():
+                        sender.lose_frames(skipped)
         group = self._groups[self._tick % self.phases]
         out: list[tuple[RtpSender, bytes]] = []
         done: list[RtpSender] = []

@@ -49,6 +49,9 @@ def uac_dialog(invite: Request, response: Response) -> Dialog:
     to_value = response.headers.get("To") or ""
     contact = response.headers.get("Contact")
     target = NameAddr.parse(contact).uri if contact else invite.uri
+    if any(c.isspace() for c in target):  # it becomes our ACK's and BYE's Request-URI
+        raise ValueError(f"unusable Contact URI {target!r}")
+    SipUri.parse(target)  # a 2xx's Contact must be a SIP or SIPS URI (§12.1.2); ValueError if not
     cseq, _ = invite.cseq
     from_value = invite.headers.get("From") or ""
     return Dialog(
