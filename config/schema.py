@@ -111,6 +111,17 @@ class ChatterboxSettings(_Strict):
     top_k: int = Field(1000, ge=1)
     top_p: float = Field(0.95, gt=0, le=1)
     repetition_penalty: float = Field(1.2, ge=1, le=3)
+    seed: int | None = Field(None, ge=0, description="sampling seed of every utterance (repeatable speech); "
+                                                     "none: a new one each time")
+    # the fast paths and their exact counterparts (README, 'verify-engine')
+    reference_attention: Literal["block_causal", "full"] = Field(
+        "block_causal", description="block_causal: the voice reference attends only to itself, computed once per "
+                                    "voice; full: stock attention, the reference re-run in every window (slower)")
+    cuda_graphs: bool = Field(True, description="GPU: replay T3 and S3Gen as CUDA graphs (off: eager kernels)")
+    startup_checks: bool = Field(True, description="at start-up, check each fast path against its exact one on "
+                                                   "the voice; a path below its threshold falls back (log + metric)")
+    watermark: bool = Field(True, description="Resemble's Perth implicit watermark on all audio, as stock "
+                                              "Chatterbox marks its output (needs resemble-perth)")
     overlap: bool = Field(False, description="GPU: S3Gen on its own CUDA stream beside T3's (higher priority): "
                                              "~4% more throughput, but more late frames near capacity (H100: "
                                              "64 vs 0 at 128 streams); off: T3 and S3Gen alternate")
@@ -220,6 +231,12 @@ class VoiceDef(_Strict):
     rate: int | None = Field(None, ge=80, le=450, description="espeak: words per minute")
     pitch: int | None = Field(None, ge=0, le=99, description="espeak: pitch")
     wav: str | None = Field(None, description="chatterbox: reference WAV (>= 5 s), relative to this file")
+    # chatterbox: sampling for this voice (default: the engine's settings, stock Turbo's defaults)
+    temperature: float | None = Field(None, gt=0, le=2)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, ge=1, le=3)
+    seed: int | None = Field(None, ge=0, description="chatterbox: fixed sampling seed (repeatable speech)")
 
 
 class SayStep(_Strict):

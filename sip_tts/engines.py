@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from config.schema import EspeakSettings, ServerConfig
 from engine.prompt_cache import render_speech
@@ -23,23 +22,12 @@ def build_engine(cfg: ServerConfig) -> tuple[TtsEngine, VoiceSpec]:
             return EngineProcess("espeak", 22050, "engine.espeak:EspeakEngine",
                                  kwargs={"default_voice": settings.voice}), voice
         return EspeakEngine(default_voice=settings.voice), voice
-    from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions  # torch is imported lazily
+    from engine.chatterbox.engine import ChatterboxEngine
 
-    base = cfg.source.parent if cfg.source is not None else None
+    from .chatterbox_options import chatterbox_options
 
-    def resolve(path: str | None) -> str | None:
-        if path is None or base is None or Path(path).is_absolute():
-            return path
-        return str(base / path)
-
-    options = ChatterboxOptions(
-        model_dir=resolve(settings.model_dir) or settings.model_dir, device=settings.device, dtype=settings.dtype,
-        vocoder_dtype=settings.vocoder_dtype,
-        max_streams=settings.max_streams, max_tokens=settings.max_tokens,
-        voice_cache_dir=resolve(settings.voice_cache_dir), temperature=settings.temperature,
-        top_k=settings.top_k, top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
-        overlap=settings.overlap, t3_share=settings.t3_share)
-    voice = VoiceSpec("default", (("voice_wav", resolve(settings.voice_wav)),) if settings.voice_wav else ())
+    options, wav = chatterbox_options(cfg)
+    voice = VoiceSpec("default", (("voice_wav", wav),) if wav else ())
     if settings.process:
         from engine.process import EngineProcess
 

@@ -65,9 +65,11 @@ def voice_spec(name: str, voice: VoiceDef, base: VoiceSpec, engine: str, prompts
             if getattr(voice, key) is not None:
                 settings[key] = getattr(voice, key)
         return VoiceSpec(name, tuple(settings.items()))
-    if voice.wav is None:
-        return VoiceSpec(name, base.settings)
-    return VoiceSpec(name, (("voice_wav", str(prompts.resolve(voice.wav))),))
+    settings = dict(base.settings) if voice.wav is None else {"voice_wav": str(prompts.resolve(voice.wav))}
+    for key in ("temperature", "top_k", "top_p", "repetition_penalty", "seed"):  # chatterbox's sampling
+        if getattr(voice, key, None) is not None:
+            settings[key] = getattr(voice, key)
+    return VoiceSpec(name, tuple(settings.items()))
 
 
 @dataclass
