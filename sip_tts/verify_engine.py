@@ -200,3 +200,7 @@ def main(argv: list[str]) -> int:
         return run(args)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -320,17 +320,16 @@ def run_checks(ckpt: Checkpoint, conds: object, tokenize: Callable[[str], torch.
     v_exact = exact_s.prepare_voice(gen)
     cached32 = S3GenStreamer(ckpt.s3gen, dev, reference_cache=True, cuda_graphs=False) if block_causal else None
     v_cached = cached32.prepare_voice(gen) if cached32 is not None else None
-    fast_flow = S3GenStreamer(ckpt.s3gen, dev, flow_dtype=dtype, reference_cache=block_causal, cuda_graphs=False) \
-        if fast_dtype else None
-    v_fast = fast_flow.prepare_voice(gen) if fast_flow is not None else None
     configured = S3GenStreamer(ckpt.s3gen, dev, flow_dtype=dtype, hift_dtype=voc_dtype, reference_cache=block_causal,
                                cuda_graphs=graphs)
     v_cfg = configured.prepare_voice(gen)
-    if graphs:
-        configured.capture_graphs(v_cfg, WINDOWS[-1])
     eager_cfg = S3GenStreamer(ckpt.s3gen, dev, flow_dtype=dtype, hift_dtype=voc_dtype, reference_cache=block_causal,
                               cuda_graphs=False) if graphs else None
     v_eager = eager_cfg.prepare_voice(gen) if eager_cfg is not None else None
+    # the flow in dtype, eager (the graphs are checked on their own)
+    fast_flow, v_fast = (eager_cfg, v_eager) if eager_cfg is not None else (configured, v_cfg)
+    if graphs:
+        configured.capture_graphs(v_cfg, WINDOWS[-1])
     for label, text in plan.sentences:
         t0 = time.perf_counter()
         ids = tokenize(text).view(-1)
@@ -362,7 +361,7 @@ def run_checks(ckpt: Checkpoint, conds: object, tokenize: Callable[[str], torch.
         if cached32 is not None:
             mel_bc, _, _ = render(cached32, v_cached, tokens, plan.seed, windows=False, audio=False)
             figures["flow.reference_attention.mel_snr_db"].append((snr_db(mel_full, mel_bc), label))
-        if fast_flow is not None:
+        if fast_dtype:
             mel_lo, _, _ = render(fast_flow, v_fast, tokens, plan.seed, windows=False, audio=False)
             figures["flow.dtype.mel_snr_db"].append((snr_db(mel_bc, mel_lo), label))
         if voc_dtype != torch.float32:
