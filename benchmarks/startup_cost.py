@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,19 +66,20 @@ async def first_audio(engine: ChatterboxEngine, n: int, concurrent: int) -> dict
     return dict(p50_ms=round(pct(lat, 50), 1), p95_ms=round(pct(lat, 95), 1), n=len(lat)), chunks
 
 
-LONG = ("Thank you for calling the clinic. Your appointment with doctor Patel is confirmed for Tuesday morning at "
+LONG_TEXT = ("Thank you for calling the clinic. Your appointment with doctor Patel is confirmed for Tuesday morning at "
         "nine. Please bring your insurance card, the letter we sent you, and a list of the medicines you take. "
-        "If you need to change the appointment, call us at least one day before, between eight and five. ") * 3
+        "If you need to change the appointment, call us at least one day before, between eight and five. ")
 
 
-async def long_text_gaps(engine: ChatterboxEngine) -> dict:
+async def long_text_gaps(engine: ChatterboxEngine, repeat: int) -> dict:
     """A text split into several utterances, played by a caller who starts at its first chunk:
     the longest time the caller would wait for audio (0: no gap at any join), and where."""
-    pieces = engine.pieces(LONG)
+    text = LONG_TEXT * repeat
+    pieces = engine.pieces(text)
     t0 = time.perf_counter()
     played = None  # when the audio received so far runs out
     worst, chunks = 0.0, 0
-    async for c in engine.stream(LONG, VoiceSpec("v", (("seed", 3),))):
+    async for c in engine.stream(text, VoiceSpec("v", (("seed", 3),))):
         now = time.perf_counter()
         if played is None:
             played, first = now, now - t0
@@ -88,17 +90,21 @@ async def long_text_gaps(engine: ChatterboxEngine) -> dict:
                 longest_wait_ms=round(worst * 1000, 1))
 
 
-async def run_variant(opts: ChatterboxOptions, utterances: int, streams: int) -> tuple[dict, ChatterboxEngine, list]:
+async def run_variant(opts: ChatterboxOptions, utterances: int, streams: int,
+                      long_repeat: int) -> tuple[dict, ChatterboxEngine, list]:
     engine = ChatterboxEngine(opts)
     t0 = time.perf_counter()
     await engine.start()
+    def num(x: float) -> float | str:
+        return round(x, 4) if math.isfinite(x) else str(x)
+
     out = dict(startup_s=round(time.perf_counter() - t0, 2), checks_s=round(engine.checks_seconds, 2),
-               fallbacks=engine.fallbacks, checks={c.name: (None if c.skipped else round(c.figure, 3))
-                                                   for c in engine.checks})
+               fallbacks={k: num(v) for k, v in engine.fallbacks.items()},
+               checks={c.name: (None if c.skipped else num(c.figure)) for c in engine.checks})
     await first_audio(engine, 2, 1)  # warm-up (allocator, first prefill shapes)
     out["one_at_a_time"], chunks = await first_audio(engine, utterances, 1)
     out[f"{streams}_at_once"], _ = await first_audio(engine, streams, streams)
-    out["long_text"] = await long_text_gaps(engine)
+    out["long_text"] = await long_text_gaps(engine, long_repeat) if long_repeat else None
     return out, engine, chunks
 
 
@@ -135,7 +141,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     results = {}
     for name, kw in variants.items():
         out, engine, chunks = await run_variant(ChatterboxOptions(model_dir, **base, **kw), args.utterances,
-                                                args.streams)
+                                                args.streams, args.long_repeat)
         if engine._watermarker is not None:
             out["watermark"] = watermark_figures(engine, chunks)
             unmarked = results["checks"].pop("_audio")
@@ -158,6 +164,7 @@ def main() -> int:
     ap.add_argument("--utterances", type=int, default=6)
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=150)
+    ap.add_argument("--long-repeat", type=int, default=1, help="the long text's paragraph, this many times (0: none)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     results = asyncio.run(main_async(args))

@@ -19,6 +19,7 @@ import asyncio
 import datetime as _dt
 import json
 import logging
+import math
 import platform
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def _startup(options: Any) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         out = dict(seconds=round(wall, 2), checks_seconds=round(engine.checks_seconds, 2),
                    checks=[c.as_dict() for c in engine.checks],
-                   fallbacks=engine.fallbacks, watermark=engine._watermarker is not None)
+                   fallbacks={k: v if math.isfinite(v) else str(v) for k, v in engine.fallbacks.items()},
+                   watermark=engine._watermarker is not None)
         await engine.close()
         return out
 

@@ -186,25 +186,23 @@ def test_long_and_odd_text_through_the_engine(ckpt_dir):
     """A text over one utterance's budget becomes consecutive utterances streamed back to back (the
     next one submitted when the current one starts, so it waits in its queue, not the caller);
     unknown tags and emoji beside words are speech; nothing to say is a clear error."""
-    long_text = "Your appointment is confirmed. Please bring your card, your letter, and a list of medicines. " * 3
-    opts = options(ckpt_dir, max_tokens=20, max_len=512, seed=1)
+    long_text = "Your appointment is confirmed. Please hold the line, thank you."
+    opts = options(ckpt_dir, max_tokens=12, max_len=512, seed=1)
 
     async def main():
         engine = ChatterboxEngine(opts)
         await engine.start()
         try:
             pieces = engine.pieces(long_text)
-            waits, sizes, t_last = [], [], None
+            sizes, first_done = [], None
             submitted = []
             real_submit = engine._scheduler.submit
             engine._scheduler.submit = lambda req: (submitted.append(time.perf_counter()), real_submit(req))[1]
-            stream = engine.stream(long_text, VoiceSpec())
-            async for chunk in stream:
-                now = time.perf_counter()
-                if t_last is not None:
-                    waits.append(now - t_last)
-                t_last = now
+            async for chunk in engine.stream(long_text, VoiceSpec()):
                 sizes.append(chunk.size)
+                if first_done is None and sum(sizes) >= (12 + 3) * TOKEN_SAMPLES:
+                    first_done = time.perf_counter()  # the first utterance's audio is all out
+            submitted = list(submitted)  # (the odd texts below submit too)
             odd = []
             for text in ("[foo] hello [bar]", "Hi 😀 there", "..."):
                 try:
@@ -213,18 +211,19 @@ def test_long_and_odd_text_through_the_engine(ckpt_dir):
                 except EngineError as exc:
                     odd.append(str(exc))
             big = engine.pieces("Hello there, how are you today? " * 128)  # 4,096 characters
-            return pieces, sizes, submitted, odd, big, engine.text_budget()
+            return pieces, sizes, submitted, first_done, odd, big, engine.text_budget()
         finally:
             await engine.close()
 
-    pieces, sizes, submitted, odd, big, budget = asyncio.run(main())
+    pieces, sizes, submitted, first_done, odd, big, budget = asyncio.run(main())
     assert len(pieces) >= 2 and " ".join(pieces) == " ".join(long_text.split())
     assert len(submitted) == len(pieces)
+    assert submitted[1] < first_done  # the second utterance was on its way while the first still played
     # every utterance whole (speech capped at max_tokens, + 3 silence tokens), no audio lost or added
-    assert sum(sizes) == len(pieces) * (20 + 3) * TOKEN_SAMPLES
+    assert sum(sizes) == len(pieces) * (12 + 3) * TOKEN_SAMPLES
     assert odd[0] > 0 and odd[1] > 0 and "no letters" in odd[2]
     assert len(big) > 1 and all(len(p) > 0 for p in big)
-    assert budget == 2  # (512 - 376 - 2) // 9 = 14 positions, but 20 speech tokens // 8 = 2 text tokens
+    assert budget == 8  # 12 speech tokens hold 1 text token (8 each): the floor of 8 applies
 
 
 # -- stop token -----------------------------------------------------------------------

@@ -54,6 +54,7 @@ class ChatterboxOptions:
     startup_checks: bool = True  # each fast path against its exact one on the voice, at load (``verify``)
     watermark: bool = True  # Perth's implicit watermark on every chunk, as stock Chatterbox marks its output
     seed: int | None = None  # sampling seed of every utterance (None: a new one each time)
+    text_budget: int | None = None  # text tokens per utterance before a text is split (None: from the sizes below)
     overlap: bool = False  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
     t3_share: float = 1.0  # T3's GPU time between S3Gen batches, in batch durations (scheduler docstring)
 
@@ -164,7 +165,8 @@ class ChatterboxEngine:
         from .verify import graphs_check
 
         t0 = time.perf_counter()
-        check = graphs_check(streamer, self._voices["default"].gen, self._ckpt.conds.gen)  # type: ignore[arg-type, union-attr]
+        voice = self._voices["default"]
+        check = graphs_check(streamer, voice.gen, self._ckpt.conds.gen)  # type: ignore[union-attr, attr-defined]
         self.checks.append(check)
         self.checks_seconds += time.perf_counter() - t0
         if not check.passed:
@@ -205,7 +207,10 @@ class ChatterboxEngine:
         """Text tokens one utterance may carry: its speech (about ``SPEECH_PER_TEXT_TOKEN`` tokens
         per text token) must fit in ``max_tokens`` and, with the text, in the cache after the prefix."""
         o = self.options
-        prefix = self._voices["default"].prefix.length if "default" in self._voices else 400  # type: ignore[attr-defined]
+        if o.text_budget is not None:
+            return o.text_budget
+        voice = self._voices.get("default")
+        prefix = voice.prefix.length if voice is not None else 400  # type: ignore[attr-defined]
         room = o.max_len - prefix - 2
         return max(8, min(room // (SPEECH_PER_TEXT_TOKEN + 1), o.max_tokens // SPEECH_PER_TEXT_TOKEN))
 

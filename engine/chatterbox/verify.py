@@ -18,6 +18,8 @@ sampling is never the difference.
 * ``flow.dtype``: mel SNR of the flow in ``dtype`` against float32;
 * ``flow.reference_attention``: block-causal reference against full attention (stock);
 * ``flow.graphs``: CUDA graphs against eager (GPU only);
+* ``t3.graphs``: T3 as the engine runs it (CUDA graphs, 32 rows: the decode kernel), greedy
+  tokens against eager argmax (GPU only);
 * ``vocoder.dtype``: audio SNR of HiFT in float16 against float32;
 * ``stream.*``: streamed windows with their joins against the whole utterance
   through the same path (audio SNR, log-spectral distance, and the largest step
@@ -60,6 +62,7 @@ THRESHOLDS: dict[str, tuple[float, bool]] = {
     "t3.dtype.logits_rel_error": (0.05, False),
     "t3.dtype.greedy_agreement": (0.8, True),
     "t3.dtype.kl_nats": (0.05, False),
+    "t3.graphs.greedy_agreement": (0.9, True),
     "flow.exact.mel_snr_db": (60.0, True),
     "flow.dtype.mel_snr_db": (25.0, True),
     "flow.reference_attention.mel_snr_db": (15.0, True),
@@ -72,7 +75,8 @@ THRESHOLDS: dict[str, tuple[float, bool]] = {
 # the setting that turns each path off (the exact counterpart), for messages and fall-backs
 PATHS = {"t3.exact": "none (the exact path itself)", "flow.exact": "none (the exact path itself)",
          "t3.dtype": "dtype", "flow.dtype": "dtype", "flow.reference_attention": "reference_attention",
-         "flow.graphs": "cuda_graphs", "vocoder.dtype": "vocoder_dtype", "stream": "none (streaming)"}
+         "flow.graphs": "cuda_graphs", "t3.graphs": "cuda_graphs", "vocoder.dtype": "vocoder_dtype",
+         "stream": "none (streaming)"}
 WINDOWS = (10, 15, 25, 50, 75)  # the scheduler's window sizes (new tokens per window)
 
 
@@ -207,6 +211,19 @@ def logit_figures(ref: torch.Tensor, got: torch.Tensor, temperature: float = 0.8
     return rel, agree, max(kl, 0.0)
 
 
+def forced_greedy(runner: T3Runner, prefix: object, text_ids: torch.Tensor, forced: list[int],
+                  rows: int) -> list[int]:
+    """Row 0's greedy tokens with ``rows`` copies decoded together (graphs, and from 32 rows the
+    decode kernel, as the engine runs them), every row fed ``forced``."""
+    slots = list(range(rows))
+    runner.admit_many(slots, prefix, [text_ids] * rows, [GREEDY] * rows, [0] * rows)  # type: ignore[arg-type]
+    out = [int(runner.tokens[0])]
+    for tok in forced[:-1]:
+        runner.tokens[:rows] = tok
+        out.append(int(runner.step(rows)[0]))
+    return out
+
+
 # -- S3Gen, teacher-forced -------------------------------------------------------------
 def window_ends(n: int, windows: tuple[int, ...] = WINDOWS) -> list[int]:
     """The token counts at which the scheduler cuts windows of an ``n``-token utterance (the
@@ -314,7 +331,8 @@ def run_checks(ckpt: Checkpoint, conds: object, tokenize: Callable[[str], torch.
     cond = conds.t3  # type: ignore[attr-defined]
     figures: dict[str, list[tuple[float, str]]] = {name: [] for name in THRESHOLDS}
 
-    prefix_len = int(ckpt.t3.prepare_conditioning(cond)[0].shape[0])
+    with torch.inference_mode():
+        prefix_len = int(ckpt.t3.prepare_conditioning(cond)[0].shape[0])
     # Our paths, each with its voice prepared once (the same reference noise: prepare_voice's seed).
     exact_s = S3GenStreamer(ckpt.s3gen, dev, reference_cache=False, cuda_graphs=False)
     v_exact = exact_s.prepare_voice(gen)
@@ -348,6 +366,15 @@ def run_checks(ckpt: Checkpoint, conds: object, tokenize: Callable[[str], torch.
             figures["t3.dtype.greedy_agreement"].append((agree, label))
             figures["t3.dtype.kl_nats"].append((kl, label))
             del rlo
+        if graphs:  # the engine's T3: graphs, 32 rows (the decode kernel), against eager argmax
+            r_e = t3_runner(ckpt, dev, dtype, positions)
+            want = forced_logits(r_e, r_e.voice_prefix(cond), ids, forced).argmax(-1).tolist()
+            del r_e
+            r_g = T3Runner(ckpt.t3, dev, dtype, max_slots=32, max_len=positions, sampling=GREEDY, cuda_graphs=True)
+            got = forced_greedy(r_g, r_g.voice_prefix(cond), ids, forced, 32)
+            del r_g
+            figures["t3.graphs.greedy_agreement"].append((float(np.mean([a == b for a, b in zip(got, want)])),
+                                                          label))
         # S3Gen: the utterance as the scheduler hands it over (3 silence tokens at the end)
         tokens = torch.tensor(forced + [SILENCE_TOKEN] * 3, device=dev)
         # stock flow.inference against our exact path given the noise stock draws
@@ -383,6 +410,7 @@ def run_checks(ckpt: Checkpoint, conds: object, tokenize: Callable[[str], torch.
         "flow.reference_attention": "" if block_causal else "reference_attention is full",
         "vocoder.dtype": "" if voc_dtype != torch.float32 else "vocoder_dtype is float32",
         "flow.graphs": "" if graphs else ("cuda_graphs is off" if not plan.cuda_graphs else "no GPU"),
+        "t3.graphs": "" if graphs else ("cuda_graphs is off" if not plan.cuda_graphs else "no GPU"),
     }
     return [make_check(name, figures[name], skipped.get(".".join(name.split(".")[:2]), ""))
             for name in THRESHOLDS]
@@ -418,8 +446,7 @@ def startup_checks(ckpt: Checkpoint, conds: object, tokenize: Callable[[str], to
     forced = [int(t) for t in prompt[:STARTUP_TOKENS].tolist()]
     if lo != torch.float32:
         ids = tokenize(STARTUP_TEXT).view(-1)
-        r32 = t3_runner(ckpt, device, torch.float32, 512 + ids.numel() + len(forced))
-        positions = r32.voice_prefix(cond).length + ids.numel() + len(forced) + 8
+        positions = int(ckpt.t3.prepare_conditioning(cond)[0].shape[0]) + ids.numel() + len(forced) + 8
         r32 = t3_runner(ckpt, device, torch.float32, positions)
         ref = forced_logits(r32, r32.voice_prefix(cond), ids, forced)
         del r32
