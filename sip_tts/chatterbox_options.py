@@ -25,6 +25,7 @@ def chatterbox_options(cfg: ServerConfig) -> tuple[ChatterboxOptions, str | None
         return str(base / path)
 
     values = {name: getattr(settings, name) for name in _SAME if hasattr(settings, name)}
+    wav = resolve(settings.voice_wav)
     options = ChatterboxOptions(model_dir=resolve(settings.model_dir) or settings.model_dir,
-                                voice_cache_dir=resolve(settings.voice_cache_dir), **values)
-    return options, resolve(settings.voice_wav)
+                                voice_cache_dir=resolve(settings.voice_cache_dir), voice_wav=wav, **values)
+    return options, wav

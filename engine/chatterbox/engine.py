@@ -45,6 +45,7 @@ class ChatterboxOptions:
     max_len: int = 1024  # positions per slot: voice prefix + text + speech tokens
     max_tokens: int = 750  # speech tokens per utterance (30 s)
     voice_cache_dir: str | None = None
+    voice_wav: str | None = None  # the configured default voice: prepared and checked at start-up (None: conds.pt)
     temperature: float = 0.8
     top_k: int = 1000
     top_p: float = 0.95
@@ -121,6 +122,8 @@ class ChatterboxEngine:
         self._scheduler.capture_graphs(self._voices["default"])  # start-up is slower, first audio is not
         if o.startup_checks and streamer.graphs is not None:
             self._check_graphs(runner, streamer)
+        if o.voice_wav:  # prepared now, not on the first call
+            self._voice_for(VoiceSpec("default", (("voice_wav", o.voice_wav),)))
         self._scheduler.start()
         self.startup_seconds = time.perf_counter() - started
         log.info("chatterbox ready in %.1f s (start-up checks %.1f s)", self.startup_seconds, self.checks_seconds)
@@ -138,8 +141,13 @@ class ChatterboxEngine:
         if not o.startup_checks:
             return paths
         assert self._ckpt is not None
-        result = startup_checks(self._ckpt, self._ckpt.conds, self.tokenize, o.device, o.dtype, vocoder,
-                                paths["block_causal"])
+        conds = self._ckpt.conds
+        if o.voice_wav:  # the voice callers will hear
+            from .voices import conditionals_from_wav
+
+            cache = Path(o.voice_cache_dir) if o.voice_cache_dir else None
+            conds = conditionals_from_wav(self._ckpt, Path(o.voice_wav), cache, o.device)
+        result = startup_checks(self._ckpt, conds, self.tokenize, o.device, o.dtype, vocoder, paths["block_causal"])
         self.checks, self.checks_seconds = list(result.checks), result.seconds
         exact = {"t3.dtype": ("t3", "float32"), "flow.dtype": ("flow", "float32"),
                  "vocoder.dtype": ("vocoder", "float32"), "flow.reference_attention": ("block_causal", False)}
