@@ -48,7 +48,7 @@ timeout ${VERIFY_S:-170} $PY -m sip_tts.verify_engine --model-dir "$CKPT" --max-
   --startup --json "$OUT/verify_engine.json" --md "$OUT/verify_engine.md" $EXTRA 2>&1 | filter | tail -40
 echo "verify rc=${PIPESTATUS[0]}"
 
-timeout ${DOCTORED_S:-90} $PY -m sip_tts.verify_engine --model-dir "$CKPT-fp16-overflow" --max-tokens 60 --sentences 1 \
+timeout ${DOCTORED_S:-90} $PY -m sip_tts.verify_engine --model-dir "$CKPT-fp16-overflow" --max-tokens 60 --sentences 1 --only vocoder \
   --json "$OUT/verify_engine_doctored.json" --md "$OUT/verify_engine_doctored.md" $EXTRA 2>&1 | filter | tail -6
 echo "doctored verify rc=${PIPESTATUS[0]} (1 expected: vocoder.dtype)"
 

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     plan = verify.Plan(device=options.device, dtype=options.dtype, vocoder_dtype=options.vocoder_dtype,
                        reference_attention=options.reference_attention, cuda_graphs=options.cuda_graphs,
                        sentences=sentences, max_tokens=args.max_tokens,
+                       only=tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else (),
                        sampling=SamplingParams(options.temperature, options.top_k, options.top_p,
                                                options.repetition_penalty))
     checks = verify.run_checks(ckpt, conds, tokenize, plan, log=lambda s: print(f"  {s}", file=sys.stderr))
@@ -192,6 +193,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--sentences", type=int, default=0, help="only the first N of the fixed sentences")
     p.add_argument("--max-tokens", type=int, default=200, help="speech tokens per sentence (default 200)")
+    p.add_argument("--only", help="comma-separated check prefixes to run (t3, flow.dtype, vocoder, stream ...)")
     p.add_argument("--startup", action="store_true", help="also start the engine and record its start-up")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--md", help="write the table here")

@@ -98,11 +98,13 @@ def test_verify_engine_passes_on_the_test_checkpoint_and_names_the_failing_path_
     assert names["t3.exact.logits_rel_error"]["figure"] < 1e-4  # ours in float32 == stock
     assert "| flow.dtype.mel_snr_db |" in out.out
 
-    rc = main(["verify-engine", "--model-dir", str(t3_ties_dir), *common, "--json", str(tmp_path / "bad.json")])
+    rc = main(["verify-engine", "--model-dir", str(t3_ties_dir), *common, "--only", "t3", "--json",
+               str(tmp_path / "bad.json")])
     err = capsys.readouterr().err
     report = json.loads((tmp_path / "bad.json").read_text())
     assert rc == 1
-    assert report["failed_paths"] == ["t3.dtype"]  # only what broke fails
+    assert report["failed_paths"] == ["t3.dtype"]  # T3 in float32 still equals stock
+    assert {c["name"]: c for c in report["checks"]}["flow.dtype.mel_snr_db"]["skipped"] == "not asked for (--only)"
     assert "FAILED t3.dtype.greedy_agreement" in err and "turn it off with dtype" in err
 
 
