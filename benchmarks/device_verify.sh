@@ -5,8 +5,8 @@
 #      server starts it (start-up time, its checks, fall-backs)  -> verify_engine.json / .md
 #   2. verify-engine on a doctored copy whose float16 vocoder overflows: must exit 1 naming
 #      vocoder.dtype                                               -> verify_engine_doctored.json / .md
-#   3. startup_cost.py: start-up and first audio without checks/watermark, with checks, with
-#      checks + watermark; the watermark's cost per window and detector figures -> startup_cost.json / .md
+#   3. startup_cost.py: start-up, first audio and long-text gaps without checks/watermark and with
+#      both; the watermark's cost per window and detector figures -> startup_cost.json / .md
 # Everything goes under $OUT (default benchmarks/results); the lead copies it into benchmarks/results/.
 #   carry: .whl (needs resemble_perth-1.0.1 among the wheels; no setuptools: engine/watermark.py
 #   supplies the one pkg_resources function perth uses)     command: bash benchmarks/device_verify.sh
@@ -25,7 +25,7 @@ fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 PY=${PYTHON:-python3}
 CKPT=${CKPT:-/tmp/chatterbox-random}
-TOKENS=${VERIFY_TOKENS:-200}
+TOKENS=${VERIFY_TOKENS:-150}
 SENTENCES=${VERIFY_SENTENCES:-0}
 EXTRA=${VERIFY_ARGS:-}
 filter() { grep -v -E "FutureWarning|deprecate\(|warnings.warn|LoRACompatible|Token -> Mel|it/s\]"; }
@@ -44,14 +44,14 @@ else:
 doctor_vocoder_overflow(root, Path("$CKPT-fp16-overflow"))
 EOF
 
-timeout ${VERIFY_S:-170} $PY -m sip_tts.verify_engine --model-dir "$CKPT" --max-tokens "$TOKENS" --sentences "$SENTENCES" \
+timeout ${VERIFY_S:-150} $PY -m sip_tts.verify_engine --model-dir "$CKPT" --max-tokens "$TOKENS" --sentences "$SENTENCES" \
   --startup --json "$OUT/verify_engine.json" --md "$OUT/verify_engine.md" $EXTRA 2>&1 | filter | tail -40
 echo "verify rc=${PIPESTATUS[0]}"
 
-timeout ${DOCTORED_S:-90} $PY -m sip_tts.verify_engine --model-dir "$CKPT-fp16-overflow" --max-tokens 60 --sentences 1 --only vocoder \
+timeout ${DOCTORED_S:-60} $PY -m sip_tts.verify_engine --model-dir "$CKPT-fp16-overflow" --max-tokens 60 --sentences 1 --only vocoder --no-cuda-graphs \
   --json "$OUT/verify_engine_doctored.json" --md "$OUT/verify_engine_doctored.md" $EXTRA 2>&1 | filter | tail -6
 echo "doctored verify rc=${PIPESTATUS[0]} (1 expected: vocoder.dtype)"
 
-timeout ${COST_S:-150} $PY benchmarks/startup_cost.py --model-dir "$CKPT" --out "$OUT" ${COST_ARGS:-} 2>&1 | filter | tail -20
+timeout ${COST_S:-120} $PY benchmarks/startup_cost.py --model-dir "$CKPT" --out "$OUT" ${COST_ARGS:-} 2>&1 | filter | tail -20
 echo "startup_cost rc=${PIPESTATUS[0]}"
 echo "device_verify: $(( $(date +%s) - start )) s"
