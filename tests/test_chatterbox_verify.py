@@ -296,3 +296,31 @@ def test_sampling_settings_per_voice_are_validated_and_applied(ckpt_dir):
     assert np.array_equal(np.concatenate(a), np.concatenate(b))
     _, (d,) = speak(options(ckpt_dir, max_tokens=12), ["Hello."], voice=VoiceSpec("v", (("seed", 12),)))
     assert not np.array_equal(np.concatenate(a), np.concatenate(d))
+
+
+def test_fast_path_and_sampling_settings_reach_the_engine_from_the_config_files(tmp_path):
+    """server.yaml's switches (each compared path a setting) and prompts.yaml's per-voice sampling."""
+    from config import load_prompts, load_server
+    from sip_tts.chatterbox_options import chatterbox_options
+    from sip_tts.script import voice_spec
+
+    (tmp_path / "server.yaml").write_text(
+        "engine:\n  kind: chatterbox\n  model_dir: ckpt\n  device: cpu\n  dtype: float32\n  vocoder_dtype: float32\n"
+        "  reference_attention: full\n  cuda_graphs: false\n  startup_checks: false\n  watermark: false\n"
+        "  seed: 5\n  voice_wav: agent.wav\n")
+    (tmp_path / "prompts.yaml").write_text('voices:\n  calm: {temperature: 0.5, top_k: 50, seed: 3}\ndefault: "hi"\n')
+    cfg = load_server(str(tmp_path / "server.yaml"))
+    opts, wav = chatterbox_options(cfg)
+    assert (opts.dtype, opts.vocoder_dtype, opts.reference_attention, opts.cuda_graphs, opts.startup_checks,
+            opts.watermark, opts.seed) == ("float32", "float32", "full", False, False, False, 5)
+    assert wav == opts.voice_wav == str(tmp_path / "agent.wav") and opts.model_dir == str(tmp_path / "ckpt")
+    prompts = load_prompts(cfg.prompts_path())
+    spec = voice_spec("calm", prompts.voices["calm"], VoiceSpec("default", (("voice_wav", wav),)), "chatterbox",
+                      prompts)
+    assert dict(spec.settings) == {"voice_wav": wav, "temperature": 0.5, "top_k": 50, "seed": 3}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine:\n  kind: chatterbox\n  model_dir: ckpt\n  reference_attention: sideways\n")
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match="reference_attention"):
+        load_server(str(bad))
