@@ -279,6 +279,12 @@ class VoiceDef(_Strict):
     rate: int | None = Field(None, ge=80, le=450, description="espeak: words per minute")
     pitch: int | None = Field(None, ge=0, le=99, description="espeak: pitch")
     wav: str | None = Field(None, description="chatterbox: reference WAV (>= 5 s), relative to this file")
+    # chatterbox: sampling for this voice (default: the engine's settings, stock Turbo's defaults)
+    temperature: float | None = Field(None, gt=0, le=2)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, ge=1, le=3)
+    seed: int | None = Field(None, ge=0, description="chatterbox: fixed sampling seed (repeatable speech)")
 
 
 class Route(_Strict):

@@ -48,6 +48,8 @@ class EngineStats:
     step_items: int = 0
     busy_seconds: float = 0.0
     audio_seconds: float = 0.0
+    # start-up checks of the engine's fast paths: (path, measured figure, fast path kept)
+    checks: tuple[tuple[str, float, bool], ...] = ()
 
 
 class TtsEngine(Protocol):

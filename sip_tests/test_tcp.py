@@ -71,5 +71,10 @@ def test_connection_cap_per_source_idle_timeout_and_garbage(start_server):
     assert a.recv(100) == b""  # idle: closed by the server (timeout 5 s, swept every 5 s)
     assert time.monotonic() - t0 < 12
     a.close()
-    log = srv.log_text()
+    deadline = time.monotonic() + 10  # the log is written by the server's writer thread: wait for it
+    while True:
+        log = srv.log_text()
+        if ("refused TCP connection" in log and "idle TCP connection" in log) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "refused TCP connection" in log and "idle TCP connection" in log

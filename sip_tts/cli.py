@@ -122,6 +122,11 @@ def write_wav(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify-engine"]:  # its own arguments and module (no prompts file needed)
+        from .verify_engine import main as verify_engine
+
+        return verify_engine(argv[1:])
     parser = argparse.ArgumentParser(prog="sip-tts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="answer calls and speak their prompts")
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p_say.add_argument("--codec", choices=["PCMU", "PCMA"], default="PCMU")
     p_check = sub.add_parser("check-config", help="validate server and prompts files")
     p_check.add_argument("--config", default=str(DEFAULT_CONFIG))
+    sub.add_parser("verify-engine", help="check the Chatterbox engine's fast paths against the exact ones "
+                   "(sip-tts verify-engine --help)")
     p_reload = sub.add_parser("reload", help="make a running server re-read its prompts file (SIGHUP)")
     p_reload.add_argument("--pid-file", required=True, help="the --pid-file the server was started with")
     p_reload.add_argument("--config", default=str(DEFAULT_CONFIG))

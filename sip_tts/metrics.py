@@ -48,6 +48,17 @@ class _Live:
             yield CounterMetricFamily("sip_tts_engine_busy_seconds", "engine worker time (real-time factor = "
                                       "rate(busy) / rate(audio))", value=st.busy_seconds)
             yield CounterMetricFamily("sip_tts_engine_audio_seconds", "audio produced", value=st.audio_seconds)
+            if st.checks:
+                figure = GaugeMetricFamily("sip_tts_engine_check_figure", "start-up check of a fast path against "
+                                           "its exact one (dB, error or agreement: README, 'verify-engine')",
+                                           labels=["path"])
+                fallback = GaugeMetricFamily("sip_tts_engine_fallback", "1: the fast path failed its start-up "
+                                             "check and its exact path runs instead", labels=["path"])
+                for path, value, kept in st.checks:
+                    figure.add_metric([path], value)
+                    fallback.add_metric([path], 0 if kept else 1)
+                yield figure
+                yield fallback
         if self.engine_health is not None:
             up, restarts = self.engine_health()
             yield GaugeMetricFamily("sip_tts_engine_up", "1 while the engine (its process) is running", value=int(up))

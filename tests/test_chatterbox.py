@@ -24,6 +24,8 @@ from engine.chatterbox.s3gen_streamer import (  # noqa: E402
 from engine.chatterbox.t3_runner import SamplingParams, T3Runner  # noqa: E402
 
 GREEDY = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
+# watermark, start-up checks and long-text splitting are tested in test_chatterbox_verify.py
+FAST = dict(watermark=False, startup_checks=False, text_budget=10_000)
 
 
 @pytest.fixture(scope="module")
@@ -525,7 +527,7 @@ def test_engine_streams_chunks_and_cancels(ckpt_dir):
 
     async def main():
         engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=4,
-                                                    max_len=512, max_tokens=40))
+                                                    max_len=512, max_tokens=40, **FAST))
         await engine.start()
         chunks = [c async for c in engine.stream("Hello there.", VoiceSpec())]
         stream = engine.stream("Please hold the line.", VoiceSpec())
@@ -554,7 +556,8 @@ def test_a_lower_precision_vocoder_is_checked_on_the_reference_and_refused_when_
 
     async def main():
         engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=2,
-                                                    max_len=512, max_tokens=20, vocoder_dtype="bfloat16"))
+                                                    max_len=512, max_tokens=20, vocoder_dtype="bfloat16",
+                                                    watermark=False, text_budget=10_000))
         await engine.start()
         chunks = [c async for c in engine.stream("Hello.", VoiceSpec())]
         streamer = engine._scheduler.streamer
@@ -576,7 +579,7 @@ def test_a_burst_of_callers_is_prefilled_in_few_batches_and_a_lone_one_at_once(c
 
     async def main():
         engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=8,
-                                                    max_len=512, max_tokens=30))
+                                                    max_len=512, max_tokens=30, **FAST))
         await engine.start()
         st = engine._scheduler.stats
         first = engine.stream("Hello there.", VoiceSpec())
@@ -614,7 +617,7 @@ def test_speech_is_capped_to_the_room_left_in_the_cache(ckpt, ckpt_dir):
 
     async def main():
         engine = ChatterboxEngine(ChatterboxOptions(str(ckpt_dir), device="cpu", dtype="float32", max_streams=2,
-                                                    max_len=max_len, max_tokens=40))
+                                                    max_len=max_len, max_tokens=40, **FAST))
         await engine.start()
         try:
             return [c async for c in engine.stream(text, VoiceSpec())]

@@ -106,3 +106,55 @@ def benchmark_checkpoint(root: str | Path, t3_layers: int = 24, t3_width: int = 
 def benchmark_texts(n: int) -> list[torch.Tensor]:
     """``n`` fixed texts of 30-40 random text-token ids (T3 benchmarks: prefill and decode)."""
     return [torch.randint(0, 50000, (30 + i % 11,), generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+# -- doctored copies: each breaks one thing, for the checks that must catch it -------------------
+def _copy_with(src: str | Path, dst: str | Path, name: str, change: "callable") -> Path:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    state = load_file(str(dst / name))
+    change(state)
+    save_file(state, str(dst / name))
+    return dst
+
+
+def doctor_vocoder_overflow(src: str | Path, dst: str | Path) -> Path:
+    """HiFT's first convolution biased by 1e5: finite in float32 (the output is clamped), past
+    float16's 65,504 (inf, then NaN): the float16 vocoder breaks, nothing else does."""
+    def change(state: dict) -> None:
+        state["mel2wav.conv_pre.bias"] += 1e5
+
+    return _copy_with(src, dst, S3GEN_FILE, change)
+
+
+def doctor_t3_ties(src: str | Path, dst: str | Path) -> Path:
+    """The speech head's bias raised by 1e4 for every speech token: the same distribution in float32
+    (softmax ignores a common offset), all ties in bfloat16 (its step at 1e4 is 64): T3 in bfloat16
+    breaks (greedy agreement ~0), nothing else does."""
+    def change(state: dict) -> None:
+        state["speech_head.bias"][:6561] += 1e4
+
+    return _copy_with(src, dst, T3_FILE, change)
+
+
+def doctor_stop_at(src: str | Path, dst: str | Path, position: int) -> Path:
+    """The stop token forced from cache position ``position`` on: one dimension of the position
+    embedding spikes there (50, else 0) and only the speech head's stop row reads it (x10, bias
+    -40): below, the stop logit is far below the rest; from there on it wins."""
+    from .checkpoint import STOP_SPEECH
+
+    def change(state: dict) -> None:
+        wpe, head, bias = state["tfmr.wpe.weight"], state["speech_head.weight"], state["speech_head.bias"]
+        wpe[:, 0] = 0
+        wpe[position:, 0] = 50.0
+        head[:, 0] = 0
+        head[STOP_SPEECH, 0] = 10.0
+        bias[STOP_SPEECH] = -40.0
+
+    return _copy_with(src, dst, T3_FILE, change)

@@ -76,7 +76,7 @@ import torch
 from .s3gen_streamer import (
     LOOKAHEAD_TOKENS, SILENCE_TOKEN, TOKEN_MEL_RATIO, FlowJob, PendingAudio, S3GenStreamer, UtteranceAudio, VoiceGen,
 )
-from .t3_runner import STOP_TOKEN, T3Runner, VoicePrefix
+from .t3_runner import STOP_TOKEN, SamplingParams, T3Runner, VoicePrefix
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class Request:
     max_tokens: int = 1000
     seed: int = 0
     background: bool = False  # nobody listens yet (prompt-cache rendering): never pre-empts callers
+    sampling: SamplingParams | None = None  # None: the runner's (the engine's defaults)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     # worker-side state
@@ -298,7 +299,8 @@ class Scheduler:
         if not ok:
             return
         slots = list(range(len(self._active), len(self._active) + len(ok)))
-        self.runner.admit_many(slots, prefix, [r.text_ids for r in ok])
+        self.runner.admit_many(slots, prefix, [r.text_ids for r in ok],
+                               [r.sampling or self.runner.sampling for r in ok], [r.seed for r in ok])
         firsts = self.runner.tokens[slots[0]:slots[-1] + 1].tolist()  # one host sync for the group
         for req, slot, first in zip(ok, slots, firsts):
             req.slot = slot

@@ -35,6 +35,17 @@ class ChatterboxSettings(BaseModel):
     top_k: int = Field(1000, ge=1)
     top_p: float = Field(0.95, gt=0, le=1)
     repetition_penalty: float = Field(1.2, ge=1, le=3)
+    seed: int | None = Field(None, ge=0, description="sampling seed of every utterance (repeatable speech); "
+                                                     "none: a new one each time")
+    # the fast paths and their exact counterparts (README, 'verify-engine')
+    reference_attention: Literal["block_causal", "full"] = Field(
+        "block_causal", description="block_causal: the voice reference attends only to itself, computed once per "
+                                    "voice; full: stock attention, the reference re-run in every window (slower)")
+    cuda_graphs: bool = Field(True, description="GPU: replay T3 and S3Gen as CUDA graphs (off: eager kernels)")
+    startup_checks: bool = Field(True, description="at start-up, check each fast path against its exact one on "
+                                                   "the voice; a path below its threshold falls back (log + metric)")
+    watermark: bool = Field(True, description="Resemble's Perth implicit watermark on all audio, as stock "
+                                              "Chatterbox marks its output (needs resemble-perth)")
     overlap: bool = Field(False, description="GPU: S3Gen on its own CUDA stream beside T3's (higher priority): "
                                              "~4% more throughput, but more late frames near capacity (H100: "
                                              "64 vs 0 at 128 streams); off: T3 and S3Gen alternate")
@@ -45,19 +56,27 @@ class ChatterboxSettings(BaseModel):
     process: bool = Field(True, description="run the engine in its own process, so the GPU worker's Python "
                                             "never delays RTP pacing (restarted if it dies)")
 
-    voice_fields: ClassVar[tuple[str, ...]] = ("wav",)  # what a named voice may set
+    # what a named voice may set: its reference WAV and its own sampling (default: the engine's)
+    voice_fields: ClassVar[tuple[str, ...]] = ("wav", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+    # settings passed to ChatterboxOptions under the same name
+    _same: ClassVar[tuple[str, ...]] = (
+        "device", "dtype", "vocoder_dtype", "max_streams", "max_tokens", "temperature", "top_k", "top_p",
+        "repetition_penalty", "overlap", "t3_share", "reference_attention", "cuda_graphs", "startup_checks",
+        "watermark", "seed")
+
+    def options(self, resolve: Resolve, shared: SharedCacheConfig | None = None):
+        """The engine's options, paths resolved (``ChatterboxOptions``; imports torch lazily)."""
+        from .engine import ChatterboxOptions
+
+        return ChatterboxOptions(
+            model_dir=resolve(self.model_dir) or self.model_dir, voice_cache_dir=resolve(self.voice_cache_dir),
+            voice_wav=resolve(self.voice_wav), shared=shared,  # the fleet's Redis (None: off)
+            **{name: getattr(self, name) for name in self._same})
 
     def build(self, resolve: Resolve, shared: SharedCacheConfig | None = None) -> tuple[TtsEngine, VoiceSpec]:
-        from .engine import SAMPLE_RATE, ChatterboxEngine, ChatterboxOptions
+        from .engine import SAMPLE_RATE, ChatterboxEngine
 
-        options = ChatterboxOptions(
-            model_dir=resolve(self.model_dir) or self.model_dir, device=self.device, dtype=self.dtype,
-            vocoder_dtype=self.vocoder_dtype,
-            max_streams=self.max_streams, max_tokens=self.max_tokens,
-            voice_cache_dir=resolve(self.voice_cache_dir), temperature=self.temperature,
-            top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-            overlap=self.overlap, t3_share=self.t3_share,
-            shared=shared)  # the fleet's Redis: voice conditioning computed once (None: off)
+        options = self.options(resolve, shared)
         voice = VoiceSpec("default", (("voice_wav", resolve(self.voice_wav)),) if self.voice_wav else ())
         if self.process:
             from ..process import EngineProcess
@@ -69,6 +88,9 @@ class ChatterboxSettings(BaseModel):
     @classmethod
     def named_voice(cls, name: str, default: VoiceSpec, fields: dict[str, object],
                     resolve: Callable[[str], Path]) -> VoiceSpec:
-        """A reference WAV (relative to the prompts file), else the default voice."""
+        """A reference WAV (relative to the prompts file), else the default voice; plus the voice's own
+        sampling settings."""
         wav = fields.get("wav")
-        return VoiceSpec(name, default.settings) if wav is None else VoiceSpec(name, (("voice_wav", str(resolve(str(wav)))),))
+        settings = dict(default.settings) if wav is None else {"voice_wav": str(resolve(str(wav)))}
+        settings.update({key: value for key, value in fields.items() if key != "wav"})
+        return VoiceSpec(name, tuple(settings.items()))

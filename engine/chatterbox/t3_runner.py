@@ -21,9 +21,11 @@ launch-bound). Here the same weights run in our own GPT-2 forward:
   scheduler's lobby for a multiple of that; padding rows write into a spare
   cache slot no utterance owns;
 * sampling is the stock chain done batched on the GPU, in the stock order:
-  temperature → top-k → top-p → repetition penalty → sample. Sampling uses the
-  exponential-race form of multinomial (argmax of p / Exp(1)), which draws from
-  the same distribution and needs no host sync.
+  temperature → top-k → top-p → repetition penalty → sample, each slot with its
+  own settings (per voice, per request). Sampling uses the exponential-race form
+  of multinomial (argmax of p / Exp(1)), which draws from the same distribution
+  and needs no host sync; the Exp(1) noise is a hash of (the utterance's seed,
+  position, token), so a fixed seed gives the same tokens batched or alone.
 """
 
 from __future__ import annotations
@@ -83,29 +85,62 @@ class _Layer:
         self.eps = block.ln_1.eps
 
 
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_MIX = [_signed(c) for c in (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def seeded_exponential(seeds: torch.Tensor, counters: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Exp(1) noise [rows, vocab], a pure function of (row's seed, row's counter, token): a
+    counter-based generator (splitmix64's finaliser), so a row draws the same noise whatever
+    batch it is in and inside a CUDA graph (torch's generator is one stream for the batch)."""
+    idx = torch.arange(vocab, device=seeds.device, dtype=torch.long)
+    z = seeds[:, None] * _MIX[0] + counters[:, None] * _MIX[1] + idx[None, :]
+    z = (z ^ _shr(z, 30)) * _MIX[2]
+    z = (z ^ _shr(z, 27)) * _MIX[3]
+    z = z ^ _shr(z, 31)
+    u = (_shr(z, 11).double() + 0.5) / float(1 << 53)  # (0, 1)
+    return -torch.log(u).float()
+
+
+def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                top_p: torch.Tensor, penalty: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The stock chain (temperature → top-k → top-p → repetition penalty → sample), each row with
+    its own settings ([rows] tensors), sampled as argmax(p / noise) with ``noise`` ~ Exp(1)."""
+    x = logits.float() / temperature[:, None]
+    v = x.size(-1)
+    desc = torch.sort(x, dim=-1, descending=True).values
+    kth = desc.gather(1, (top_k.clamp(1, v) - 1)[:, None])
+    x = x.masked_fill(x < kth, float("-inf"))
+    sorted_x, order = torch.sort(x, dim=-1, descending=False)
+    cum = sorted_x.softmax(dim=-1).cumsum(dim=-1)
+    remove = (cum <= (1.0 - top_p)[:, None]) & (top_p < 1.0)[:, None]
+    remove[:, -1] = False
+    x = x.scatter(1, order, sorted_x.masked_fill(remove, float("-inf")))
+    rp = penalty[:, None]
+    x = torch.where(seen, torch.where(x < 0, x * rp, x / rp), x)
+    return torch.argmax(x.softmax(dim=-1) / noise, dim=-1)
+
+
 def sample_tokens(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Batched stock sampling chain; ``seen`` marks each row's generated tokens."""
-    x = logits.float()
-    if params.temperature > 0 and params.temperature != 1.0:
-        x = x / params.temperature
-    if params.top_k > 0:
-        k = min(params.top_k, x.size(-1))
-        kth = torch.topk(x, k, dim=-1).values[:, -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=-1, descending=False)
-        cum = sorted_x.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum <= (1.0 - params.top_p)
-        remove[:, -1] = False
-        x = x.scatter(1, order, sorted_x.masked_fill(remove, float("-inf")))
-    if params.repetition_penalty != 1.0:
-        rp = params.repetition_penalty
-        x = torch.where(seen, torch.where(x < 0, x * rp, x / rp), x)
-    if params.greedy:
-        return torch.argmax(x, dim=-1)
-    probs = x.softmax(dim=-1)
-    race = torch.empty_like(probs).exponential_()
-    return torch.argmax(probs / race, dim=-1)
+    """Batched stock sampling chain, one setting for all rows, torch's generator for the draw."""
+    n = logits.size(0)
+
+    def full(value: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.full((n,), value, device=logits.device, dtype=dtype)
+
+    temperature = params.temperature if params.temperature > 0 else 1.0
+    top_k = params.top_k if params.top_k > 0 else logits.size(-1)
+    noise = torch.empty(logits.shape, device=logits.device).exponential_()
+    return sample_rows(logits, seen, full(temperature), full(top_k, torch.long), full(params.top_p),
+                       full(params.repetition_penalty), noise)
 
 
 class T3Runner:
@@ -147,6 +182,13 @@ class T3Runner:
         self.tokens = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.seen = torch.zeros(max_slots, self.speech_emb.size(0), dtype=torch.bool, device=self.device)
+        # Per-slot sampling settings and seed (static: graphs read them); set on admission.
+        self.temperature = torch.zeros(max_slots, device=self.device)
+        self.top_k = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.top_p = torch.zeros(max_slots, device=self.device)
+        self.penalty = torch.zeros(max_slots, device=self.device)
+        self.seeds = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self._set_sampling(torch.arange(max_slots, device=self.device), [sampling] * max_slots, [0] * max_slots)
         self._key_index = torch.arange(max_len, device=self.device)
         # The voice prefix the decode kernel reads for every slot: a static buffer (graphs read
         # it), refilled when the live slots' voice changes; which voice each slot speaks with.
@@ -238,7 +280,7 @@ class T3Runner:
         logits = self._decode(n, keys or self.max_len, shared)
         if not self._capturing:
             self.last_logits = logits  # for tests and diagnostics (not kept inside graphs)
-        new = sample_tokens(logits, self.seen[:n], self.sampling)
+        new = self._sample(slice(0, n), logits, self.positions[:n])
         rows = torch.arange(n, device=self.device)
         self.seen.index_put_((rows, new), self._true[:n])  # a device tensor: no host copy inside a graph
         self.tokens[:n] = new
@@ -267,9 +309,29 @@ class T3Runner:
         lengths, logits = self.admit_many([slot], prefix, [text_ids])
         return lengths[0], logits[0]
 
+    def _set_sampling(self, idx: torch.Tensor, params: list[SamplingParams], seeds: list[int]) -> None:
+        vocab = self.speech_emb.size(0)
+
+        def col(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(self.device)
+
+        self.temperature[idx] = col([p.temperature if p.temperature > 0 else 1.0 for p in params])
+        self.top_k[idx] = col([p.top_k if p.top_k > 0 else vocab for p in params], torch.long)
+        self.top_p[idx] = col([p.top_p for p in params])
+        self.penalty[idx] = col([p.repetition_penalty for p in params])
+        self.seeds[idx] = col([int(s) & ((1 << 62) - 1) for s in seeds], torch.long)
+
+    def _sample(self, rows: "slice | torch.Tensor", logits: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+        """Each row's token by its slot's settings, its noise from (slot's seed, ``counters``: the
+        position being sampled), so a seeded utterance draws the same tokens batched or alone."""
+        noise = seeded_exponential(self.seeds[rows], counters, logits.size(-1))
+        return sample_rows(logits, self.seen[rows], self.temperature[rows], self.top_k[rows], self.top_p[rows],
+                           self.penalty[rows], noise)
+
     @torch.inference_mode()
-    def admit_many(self, slots: list[int], prefix: VoicePrefix,
-                   texts: list[torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+    def admit_many(self, slots: list[int], prefix: VoicePrefix, texts: list[torch.Tensor],
+                   sampling: list[SamplingParams] | None = None,
+                   seeds: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
         """Start several utterances of one voice in one batched prefill (right-padded texts).
 
         Padding sits after each row's last real token, so the causal mask keeps it out of
@@ -305,7 +367,10 @@ class T3Runner:
             logits = out[:b]
         self.seen[idx] = False
         self.seen[idx, START_SPEECH] = True  # stock: the first pick is penalised against the start token
-        first = sample_tokens(logits, self.seen[idx], self.sampling)
+        if seeds is None:  # unseeded: a fresh draw per utterance
+            seeds = torch.randint(0, 1 << 62, (b,)).tolist()
+        self._set_sampling(idx, sampling or [self.sampling] * b, seeds)
+        first = self._sample(idx, logits, torch.tensor([p + n - 1 for n in lens], device=self.device))
         self.seen[idx] = False
         self.seen[idx, first] = True
         self.tokens[idx] = first
@@ -457,6 +522,8 @@ class T3Runner:
         self.host_pos[dst] = self.host_pos[src]
         self.slot_voice[dst] = self.slot_voice[src]
         self.seen[dst] = self.seen[src]
+        for t in (self.temperature, self.top_k, self.top_p, self.penalty, self.seeds):
+            t[dst] = t[src]
 
 
 STOP_TOKEN = STOP_SPEECH
