@@ -60,6 +60,22 @@ def digest_response(algorithm: str, username: str, realm: str, password: str, me
     return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
 
 
+def digest_credentials(algorithm: str, username: str, password: str, params: dict[str, str], method: str,
+                       uri: str, qop: str, nc: str, cnonce: str) -> str:
+    """A client's ``Digest ...`` credentials answering the challenge ``params`` (RFC 7616 §3.4;
+    ``qop`` empty: the RFC 2069 form, without nonce count). Our UAC and registration client share it."""
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+    if qop:
+        response = digest_response(algorithm, username, realm, password, method, uri, nonce, nc, cnonce, qop)
+        extra = f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
+    else:
+        ha1, ha2 = _h(algorithm, f"{username}:{realm}:{password}"), _h(algorithm, f"{method}:{uri}")
+        response, extra = _h(algorithm, f"{ha1}:{nonce}:{ha2}"), ""
+    opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
+    return (f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}", algorithm={algorithm}{extra}{opaque}')
+
+
 @dataclass
 class DigestAuthenticator:
     realm: str

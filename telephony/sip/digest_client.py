@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from .auth import ALGORITHMS, digest_response, parse_digest
+from .auth import ALGORITHMS, digest_credentials, parse_digest
 from .message import Response
 
 PREFERENCE = ("SHA-256", "MD5")  # strongest first (RFC 8760 §2.4)
@@ -76,26 +76,17 @@ class DigestClient:
     def credentials(self, params: dict[str, str], method: str, uri: str) -> str:
         """One ``Digest ...`` credentials value for a parsed challenge."""
         algorithm = params.get("algorithm", "MD5").upper()
-        realm, nonce = params.get("realm", ""), params.get("nonce", "")
+        nonce = params.get("nonce", "")
         qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
         if qops and "auth" not in qops:
             raise ValueError(f"unsupported qop {params.get('qop')!r}")
+        nc, cnonce = "", ""
         if qops:
             count = self._nc.get(nonce, 0) + 1
             self._nc[nonce] = count
             nc, cnonce = f"{count:08x}", secrets.token_hex(8)
-            response = digest_response(algorithm, self.username, realm, self.password, method, uri,
-                                       nonce, nc, cnonce, "auth")
-            extra = f', qop=auth, nc={nc}, cnonce="{cnonce}"'
-        else:  # RFC 2069 compatibility: no qop, no nonce count
-            h = ALGORITHMS[algorithm]
-            ha1 = h(f"{self.username}:{realm}:{self.password}".encode()).hexdigest()
-            ha2 = h(f"{method}:{uri}".encode()).hexdigest()
-            response = h(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
-            extra = ""
-        opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
-        return (f'Digest username="{self.username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-                f'response="{response}", algorithm={algorithm}{extra}{opaque}')
+        return digest_credentials(algorithm, self.username, self.password, params, method, uri,
+                                  "auth" if qops else "", nc, cnonce)
 
     def reset(self) -> None:
         """A new request (not a retry of a challenged one): realms may be answered again."""

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from .. import PRODUCT
-from .auth import ALGORITHMS, digest_response, parse_digest
+from .auth import ALGORITHMS, digest_credentials, parse_digest
 from .dialog import new_branch, new_tag
 from .message import Headers, Request, Response
 
@@ -147,18 +147,5 @@ class Registration:
         nc = f"{self.nc:08x}"
         cnonce = secrets.token_hex(8)
         qop = "auth" if "auth" in p.get("qop", "auth").split(",") else ""
-        uri = self.config.registrar_uri
-        if qop:
-            response = digest_response(algorithm, self.config.username, p.get("realm", ""), self.config.password,
-                                       "REGISTER", uri, p.get("nonce", ""), nc, cnonce, qop)
-            extra = f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
-        else:  # RFC 2069 style, no qop
-            h = ALGORITHMS[algorithm]
-            ha1 = h(f"{self.config.username}:{p.get('realm', '')}:{self.config.password}".encode()).hexdigest()
-            ha2 = h(f"REGISTER:{uri}".encode()).hexdigest()
-            response = h(f"{ha1}:{p.get('nonce', '')}:{ha2}".encode()).hexdigest()
-            extra = ""
-        opaque = f', opaque="{p["opaque"]}"' if "opaque" in p else ""
-        return (f'Digest username="{self.config.username}", realm="{p.get("realm", "")}", '
-                f'nonce="{p.get("nonce", "")}", uri="{uri}", response="{response}", '
-                f'algorithm={algorithm}{extra}{opaque}')
+        return digest_credentials(algorithm, self.config.username, self.config.password, p, "REGISTER",
+                                  self.config.registrar_uri, qop, nc, cnonce)
