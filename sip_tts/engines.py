@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from config.schema import ServerConfig
 from engine.prompt_cache import render_speech

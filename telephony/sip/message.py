@@ -421,6 +421,18 @@ def _check_request_headers(headers: "Headers", grouped: dict[str, list[str]], st
         raise SipParseError(str(exc), start_line, headers) from None
 
 
+def check_address_headers(msg: Message) -> None:
+    """The grammar of a response's address headers (To, From, Contact, Record-Route, ...): a UAC
+    copies them into the requests it sends (ACK, BYE), so a response it acts on must pass what a
+    request must. SipParseError if not."""
+    try:
+        for name in _ADDRESS_HEADERS:
+            for value in msg.headers.get_all(name):
+                grammar.check_name_addr(value, star_ok=name == "Contact")
+    except ValueError as exc:
+        raise SipParseError(str(exc)) from None
+
+
 def frame_length(buffer: bytes) -> int | None:
     """Length of the first complete message in a stream buffer, or None if incomplete.
 

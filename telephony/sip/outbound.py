@@ -49,7 +49,8 @@ from .. import PRODUCT
 from .dialog import Dialog, new_branch, new_tag
 from .digest_client import DigestClient
 from .invite_client import ClientEvent, InviteClientTransaction
-from .message import Headers, Message, Request, Response, SipParseError, parse_message, response_for
+from .message import (Headers, Message, Request, Response, SipParseError, check_address_headers, parse_message,
+                      response_for)
 from .refer import BlindTransfer, TransferEvent, refuse_refer
 from .sdp import NegotiatedAudio, SdpError, SessionDescription, negotiate, parse_sdp
 from .transaction import (
@@ -272,6 +273,8 @@ class OutboundCall:
         """Bytes from the socket; malformed input is dropped (a 400 is the UA's business)."""
         try:
             msg = parse_message(data)
+            if isinstance(msg, Response):
+                check_address_headers(msg)  # what we copy into our ACK and BYE must be well formed
         except SipParseError:
             return
         self.receive(msg, now, source)

@@ -5,6 +5,7 @@ creates, the next hop of a URI, the branch of a message. Pure functions, no I/O.
 from __future__ import annotations
 
 from .dialog import Dialog
+from .grammar import check_name_addr, check_uri
 from .message import Message, Request, Response
 from .uri import NameAddr, SipUri
 
@@ -49,8 +50,9 @@ def uac_dialog(invite: Request, response: Response) -> Dialog:
     to_value = response.headers.get("To") or ""
     contact = response.headers.get("Contact")
     target = NameAddr.parse(contact).uri if contact else invite.uri
-    if any(c.isspace() for c in target):  # it becomes our ACK's and BYE's Request-URI
-        raise ValueError(f"unusable Contact URI {target!r}")
+    for value in [to_value, *response.headers.get_all("Record-Route")]:
+        check_name_addr(value)  # they go into our ACK's and BYE's To and Route headers
+    check_uri(target, in_brackets=False)  # it becomes our ACK's and BYE's Request-URI: ValueError if unusable
     SipUri.parse(target)  # a 2xx's Contact must be a SIP or SIPS URI (§12.1.2); ValueError if not
     cseq, _ = invite.cseq
     from_value = invite.headers.get("From") or ""
