@@ -21,7 +21,9 @@ The cost per window on a GPU: ``benchmarks/engine_bench.py --watermark``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 import threading
 import types
@@ -63,7 +65,8 @@ def load(device: str = "cpu") -> "object":
         raise WatermarkError(f"resemble-perth is not installed or broken ({exc}); install it, or set "
                              "watermark: false") from None
     try:
-        return PerthImplicitWatermarker(device=device)
+        with contextlib.redirect_stdout(io.StringIO()):  # perth prints "loaded PerthNet ..." (our stdout is the
+            return PerthImplicitWatermarker(device=device)  # server's: its first line must be "ready")
     except Exception as exc:  # missing weights file, bad device
         raise WatermarkError(f"resemble-perth cannot load its watermark model ({exc})") from None
 
