@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -113,7 +115,9 @@ def make_sockets(n: int) -> list[socket.socket]:
     return socks
 
 
-async def run_ours(n: int, seconds: float, port: int, frames: list[bytes]) -> dict:
+async def run_ours(n: int, seconds: float, port: int, frames: list[bytes],
+                   protector: Callable[[], Callable[[bytes], bytes]] | None = None) -> dict:
+    """One pacing clock for ``n`` calls; ``protector`` makes each call's packet transform (SRTP)."""
     socks = make_sockets(n)
     clock = PacerClock(asyncio.get_running_loop())
     base = rss_kb()
@@ -123,7 +127,11 @@ async def run_ours(n: int, seconds: float, port: int, frames: list[bytes]) -> di
         q.push_frames(frames)
         q.finish()
         dest = ("127.0.0.1", port)
-        senders.append(RtpSender(0, "PCMU", (lambda d, s=s: s.sendto(d, dest)), q))
+        if protector is None:
+            senders.append(RtpSender(0, "PCMU", (lambda d, s=s: s.sendto(d, dest)), q))
+        else:
+            protect = protector()
+            senders.append(RtpSender(0, "PCMU", (lambda d, s=s, p=protect: s.sendto(p(d), dest)), q))
     per_call = (rss_kb() - base) * 1024 / n
     c0, t0 = cpu_s(), time.monotonic()
     for sender in senders:
@@ -224,27 +232,8 @@ async def run_ours_srtp(n: int, seconds: float, port: int, frames: list[bytes], 
 
     from telephony.rtp.srtp import Crypto, SrtpContext
 
-    socks = make_sockets(n)
-    clock = PacerClock(asyncio.get_running_loop())
-    senders = []
-    for s in socks:
-        q = FrameQueue(0xFF)
-        q.push_frames(frames)
-        q.finish()
-        ctx = SrtpContext(Crypto(1, suite, _secrets.token_bytes(30)))
-        dest = ("127.0.0.1", port)
-        senders.append(RtpSender(0, "PCMU", (lambda d, s=s, ctx=ctx: s.sendto(ctx.protect(d), dest)), q))
-    c0, t0 = cpu_s(), time.monotonic()
-    for sender in senders:
-        clock.add(sender)
-    await asyncio.sleep(seconds)
-    for sender in senders:
-        clock.remove(sender)
-    cpu = (cpu_s() - c0) / (time.monotonic() - t0) * 100
-    clock.close()
-    for s in socks:
-        s.close()
-    return dict(cpu_percent=cpu, skipped_slots=clock.pacer.skipped_slots)
+    return await run_ours(n, seconds, port, frames,
+                          lambda: SrtpContext(Crypto(1, suite, _secrets.token_bytes(30))).protect)
 
 
 def protect_cost_us(suite: str, packets: int = 100_000) -> float:
