@@ -25,7 +25,7 @@ from telephony.calls import CallSettings
 from telephony.server import ServerSettings, SipServer
 from telephony.sip.registration import RegistrationConfig
 
-from . import api, fleet, systemd
+from . import api, fleet, systemd, webhooks
 from .engines import build_engine
 from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from .script import ScriptRun, Speech
@@ -75,8 +75,10 @@ class App:
         self.speech: Speech | None = None
         self.server: SipServer | None = None
         self.metrics = None
+        self.webhooks = webhooks.Webhooks(cfg.limits.webhooks_in_flight, cfg.limits.status_callbacks_queued)
         self._warming: set[asyncio.Task] = set()
         self._signals = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._drain, self._hang_up_now = asyncio.Event(), asyncio.Event()
 
     # -- what the server and the metrics ask of the application ------------------------------
@@ -84,7 +86,14 @@ class App:
         """The router: a new call's audio source (None: 404). A reload swaps ``speech``; calls in
         progress keep the one they started with."""
         assert self.speech is not None
-        return self.speech.source(info)
+        return self.speech.source(info, self.webhooks)
+
+    def _resources(self) -> dict[str, int]:
+        """What every ended call gives back (/metrics; the webhook tests check they return to zero)."""
+        server = self.server
+        if server is None or server.table is None:
+            return {}
+        return {"rtp_ports_in_use": server.table.ports.in_use, "event_loop_tasks": len(asyncio.all_tasks(self._loop))}
 
     def engine_up(self) -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
@@ -114,6 +123,7 @@ class App:
     async def start(self) -> int:
         """Engine, prompts, server, metrics; 0, or the exit status of what failed."""
         engine = self.engine
+        self._loop = asyncio.get_running_loop()
         status = await self._start_engine()
         if status:
             return status
@@ -134,7 +144,10 @@ class App:
         settings = server_settings(self.cfg, self.host, self.port, self.rtp_ports, engine.name)
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)
-        self.server = server = SipServer(settings, self.route, hooks=self.metrics, available=self.engine_up)
+        self.server = server = SipServer(settings, self.route, hooks=webhooks.StatusHooks(self.webhooks, self.metrics),
+                                         available=self.engine_up)
+        if self.metrics is not None:
+            self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks, self._resources))
         try:
             await server.start()
         except OSError as exc:
@@ -187,6 +200,7 @@ class App:
         left = await self.server.drain(self.cfg.drain_timeout_s, interrupted=self._hang_up_now)
         log.info("stopping: hanging up %d call(s)", left)
         await self.server.stop()
+        await self.webhooks.close()
         if self.http is not None:
             await self.http.stop()
         for task in self._warming:

@@ -1,0 +1,91 @@
+"""A small real HTTP application for the webhook tests: a ThreadingHTTPServer on loopback that
+answers each path as the test says, verifies every request's signature the way README's
+"Webhook routes" tells an application to, and records what it got."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict
+    signed: bool  # the X-Sip-Tts-Signature header verified with the shared secret
+    at: float
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    delay_s: float = 0.0
+
+
+def signature_ok(secret: str, body: bytes, header: str, now: float) -> bool:
+    """README's verification, written out: HMAC-SHA256 over "<t>." + raw body, t within 5 minutes."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    if "t" not in parts or abs(now - int(parts["t"])) > 300:
+        return False
+    expected = hmac.new(secret.encode(), parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+@dataclass
+class Application:
+    secret: str
+    answers: dict[str, Answer] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "Application":
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                app.received.append(Received(self.path, json.loads(body), signature_ok(
+                    app.secret, body, self.headers.get("X-Sip-Tts-Signature", ""), time.time()), time.time()))
+                answer = app.answers.get(self.path, Answer(204))
+                time.sleep(answer.delay_s)
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
+                except OSError:  # the server gave up waiting (a timeout test)
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def events(self, path: str) -> list[dict]:
+        return [r.body for r in self.received if r.path == path]
+
+    def wait_for(self, path: str, n: int, timeout: float = 10) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.events(path)) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.events(path)
