@@ -74,6 +74,7 @@ class App:
         self.cache.shared = fleet.shared_cache(cfg)  # the fleet's Redis, second level (None: off)
         self.speech: Speech | None = None
         self.server: SipServer | None = None
+        self.live = None  # sip_tts.live.LiveCalls when the HTTP API is on
         self.metrics = None
         self._warming: set[asyncio.Task] = set()
         self._signals = 0
@@ -135,6 +136,12 @@ class App:
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)
         self.server = server = SipServer(settings, self.route, hooks=self.metrics, available=self.engine_up)
+        if self.cfg.api.enabled:  # calls handed to applications (sip_tts/live) are driven through the API
+            from .live import LiveCalls
+
+            self.live = LiveCalls(lambda: server.calls, server.hangup, self.cfg.api.max_call_streams_per_key,
+                                  speech=lambda: self.speech)
+            self.speech.live = self.live
         try:
             await server.start()
         except OSError as exc:
@@ -146,7 +153,7 @@ class App:
             try:
                 self.http = await api.start_http(self.cfg, self.prompts, engine, self.voice, self.health,
                                                  self.metrics.registry, self.metrics.render,
-                                                 live_calls=lambda: len(server.calls))
+                                                 live_calls=lambda: len(server.calls), live=self.live)
             except OSError as exc:
                 where = self.cfg.api.listen if self.cfg.api.enabled else self.cfg.metrics.listen
                 log.error("cannot serve http on %s: %s", where, exc.strerror or exc)
@@ -207,6 +214,7 @@ class App:
         try:
             prompts = load_prompts(self.cfg.prompts_path())
             speech = Speech.build(prompts, self.engine, self.voice, self.cache, self.cfg.media.barge_in)
+            speech.live = self.live
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running prompts:\n%s", exc)
             return
