@@ -140,8 +140,10 @@ class App:
             from .live import LiveCalls
 
             self.live = LiveCalls(lambda: server.calls, server.hangup, self.cfg.api.max_call_streams_per_key,
-                                  speech=lambda: self.speech)
+                                  speech=lambda: self.speech, gauges=_leak_gauges(server))
             self.speech.live = self.live
+            if self.metrics is not None:
+                self.metrics.registry.register(self.live)
         try:
             await server.start()
         except OSError as exc:
@@ -237,6 +239,15 @@ class App:
                 log.info("prompt cache: %d prompts rendered, %d cached", t.result(), len(self.cache))
 
         task.add_done_callback(done)
+
+
+def _leak_gauges(server: SipServer) -> dict:
+    """What must return to zero (or its idle value) after calls end, whatever went wrong in them."""
+    return {"sip_tts_rtp_ports_in_use": ("RTP ports held by calls",
+                                         lambda: server.table.ports.in_use() if server.table is not None else 0),
+            "sip_tts_sip_calls_open": ("calls the SIP user agent has not ended",
+                                       lambda: server.ua.active_calls if server.ua is not None else 0),
+            "sip_tts_asyncio_tasks": ("tasks on the server's event loop", lambda: len(asyncio.all_tasks()))}
 
 
 def _quiet_gc() -> None:

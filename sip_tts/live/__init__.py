@@ -31,7 +31,8 @@ Server -> application: JSON events (text) and, when asked, the caller's audio (b
                                                  wire; latency from the message that made the
                                                  text speakable to that frame
     {"event": "mark", "name": "turn-3"}          (``"cleared": true`` when a clear dropped it)
-    {"event": "idle"}                            the last queued frame went out
+    {"event": "idle", "underrun_frames": 0}      the last queued frame went out; slots in the run
+                                                 that had nothing to send (synthesis behind)
     {"event": "cleared", "dropped_ms": 1240}     the answer to clear
     {"event": "dtmf", "digit": "5"}
     {"event": "hangup", "by": "caller"}          the caller hung up (BYE or CANCEL)

@@ -15,19 +15,37 @@ from telephony.call import CallHandle
 
 from .session import LiveSession
 
+try:
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError:  # pragma: no cover (a dependency of the package)
+    GaugeMetricFamily = None
+
 if TYPE_CHECKING:
     from telephony.calls import Call
 
 
 class LiveCalls:
     def __init__(self, calls: Callable[[], "dict[str, Call]"], hangup: Callable[[str, str], bool],
-                 max_streams_per_key: int = 100, speech: Callable[[], object] = lambda: None) -> None:
+                 max_streams_per_key: int = 100, speech: Callable[[], object] = lambda: None,
+                 gauges: dict[str, tuple[str, Callable[[], float]]] | None = None) -> None:
         self.calls = calls  # the calls in progress (the SIP server's table)
         self.end_call = hangup  # (call id, reason) -> False when there is no such call
         self.max_streams_per_key = max_streams_per_key
         self.speech = speech  # the loaded prompts (sip_tts.script.Speech): WAV prompts for /play
         self.sessions: dict[str, LiveSession] = {}
         self.streams: Counter[str] = Counter()  # open WebSockets per API key
+        self.gauges = gauges or {}  # more values for /metrics (name: (help, read)): what a leak would show
+
+    def collect(self):
+        """Prometheus collector (registered on the server's registry): sessions, streams, their tasks."""
+        yield GaugeMetricFamily("sip_tts_live_sessions", "calls with a live session (handed to an application)",
+                                value=len(self.sessions))
+        yield GaugeMetricFamily("sip_tts_live_streams", "application connections attached to calls",
+                                value=sum(s.outbox is not None for s in self.sessions.values()))
+        yield GaugeMetricFamily("sip_tts_live_tasks", "tasks held by live sessions (speaker, syntheses, "
+                                "connections)", value=sum(s.tasks() for s in self.sessions.values()))
+        for name, (text, read) in self.gauges.items():
+            yield GaugeMetricFamily(name, text, value=read())
 
     def open(self, handle: CallHandle, engine: TtsEngine, voice: VoiceSpec,
              voices: Callable[[str], VoiceSpec]) -> LiveSession:

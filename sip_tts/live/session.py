@@ -140,6 +140,8 @@ class LiveSession:
         self.speaking = False
         self.latencies_ms: list[float] = []  # each speech run: text -> first frame on the wire
         self.utterances = 0
+        self.underruns = 0  # slots with nothing to send in the middle of speech (synthesis behind the pacer)
+        self._starved_at = 0
         self.frames_dropped = 0  # the caller's frames a slow client did not take
         self.caller_lost = 0
         self._segments: deque[_Utterance | _Mark | _Frames | _Hangup] = deque()
@@ -151,9 +153,14 @@ class LiveSession:
         self._frames: CallerFrames | None = None
         self._encoder: FrameEncoder | None = None
         self._frame_number = 0
-        self._digits: asyncio.Task | None = None
+        self._serving: set[asyncio.Future] = set()  # the attached connection's tasks
 
     # -- what is playing ------------------------------------------------------------------
+    def tasks(self) -> int:
+        """Tasks the session holds now (speaker, syntheses, the attached connection's): 0 when it is idle."""
+        synth = sum(1 for s in self._segments if isinstance(s, _Utterance) and s.task is not None and not s.task.done())
+        return synth + (self._speaker is not None) + len(self._serving)
+
     @property
     def queued_ms(self) -> int:
         return round(self.queue.pending * FRAME_SECONDS * 1000)
@@ -161,7 +168,7 @@ class LiveSession:
     def status(self) -> dict:
         return {"active": self.active > 0, "attached": self.outbox is not None, "speaking": self.speaking,
                 "queued_ms": self.queued_ms, "pending_utterances": sum(isinstance(s, _Utterance) for s in self._segments),
-                "utterances": self.utterances, "latency_ms": self.latencies_ms[-1] if self.latencies_ms else None,
+                "utterances": self.utterances, "underrun_frames": self.underruns, "latency_ms": self.latencies_ms[-1] if self.latencies_ms else None,
                 "audio": self.audio_format, "audio_frames_dropped": self.frames_dropped + (
                     self.outbox.frames_dropped if self.outbox else 0),
                 "caller_frames_lost": self._frames.lost if self._frames else self.caller_lost}
@@ -344,6 +351,7 @@ class LiveSession:
         while self._watches and self._watches[0][0] <= passed:
             _, _, kind, data = heapq.heappop(self._watches)
             if kind == "speaking":
+                self._starved_at = self.queue.starved
                 ms = round((at - data) * 1000, 1)  # type: ignore[operator]
                 self.latencies_ms.append(ms)
                 self._emit(event("speaking", latency_ms=ms))
@@ -352,7 +360,9 @@ class LiveSession:
             elif kind == "idle":
                 if self._speaker is None and not self._segments and not self.queue.pending and self.speaking:
                     self.speaking = False
-                    self._emit(event("idle"))
+                    gaps = self.queue.starved - self._starved_at
+                    self.underruns += gaps
+                    self._emit(event("idle", underrun_frames=gaps))
             elif kind == "hangup":
                 self._hangup("app-hangup")
         self._arm()
@@ -422,6 +432,7 @@ class LiveSession:
         reader = asyncio.ensure_future(self._read(channel))
         digits = asyncio.ensure_future(self._forward_digits())
         ended = asyncio.ensure_future(self.handle.ended.wait())
+        self._serving = {writer, reader, digits, ended}
         why = "closed"
         try:
             done, _ = await asyncio.wait({writer, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -446,6 +457,7 @@ class LiveSession:
             for task in (writer, reader, digits, ended):
                 task.cancel()
             await asyncio.gather(writer, reader, digits, ended, return_exceptions=True)
+            self._serving = set()
             self.frames_dropped += outbox.frames_dropped
             self.outbox = None
             self.handle.listen(None)

@@ -58,6 +58,7 @@ class FrameQueue:
         self.queued = 0
         self.sent = 0
         self.dropped = 0
+        self.starved = 0  # pops that found nothing queued (the pacer sent silence)
         self._watch_at = 0
         self._on_watch: Callable[[], None] | None = None
 
@@ -97,6 +98,7 @@ class FrameQueue:
 
     def pop(self) -> bytes | None:
         if not self._frames:
+            self.starved += 1
             return None
         self.sent += 1
         if self._on_watch is not None and self.sent + self.dropped >= self._watch_at:
