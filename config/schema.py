@@ -225,6 +225,8 @@ class ApiSettings(_Strict):
                                    "limit. Keeps a fast CPU engine's API work from taking the calls' CPU")
     own_thread: bool = Field(False, description="serve HTTP on its own thread and event loop instead of the "
                                                 "server's loop (benchmarks/results/api_load.md)")
+    max_call_streams_per_key: int = Field(100, ge=1, le=10000, description="live-call WebSockets "
+                                          "(/v1/calls/{id}/stream) open at once per API key; more get 429")
 
     @field_validator("listen")
     @classmethod

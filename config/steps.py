@@ -71,6 +71,13 @@ class CollectStep(_Strict):
     timeout_s: float = Field(5.0, gt=0, le=60, description="after the prompt and between digits")
 
 
+class LiveStep(_Strict):
+    wait_s: float = Field(30.0, gt=0, le=3600, description="how long the answered call waits for an application "
+                                                           "to take it (WebSocket /v1/calls/{id}/stream or a "
+                                                           "say/play/hangup request)")
+    on_timeout: str | None = Field(None, description="script when no application came; none: the next step")
+
+
 # -- what a step runs against and reports to --------------------------------------------------
 class ScriptContext(Protocol):
     """One call walking a script: what a step may do."""
@@ -98,6 +105,9 @@ class ScriptContext(Protocol):
 
     async def connect(self, connect: ConnectStep) -> None:
         """Hand the call to an application over a WebSocket until it closes (sip_tts/webhooks/connect.py)."""
+
+    async def live(self, step: LiveStep) -> bool:
+        """Hand the call to an application (sip_tts/live); False: none came within ``wait_s``."""
 
 
 class References:
@@ -289,11 +299,28 @@ class Connect(_Step):
         return None
 
 
+class Live(_Step):
+    """The call waits for an application, which then drives it (text in, events and audio out) until
+    its WebSocket closes; then the script goes on (after the last step: hang up)."""
+
+    kind: ClassVar[str] = "live"
+    audible: ClassVar[bool] = True
+    live: LiveStep
+
+    def check(self, loc: tuple, refs: References) -> None:
+        refs.target(loc + ("live", "on_timeout"), self.live.on_timeout)
+
+    async def run(self, ctx: ScriptContext) -> str | None:
+        took = await ctx.live(self.live)
+        return None if took else self.live.on_timeout
+
+
 class _Unknown(_Strict):
     """A mapping naming no step type: validation reports its keys as unknown fields."""
 
 
-STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Connect)}
+STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Live,
+                                                                 Connect)}
 UNKNOWN = "unknown-step"  # the union's tag for _Unknown (never shown: the loader drops union tags)
 
 
@@ -302,6 +329,8 @@ def _short_forms(data: object) -> object:
     exactly one step type per step."""
     if data == "hangup":
         return {"hangup": True}
+    if data == "live":
+        return {"live": {}}
     if not isinstance(data, dict):
         return data
     data = dict(data)
@@ -309,6 +338,8 @@ def _short_forms(data: object) -> object:
         data["say"] = {"text": data["say"]}
     if isinstance(data.get("play"), str):
         data["play"] = {"file": data["play"]}
+    if data.get("live") is True or isinstance(data.get("live"), (int, float)) and not isinstance(data["live"], bool):
+        data["live"] = {} if data["live"] is True else {"wait_s": data["live"]}
     for key in ("menu", "collect"):
         if isinstance(data.get(key), dict) and isinstance(data[key].get("prompt"), str):
             data[key] = {**data[key], "prompt": {"text": data[key]["prompt"], "barge_in": True}}

@@ -18,7 +18,7 @@ from .conftest import free_udp_port, run_sipp
 from .pcap import read_udp
 from .test_ivr import best_match, rendered
 from .test_metrics import get
-from .webhook_app import Answer, Application
+from .webhook_app import Agent, Answer, Application, signature_ok
 
 SECRET = "webhook-test-secret-0123"
 HELLO = "Your order has shipped. It arrives on Friday."
@@ -35,7 +35,7 @@ def prompts(app: Application) -> str:
             + route("4001", "/steps")
             + route("4002", "/slow", fallback + "    webhook_timeout_s: 0.5\n")
             + route("4003", "/garbage", fallback) + route("4004", "/error", fallback)
-            + route("4005", "/invalid", fallback) + route("4006", "/error")
+            + route("4005", "/invalid", fallback) + route("4006", "/error") + route("4008", "/noagent")
             + route("4007", "/closed").replace(app.url, f"http://127.0.0.1:{free_udp_port()}", 1)
             + f'scripts:\n  sorry:\n    - say: "{SORRY}"\n')
 
@@ -58,7 +58,7 @@ def serve(start_server, app: Application) -> tuple[object, int]:
     return srv, api
 
 
-def settled(srv, api: int, baseline: dict[str, float], fds: int, timeout: float = 10) -> dict[str, float]:
+def settled(srv, api: int, fds: int, timeout: float = 10) -> dict[str, float]:
     """The counters once every call has given back what it held (within ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -109,14 +109,16 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
     unreachable application without a fallback: 480, never answered. Each reason is logged;
     afterwards no call, port, task, socket or request is left over."""
     invalid = json.dumps({"steps": [{"say": "x"}, {"transfer": "sip:1@x"}]}).encode()
+    noagent = json.dumps({"steps": [{"connect": f"ws://127.0.0.1:{free_udp_port()}/gone"}, {"say": SORRY}]}).encode()
     app = Application(SECRET, {"/slow": Answer(body=b'{"steps": ["hangup"]}', delay_s=3), "/error": Answer(503),
-                               "/garbage": Answer(body=b"<html>oops</html>"), "/invalid": Answer(body=invalid)})
+                               "/garbage": Answer(body=b"<html>oops</html>"), "/invalid": Answer(body=invalid),
+                               "/noagent": Answer(body=noagent)})
     app.start()
     try:
         srv, api = serve(start_server, app)
         time.sleep(0.5)
         baseline, fds = metrics(api), sockets(srv.proc.pid)
-        for number in ("4002", "4003", "4004", "4005"):
+        for number in ("4002", "4003", "4004", "4005", "4008"):
             res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", number, tmp_path, "-m", "1",
                            "-recv_timeout", "20000", media_port=18800)
             assert res.returncode == 0, (number, res.stdout[-1500:])
@@ -128,21 +130,58 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
         for why in ("timeout after 0.5 s; playing the fallback", "invalid JSON (JSONDecodeError); playing the "
                     "fallback", "HTTP 503; playing the fallback", "invalid steps: steps.1.transfer: unknown field; "
                     "playing the fallback", "HTTP 503; no fallback, refusing with 480",
-                    "unreachable (ConnectError); no fallback, refusing with 480"):
+                    "unreachable (ConnectError); no fallback, refusing with 480",
+                    "connect failed: ConnectionRefusedError"):
             assert why in log, why
-        completed = [e for e in app.wait_for("/status", 4 + 6) if e["event"] == "call.completed"]
+        completed = [e for e in app.wait_for("/status", 5 + 7) if e["event"] == "call.completed"]
         assert sorted((e["to"], e["reason"], e["answered"]) for e in completed) == [
             ("4002", "prompt-done", True), ("4003", "prompt-done", True), ("4004", "prompt-done", True),
-            ("4005", "prompt-done", True), ("4006", "refused", False), ("4007", "refused", False)]
-        assert all("webhook_failure" in e for e in completed) and "oops" not in log
-        m = settled(srv, api, baseline, fds)
+            ("4005", "prompt-done", True), ("4006", "refused", False), ("4007", "refused", False),
+            ("4008", "prompt-done", True)]
+        assert all("webhook_failure" in e for e in completed if e["to"] != "4008") and "oops" not in log
+        m = settled(srv, api, fds)
         print(f"\nafter: {({k: v for k, v in m.items() if 'webhook' in k or 'status' in k or 'tasks' in k})}")
         assert m["sip_tts_calls_active"] == 0 and m["sip_tts_rtp_ports_in_use"] == 0
+        assert m["sip_tts_sip_calls_open"] == 0 and m["sip_tts_live_sessions"] == 0 and m["sip_tts_live_tasks"] == 0
         assert m["sip_tts_webhook_in_flight"] == 0 and m["sip_tts_status_callbacks_queued"] == 0
-        assert m["sip_tts_event_loop_tasks"] <= baseline["sip_tts_event_loop_tasks"] + 4  # + the status senders
+        assert m["sip_tts_asyncio_tasks"] <= baseline["sip_tts_asyncio_tasks"] + 4  # + the status senders
         assert sockets(srv.proc.pid) <= fds
-        for outcome, n in (("timeout", 1), ("invalid", 2), ("http_error", 2), ("unreachable", 1)):
+        for outcome, n in (("timeout", 1), ("invalid", 2), ("http_error", 2), ("unreachable", 1), ("answered", 1)):
             assert m[f'sip_tts_webhook_requests_total{{outcome="{outcome}"}}'] == n, outcome
         assert m['sip_tts_calls_total{outcome="refused"}'] == 2
     finally:
         app.stop()
+
+
+def test_webhook_connect_opens_the_agent_websocket_and_the_caller_hears_it(start_server, capture, tmp_path):
+    """(b) the reply is a connect step: the server opens the WebSocket to the application (a
+    `websockets` server here), which pushes text; the caller hears that text; the handshake is signed."""
+    agent = Agent(HELLO).start()
+    app = Application(SECRET, {"/steps": Answer(body=json.dumps({"steps": [{"connect": agent.url}]}).encode())})
+    app.start()
+    try:
+        srv, api = serve(start_server, app)
+        fds = sockets(srv.proc.pid)
+        cap = capture("udp and dst host 127.0.0.1 and dst port 18900")
+        res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "4001", tmp_path, "-m", "1", "-recv_timeout", "20000",
+                       media_port=18900)
+        cap.stop()
+        assert res.returncode == 0, res.stdout[-1500:]
+        [hs] = agent.handshakes
+        [incoming] = app.events("/steps")
+        assert hs["x-sip-tts-call-id"] == incoming["call_id"]
+        assert hs["x-sip-tts-signature"] and signature_ok(SECRET, incoming["call_id"].encode(),
+                                                          hs["x-sip-tts-signature"], time.time())
+        kinds = [e["event"] for e in agent.events]
+        assert kinds[0] == "start" and "speaking" in kinds and kinds[-1] == "idle"
+        payload = b"".join(RtpPacket.parse(p.payload).payload for p in read_udp(cap.path))
+        corr, at = best_match(decode_g711(payload, "PCMU").astype(float), rendered(srv, HELLO))
+        print(f"\nconnect: corr {corr:.3f} at {at / 8000:.2f} s; "
+              f"speaking latency {next(e for e in agent.events if e['event'] == 'speaking')['latency_ms']} ms")
+        assert corr > 0.9
+        m = settled(srv, api, fds)
+        assert sockets(srv.proc.pid) <= fds and m["sip_tts_sip_calls_open"] == 0
+        assert m["sip_tts_live_sessions"] == 0 and m["sip_tts_live_streams"] == 0 and m["sip_tts_live_tasks"] == 0
+    finally:
+        app.stop()
+        agent.stop()

@@ -89,3 +89,51 @@ class Application:
         while len(self.events(path)) < n and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.events(path)
+
+
+class Agent:
+    """A voice agent as a `websockets` server on loopback (its own event loop in a thread): on each
+    connection from the server it reads the start event, pushes ``text`` with a flush, and closes
+    when the server reports the speech played out (``idle``)."""
+
+    def __init__(self, text: str) -> None:
+        import asyncio
+
+        self.text = text
+        self.handshakes: list[dict[str, str]] = []
+        self.events: list[dict] = []
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop = None
+        self.port = 0
+
+    async def _handle(self, ws) -> None:
+        self.handshakes.append({k.lower(): v for k, v in ws.request.headers.raw_items()})
+        self.events.append(json.loads(await ws.recv()))
+        await ws.send(json.dumps({"text": self.text, "flush": True}))
+        async for message in ws:
+            self.events.append(json.loads(message))
+            if self.events[-1].get("event") == "idle":
+                break
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._stop = self.loop.create_future()
+        async with serve(self._handle, "127.0.0.1", 0) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    def start(self) -> "Agent":
+        threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True).start()
+        assert self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set_result, None)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/agent"

@@ -74,11 +74,11 @@ class App:
         self.cache.shared = fleet.shared_cache(cfg)  # the fleet's Redis, second level (None: off)
         self.speech: Speech | None = None
         self.server: SipServer | None = None
+        self.live = None  # sip_tts.live.LiveCalls when the HTTP API is on
         self.metrics = None
         self.webhooks = webhooks.Webhooks(cfg.limits.webhooks_in_flight, cfg.limits.status_callbacks_queued)
         self._warming: set[asyncio.Task] = set()
         self._signals = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._drain, self._hang_up_now = asyncio.Event(), asyncio.Event()
 
     # -- what the server and the metrics ask of the application ------------------------------
@@ -87,13 +87,6 @@ class App:
         progress keep the one they started with."""
         assert self.speech is not None
         return self.speech.source(info, self.webhooks)
-
-    def _resources(self) -> dict[str, int]:
-        """What every ended call gives back (/metrics; the webhook tests check they return to zero)."""
-        server = self.server
-        if server is None or server.table is None:
-            return {}
-        return {"rtp_ports_in_use": server.table.ports.in_use, "event_loop_tasks": len(asyncio.all_tasks(self._loop))}
 
     def engine_up(self) -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
@@ -123,7 +116,6 @@ class App:
     async def start(self) -> int:
         """Engine, prompts, server, metrics; 0, or the exit status of what failed."""
         engine = self.engine
-        self._loop = asyncio.get_running_loop()
         status = await self._start_engine()
         if status:
             return status
@@ -145,9 +137,17 @@ class App:
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)
         self.server = server = SipServer(settings, self.route, hooks=webhooks.StatusHooks(self.webhooks, self.metrics),
-                                         available=self.engine_up)
+                                         available=self.engine_up)  # status callbacks (after the metrics)
+        if self.cfg.api.enabled:  # calls handed to applications (sip_tts/live) are driven through the API
+            from .live import LiveCalls
+
+            self.live = LiveCalls(lambda: server.calls, server.hangup, self.cfg.api.max_call_streams_per_key,
+                                  speech=lambda: self.speech, gauges=_leak_gauges(server))
+            self.speech.live = self.live
+            if self.metrics is not None:
+                self.metrics.registry.register(self.live)
         if self.metrics is not None:
-            self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks, self._resources))
+            self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks))
         try:
             await server.start()
         except OSError as exc:
@@ -159,7 +159,7 @@ class App:
             try:
                 self.http = await api.start_http(self.cfg, self.prompts, engine, self.voice, self.health,
                                                  self.metrics.registry, self.metrics.render,
-                                                 live_calls=lambda: len(server.calls))
+                                                 live_calls=lambda: len(server.calls), live=self.live)
             except OSError as exc:
                 where = self.cfg.api.listen if self.cfg.api.enabled else self.cfg.metrics.listen
                 log.error("cannot serve http on %s: %s", where, exc.strerror or exc)
@@ -221,6 +221,7 @@ class App:
         try:
             prompts = load_prompts(self.cfg.prompts_path())
             speech = Speech.build(prompts, self.engine, self.voice, self.cache, self.cfg.media.barge_in)
+            speech.live = self.live
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running prompts:\n%s", exc)
             return
@@ -243,6 +244,15 @@ class App:
                 log.info("prompt cache: %d prompts rendered, %d cached", t.result(), len(self.cache))
 
         task.add_done_callback(done)
+
+
+def _leak_gauges(server: SipServer) -> dict:
+    """What must return to zero (or its idle value) after calls end, whatever went wrong in them."""
+    return {"sip_tts_rtp_ports_in_use": ("RTP ports held by calls",
+                                         lambda: server.table.ports.in_use if server.table is not None else 0),
+            "sip_tts_sip_calls_open": ("calls the SIP user agent has not ended",
+                                       lambda: server.ua.active_calls if server.ua is not None else 0),
+            "sip_tts_asyncio_tasks": ("tasks on the server's event loop", lambda: len(asyncio.all_tasks()))}
 
 
 def _quiet_gc() -> None:

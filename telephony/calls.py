@@ -98,6 +98,7 @@ class Call:
     rtcp_remote: Address | None = None  # where the caller's RTCP comes from (else RTP port + 1)
     peer_report: ReportBlock | None = None  # the caller's view of our stream
     srtp: SrtpContext | None = None  # the call's SRTP sessions (telephony/rtp/srtp.py) when it is SRTP
+    tap_audio: bool = False  # the audio source asked for the caller's audio (``CallerAudio`` actions)
 
     @property
     def crypto(self) -> str | None:
@@ -151,6 +152,15 @@ class Digit(Action):
     """A digit for the call's audio source."""
 
     digit: DtmfDigit
+
+
+@dataclass(frozen=True)
+class CallerAudio(Action):
+    """A packet of the caller's audio for the audio source (only while it listens: ``tap_audio``)."""
+
+    sequence: int
+    timestamp: int
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -343,6 +353,13 @@ class CallTable:
             if addr != call.remote:
                 log.info("call %s: RTP latched to %s:%d (SDP said %s:%d)", call.info.call_id, *addr, *call.remote)
                 call.media = dataclasses.replace(call.media, remote_host=addr[0], remote_port=addr[1])
+        if call.tap_audio and len(data) >= 12 and (data[1] & 0x7F) == call.media.payload_type:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError:
+                return
+            self._actions.append(CallerAudio(call, packet.sequence, packet.timestamp, packet.payload))
+            return
         if call.dtmf is None or len(data) < 12 or (data[1] & 0x7F) != call.media.dtmf_payload_type:
             return
         try:

@@ -8,8 +8,6 @@ status``: returns at once, so the pacer and the SIP pump never wait on an applic
 from __future__ import annotations
 
 import time
-from typing import Callable
-
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from telephony.calls import Call
@@ -49,12 +47,10 @@ class StatusHooks:
 
 
 class WebhookCollector:
-    """Prometheus: webhook requests by outcome, in flight; status callbacks; and the server's
-    resources a failed call must give back (event-loop tasks, RTP ports in use)."""
+    """Prometheus: webhook requests by outcome, in flight; status callbacks sent and waiting."""
 
-    def __init__(self, webhooks: Webhooks, resources: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(self, webhooks: Webhooks) -> None:
         self.webhooks = webhooks
-        self.resources = resources
 
     def collect(self):
         w = self.webhooks
@@ -64,9 +60,6 @@ class WebhookCollector:
         yield _by_outcome("sip_tts_status_callbacks", "status callbacks: sent, failed, dropped (queue full)",
                           w.callbacks)
         yield GaugeMetricFamily("sip_tts_status_callbacks_queued", "status callbacks waiting", value=w.status_queued)
-        if self.resources is not None:
-            for name, value in self.resources().items():
-                yield GaugeMetricFamily(f"sip_tts_{name}", name.replace("_", " "), value=value)
 
 
 def _by_outcome(name: str, text: str, counts: dict[str, int]) -> CounterMetricFamily:
