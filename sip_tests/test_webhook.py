@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import numpy as np
 
 from engine.audio import decode_g711
 from telephony.rtp.packet import RtpPacket
+from tests.sipmsg import LOOPBACK, invite, offer, request
 
 from .conftest import free_udp_port, run_sipp
 from .pcap import read_udp
+from .raw_caller import to_tag, wait_for
 from .test_ivr import best_match, rendered
 from .test_metrics import get
 from .webhook_app import Agent, Answer, Application, signature_ok
@@ -36,6 +39,7 @@ def prompts(app: Application) -> str:
             + route("4002", "/slow", fallback + "    webhook_timeout_s: 0.5\n")
             + route("4003", "/garbage", fallback) + route("4004", "/error", fallback)
             + route("4005", "/invalid", fallback) + route("4006", "/error") + route("4008", "/noagent")
+            + route("4009", "/think", "    webhook_timeout_s: 8\n")
             + route("4007", "/closed").replace(app.url, f"http://127.0.0.1:{free_udp_port()}", 1)
             + f'scripts:\n  sorry:\n    - say: "{SORRY}"\n')
 
@@ -112,7 +116,8 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
     noagent = json.dumps({"steps": [{"connect": f"ws://127.0.0.1:{free_udp_port()}/gone"}, {"say": SORRY}]}).encode()
     app = Application(SECRET, {"/slow": Answer(body=b'{"steps": ["hangup"]}', delay_s=3), "/error": Answer(503),
                                "/garbage": Answer(body=b"<html>oops</html>"), "/invalid": Answer(body=invalid),
-                               "/noagent": Answer(body=noagent)})
+                               "/noagent": Answer(body=noagent),
+                               "/think": Answer(body=b'{"steps": ["hangup"]}', delay_s=4)})
     app.start()
     try:
         srv, api = serve(start_server, app)
@@ -126,6 +131,19 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
             res = run_sipp(srv.uri_host, EXPECT_480, number, tmp_path, "-m", "1", "-recv_timeout", "10000",
                            media_port=18800)
             assert res.returncode == 0, (number, res.stdout[-1500:])
+        # the caller gives up while the application is thinking: 487, never answered, the request dropped
+        sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sig.bind(("127.0.0.1", 0))
+        sig.settimeout(5)
+        sig.sendto(invite(branch="z9hG4bKgiveup", call_id="give-up", user="4009", sdp=offer(LOOPBACK, 18990),
+                          host=LOOPBACK), ("127.0.0.1", srv.port))
+        app.wait_for("/think", 1)
+        assert metrics(api)["sip_tts_webhook_in_flight"] == 1
+        sig.sendto(request("CANCEL", branch="z9hG4bKgiveup", call_id="give-up", cseq=1), ("127.0.0.1", srv.port))
+        final = wait_for(sig, "INVITE", 487)
+        sig.sendto(request("ACK", branch="z9hG4bKgiveup", call_id="give-up", cseq=1, to_tag=to_tag(final)),
+                   ("127.0.0.1", srv.port))
+        sig.close()
         log = srv.log_text()
         for why in ("timeout after 0.5 s; playing the fallback", "invalid JSON (JSONDecodeError); playing the "
                     "fallback", "HTTP 503; playing the fallback", "invalid steps: steps.1.transfer: unknown field; "
@@ -133,12 +151,12 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
                     "unreachable (ConnectError); no fallback, refusing with 480",
                     "connect failed: ConnectionRefusedError"):
             assert why in log, why
-        completed = [e for e in app.wait_for("/status", 5 + 7) if e["event"] == "call.completed"]
+        completed = [e for e in app.wait_for("/status", 5 + 8) if e["event"] == "call.completed"]
         assert sorted((e["to"], e["reason"], e["answered"]) for e in completed) == [
             ("4002", "prompt-done", True), ("4003", "prompt-done", True), ("4004", "prompt-done", True),
             ("4005", "prompt-done", True), ("4006", "refused", False), ("4007", "refused", False),
-            ("4008", "prompt-done", True)]
-        assert all("webhook_failure" in e for e in completed if e["to"] != "4008") and "oops" not in log
+            ("4008", "prompt-done", True), ("4009", "cancel", False)]
+        assert all("webhook_failure" in e for e in completed if e["to"] not in ("4008", "4009")) and "oops" not in log
         m = settled(srv, api, fds)
         print(f"\nafter: {({k: v for k, v in m.items() if 'webhook' in k or 'status' in k or 'tasks' in k})}")
         assert m["sip_tts_calls_active"] == 0 and m["sip_tts_rtp_ports_in_use"] == 0
@@ -146,7 +164,8 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
         assert m["sip_tts_webhook_in_flight"] == 0 and m["sip_tts_status_callbacks_queued"] == 0
         assert m["sip_tts_asyncio_tasks"] <= baseline["sip_tts_asyncio_tasks"] + 4  # + the status senders
         assert sockets(srv.proc.pid) <= fds
-        for outcome, n in (("timeout", 1), ("invalid", 2), ("http_error", 2), ("unreachable", 1), ("answered", 1)):
+        for outcome, n in (("timeout", 1), ("invalid", 2), ("http_error", 2), ("unreachable", 1), ("answered", 1),
+                           ("abandoned", 1)):
             assert m[f'sip_tts_webhook_requests_total{{outcome="{outcome}"}}'] == n, outcome
         assert m['sip_tts_calls_total{outcome="refused"}'] == 2
     finally:

@@ -89,6 +89,9 @@ class Webhooks:
                         kind, why, body = await self._post(url, *self._body(payload, secret))
                     finally:
                         self.in_flight -= 1
+        except asyncio.CancelledError:  # the caller hung up while the application was thinking
+            self.requests["abandoned"] += 1
+            raise
         except TimeoutError:
             kind, why, body = "timeout", f"timeout after {timeout:g} s", None
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS: the application cannot be reached

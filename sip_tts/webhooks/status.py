@@ -55,7 +55,7 @@ class WebhookCollector:
     def collect(self):
         w = self.webhooks
         yield _by_outcome("sip_tts_webhook_requests", "webhook requests by outcome (answered, invalid, timeout, "
-                          "unreachable, http_error)", w.requests)
+                          "unreachable, http_error, abandoned: the caller hung up first)", w.requests)
         yield GaugeMetricFamily("sip_tts_webhook_in_flight", "webhook requests being sent", value=w.in_flight)
         yield _by_outcome("sip_tts_status_callbacks", "status callbacks: sent, failed, dropped (queue full)",
                           w.callbacks)
