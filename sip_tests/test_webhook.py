@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.audio import decode_g711
+from sip_tts.webhooks.service import STATUS_WORKERS
 from telephony.rtp.packet import RtpPacket
 from tests.sipmsg import LOOPBACK, invite, offer, request
 
@@ -39,7 +40,7 @@ def prompts(app: Application) -> str:
             + route("4002", "/slow", fallback + "    webhook_timeout_s: 0.5\n")
             + route("4003", "/garbage", fallback) + route("4004", "/error", fallback)
             + route("4005", "/invalid", fallback) + route("4006", "/error") + route("4008", "/noagent")
-            + route("4009", "/think", "    webhook_timeout_s: 8\n")
+            + route("4009", "/think", "    webhook_timeout_s: 10\n")
             + route("4007", "/closed").replace(app.url, f"http://127.0.0.1:{free_udp_port()}", 1)
             + f'scripts:\n  sorry:\n    - say: "{SORRY}"\n')
 
@@ -110,28 +111,23 @@ def test_webhook_steps_play_signed_and_reported(start_server, capture, tmp_path)
 
 def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_server, tmp_path):
     """(c) a timeout and (d) garbage, a 5xx, invalid steps: the fallback plays; a 5xx or an
-    unreachable application without a fallback: 480, never answered. Each reason is logged;
-    afterwards no call, port, task, socket or request is left over."""
+    unreachable application without a fallback: 480, never answered; a connect that is refused:
+    the script goes on; a caller who gives up while the application thinks: 487 (and another call
+    is served meanwhile). Each reason is logged; afterwards no call, port, task, socket, live
+    session or request is left over."""
     invalid = json.dumps({"steps": [{"say": "x"}, {"transfer": "sip:1@x"}]}).encode()
     noagent = json.dumps({"steps": [{"connect": f"ws://127.0.0.1:{free_udp_port()}/gone"}, {"say": SORRY}]}).encode()
     app = Application(SECRET, {"/slow": Answer(body=b'{"steps": ["hangup"]}', delay_s=3), "/error": Answer(503),
                                "/garbage": Answer(body=b"<html>oops</html>"), "/invalid": Answer(body=invalid),
                                "/noagent": Answer(body=noagent),
-                               "/think": Answer(body=b'{"steps": ["hangup"]}', delay_s=4)})
+                               "/think": Answer(body=b'{"steps": ["hangup"]}', delay_s=9)})
     app.start()
     try:
         srv, api = serve(start_server, app)
         time.sleep(0.5)
         baseline, fds = metrics(api), sockets(srv.proc.pid)
-        for number in ("4002", "4003", "4004", "4005", "4008"):
-            res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", number, tmp_path, "-m", "1",
-                           "-recv_timeout", "20000", media_port=18800)
-            assert res.returncode == 0, (number, res.stdout[-1500:])
-        for number in ("4006", "4007"):
-            res = run_sipp(srv.uri_host, EXPECT_480, number, tmp_path, "-m", "1", "-recv_timeout", "10000",
-                           media_port=18800)
-            assert res.returncode == 0, (number, res.stdout[-1500:])
-        # the caller gives up while the application is thinking: 487, never answered, the request dropped
+        # while one application thinks (9 s), another call is served: the webhook holds up no other call;
+        # then that caller gives up: 487, never answered, the request abandoned
         sig = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sig.bind(("127.0.0.1", 0))
         sig.settimeout(5)
@@ -139,11 +135,23 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
                           host=LOOPBACK), ("127.0.0.1", srv.port))
         app.wait_for("/think", 1)
         assert metrics(api)["sip_tts_webhook_in_flight"] == 1
+        res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "4003", tmp_path, "-m", "1", "-recv_timeout", "20000",
+                       media_port=18800)
+        assert res.returncode == 0, res.stdout[-1500:]
+        assert metrics(api)["sip_tts_webhook_in_flight"] == 1  # (the first caller is still waiting)
         sig.sendto(request("CANCEL", branch="z9hG4bKgiveup", call_id="give-up", cseq=1), ("127.0.0.1", srv.port))
         final = wait_for(sig, "INVITE", 487)
         sig.sendto(request("ACK", branch="z9hG4bKgiveup", call_id="give-up", cseq=1, to_tag=to_tag(final)),
                    ("127.0.0.1", srv.port))
         sig.close()
+        for number in ("4002", "4004", "4005", "4008"):
+            res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", number, tmp_path, "-m", "1",
+                           "-recv_timeout", "20000", media_port=18800)
+            assert res.returncode == 0, (number, res.stdout[-1500:])
+        for number in ("4006", "4007"):
+            res = run_sipp(srv.uri_host, EXPECT_480, number, tmp_path, "-m", "1", "-recv_timeout", "10000",
+                           media_port=18800)
+            assert res.returncode == 0, (number, res.stdout[-1500:])
         log = srv.log_text()
         for why in ("timeout after 0.5 s; playing the fallback", "invalid JSON (JSONDecodeError); playing the "
                     "fallback", "HTTP 503; playing the fallback", "invalid steps: steps.1.transfer: unknown field; "
@@ -158,11 +166,12 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
             ("4008", "prompt-done", True), ("4009", "cancel", False)]
         assert all("webhook_failure" in e for e in completed if e["to"] not in ("4008", "4009")) and "oops" not in log
         m = settled(srv, api, fds)
-        print(f"\nafter: {({k: v for k, v in m.items() if 'webhook' in k or 'status' in k or 'tasks' in k})}")
+        print(f"\ntasks {baseline['sip_tts_asyncio_tasks']:.0f} before, after: "
+              f"{({k: v for k, v in m.items() if 'webhook' in k or 'status' in k or 'tasks' in k})}")
         assert m["sip_tts_calls_active"] == 0 and m["sip_tts_rtp_ports_in_use"] == 0
         assert m["sip_tts_sip_calls_open"] == 0 and m["sip_tts_live_sessions"] == 0 and m["sip_tts_live_tasks"] == 0
         assert m["sip_tts_webhook_in_flight"] == 0 and m["sip_tts_status_callbacks_queued"] == 0
-        assert m["sip_tts_asyncio_tasks"] <= baseline["sip_tts_asyncio_tasks"] + 4  # + the status senders
+        assert m["sip_tts_asyncio_tasks"] == baseline["sip_tts_asyncio_tasks"] + STATUS_WORKERS  # (started at first use)
         assert sockets(srv.proc.pid) <= fds
         for outcome, n in (("timeout", 1), ("invalid", 2), ("http_error", 2), ("unreachable", 1), ("answered", 1),
                            ("abandoned", 1)):

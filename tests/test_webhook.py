@@ -110,3 +110,20 @@ def test_fallback_by_name_is_a_goto_and_its_prompts_are_cached(prompts):
     assert route.fallback == [Goto(goto="sorry")]
     speech = Speech(prompts, engine=None, default_voice=None, cache=None)  # type: ignore[arg-type]
     assert ("Sorry, try later.", None) in speech.fixed_prompts()
+
+
+def test_call_table_refuses_a_call_whose_source_will_not_play():
+    """The telephony hook under a webhook route: ``media_bound(..., refuse=480)`` sends 480 (never
+    a 200), reports the end, and releases the port (sans-IO: the call table under a real UA)."""
+    from telephony.calls import Phase
+    from tests.sipmsg import invite
+    from tests.test_calls import Harness, kinds
+
+    h = Harness()
+    h.sip(invite())
+    assert h.table.calls["call-1"].phase is Phase.BINDING
+    h.table.media_bound("call-1", True, h.now, refuse=480)
+    done = h.pump()
+    assert kinds(done) == ["Ended", "BargeIn", "Release"] and done[0].reason == "refused"
+    assert h.responses() == [100, 480]
+    assert "call-1" not in h.table.calls and h.table.ports.in_use == 0
