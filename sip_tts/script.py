@@ -182,12 +182,15 @@ class ScriptRun:
         self.heard: list[str] = []  # what was said, in order (logs, `sip-tts say --route`)
         self.typed: str | None = None  # a digit that interrupted a prompt, kept for the next menu
         self.playing: str | None = None  # the kind of step running now (GET /v1/calls)
-        self.literal = False  # text said as it is (no template fields) and never cached: an application's
         self._call: CallHandle | None = None
         self._live: "LiveSession | None" = None
 
     def first_steps(self) -> list[Step]:
         return self.route.script_steps(self.speech.prompts.scripts)
+
+    def literal(self, say: SayStep) -> bool:
+        """Said as written (no template fields) and never cached: an application's text (webhooks)."""
+        return False
 
     async def run(self, call: CallHandle) -> None:
         self._call = call
@@ -263,11 +266,12 @@ class ScriptRun:
         await self._play(self.call, None, barge_in)
 
     async def say(self, say: SayStep) -> None:
-        text = say.text if self.literal else fill(say.text, self.values)
+        literal = self.literal(say)
+        text = say.text if literal else fill(say.text, self.values)
         self.heard.append(text)
         voice = self.speech.voice(say.voice, self.route.voice)
         work = self.speech.speak(self.call.queue, text, voice, self.info.codec,
-                                 cacheable=not self.literal and not has_fields(say.text))
+                                 cacheable=not literal and not has_fields(say.text))
         await self._play(self.call, work, say.barge_in or self.speech.barge_in)
 
     async def connect(self, connect: ConnectStep) -> None:

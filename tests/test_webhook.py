@@ -127,3 +127,25 @@ def test_call_table_refuses_a_call_whose_source_will_not_play():
     assert kinds(done) == ["Ended", "BargeIn", "Release"] and done[0].reason == "refused"
     assert h.responses() == [100, 480]
     assert "call-1" not in h.table.calls and h.table.ports.in_use == 0
+
+
+def test_the_applications_text_is_said_as_written_and_the_files_scripts_as_templates(prompts):
+    """An application's "{caller}" is text, not a template (and never cached); a prompts.yaml
+    script it jumps to keeps its templates."""
+    from sip_tts.script import Speech
+    from sip_tts.webhooks.source import WebhookRun
+    from telephony.call import CallInfo
+
+    async def decide():
+        speech = Speech(prompts, engine=None, default_voice=None, cache=None)  # type: ignore[arg-type]
+        run = WebhookRun(speech, prompts.lookup("4000"), CallInfo("c1", "4000", "5551234", "PCMU"), None)
+        reply = parse_reply(b'{"steps": [{"say": "Dear {caller}"}, {"goto": "sorry"}], "voice": "slow"}', prompts)
+        run.adopt(reply)
+        return run, reply
+
+    import asyncio
+
+    run, reply = asyncio.run(decide())
+    assert run.literal(reply.steps[0].say)
+    assert not run.literal(prompts.scripts["sorry"][0].say)
+    assert run.first_steps() == reply.steps and run.route.voice == "slow"

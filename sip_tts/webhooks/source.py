@@ -19,11 +19,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from config.schema import Route, Step
+from config.schema import Route, SayStep, Step
 from telephony.call import CallHandle, CallInfo
 
 from ..script import ScriptRun, Speech
-from .reply import ReplyError, parse_reply
+from .reply import ReplyError, WebhookReply, parse_reply
 from .service import PRIVATE_HEADERS, call_details
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class WebhookRun(ScriptRun):
         self.webhooks = webhooks
         self.failure: str | None = None  # why the application's steps are not played (logged, reported)
         self._steps: list[Step] = []
+        self._theirs: set[int] = set()  # the application's prompts (by identity): said as written, not cached
         self._decided: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
     async def answer_after(self) -> int | None:
@@ -54,6 +55,9 @@ class WebhookRun(ScriptRun):
     def first_steps(self) -> list[Step]:
         return self._steps
 
+    def literal(self, say: SayStep) -> bool:
+        return id(say) in self._theirs
+
     async def run(self, call: CallHandle) -> None:
         try:
             await self._ask()
@@ -62,6 +66,13 @@ class WebhookRun(ScriptRun):
                 self._decided.set_result(REFUSE)
         if self._steps:
             await super().run(call)
+
+    def adopt(self, reply: WebhookReply) -> None:
+        """Play the application's steps, in its voice; its text is said as written, never cached."""
+        if reply.voice is not None:
+            self.route = self.route.model_copy(update={"voice": reply.voice})
+        self._steps = reply.steps
+        self._theirs = {id(say) for step in reply.steps for say in step.says()}
 
     async def _ask(self) -> None:
         route, info = self.route, self.info
@@ -79,9 +90,7 @@ class WebhookRun(ScriptRun):
                 self.webhooks.requests["invalid"] += 1
             else:
                 self.webhooks.requests["answered"] += 1
-                if reply.voice is not None:
-                    self.route = route.model_copy(update={"voice": reply.voice})
-                self._steps, self.literal = reply.steps, True  # the application's text: no templates, no cache
+                self.adopt(reply)
                 log.info("call %s: webhook answered in %.0f ms: %d steps", info.call_id,
                          (time.perf_counter() - started) * 1000, len(reply.steps))
                 self._decided.set_result(None)
