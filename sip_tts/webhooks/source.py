@@ -59,6 +59,7 @@ class WebhookRun(ScriptRun):
         return id(say) in self._theirs
 
     async def run(self, call: CallHandle) -> None:
+        self.playing = "webhook"  # (GET /v1/calls: the application is being asked)
         try:
             await self._ask()
         finally:
