@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from engine.audio import decode_g711
-from sip_tts.webhooks.service import STATUS_WORKERS
 from telephony.rtp.packet import RtpPacket
 from tests.sipmsg import LOOPBACK, invite, offer, request
 
@@ -171,7 +170,7 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
         assert m["sip_tts_calls_active"] == 0 and m["sip_tts_rtp_ports_in_use"] == 0
         assert m["sip_tts_sip_calls_open"] == 0 and m["sip_tts_live_sessions"] == 0 and m["sip_tts_live_tasks"] == 0
         assert m["sip_tts_webhook_in_flight"] == 0 and m["sip_tts_status_callbacks_queued"] == 0
-        assert m["sip_tts_asyncio_tasks"] == baseline["sip_tts_asyncio_tasks"] + STATUS_WORKERS  # (started at first use)
+        assert m["sip_tts_asyncio_tasks"] == baseline["sip_tts_asyncio_tasks"]
         assert sockets(srv.proc.pid) <= fds
         for outcome, n in (("timeout", 1), ("invalid", 2), ("http_error", 2), ("unreachable", 1), ("answered", 1),
                            ("abandoned", 1)):

@@ -136,6 +136,7 @@ class App:
         settings = server_settings(self.cfg, self.host, self.port, self.rtp_ports, engine.name)
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)
+        await self.webhooks.start()
         self.server = server = SipServer(settings, self.route, hooks=webhooks.StatusHooks(self.webhooks, self.metrics),
                                          available=self.engine_up)  # status callbacks (after the metrics)
         if self.cfg.api.enabled:  # calls handed to applications (sip_tts/live) are driven through the API
