@@ -244,7 +244,7 @@ class App:
 def _leak_gauges(server: SipServer) -> dict:
     """What must return to zero (or its idle value) after calls end, whatever went wrong in them."""
     return {"sip_tts_rtp_ports_in_use": ("RTP ports held by calls",
-                                         lambda: server.table.ports.in_use() if server.table is not None else 0),
+                                         lambda: server.table.ports.in_use if server.table is not None else 0),
             "sip_tts_sip_calls_open": ("calls the SIP user agent has not ended",
                                        lambda: server.ua.active_calls if server.ua is not None else 0),
             "sip_tts_asyncio_tasks": ("tasks on the server's event loop", lambda: len(asyncio.all_tasks()))}
