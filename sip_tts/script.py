@@ -181,7 +181,7 @@ class ScriptRun:
         self.values = call_values(info, route)
         self.heard: list[str] = []  # what was said, in order (logs, `sip-tts say --route`)
         self.typed: str | None = None  # a digit that interrupted a prompt, kept for the next menu
-        self.playing: str | None = None  # the kind of step running now (GET /v1/calls)
+        self.playing: str | None = None  # the kind of step running now, or the last one (GET /v1/calls)
         self._call: CallHandle | None = None
         self._live: "LiveSession | None" = None
 
@@ -197,7 +197,6 @@ class ScriptRun:
         try:
             await self._run_steps()
         finally:
-            self.playing = None
             if self._live is not None and self.speech.live is not None:
                 self.speech.live.close(self.info.call_id)
 

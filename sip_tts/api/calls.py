@@ -69,7 +69,8 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
                 "dialed": call.info.dialed, "codec": call.info.codec, "started": _iso(call.invite_at + wall),
                 "answered": _iso(call.confirmed_at + wall) if call.confirmed_at is not None else None,
                 "first_audio_ms": round((first - call.invite_at) * 1000, 1) if first is not None else None,
-                "playing": getattr(call.source, "playing", None),
+                "playing": {"step": getattr(call.source, "playing", None),
+                            "queued_ms": round(call.queue.pending * 20)},
                 "live": session.status() if session is not None else None}
 
     def find(call_id: str):
