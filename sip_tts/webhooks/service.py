@@ -12,6 +12,7 @@ environment are ignored: the application is the URL in prompts.yaml and nothing 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import importlib
 import json
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sip_tts.webhooks")
 STATUS_WORKERS = 4
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 # What the first request would import on the event loop (25 ms measured), and the connect step's client
 WARM_IMPORTS = ("anyio._backends._asyncio", "anyio.streams.tls", "anyio.streams.stapled", "websockets.asyncio.client")
 STATUS_TIMEOUT_S = 5.0
@@ -59,6 +61,8 @@ class Webhooks:
         self.in_flight = 0
         self.requests: collections.Counter[str] = collections.Counter()  # outcome -> count
         self.callbacks: collections.Counter[str] = collections.Counter()  # sent, failed, dropped
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)  # requests per bucket (the last: above them all)
+        self.latency_sum = 0.0
 
     async def start(self) -> None:
         """Build the client and import what a first request needs in a thread, and start the status
@@ -98,6 +102,7 @@ class Webhooks:
         """POST ``payload``; (the reply's body, "") or (None, why not). Never raises, never takes
         longer than ``timeout`` (a slot, connecting, sending and reading included). Failures are
         counted here by kind; the caller counts a body as ``answered`` or ``invalid``."""
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 async with self._slots:
@@ -117,6 +122,9 @@ class Webhooks:
             kind, why, body = "http_error", f"http error ({type(exc).__name__})", None
         if body is None:
             self.requests[kind] += 1
+        seconds = time.perf_counter() - started
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
         return body, why
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[str, str, bytes | None]:

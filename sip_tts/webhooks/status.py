@@ -7,13 +7,14 @@ status``: returns at once, so the pacer and the SIP pump never wait on an applic
 
 from __future__ import annotations
 
+import itertools
 import time
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from telephony.calls import Call
 from telephony.media_io import ServerHooks
 
-from .service import Webhooks, call_details
+from .service import LATENCY_BUCKETS, Webhooks, call_details
 from .source import secret_of
 
 
@@ -57,6 +58,11 @@ class WebhookCollector:
         yield _by_outcome("sip_tts_webhook_requests", "webhook requests by outcome (answered, invalid, timeout, "
                           "unreachable, http_error, abandoned: the caller hung up first)", w.requests)
         yield GaugeMetricFamily("sip_tts_webhook_in_flight", "webhook requests being sent", value=w.in_flight)
+        counts = list(itertools.accumulate(w.latency))
+        yield HistogramMetricFamily("sip_tts_webhook_seconds", "webhook request to reply (or failure): the caller "
+                                    "hears nothing meanwhile", sum_value=w.latency_sum,
+                                    buckets=[(str(le), n) for le, n in zip(LATENCY_BUCKETS, counts)]
+                                    + [("+Inf", counts[-1])])
         yield _by_outcome("sip_tts_status_callbacks", "status callbacks: sent, failed, dropped (queue full)",
                           w.callbacks)
         yield GaugeMetricFamily("sip_tts_status_callbacks_queued", "status callbacks waiting", value=w.status_queued)
