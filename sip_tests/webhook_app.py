@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Answer:
     status: int = 200
     body: bytes = b""
     delay_s: float = 0.0
+    make: Callable[[dict], bytes] | None = None  # the body from the request's (instead of ``body``)
 
 
 def signature_ok(secret: str, body: bytes, header: str, now: float) -> bool:
@@ -60,12 +62,13 @@ class Application:
                     app.secret, body, self.headers.get("X-Sip-Tts-Signature", ""), time.time()), time.time()))
                 answer = app.answers.get(self.path, Answer(204))
                 time.sleep(answer.delay_s)
+                reply = answer.make(app.received[-1].body) if answer.make is not None else answer.body
                 try:
                     self.send_response(answer.status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.send_header("Content-Length", str(len(reply)))
                     self.end_headers()
-                    self.wfile.write(answer.body)
+                    self.wfile.write(reply)
                 except OSError:  # the server gave up waiting (a timeout test)
                     pass
 
