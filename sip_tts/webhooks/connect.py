@@ -33,8 +33,12 @@ async def run_connect(run: "ScriptRun", step: ConnectStep) -> None:
 
     from ..live import Command, WebsocketsChannel
 
-    session = run.live_session()
     info = run.info
+    try:
+        session = run.live_session()
+    except RuntimeError as exc:  # live calls are off (api.enabled: false)
+        log.warning("call %s: connect: %s; going on with the script", info.call_id, exc)
+        return
     headers = {"X-Sip-Tts-Call-Id": info.call_id}
     secret = run.route.webhook_secret or run.speech.prompts.webhooks.secret
     if secret:
