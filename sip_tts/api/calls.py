@@ -25,6 +25,7 @@ from engine.prompt_cache import frames_of, render_wav
 
 from .context import ApiContext
 from .errors import ApiError, error_response, responses
+from .speech import _not_blank
 
 log = logging.getLogger("sip_tts.api")
 MAX_SAY = 4096
@@ -38,12 +39,7 @@ class SayRequest(BaseModel):
     mode: Literal["queue", "interrupt"] = Field("queue", description="queue: after what is queued; "
                                                 "interrupt: instead of it (clear first)")
 
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("is blank")
-        return v
+    _blank = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
 
 
 class Queued(BaseModel):

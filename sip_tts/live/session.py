@@ -53,6 +53,7 @@ class _Utterance:
     text: str
     voice: VoiceSpec
     since: float  # loop time of the message that made it speakable
+    engine_at: float | None = None  # loop time of the engine's first audio for it
     buf: bytearray = field(default_factory=bytearray)
     done: bool = False
     failed: bool = False
@@ -269,6 +270,8 @@ class LiveSession:
         self.utterances += 1
         try:
             async for data in self.engine.stream_line(u.text, u.voice, self.info.codec):
+                if u.engine_at is None:
+                    u.engine_at = self.loop.time()
                 u.buf += data
                 u.ready.set()
         except asyncio.CancelledError:
@@ -314,7 +317,7 @@ class LiveSession:
             if u.buf:
                 if not started:
                     self.queue.pad_frame()
-                    self._start_run(u.since)
+                    self._start_run(u.since, u.engine_at)
                     started = True
                 self.queue.push(bytes(u.buf))
                 u.buf.clear()
@@ -324,11 +327,11 @@ class LiveSession:
         if u.failed:
             self._emit(event("error", message="synthesis failed", field="text"))
 
-    def _start_run(self, since: float) -> None:
+    def _start_run(self, since: float, engine_at: float | None = None) -> None:
         """Audio is about to be queued: if nothing is playing, it starts a speech run (``speaking``)."""
         if not self.speaking:
             self.speaking = True
-            self._watch(self.queue.queued + 1, "speaking", since)
+            self._watch(self.queue.queued + 1, "speaking", (since, engine_at))
 
     # -- frame watches: when audio reached the wire -------------------------------------------
     def _watch(self, frame: int, kind: str, data: object) -> None:
@@ -352,9 +355,11 @@ class LiveSession:
             _, _, kind, data = heapq.heappop(self._watches)
             if kind == "speaking":
                 self._starved_at = self.queue.starved
-                ms = round((at - data) * 1000, 1)  # type: ignore[operator]
+                since, engine_at = data  # type: ignore[misc]
+                ms = round((at - since) * 1000, 1)
                 self.latencies_ms.append(ms)
-                self._emit(event("speaking", latency_ms=ms))
+                self._emit(event("speaking", latency_ms=ms, engine_ms=round((engine_at - since) * 1000, 1)
+                                 if engine_at is not None else None))
             elif kind == "mark":
                 self._emit(event("mark", name=data))
             elif kind == "idle":
