@@ -71,7 +71,7 @@ def start_server(work: Path, a: argparse.Namespace) -> tuple[subprocess.Popen, i
         engine = (f"engine:\n  kind: chatterbox\n  model_dir: {a.model_dir}\n  device: {a.device}\n"
                   f"  max_streams: {n}\n  max_tokens: {a.max_tokens}\n")
     else:
-        engine = "engine:\n  kind: espeak\n"
+        engine = f"engine:\n  kind: espeak\n  process: {str(a.espeak_process).lower()}\n"
     (work / "server.yaml").write_text(
         f"sip:\n  listen: 127.0.0.1:{sip_port}\n  advertised_address: 127.0.0.1\n  tcp: false\n"
         f"rtp:\n  port_min: 30000\n  port_max: 39999\n{engine}"
@@ -326,6 +326,7 @@ def main() -> int:
     ap.add_argument("--stream-calls", type=int, default=128, help="part 2 (0: skip it)")
     ap.add_argument("--stream-s", type=float, default=20.0)
     ap.add_argument("--word-ms", type=float, default=100.0, help="part 2: one word this often per call")
+    ap.add_argument("--espeak-process", action="store_true", help="espeak in its own process (resampling there too)")
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-tokens", type=int, default=75, help="chatterbox: speech tokens per utterance (3 s)")
