@@ -118,7 +118,7 @@ class Webhooks:
             kind, why, body = "timeout", f"timeout after {timeout:g} s", None
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS: the application cannot be reached
             kind, why, body = "unreachable", f"unreachable ({type(exc).__name__})", None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             kind, why, body = "http_error", f"http error ({type(exc).__name__})", None
         if body is None:
             self.requests[kind] += 1
