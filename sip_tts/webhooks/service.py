@@ -161,14 +161,15 @@ class Webhooks:
         assert self._queue is not None
         while True:
             url, secret, payload = await self._queue.get()
+            body, headers = self._body(payload, secret)
             try:
                 async with asyncio.timeout(STATUS_TIMEOUT_S):
-                    resp = await self.client.post(url, content=(b := self._body(payload, secret))[0], headers=b[1])
+                    resp = await self.client.post(url, content=body, headers=headers)
                 ok = 200 <= resp.status_code < 300
                 why = "" if ok else f"HTTP {resp.status_code}"
             except TimeoutError:
                 ok, why = False, f"timeout after {STATUS_TIMEOUT_S:g} s"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # (httpx's errors, a URL it cannot use): the sender itself goes on
                 ok, why = False, type(exc).__name__
             finally:
                 self._queue.task_done()
