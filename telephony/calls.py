@@ -98,6 +98,7 @@ class Call:
     rtcp_remote: Address | None = None  # where the caller's RTCP comes from (else RTP port + 1)
     peer_report: ReportBlock | None = None  # the caller's view of our stream
     srtp: SrtpContext | None = None  # the call's SRTP sessions (telephony/rtp/srtp.py) when it is SRTP
+    tap_audio: bool = False  # the audio source asked for the caller's audio (``CallerAudio`` actions)
 
     @property
     def crypto(self) -> str | None:
@@ -151,6 +152,15 @@ class Digit(Action):
     """A digit for the call's audio source."""
 
     digit: DtmfDigit
+
+
+@dataclass(frozen=True)
+class CallerAudio(Action):
+    """A packet of the caller's audio for the audio source (only while it listens: ``tap_audio``)."""
+
+    sequence: int
+    timestamp: int
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -264,12 +274,18 @@ class CallTable:
         self._actions.append(Bind(call, port))
 
     # -- I/O results ----------------------------------------------------------------------
-    def media_bound(self, call_id: str, ok: bool, now: float) -> None:
-        """The RTP socket of ``Bind`` is bound (``ok``), or its port was taken by another process."""
+    def media_bound(self, call_id: str, ok: bool, now: float, refuse: int | None = None) -> None:
+        """The RTP socket of ``Bind`` is bound (``ok``), or its port was taken by another process.
+        ``refuse``: the audio source will not play (its application failed): refuse with this status."""
         call = self.calls.get(call_id)
         if call is None:
             return
         if call.ended:  # cancelled or hung up while binding
+            self._actions.append(Release(call, None))
+            return
+        if ok and refuse:
+            self.ua.reject(call_id, refuse, now)
+            self._finish(call, "refused", now)
             self._actions.append(Release(call, None))
             return
         if not ok:
@@ -337,6 +353,13 @@ class CallTable:
             if addr != call.remote:
                 log.info("call %s: RTP latched to %s:%d (SDP said %s:%d)", call.info.call_id, *addr, *call.remote)
                 call.media = dataclasses.replace(call.media, remote_host=addr[0], remote_port=addr[1])
+        if call.tap_audio and len(data) >= 12 and (data[1] & 0x7F) == call.media.payload_type:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError:
+                return
+            self._actions.append(CallerAudio(call, packet.sequence, packet.timestamp, packet.payload))
+            return
         if call.dtmf is None or len(data) < 12 or (data[1] & 0x7F) != call.media.dtmf_payload_type:
             return
         try:

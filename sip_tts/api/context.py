@@ -86,6 +86,7 @@ class ApiContext:
     metrics: ApiMetrics
     speed_native: bool  # espeak: speed scales its rate; chatterbox has none
     engine_loop: asyncio.AbstractEventLoop | None = None  # set in own_thread mode
+    live: object = None  # sip_tts.live.LiveCalls: the calls in progress, for /v1/calls (None: no SIP)
     active: int = 0
 
     @property
