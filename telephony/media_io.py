@@ -15,7 +15,7 @@ from structlog.contextvars import bind_contextvars, bound_contextvars
 from media import SAMPLE_RATE, silence
 
 from .addresses import for_v6_socket
-from .call import CallHandle
+from .call import CallControl, CallHandle
 from .calls import Action, Answered, BargeIn, Bind, Call, CallTable, Digit, Ended, Produce, Release, SendRtcp, StartSending
 from .rtp.pacer import PacerClock, RtpSender
 from .transports import CallSocket, bind_udp
@@ -53,6 +53,7 @@ class MediaIO:
         self.v6 = ":" in listen_host  # IPv6 sockets (dual stack on "::"): IPv4 peers as ::ffff:a.b.c.d
         self.pump = pump  # the server's: after an I/O result, the cores' new output goes out
         self._io: dict[str, _CallIO] = {}
+        self.control: CallControl | None = None  # what a call's script may ask of the server (transfer)
 
     def now(self) -> float:
         return self.loop.time()
@@ -62,7 +63,14 @@ class MediaIO:
         call = action.call
         call_id = call.info.call_id
         if isinstance(action, Produce):
+            before = self._io.get(call_id)  # an outbound call answered in another codec: audio made again
             io = self._io[call_id] = _CallIO(CallHandle(call.info, call.queue))
+            if before is not None:
+                io.rtp, io.rtcp = before.rtp, before.rtcp
+                if before.producer is not None:
+                    before.producer.cancel()
+            if self.control is not None:
+                io.handle.control = self.control
             io.producer = asyncio.ensure_future(self._produce(call, io.handle))
         elif isinstance(action, Bind):
             asyncio.ensure_future(self._bind(call, action.port))
