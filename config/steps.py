@@ -66,6 +66,19 @@ class CollectStep(_Strict):
 
 
 # -- what a step runs against and reports to --------------------------------------------------
+class TransferStep(_Strict):
+    target: str = Field(min_length=1, description="SIP URI the caller is referred to (blind transfer, REFER)")
+    timeout_s: float = Field(30, gt=0, le=300, description="no final outcome by then: the transfer failed")
+
+    @field_validator("target")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        from telephony.sip.uri import SipUri
+
+        SipUri.parse(v)  # ValueError says what is wrong
+        return v
+
+
 class ScriptContext(Protocol):
     """One call walking a script: what a step may do."""
 
@@ -89,6 +102,10 @@ class ScriptContext(Protocol):
         """A template value for the rest of the call."""
 
     def log(self, msg: str, *args: object) -> None: ...
+
+    async def transfer(self, target: str, timeout_s: float) -> str:
+        """Blind-transfer the call; ``succeeded`` (the call is over) or ``failed`` (it goes on)."""
+        ...
 
 
 class References:
@@ -262,11 +279,22 @@ class Hangup(_Step):
         return END
 
 
+class Transfer(_Step):
+    """Hand the call to ``target`` once what was said has played; on failure the script goes on."""
+
+    kind: ClassVar[str] = "transfer"
+    transfer: TransferStep
+
+    async def run(self, ctx: ScriptContext) -> str | None:
+        await ctx.played()
+        return END if await ctx.transfer(self.transfer.target, self.transfer.timeout_s) == "succeeded" else None
+
+
 class _Unknown(_Strict):
     """A mapping naming no step type: validation reports its keys as unknown fields."""
 
 
-STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup)}
+STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Transfer)}
 UNKNOWN = "unknown-step"  # the union's tag for _Unknown (never shown: the loader drops union tags)
 
 
@@ -282,6 +310,8 @@ def _short_forms(data: object) -> object:
         data["say"] = {"text": data["say"]}
     if isinstance(data.get("play"), str):
         data["play"] = {"file": data["play"]}
+    if isinstance(data.get("transfer"), str):
+        data["transfer"] = {"target": data["transfer"]}
     for key in ("menu", "collect"):
         if isinstance(data.get(key), dict) and isinstance(data[key].get("prompt"), str):
             data[key] = {**data[key], "prompt": {"text": data[key]["prompt"], "barge_in": True}}

@@ -210,6 +210,19 @@ class ScriptRun:
     def log(self, msg: str, *args: object) -> None:
         log.info("call %s: " + msg, self.info.call_id, *args)
 
+    async def transfer(self, target: str, timeout_s: float) -> str:
+        control = self.call.control
+        try:
+            if control is None:
+                raise KeyError(self.info.call_id)
+            kind, status, reason = await control.transfer(self.info.call_id, target, timeout_s)
+        except KeyError:  # (only calls we placed can be transferred so far)
+            kind, status, reason = "failed", None, "not a call we placed"
+        except RuntimeError as exc:
+            kind, status, reason = "failed", None, str(exc)
+        self.log("transfer to %s %s%s", target, kind, f" ({status} {reason})" if status else f" ({reason})")
+        return kind
+
     def pause(self, seconds: float) -> None:
         self.call.queue.pad_frame()
         self.call.queue.push_frames([silence(self.info.codec)] * round(FRAMES_PER_SECOND * seconds))

@@ -33,7 +33,7 @@ class CallInfo:
 class CallControl(Protocol):
     """What a call's audio source may ask of the server beyond its audio (outbound_io.py serves it)."""
 
-    async def transfer(self, call_id: str, target: str) -> tuple[str, int | None, str]:
+    async def transfer(self, call_id: str, target: str, timeout_s: float = 30.0) -> tuple[str, int | None, str]:
         """Blind transfer (REFER); (``succeeded`` | ``failed``, SIP code, reason) once known."""
         ...
 

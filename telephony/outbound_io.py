@@ -138,7 +138,7 @@ class OutboundIO:
     def hangup(self, call_id: str, now: float) -> None:
         self.calls.hangup(call_id, now)
 
-    async def transfer(self, call_id: str, target: str) -> tuple[str, int | None, str]:
+    async def transfer(self, call_id: str, target: str, timeout_s: float = 30.0) -> tuple[str, int | None, str]:
         """Blind transfer of an answered outbound call; its outcome once the NOTIFYs tell it."""
         pending = self._pending.get(call_id)
         if pending is None or not self.calls.owns(call_id):
@@ -146,7 +146,11 @@ class OutboundIO:
         if pending.transfer is not None and not pending.transfer.done():
             raise RuntimeError("a transfer is already in progress")
         pending.transfer = self._loop.create_future()
-        self.calls.transfer(call_id, target, self._loop.time())  # RuntimeError: not answered yet
+        try:
+            self.calls.transfer(call_id, target, self._loop.time(), timeout_s)  # RuntimeError: not answered yet
+        except RuntimeError:
+            pending.transfer = None
+            raise
         self._pump()
         return await pending.transfer
 

@@ -397,15 +397,17 @@ class OutboundCall:
         self._hops[key] = self._hop_for(dialog)
 
     def _collect(self) -> None:
-        """Move what the transactions queued into the outgoing list, with their destinations."""
+        """Move what the transactions queued into the outgoing list, with their destinations.
+        Our answers go first: the 200 to a NOTIFY that reports a transfer's success leaves
+        before the BYE it caused."""
+        for tx, addr in self._server_txs.values():
+            if tx.outbox:
+                self._outgoing.extend(Send(data, None, addr) for data in tx.outbox)
+                tx.outbox.clear()
         for key, tx in self._txs.items():
             if tx.outbox:
                 hop = self._hops.get(key, self._first_hop())
                 self._outgoing.extend(Send(data, hop, None) for data in tx.outbox)
-                tx.outbox.clear()
-        for tx, addr in self._server_txs.values():
-            if tx.outbox:
-                self._outgoing.extend(Send(data, None, addr) for data in tx.outbox)
                 tx.outbox.clear()
         if self.transfer_job is not None and self.dialog is not None:
             hop = self._hop_for(self.dialog)
