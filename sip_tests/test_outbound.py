@@ -253,3 +253,16 @@ def test_trunk_cps_limit(api, tmp_path):
 def test_bad_requests_name_the_field(api, body, param):
     r = place(api, body)
     assert r.status_code in (400, 501) and r.json()["error"]["param"] == param, r.text
+
+
+def test_cli_call_follows_the_call(api, tmp_path):
+    """`sip-tts call` places the call through the API and prints its steps to the outcome."""
+    proc, port = uas(tmp_path, "uas_busy.xml")
+    res = subprocess.run([sys.executable, "-m", "sip_tts.cli", "call", f"sip:someone@127.0.0.1:{port}", "--say",
+                          "Hello.", "--config", str(api.srv.workdir / "server.yaml")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    sipp_done(proc, tmp_path)
+    assert res.returncode == 1, res.stderr  # not answered
+    lines = res.stdout.splitlines()
+    assert lines[0].endswith("@sip-tts") and lines[1:] == ["  initiated", "  trying (100 Trying)",
+                                                           "  busy (486 Busy Here)"], res.stdout
