@@ -10,7 +10,6 @@ the audio of an answered call is an ordinary script run (``say`` is a one-step s
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import time
@@ -20,6 +19,7 @@ from typing import Callable
 from config.schema import Route, ServerConfig
 from config.steps import References
 from config.trunks import TrunkSettings
+from telephony.addresses import is_ip
 from telephony.call import CallInfo
 from telephony.outbound_io import Dial, OutboundIO, Progress, Trunk
 from telephony.sip.outbound import CallProgress
@@ -130,7 +130,7 @@ class Originator:
 
         host, port = parse_hostport(cfg.address)
         ip = host.strip("[]")
-        if not _is_ip(ip):
+        if not is_ip(ip):
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(ip, port)
             except OSError as exc:
@@ -242,14 +242,6 @@ class OutboundGauges:
 
 def _is_uri(text: str) -> bool:
     return text.lower().startswith(("sip:", "sips:"))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _domain(trunk: Trunk) -> str:

@@ -12,13 +12,13 @@ without blocking, opening a TCP connection to a trunk when needed) and serves tr
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import socket
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from .addresses import is_ip
 from .call import AudioSource, CallInfo
 from .calls import CallTable
 from .ports import PortsExhausted
@@ -228,7 +228,7 @@ class OutboundIO:
         call_id = _call_id(data)
         host, port, _ = hop_address(uri)
         transport = _transport(data)  # the call's (our Via says it), whatever the hop's URI says
-        ip = host if _is_ip(host) else self._resolved.get(host)
+        ip = host if is_ip(host) else self._resolved.get(host)
         if ip is None:
             self._spawn(self._resolve_then_send(data, host, port, transport, call_id))
             return
@@ -282,14 +282,6 @@ def _call_id(data: bytes) -> str:
 def _transport(data: bytes) -> str:
     match = _VIA.search(data)
     return match.group(1).decode().upper() if match else "UDP"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _bracket(host: str) -> str:

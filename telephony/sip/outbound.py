@@ -32,6 +32,7 @@ Why the details are as they are:
 * 2xx retransmissions are re-ACKed with the same ACK (§13.2.2.4); a 2xx from a
   second fork (another To tag) is ACKed and sent a BYE at once: one call, one dialog.
 * Redirects (3xx) are not followed: they end as ``failed`` with the code.
+* A REFER from the far end gets 405 with our Allow (see ``refer.py``): we never act on one.
 
 Requests go out with ``uri`` set: the SIP URI whose host/port is the next hop
 (outbound proxy, route set or target); the I/O layer resolves it. Responses to
@@ -51,7 +52,7 @@ from .digest_client import DigestClient
 from .invite_client import ClientEvent, InviteClientTransaction
 from .message import (Headers, Message, Request, Response, SipParseError, check_address_headers, parse_message,
                       response_for)
-from .refer import BlindTransfer, TransferEvent, refuse_refer
+from .refer import BlindTransfer, TransferEvent
 from .sdp import NegotiatedAudio, SdpError, SessionDescription, negotiate, parse_sdp
 from .transaction import (
     T1,
@@ -568,8 +569,6 @@ class OutboundCall:
             else:
                 resp = self.transfer_job.on_notify(req, now)
                 self._take_transfer_events(now)
-        elif req.method == "REFER":
-            resp = refuse_refer(req)
         elif req.method in ("OPTIONS", "INFO"):
             resp = response_for(req, 200, extra=[("Allow", ALLOW)])
         elif req.method in ("INVITE", "UPDATE"):

@@ -17,12 +17,12 @@ as a UAC, and answers everything else with 405 or 501. Malformed input gets
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .. import PRODUCT
+from ..addresses import is_ip as _is_ip
 from ..admission import Admission
 from .auth import DigestAuthenticator
 from .dialog import Dialog, new_branch, new_tag
@@ -839,14 +839,6 @@ def _accepts_sdp(req: Request) -> bool:
             if media in ("application/sdp", "application/*", "*/*") or (not media and len(values) == 1):
                 return True
     return False
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _user_of(value: str | None) -> str:

@@ -13,36 +13,11 @@ set -u
 sip_port=$1 out=$2 secs=$3
 work=$(mktemp -d /tmp/answer-and-record.XXXXXX)
 trap '[ "${KEEP_TMP:-0}" = 1 ] && echo "kept $work" >&2 || rm -rf "$work"' EXIT
-mkdir -p "$work/conf" "$work/dump"
+mkdir -p "$work"
 src=$work/silence.wav
 sox -q -n -r 8000 -c 1 -b 16 -e signed-integer "$src" trim 0 "$(( ${secs%.*} + 5 ))"
-echo "<sip:callee@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU/8000/1" > "$work/conf/accounts"
-: > "$work/conf/contacts"
-cat > "$work/conf/config" <<CONF
-poll_method epoll
-sip_listen 127.0.0.1:$sip_port
-net_interface 127.0.0.1
-call_max_calls 1
-audio_source aufile,$src
-audio_player aubridge,play
-audio_alert aubridge,alert
-ausrc_srate 8000
-auplay_srate 8000
-ausrc_channels 1
-auplay_channels 1
-audio_buffer 20-160
-rtp_ports ${BARESIP_RTP_PORTS:-30200-30300}
-rtcp_mux no
-jitter_buffer_delay 5-10
-module_path /usr/lib/baresip/modules
-module g711.so
-module aufile.so
-module aubridge.so
-module sndfile.so
-module_tmp account.so
-module_app menu.so
-snd_path $work/dump
-CONF
+. "$(dirname "$0")/config.sh"
+baresip_config "$work" "$sip_port" "${BARESIP_RTP_PORTS:-30200-30300}" "$src" "<sip:callee@127.0.0.1>;answermode=auto"
 log=$work/baresip.log
 baresip -f "$work/conf" -t "$(( ${secs%.*} + 5 ))" </dev/null >"$log" 2>&1 &
 pid=$!
