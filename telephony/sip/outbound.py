@@ -54,17 +54,8 @@ from .message import (Headers, Message, Request, Response, SipParseError, check_
                       response_for)
 from .refer import BlindTransfer, TransferEvent
 from .sdp import NegotiatedAudio, SdpError, SessionDescription, negotiate, parse_sdp
-from .transaction import (
-    T1,
-    Input,
-    InviteServerTransaction,
-    NonInviteClientTransaction,
-    NonInviteServerTransaction,
-    State,
-    TuEvent,
-    _Transaction,
-    response_input,
-)
+from .transaction import (T1, Input, InviteServerTransaction, NonInviteClientTransaction, NonInviteServerTransaction,
+                          State, TuEvent, _Transaction, response_input)
 from .uac import branch_of, build_offer, uac_dialog
 from .uri import NameAddr, SipUri
 
