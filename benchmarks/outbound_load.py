@@ -47,6 +47,7 @@ SCENARIO = ROOT / "sip_tests" / "scenarios" / "uas_answer.xml"
 TEXT = "Your code is four two seven one."
 _CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", re.M | re.I)
 _INVITE_CSEQ = re.compile(rb"^CSeq[ \t]*:[ \t]*\d+[ \t]+INVITE", re.M | re.I)
+ERRORS = Path(tempfile.gettempdir()) / "outbound_load_sipp_errors.log"  # SIPp's account of failed calls
 _BENCH_USER = re.compile(rb"^INVITE sip:bench-(\d+)@")
 _AUDIO_PORT = re.compile(rb"^m=audio (\d+) ", re.M)
 
@@ -69,7 +70,7 @@ def start_server(work: Path, sip_port: int, api_port: int, trunk_port: int) -> s
 def start_uas(work: Path, port: int, sink_port: int) -> subprocess.Popen:
     proc = subprocess.Popen(["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin",
                              "-key", "sink_port", str(sink_port), "-trace_stat", "-fd", "1",
-                             "-stf", str(work / "uas_stats.csv")],
+                             "-stf", str(work / "uas_stats.csv"), "-trace_err", "-error_file", str(ERRORS)],
                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return proc

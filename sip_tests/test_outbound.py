@@ -174,6 +174,7 @@ def test_digest_answer_records_the_prompt(api, tmp_path):
     trace = sipp_done(proc, tmp_path)
     assert f"INVITE sip:+15550100@127.0.0.1:{Ports.carrier}" in trace and "Authorization: Digest" in trace
     assert "m=audio" in trace and "telephone-event/8000" in trace and "RTP/AVP 0 8 101" in trace
+    assert "From: <sip:sip-tts@127.0.0.1>;tag=" in trace
     assert status.events(until="ended") == ["initiated", "ringing", "answered", "ended"]
     wait_log(api, rf"call {re.escape(call_id)}: ended")
     corr, _ = best_correlation(decode_g711(payload, "PCMU").astype(np.float64), reference(api, tmp_path))

@@ -164,8 +164,11 @@ class Originator:
         user = NUMBER_NOISE.sub("", given) if given is not None else (cfg.caller_id if cfg else None)
         if given is not None and not NUMBER.match(user or ""):
             raise BadRequest("from", f"neither a SIP URI nor a number: {given!r}")
-        host = _domain(trunk) if trunk is not None else self.outbound.table.settings.advertised_host
-        return f"sip:{user or 'sip-tts'}@{host if ':' not in host else f'[{host}]'}"
+        if trunk is not None:
+            host = trunk.domain or _bracket(trunk.host)  # (a From names no port)
+        else:
+            host = _bracket(self.outbound.table.settings.advertised_host)
+        return f"sip:{user or 'sip-tts'}@{host}"
 
     def _source(self, order: CallOrder) -> Callable[[CallInfo], ScriptRun]:
         """The answered call's script (checked now: unknown voices and scripts are a 400)."""
@@ -244,8 +247,12 @@ def _is_uri(text: str) -> bool:
     return text.lower().startswith(("sip:", "sips:"))
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _domain(trunk: Trunk) -> str:
+    """The host part of a Request-URI through ``trunk``: its domain, else its address."""
     if trunk.domain:
         return trunk.domain
-    host = f"[{trunk.host}]" if ":" in trunk.host else trunk.host
-    return f"{host}:{trunk.port}" if trunk.port != 5060 else host
+    return _bracket(trunk.host) + (f":{trunk.port}" if trunk.port != 5060 else "")
