@@ -216,8 +216,8 @@ class ScriptRun:
             if control is None:
                 raise KeyError(self.info.call_id)
             kind, status, reason = await control.transfer(self.info.call_id, target, timeout_s)
-        except KeyError:  # (only calls we placed can be transferred so far)
-            kind, status, reason = "failed", None, "not a call we placed"
+        except KeyError:  # (the call is gone)
+            kind, status, reason = "failed", None, "no such call"
         except RuntimeError as exc:
             kind, status, reason = "failed", None, str(exc)
         self.log("transfer to %s %s%s", target, kind, f" ({status} {reason})" if status else f" ({reason})")

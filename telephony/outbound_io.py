@@ -85,6 +85,7 @@ class OutboundIO:
         self._loop = loop
         self._pump = pump  # the server's: after an I/O result outside a pump pass
         self._pending: dict[str, _Pending] = {}
+        self._inbound: dict[str, asyncio.Future] = {}  # transfers of inbound calls (the UA sends their REFER)
         self._resolved: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self.listeners: list[Callable[[Progress], None]] = []  # the application's: status callbacks, events
@@ -139,10 +140,11 @@ class OutboundIO:
         self.calls.hangup(call_id, now)
 
     async def transfer(self, call_id: str, target: str, timeout_s: float = 30.0) -> tuple[str, int | None, str]:
-        """Blind transfer of an answered outbound call; its outcome once the NOTIFYs tell it."""
+        """Blind transfer of an answered call (ours or an inbound one); its outcome once the
+        NOTIFYs tell it. KeyError: no such call; RuntimeError: not answered, or one in progress."""
         pending = self._pending.get(call_id)
         if pending is None or not self.calls.owns(call_id):
-            raise KeyError(call_id)
+            return await self._transfer_inbound(call_id, target, timeout_s)
         if pending.transfer is not None and not pending.transfer.done():
             raise RuntimeError("a transfer is already in progress")
         pending.transfer = self._loop.create_future()
@@ -153,6 +155,31 @@ class OutboundIO:
             raise
         self._pump()
         return await pending.transfer
+
+    async def _transfer_inbound(self, call_id: str, target: str, timeout_s: float) -> tuple[str, int | None, str]:
+        call = self.table.calls.get(call_id)
+        if call is None or call.outbound or call.ended:
+            raise KeyError(call_id)
+        if call_id in self._inbound:
+            raise RuntimeError("a transfer is already in progress")
+        self.table.ua.transfer(call_id, target, self._loop.time(), timeout_s)  # the UA's REFER
+        future = self._inbound[call_id] = self._loop.create_future()
+        self._pump()
+        try:
+            return await future
+        finally:
+            self._inbound.pop(call_id, None)
+
+    def ua_transfer_event(self, ev: TransferEvent, now: float) -> None:
+        """An inbound call's transfer moved (the UA's REFER job): the call ends when it succeeded."""
+        log.info("call %s: transfer %s%s", ev.call_id, ev.kind, f" ({ev.status} {ev.reason})" if ev.status else "")
+        if ev.kind == "succeeded":
+            call = self.table.calls.get(ev.call_id)
+            if call is not None:
+                self.table.hangup(call, "transferred", now)
+        future = self._inbound.get(ev.call_id)
+        if ev.kind in ("succeeded", "failed") and future is not None and not future.done():
+            future.set_result((ev.kind, ev.status, ev.reason))
 
     def active(self, trunk: str | None = None) -> int:
         return self.calls.active(trunk)

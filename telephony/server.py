@@ -25,6 +25,7 @@ from .outbound_io import OutboundIO
 from .ports import PortAllocator
 from .rtp.pacer import PacerClock
 from .sip.auth import DigestAuthenticator
+from .sip.refer import TransferEvent
 from .sip.registration import Registration, RegistrationConfig
 from .sip.uri import SipUri
 from .sip.useragent import UserAgent, UserAgentConfig
@@ -212,6 +213,9 @@ class SipServer:
                 with bound_contextvars(call_id=action.call.info.call_id, dialed=action.call.info.dialed):
                     media.act(action)
             for event in events:
+                if isinstance(event, TransferEvent) and outbound is not None:  # an inbound call's REFER
+                    outbound.ua_transfer_event(event, self._now())
+                    continue
                 known = table.calls.get(getattr(event, "call_id", ""))
                 with bound_contextvars(call_id=getattr(event, "call_id", None),
                                        dialed=known.info.dialed if known else getattr(event, "dialed", None)):

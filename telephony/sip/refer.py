@@ -179,6 +179,10 @@ class BlindTransfer:
                 self._conclude("failed", status, reason)
         return response_for(req, 200, "OK")
 
+    def abandon(self, reason: str) -> None:
+        """The call ended first: the transfer failed (the REFER's transaction may still finish)."""
+        self._conclude("failed", None, reason)
+
     def _conclude(self, kind: str, status: int | None, reason: str) -> None:
         if self.outcome is None:
             self.outcome = kind
