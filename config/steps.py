@@ -9,7 +9,7 @@ says, plays and reads digits for one call. Adding a step type: a class here and 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Iterator, Protocol, Union
+from typing import Annotated, ClassVar, Iterator, Literal, Protocol, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 
@@ -57,12 +57,25 @@ class MenuStep(_Strict):
         return v
 
 
+class ConnectStep(_Strict):
+    url: str = Field(pattern=r"^wss?://[^\s/]+", description="the application's WebSocket (ws:// or wss://)")
+    audio: Literal["pcm16_8k", "pcm16_16k", "mulaw"] | None = Field(
+        None, description="also send the caller's audio to the application as binary frames, in this format")
+
+
 class CollectStep(_Strict):
     prompt: SayStep | None = None
     into: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable the digits go into")
     max_digits: int = Field(16, ge=1, le=64)
     terminator: str = Field("#", pattern=r"^[0-9*#]?$", description="ends input early (not kept)")
     timeout_s: float = Field(5.0, gt=0, le=60, description="after the prompt and between digits")
+
+
+class LiveStep(_Strict):
+    wait_s: float = Field(30.0, gt=0, le=3600, description="how long the answered call waits for an application "
+                                                           "to take it (WebSocket /v1/calls/{id}/stream or a "
+                                                           "say/play/hangup request)")
+    on_timeout: str | None = Field(None, description="script when no application came; none: the next step")
 
 
 # -- what a step runs against and reports to --------------------------------------------------
@@ -106,6 +119,11 @@ class ScriptContext(Protocol):
     async def transfer(self, target: str, timeout_s: float) -> str:
         """Blind-transfer the call; ``succeeded`` (the call is over) or ``failed`` (it goes on)."""
         ...
+    async def connect(self, connect: ConnectStep) -> None:
+        """Hand the call to an application over a WebSocket until it closes (sip_tts/webhooks/connect.py)."""
+
+    async def live(self, step: LiveStep) -> bool:
+        """Hand the call to an application (sip_tts/live); False: none came within ``wait_s``."""
 
 
 class References:
@@ -288,13 +306,46 @@ class Transfer(_Step):
     async def run(self, ctx: ScriptContext) -> str | None:
         await ctx.played()
         return END if await ctx.transfer(self.transfer.target, self.transfer.timeout_s) == "succeeded" else None
+class Connect(_Step):
+    """The call driven live by an application: the server opens the WebSocket to it and runs the
+    per-call stream protocol over it (text in, events and caller audio out) until it closes."""
+
+    kind: ClassVar[str] = "connect"
+    audible: ClassVar[bool] = True
+    connect: ConnectStep
+
+    @field_validator("connect", mode="before")
+    @classmethod
+    def _short(cls, v: object) -> object:
+        return {"url": v} if isinstance(v, str) else v
+
+    async def run(self, ctx: ScriptContext) -> str | None:
+        await ctx.connect(self.connect)
+        return None
+
+
+class Live(_Step):
+    """The call waits for an application, which then drives it (text in, events and audio out) until
+    its WebSocket closes; then the script goes on (after the last step: hang up)."""
+
+    kind: ClassVar[str] = "live"
+    audible: ClassVar[bool] = True
+    live: LiveStep
+
+    def check(self, loc: tuple, refs: References) -> None:
+        refs.target(loc + ("live", "on_timeout"), self.live.on_timeout)
+
+    async def run(self, ctx: ScriptContext) -> str | None:
+        took = await ctx.live(self.live)
+        return None if took else self.live.on_timeout
 
 
 class _Unknown(_Strict):
     """A mapping naming no step type: validation reports its keys as unknown fields."""
 
 
-STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Transfer)}
+STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Live,
+                                                                 Connect, Transfer)}
 UNKNOWN = "unknown-step"  # the union's tag for _Unknown (never shown: the loader drops union tags)
 
 
@@ -303,6 +354,8 @@ def _short_forms(data: object) -> object:
     exactly one step type per step."""
     if data == "hangup":
         return {"hangup": True}
+    if data == "live":
+        return {"live": {}}
     if not isinstance(data, dict):
         return data
     data = dict(data)
@@ -312,6 +365,8 @@ def _short_forms(data: object) -> object:
         data["play"] = {"file": data["play"]}
     if isinstance(data.get("transfer"), str):
         data["transfer"] = {"target": data["transfer"]}
+    if data.get("live") is True or isinstance(data.get("live"), (int, float)) and not isinstance(data["live"], bool):
+        data["live"] = {} if data["live"] is True else {"wait_s": data["live"]}
     for key in ("menu", "collect"):
         if isinstance(data.get(key), dict) and isinstance(data[key].get("prompt"), str):
             data[key] = {**data[key], "prompt": {"text": data[key]["prompt"], "barge_in": True}}
@@ -343,6 +398,6 @@ def untagged(loc: tuple) -> tuple:
     out = list(loc)
     for k in range(len(loc) - 1, 1, -1):
         if (loc[k] in STEPS or loc[k] == UNKNOWN) and isinstance(loc[k - 1], int) and \
-                (loc[k - 2] == "steps" or (k == 3 and loc[0] == "scripts")):
+                (loc[k - 2] in ("steps", "fallback") or (k == 3 and loc[0] == "scripts")):
             del out[k]
     return tuple(out)

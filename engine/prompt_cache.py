@@ -21,7 +21,7 @@ import threading
 import wave
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 import soxr
@@ -68,9 +68,9 @@ async def render_speech(engine: TtsEngine, voice: VoiceSpec, text: str, codec: s
     return bytes(out)
 
 
-def render_wav(path: str | Path, codec: str) -> bytes:
-    """A WAV file (8/16/24/32-bit PCM, any rate, mono or stereo) as 8 kHz G.711."""
-    with wave.open(str(path), "rb") as w:
+def render_wav(path: "str | Path | BinaryIO", codec: str) -> bytes:
+    """A WAV file (8/16/24/32-bit PCM, any rate, mono or stereo; a path or an open binary file) as 8 kHz G.711."""
+    with wave.open(path if hasattr(path, "read") else str(path), "rb") as w:  # type: ignore[arg-type]
         width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
         raw = w.readframes(w.getnframes())
     if width == 1:

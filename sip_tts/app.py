@@ -25,7 +25,7 @@ from telephony.calls import CallSettings
 from telephony.server import ServerSettings, SipServer
 from telephony.sip.registration import RegistrationConfig
 
-from . import api, fleet, systemd
+from . import api, fleet, systemd, webhooks
 from .engines import build_engine
 from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from .outbound import Originator, OutboundGauges
@@ -76,7 +76,9 @@ class App:
         self.speech: Speech | None = None
         self.server: SipServer | None = None
         self.originator: Originator | None = None
+        self.live = None  # sip_tts.live.LiveCalls when the HTTP API is on
         self.metrics = None
+        self.webhooks = webhooks.Webhooks(cfg.limits.webhooks_in_flight, cfg.limits.status_callbacks_queued)
         self._warming: set[asyncio.Task] = set()
         self._signals = 0
         self._drain, self._hang_up_now = asyncio.Event(), asyncio.Event()
@@ -86,7 +88,7 @@ class App:
         """The router: a new call's audio source (None: 404). A reload swaps ``speech``; calls in
         progress keep the one they started with."""
         assert self.speech is not None
-        return self.speech.source(info)
+        return self.speech.source(info, self.webhooks)
 
     def engine_up(self) -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
@@ -136,7 +138,19 @@ class App:
         settings = server_settings(self.cfg, self.host, self.port, self.rtp_ports, engine.name)
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)
-        self.server = server = SipServer(settings, self.route, hooks=self.metrics, available=self.engine_up)
+        await self.webhooks.start()
+        self.server = server = SipServer(settings, self.route, hooks=webhooks.StatusHooks(self.webhooks, self.metrics),
+                                         available=self.engine_up)  # status callbacks (after the metrics)
+        if self.cfg.api.enabled:  # calls handed to applications (sip_tts/live) are driven through the API
+            from .live import LiveCalls
+
+            self.live = LiveCalls(lambda: server.calls, server.hangup, self.cfg.api.max_call_streams_per_key,
+                                  speech=lambda: self.speech, gauges=_leak_gauges(server))
+            self.speech.live = self.live
+            if self.metrics is not None:
+                self.metrics.registry.register(self.live)
+        if self.metrics is not None:
+            self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks))
         try:
             await server.start()
         except OSError as exc:
@@ -152,7 +166,8 @@ class App:
             try:
                 self.http = await api.start_http(self.cfg, self.prompts, engine, self.voice, self.health,
                                                  self.metrics.registry, self.metrics.render,
-                                                 live_calls=lambda: len(server.calls), outbound=self.originator)
+                                                 live_calls=lambda: len(server.calls), live=self.live,
+                                                 outbound=self.originator)
             except OSError as exc:
                 where = self.cfg.api.listen if self.cfg.api.enabled else self.cfg.metrics.listen
                 log.error("cannot serve http on %s: %s", where, exc.strerror or exc)
@@ -193,6 +208,7 @@ class App:
         left = await self.server.drain(self.cfg.drain_timeout_s, interrupted=self._hang_up_now)
         log.info("stopping: hanging up %d call(s)", left)
         await self.server.stop()
+        await self.webhooks.close()
         if self.http is not None:
             await self.http.stop()
         for task in self._warming:
@@ -213,6 +229,7 @@ class App:
         try:
             prompts = load_prompts(self.cfg.prompts_path())
             speech = Speech.build(prompts, self.engine, self.voice, self.cache, self.cfg.media.barge_in)
+            speech.live = self.live
         except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running prompts:\n%s", exc)
             return
@@ -235,6 +252,15 @@ class App:
                 log.info("prompt cache: %d prompts rendered, %d cached", t.result(), len(self.cache))
 
         task.add_done_callback(done)
+
+
+def _leak_gauges(server: SipServer) -> dict:
+    """What must return to zero (or its idle value) after calls end, whatever went wrong in them."""
+    return {"sip_tts_rtp_ports_in_use": ("RTP ports held by calls",
+                                         lambda: server.table.ports.in_use if server.table is not None else 0),
+            "sip_tts_sip_calls_open": ("calls the SIP user agent has not ended",
+                                       lambda: server.ua.active_calls if server.ua is not None else 0),
+            "sip_tts_asyncio_tasks": ("tasks on the server's event loop", lambda: len(asyncio.all_tasks()))}
 
 
 def _quiet_gc() -> None:

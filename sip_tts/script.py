@@ -16,16 +16,19 @@ import datetime as dt
 import logging
 import string
 from dataclasses import dataclass, field
-from typing import Coroutine
+from typing import TYPE_CHECKING, Coroutine
 
 from config.schema import PromptsConfig, Route, SayStep, Step, VoiceDef
-from config.steps import END
+from config.steps import END, ConnectStep, LiveStep
 from engine.base import TtsEngine, VoiceSpec
 from engine.registry import ENGINES
 from engine.prompt_cache import PromptCache, file_key, frames_of, render_speech, render_wav, speech_key
 from telephony.call import CallHandle, CallInfo
 from media import FRAME_SECONDS, FRAMES_PER_SECOND, silence
 from telephony.rtp.pacer import FrameQueue
+
+if TYPE_CHECKING:
+    from .live import LiveCalls, LiveSession
 
 log = logging.getLogger(__name__)
 MAX_JUMPS = 50  # gotos/menu choices in a row without any audio: a loop in the script, hang up
@@ -78,6 +81,7 @@ class Speech:
     cache: PromptCache
     voices: dict[str, VoiceSpec] = field(default_factory=dict)
     barge_in: bool = False  # server.yaml media.barge_in: every prompt can be interrupted by a digit
+    live: "LiveCalls | None" = None  # calls handed to applications (``live`` steps); None: the HTTP API is off
 
     @classmethod
     def build(cls, prompts: PromptsConfig, engine: TtsEngine, default_voice: VoiceSpec,
@@ -85,13 +89,22 @@ class Speech:
         voices = {name: voice_spec(name, v, default_voice, engine.name, prompts) for name, v in prompts.voices.items()}
         return cls(prompts, engine, default_voice, cache, voices, barge_in)
 
-    def source(self, info: CallInfo) -> "ScriptRun | None":
+    def source(self, info: CallInfo, webhooks=None) -> "ScriptRun | None":
+        """``webhooks`` (sip_tts.webhooks.Webhooks) serves webhook routes; without it they get 404."""
         route = self.prompts.lookup(info.dialed, info.caller, info.headers)
+        if route is not None and route.webhook is not None:
+            return webhooks.source(self, route, info) if webhooks is not None else None
         return None if route is None else ScriptRun(self, route, info)
 
     def voice(self, step_voice: str | None, route_voice: str | None) -> VoiceSpec:
         name = step_voice or route_voice
         return self.voices[name] if name else self.default_voice
+
+    def named_voice(self, name: str) -> VoiceSpec:
+        """A voice by name for an application's text: prompts.yaml's, or ``default`` (KeyError: unknown)."""
+        if name == "default":
+            return self.default_voice
+        return self.voices[name]
 
     def fixed_prompts(self) -> list[tuple[str, VoiceSpec]]:
         """Every (text, voice) a call can hear that does not depend on the call."""
@@ -111,6 +124,8 @@ class Speech:
                 says(route.voice, route.steps)
             if route.script:
                 says(route.voice, self.prompts.scripts[route.script])
+            if route.fallback:
+                says(route.voice, route.fallback)
         for steps in self.prompts.scripts.values():  # scripts reached through goto/menus use the default voice
             says(None, steps)
         return list({(t, v): None for t, v in out})
@@ -166,17 +181,34 @@ class ScriptRun:
         self.values = call_values(info, route)
         self.heard: list[str] = []  # what was said, in order (logs, `sip-tts say --route`)
         self.typed: str | None = None  # a digit that interrupted a prompt, kept for the next menu
+        self.playing: str | None = None  # the kind of step running now, or the last one (GET /v1/calls)
         self._call: CallHandle | None = None
+        self._live: "LiveSession | None" = None
+
+    def first_steps(self) -> list[Step]:
+        return self.route.script_steps(self.speech.prompts.scripts)
+
+    def literal(self, say: SayStep) -> bool:
+        """Said as written (no template fields) and never cached: an application's text (webhooks)."""
+        return False
 
     async def run(self, call: CallHandle) -> None:
         self._call = call
+        try:
+            await self._run_steps()
+        finally:
+            if self._live is not None and self.speech.live is not None:
+                self.speech.live.close(self.info.call_id)
+
+    async def _run_steps(self) -> None:
         scripts = self.speech.prompts.scripts
-        steps = self.route.script_steps(scripts)
+        steps = self.first_steps()
         i = 0
         jumps = 0
         while i < len(steps):
             st = steps[i]
             i += 1
+            self.playing = st.kind
             after = await st.run(self)
             if after == END:
                 return
@@ -222,6 +254,18 @@ class ScriptRun:
             kind, status, reason = "failed", None, str(exc)
         self.log("transfer to %s %s%s", target, kind, f" ({status} {reason})" if status else f" ({reason})")
         return kind
+    async def live(self, step: LiveStep) -> bool:
+        return await self.live_session().park(step.wait_s)
+
+    def live_session(self) -> "LiveSession":
+        """The call's live session (sip_tts/live), made on first use: what an application drives."""
+        registry = self.speech.live
+        if registry is None:
+            raise RuntimeError("live calls need the HTTP API (api.enabled: true)")
+        if self._live is None:
+            self._live = registry.open(self.call, self.speech.engine, self.speech.voice(None, self.route.voice),
+                                       self.speech.named_voice)
+        return self._live
 
     def pause(self, seconds: float) -> None:
         self.call.queue.pad_frame()
@@ -233,11 +277,18 @@ class ScriptRun:
         await self._play(self.call, None, barge_in)
 
     async def say(self, say: SayStep) -> None:
-        text = fill(say.text, self.values)
+        literal = self.literal(say)
+        text = say.text if literal else fill(say.text, self.values)
         self.heard.append(text)
         voice = self.speech.voice(say.voice, self.route.voice)
-        work = self.speech.speak(self.call.queue, text, voice, self.info.codec, cacheable=not has_fields(say.text))
+        work = self.speech.speak(self.call.queue, text, voice, self.info.codec,
+                                 cacheable=not literal and not has_fields(say.text))
         await self._play(self.call, work, say.barge_in or self.speech.barge_in)
+
+    async def connect(self, connect: ConnectStep) -> None:
+        from .webhooks.connect import run_connect  # (the package imports this module)
+
+        await run_connect(self, connect)
 
     async def _play(self, call: CallHandle, work: Coroutine | None, barge_in: bool) -> None:
         """Finish ``work`` (what still queues this step's audio); with barge-in a digit stops it

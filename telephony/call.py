@@ -41,11 +41,30 @@ class CallControl(Protocol):
 class CallHandle:
     """What an audio source can do with its call: queue audio, read digits, wait for playout."""
 
-    def __init__(self, info: CallInfo, queue: FrameQueue) -> None:
+    def __init__(self, info: CallInfo, queue: FrameQueue, tap: Callable[[bool], None] | None = None) -> None:
         self.info = info
         self.queue = queue
         self.control: CallControl | None = None
         self._digits: asyncio.Queue[DtmfDigit] = asyncio.Queue()
+        self._tap = tap  # asks the call table for the caller's audio (or to stop it)
+        self._caller_audio: Callable[[int, int, bytes], None] | None = None
+        self.end_reason: str | None = None  # set when the call ends (before the source is cancelled)
+        self.ended = asyncio.Event()
+
+    def listen(self, on_packet: Callable[[int, int, bytes], None] | None) -> None:
+        """Receive the caller's audio packets as ``on_packet(sequence, timestamp, payload)`` (the
+        call's codec; DTMF and comfort noise are not passed); None stops it."""
+        self._caller_audio = on_packet
+        if self._tap is not None:
+            self._tap(on_packet is not None)
+
+    def audio_arrived(self, seq: int, timestamp: int, payload: bytes) -> None:
+        if self._caller_audio is not None:
+            self._caller_audio(seq, timestamp, payload)
+
+    def call_ended(self, reason: str) -> None:
+        self.end_reason = reason
+        self.ended.set()
 
     def digit_arrived(self, digit: DtmfDigit) -> None:
         self._digits.put_nowait(digit)

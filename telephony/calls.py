@@ -104,6 +104,7 @@ class Call:
     outbound: bool = False  # we placed it: ``incoming`` holds our INVITE and the callee's SDP (once answered)
     remake: Callable[[CallInfo], AudioSource] | None = None  # outbound: the source again, for another codec
     answer_pending: bool = False  # outbound: answered while its socket was still binding
+    tap_audio: bool = False  # the audio source asked for the caller's audio (``CallerAudio`` actions)
 
     @property
     def crypto(self) -> str | None:
@@ -157,6 +158,15 @@ class Digit(Action):
     """A digit for the call's audio source."""
 
     digit: DtmfDigit
+
+
+@dataclass(frozen=True)
+class CallerAudio(Action):
+    """A packet of the caller's audio for the audio source (only while it listens: ``tap_audio``)."""
+
+    sequence: int
+    timestamp: int
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -272,8 +282,9 @@ class CallTable:
         self._actions.append(Bind(call, port))
 
     # -- I/O results ----------------------------------------------------------------------
-    def media_bound(self, call_id: str, ok: bool, now: float) -> None:
-        """The RTP socket of ``Bind`` is bound (``ok``), or its port was taken by another process."""
+    def media_bound(self, call_id: str, ok: bool, now: float, refuse: int | None = None) -> None:
+        """The RTP socket of ``Bind`` is bound (``ok``), or its port was taken by another process.
+        ``refuse``: the audio source will not play (its application failed): refuse with this status."""
         call = self.calls.get(call_id)
         if call is None:
             return
@@ -281,7 +292,12 @@ class CallTable:
             self._actions.append(Release(call, None))
             return
         if call.outbound:
-            self._outbound_bound(call, ok, now)
+            self._outbound_bound(call, ok, now, refuse)
+            return
+        if ok and refuse:
+            self.ua.reject(call_id, refuse, now)
+            self._finish(call, "refused", now)
+            self._actions.append(Release(call, None))
             return
         if not ok:
             self.ports.skip(call.local_port)
@@ -348,6 +364,13 @@ class CallTable:
             if addr != call.remote:
                 log.info("call %s: RTP latched to %s:%d (SDP said %s:%d)", call.info.call_id, *addr, *call.remote)
                 call.media = dataclasses.replace(call.media, remote_host=addr[0], remote_port=addr[1])
+        if call.tap_audio and len(data) >= 12 and (data[1] & 0x7F) == call.media.payload_type:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError:
+                return
+            self._actions.append(CallerAudio(call, packet.sequence, packet.timestamp, packet.payload))
+            return
         if call.dtmf is None or len(data) < 12 or (data[1] & 0x7F) != call.media.dtmf_payload_type:
             return
         try:
@@ -428,11 +451,14 @@ class CallTable:
         if call is not None:
             self._finish(call, reason, now)
 
-    def _outbound_bound(self, call: Call, ok: bool, now: float) -> None:
+    def _outbound_bound(self, call: Call, ok: bool, now: float, refuse: int | None = None) -> None:
         call.phase = Phase.DIALING
         if not ok:  # the offer named this port: no other will do
             log.warning("call %s: RTP port %d could not be bound", call.info.call_id, call.local_port)
             self.hangup(call, "failed", now)
+            return
+        if refuse:  # its audio source will not play (an application failed): CANCEL or BYE
+            self.hangup(call, "refused", now)
             return
         if call.answer_pending:
             call.phase = Phase.ANSWERED

@@ -16,7 +16,8 @@ from media import SAMPLE_RATE, silence
 
 from .addresses import for_v6_socket
 from .call import CallControl, CallHandle
-from .calls import Action, Answered, BargeIn, Bind, Call, CallTable, Digit, Ended, Produce, Release, SendRtcp, StartSending
+from .calls import (Action, Answered, BargeIn, Bind, Call, CallerAudio, CallTable, Digit, Ended, Produce, Release,
+                    SendRtcp, StartSending)
 from .rtp.pacer import PacerClock, RtpSender
 from .transports import CallSocket, bind_udp
 
@@ -62,9 +63,14 @@ class MediaIO:
         """Carry out one of the call table's actions."""
         call = action.call
         call_id = call.info.call_id
-        if isinstance(action, Produce):
+        if isinstance(action, CallerAudio):  # first: 50 a second per listening call
+            io = self._io.get(call_id)
+            if io is not None:
+                io.handle.audio_arrived(action.sequence, action.timestamp, action.payload)
+        elif isinstance(action, Produce):
             before = self._io.get(call_id)  # an outbound call answered in another codec: audio made again
-            io = self._io[call_id] = _CallIO(CallHandle(call.info, call.queue))
+            io = self._io[call_id] = _CallIO(CallHandle(call.info, call.queue,
+                                                        tap=lambda on: setattr(call, "tap_audio", on)))
             if before is not None:
                 io.rtp, io.rtcp = before.rtp, before.rtcp
                 if before.producer is not None:
@@ -105,6 +111,8 @@ class MediaIO:
         elif isinstance(action, Ended):
             if self.hooks is not None:
                 self.hooks.call_ended(call, action.reason)
+            if call_id in self._io:  # the audio source hears of it before it is cancelled
+                self._io[call_id].handle.call_ended(action.reason)
 
     def _rtp_send(self, call: Call, transport: asyncio.DatagramTransport) -> Callable[[bytes], None]:
         """The sender's output: to where the call's remote is now (it may move: re-INVITE, latching),
@@ -181,14 +189,30 @@ class MediaIO:
                     lambda: CallSocket(lambda d, a: self.table.rtcp_received(call_id, d, a)), sock=rtcp)
         elif rtp is not None:
             rtp.close()
+        refuse = await self._answer_after(call, io) if rtp is not None and io is not None else None
         with bound_contextvars(call_id=call_id, dialed=call.info.dialed):
-            self.table.media_bound(call_id, rtp is not None, self.now())
+            self.table.media_bound(call_id, rtp is not None, self.now(), refuse)
         self.pump()
+
+    async def _answer_after(self, call: Call, io: _CallIO) -> int | None:
+        """A source with ``answer_after`` (a webhook route) decides when the call is answered: None
+        answers, a status refuses. Its audio task ending (the caller gave up) ends the wait too."""
+        decide = getattr(call.source, "answer_after", None)
+        if decide is None or io.producer is None:
+            return None
+        waiter = asyncio.ensure_future(decide())
+        await asyncio.wait((waiter, io.producer), return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            return None
+        return waiter.result()
 
     def _on_rtp(self, call_id: str, data: bytes, addr: tuple[str, int]) -> None:
         self.table.rtp_received(call_id, data, addr, self.now())
-        actions = self.table.actions()  # a digit (and a barge-in): nothing that sends SIP
-        if actions:
+        actions = self.table.actions()  # a digit (and a barge-in), caller audio: nothing that sends SIP
+        if len(actions) == 1 and isinstance(actions[0], CallerAudio):  # the common case, no log context needed
+            self.act(actions[0])
+        elif actions:
             call = actions[0].call
             with bound_contextvars(call_id=call_id, dialed=call.info.dialed):
                 for action in actions:

@@ -134,6 +134,16 @@ class SipServer:
         """The calls in progress (the table's)."""
         return self.table.calls if self.table is not None else {}
 
+    def hangup(self, call_id: str, reason: str) -> bool:
+        """End a call in progress (BYE, or the answer's refusal before it is confirmed); False: no such call."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended or self.table is None:
+            return False
+        with bound_contextvars(call_id=call_id, dialed=call.info.dialed):
+            self.table.hangup(call, reason, self._now())
+        self._pump()
+        return True
+
     async def drain(self, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """Refuse new calls (503, OPTIONS too) and let the ones in progress finish.
 

@@ -87,6 +87,7 @@ class ApiContext:
     speed_native: bool  # espeak: speed scales its rate; chatterbox has none
     engine_loop: asyncio.AbstractEventLoop | None = None  # set in own_thread mode
     outbound: Any = None  # sip_tts.outbound.Originator: POST /v1/calls (None: no SIP)
+    live: object = None  # sip_tts.live.LiveCalls: the calls in progress, for /v1/calls (None: no SIP)
     active: int = 0
 
     @property

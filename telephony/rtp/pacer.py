@@ -52,16 +52,27 @@ class FrameQueue:
         self._partial = bytearray()
         self._silence = silence_byte
         self.finished = False
+        # Running counts (frames queued, sent, dropped by flush) and one watch: ``watch(n, f)``
+        # calls ``f()`` from the pacer's tick when the n-th frame ever queued is popped, so an
+        # application learns exactly when its audio reached the wire (live calls' marks).
+        self.queued = 0
+        self.sent = 0
+        self.dropped = 0
+        self.starved = 0  # pops that found nothing queued (the pacer sent silence)
+        self._watch_at = 0
+        self._on_watch: Callable[[], None] | None = None
 
     def push(self, data: bytes) -> None:
         self._partial += data
         while len(self._partial) >= FRAME_SAMPLES:
             self._frames.append(bytes(self._partial[:FRAME_SAMPLES]))
             del self._partial[:FRAME_SAMPLES]
+            self.queued += 1
 
     def push_frames(self, frames: list[bytes]) -> None:
         """Whole ready-made frames (a cached prompt): no copying."""
         self._frames.extend(frames)
+        self.queued += len(frames)
 
     def pad_frame(self) -> None:
         """Complete a partial frame with silence, so what is pushed next starts on a frame boundary."""
@@ -69,21 +80,31 @@ class FrameQueue:
             pad = FRAME_SAMPLES - len(self._partial)
             self._frames.append(bytes(self._partial) + bytes([self._silence]) * pad)
             self._partial.clear()
+            self.queued += 1
 
     def finish(self) -> None:
-        if self._partial:
-            pad = FRAME_SAMPLES - len(self._partial)
-            self._frames.append(bytes(self._partial) + bytes([self._silence]) * pad)
-            self._partial.clear()
+        self.pad_frame()
         self.finished = True
 
     def flush(self) -> None:
         """Drop everything queued (barge-in)."""
+        self.dropped += len(self._frames)
         self._frames.clear()
         self._partial.clear()
 
+    def watch(self, frame: int, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` when frame number ``frame`` (1 = the first ever queued) is sent (None: no watch)."""
+        self._watch_at, self._on_watch = frame, callback
+
     def pop(self) -> bytes | None:
-        return self._frames.popleft() if self._frames else None
+        if not self._frames:
+            self.starved += 1
+            return None
+        self.sent += 1
+        if self._on_watch is not None and self.sent + self.dropped >= self._watch_at:
+            callback, self._on_watch = self._on_watch, None
+            callback()
+        return self._frames.popleft()
 
     @property
     def pending(self) -> int:
