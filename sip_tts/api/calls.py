@@ -25,6 +25,7 @@ from engine.prompt_cache import frames_of, render_wav
 
 from .context import ApiContext
 from .errors import ApiError, error_response, responses
+from .speech import _not_blank
 
 log = logging.getLogger("sip_tts.api")
 MAX_SAY = 4096
@@ -38,12 +39,7 @@ class SayRequest(BaseModel):
     mode: Literal["queue", "interrupt"] = Field("queue", description="queue: after what is queued; "
                                                 "interrupt: instead of it (clear first)")
 
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("is blank")
-        return v
+    _blank = field_validator("text")(classmethod(lambda cls, v: _not_blank(v)))
 
 
 class Queued(BaseModel):
@@ -96,14 +92,18 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
         return summary(find(call_id))
 
     @router.post("/v1/calls/{call_id}/say", status_code=202, dependencies=[dep], response_model=Queued,
-                 responses=responses(400, 401, 404, 409))
+                 responses=responses(400, 401, 404, 409, 429))
     async def say(call_id: str, body: SayRequest) -> Queued:
         session = session_of(call_id)
         queued = session.queued_ms
+        from sip_tts.live.session import Backlog
+
         try:
             session.say(body.text, body.voice, interrupt=body.mode == "interrupt")
         except KeyError:
             raise ApiError(404, f"voice {body.voice!r} not found", "voice", "voice_not_found") from None
+        except Backlog as exc:
+            raise ApiError(429, str(exc), "text", "backlog", {"Retry-After": "1"}) from None
         return Queued(queued_ms=0 if body.mode == "interrupt" else queued)
 
     @router.post("/v1/calls/{call_id}/play", status_code=202, dependencies=[dep], response_model=Queued,

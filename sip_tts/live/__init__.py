@@ -27,9 +27,11 @@ done in this order: ``audio``, ``clear``, ``text``/``voice``, ``mark``, ``flush`
 Server -> application: JSON events (text) and, when asked, the caller's audio (binary).
 
     {"event": "start", "call_id", "caller", "dialed", "codec", "audio_formats"}   on attach
-    {"event": "speaking", "latency_ms": 182.4}   the first frame of a speech run went on the
+    {"event": "speaking", "latency_ms": 182.4, "engine_ms": 170.1}
+                                                 the first frame of a speech run went on the
                                                  wire; latency from the message that made the
-                                                 text speakable to that frame
+                                                 text speakable to that frame, and to the
+                                                 engine's first audio for it (null: a WAV)
     {"event": "mark", "name": "turn-3"}          (``"cleared": true`` when a clear dropped it)
     {"event": "idle", "underrun_frames": 0}      the last queued frame went out; slots in the run
                                                  that had nothing to send (synthesis behind)

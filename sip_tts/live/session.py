@@ -4,8 +4,10 @@ A ``LiveSession`` belongs to one call (its ``CallHandle``: the frame queue the p
 its digits, its end). Text fragments gather in a ``ClauseBuffer``; each speakable piece
 becomes an utterance whose synthesis starts at once, up to ``LOOKAHEAD`` utterances ahead of
 the one playing, so the next clause is ready before the current one ends (no gap between
-them on the wire). A speaker task moves each utterance's audio into the frame queue as it
-arrives, in order. ``clear`` drops the queue and cancels every synthesis in the same loop
+them on the wire); text that waits meanwhile is merged into the next utterance. A speaker
+task moves each utterance's audio into the frame queue as it arrives, in order, keeping
+about a second (``AHEAD_FRAMES``) queued: synthesis follows playback instead of racing
+through a long reply that a barge-in would throw away. ``clear`` drops the queue and cancels every synthesis in the same loop
 turn: the pacer's next slot is silence.
 
 The queue's frame counts and its one watch (``FrameQueue.watch``) say exactly when a given
@@ -39,6 +41,8 @@ from .protocol import BadCommand, Command, audio_message, event, parse_command
 
 log = logging.getLogger("sip_tts.live")
 LOOKAHEAD = 2  # utterances synthesising at once (the one playing and the next)
+AHEAD_FRAMES = 50  # queue the next utterance once at most this much audio (1 s) is left to send
+MAX_WAITING_TEXT = 32768  # characters queued and not yet being synthesised: more is refused
 MAX_EVENTS = 256  # events waiting for a client that does not read: more closes its connection
 MAX_FRAMES = 50  # caller audio frames waiting (1 s): older ones are dropped and counted
 MAX_PENDING_TEXT = 16384  # characters buffered without a clause boundary or flush
@@ -48,11 +52,16 @@ class SessionBusy(RuntimeError):
     """Another application is attached to this call."""
 
 
+class Backlog(ValueError):
+    """More text is waiting to be spoken than ``MAX_WAITING_TEXT``."""
+
+
 @dataclass(eq=False)
 class _Utterance:
     text: str
     voice: VoiceSpec
     since: float  # loop time of the message that made it speakable
+    engine_at: float | None = None  # loop time of the engine's first audio for it
     buf: bytearray = field(default_factory=bytearray)
     done: bool = False
     failed: bool = False
@@ -183,6 +192,11 @@ class LiveSession:
             if spec != self.voice:
                 self._speak(self.clauses.flush(), now)  # what came before is said in the voice it was written for
                 self.voice = spec
+        waiting = len(self.clauses) + sum(len(seg.text) for seg in self._segments
+                                          if isinstance(seg, _Utterance) and seg.task is None)
+        if waiting + len(fragment) > MAX_WAITING_TEXT:
+            raise Backlog(f"text: more than {MAX_WAITING_TEXT} characters are waiting to be spoken "
+                          "(wait for a mark or idle)")
         if len(self.clauses) + len(fragment) > MAX_PENDING_TEXT:
             self._speak(self.clauses.flush(), now)
         self.clauses.feed(fragment)
@@ -255,20 +269,34 @@ class LiveSession:
 
     # -- synthesis and the speaker -----------------------------------------------------------
     def _synthesize_ahead(self) -> None:
+        """Start syntheses until ``LOOKAHEAD`` run; text that waited is merged into one utterance
+        (consecutive clauses of one voice, nothing between them): fewer, longer utterances."""
         running = 0
-        for seg in self._segments:
+        for i, seg in enumerate(self._segments):
             if not isinstance(seg, _Utterance) or seg.done:
                 continue
             if seg.task is None:
                 if running >= LOOKAHEAD:
                     return
+                self._merge_after(i, seg)
                 seg.task = asyncio.ensure_future(self._synthesize(seg))
             running += 1
+
+    def _merge_after(self, i: int, u: _Utterance) -> None:
+        while i + 1 < len(self._segments):
+            nxt = self._segments[i + 1]
+            if not (isinstance(nxt, _Utterance) and nxt.task is None and nxt.voice == u.voice
+                    and len(u.text) + len(nxt.text) < self.clauses.max_chars):
+                return
+            u.text = f"{u.text} {nxt.text}"
+            del self._segments[i + 1]
 
     async def _synthesize(self, u: _Utterance) -> None:
         self.utterances += 1
         try:
             async for data in self.engine.stream_line(u.text, u.voice, self.info.codec):
+                if u.engine_at is None:
+                    u.engine_at = self.loop.time()
                 u.buf += data
                 u.ready.set()
         except asyncio.CancelledError:
@@ -287,6 +315,8 @@ class LiveSession:
         try:
             while self._segments:
                 seg = self._segments[0]
+                if isinstance(seg, (_Utterance, _Frames)):
+                    await self._room()
                 if isinstance(seg, _Utterance):
                     await self._play_utterance(seg)
                 elif isinstance(seg, _Frames):
@@ -306,6 +336,15 @@ class LiveSession:
             if self._speaker is asyncio.current_task():
                 self._speaker = None
 
+    async def _room(self) -> None:
+        """Until at most ``AHEAD_FRAMES`` are left to send: synthesis keeps about a second and an
+        utterance ahead of the wire, not the whole reply (a clear then wastes little work)."""
+        if self.queue.pending > AHEAD_FRAMES:
+            room = self.loop.create_future()
+            q = self.queue
+            self._watch(q.sent + q.dropped + q.pending - AHEAD_FRAMES, "room", room)  # exact, from the pacer's pops
+            await room
+
     async def _play_utterance(self, u: _Utterance) -> None:
         started = False
         while True:
@@ -314,7 +353,7 @@ class LiveSession:
             if u.buf:
                 if not started:
                     self.queue.pad_frame()
-                    self._start_run(u.since)
+                    self._start_run(u.since, u.engine_at)
                     started = True
                 self.queue.push(bytes(u.buf))
                 u.buf.clear()
@@ -324,11 +363,11 @@ class LiveSession:
         if u.failed:
             self._emit(event("error", message="synthesis failed", field="text"))
 
-    def _start_run(self, since: float) -> None:
+    def _start_run(self, since: float, engine_at: float | None = None) -> None:
         """Audio is about to be queued: if nothing is playing, it starts a speech run (``speaking``)."""
         if not self.speaking:
             self.speaking = True
-            self._watch(self.queue.queued + 1, "speaking", since)
+            self._watch(self.queue.queued + 1, "speaking", (since, engine_at))
 
     # -- frame watches: when audio reached the wire -------------------------------------------
     def _watch(self, frame: int, kind: str, data: object) -> None:
@@ -352,9 +391,11 @@ class LiveSession:
             _, _, kind, data = heapq.heappop(self._watches)
             if kind == "speaking":
                 self._starved_at = self.queue.starved
-                ms = round((at - data) * 1000, 1)  # type: ignore[operator]
+                since, engine_at = data  # type: ignore[misc]
+                ms = round((at - since) * 1000, 1)
                 self.latencies_ms.append(ms)
-                self._emit(event("speaking", latency_ms=ms))
+                self._emit(event("speaking", latency_ms=ms, engine_ms=round((engine_at - since) * 1000, 1)
+                                 if engine_at is not None else None))
             elif kind == "mark":
                 self._emit(event("mark", name=data))
             elif kind == "idle":
@@ -365,6 +406,8 @@ class LiveSession:
                     self._emit(event("idle", underrun_frames=gaps))
             elif kind == "hangup":
                 self._hangup("app-hangup")
+            elif kind == "room" and not data.done():  # type: ignore[union-attr]
+                data.set_result(None)  # type: ignore[union-attr]
         self._arm()
 
     async def played(self) -> None:
@@ -499,6 +542,8 @@ class LiveSession:
                 self.text(cmd.text or "", flush=cmd.flush, voice=cmd.voice)
             except KeyError:
                 raise BadCommand(f"voice: {cmd.voice!r} not found (GET /v1/voices)", "voice") from None
+            except Backlog as exc:
+                raise BadCommand(str(exc), "text") from None
         elif cmd.flush:
             self.flush()
         if cmd.mark is not None:
