@@ -52,6 +52,8 @@ class CallOrder:
     trunk: str | None = None
     say: str | None = None
     steps: list | None = None
+    webhook: str | None = None  # ask this application what to play (sip_tts/webhooks), while it rings
+    connect: str | None = None  # on answer, the application drives the call over this WebSocket
     voice: str | None = None
     ring_timeout_s: float | None = None
     status_callback: str | None = None
@@ -68,9 +70,10 @@ class _Record:
 class Originator:
     """POST /v1/calls and POST /v1/calls/{id}/transfer, on the server's loop."""
 
-    def __init__(self, cfg: ServerConfig, outbound: OutboundIO, speech: Callable[[], Speech]) -> None:
+    def __init__(self, cfg: ServerConfig, outbound: OutboundIO, speech: Callable[[], Speech], webhooks=None) -> None:
         self.cfg = cfg
         self.outbound = outbound
+        self.webhooks = webhooks  # sip_tts.webhooks.Webhooks: the client of webhook routes
         self.speech = speech  # the prompts in force (a reload swaps them; placed calls keep theirs)
         self.records: dict[str, _Record] = {}
         self._resolved: dict[str, Trunk] = {}
@@ -173,11 +176,20 @@ class Originator:
     def _source(self, order: CallOrder) -> Callable[[CallInfo], ScriptRun]:
         """The answered call's script (checked now: unknown voices and scripts are a 400)."""
         speech = self.speech()
+        steps = [{"connect": order.connect}] if order.connect is not None else order.steps
         try:
-            route = Route.model_validate({"say": order.say, "steps": order.steps, "voice": order.voice,
-                                          "vars": order.vars})
+            route = Route.model_validate({"say": order.say, "steps": steps, "webhook": order.webhook,
+                                          "voice": order.voice, "vars": order.vars})
         except ValueError as exc:
-            raise BadRequest("steps", str(exc).splitlines()[0]) from None
+            field = "connect" if order.connect is not None else "webhook" if order.webhook is not None else "steps"
+            raise BadRequest(field, str(exc).splitlines()[0]) from None
+        if route.webhook is not None:
+            from .webhooks.source import secret_of
+
+            if self.webhooks is None or not secret_of(route, speech):
+                raise BadRequest("webhook", "needs webhooks.secret in prompts.yaml (what we send is signed)")
+            webhooks = self.webhooks
+            return lambda info: webhooks.source(speech, route, info)
         refs = References(set(speech.prompts.voices), set(speech.prompts.scripts))
         refs.voice(("voice",), route.voice)
         if route.steps:
@@ -231,8 +243,8 @@ class OutboundGauges:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        out, table = self.server.outbound, self.server.table
-        if out is None or table is None:
+        out = self.server.outbound  # (RTP ports: sip_tts_rtp_ports_in_use, app.py)
+        if out is None:
             return
         yield GaugeMetricFamily("sip_tts_outbound_calls_active", "outbound calls without an outcome yet",
                                 value=out.active())
@@ -240,7 +252,6 @@ class OutboundGauges:
                                 "response's transaction lingers 32 s over UDP)", value=len(out.calls.calls))
         yield GaugeMetricFamily("sip_tts_outbound_io_tasks", "name look-ups and TCP connects in flight",
                                 value=out.tasks)
-        yield GaugeMetricFamily("sip_tts_rtp_ports_in_use", "RTP ports held by calls", value=table.ports.in_use)
 
 
 def _is_uri(text: str) -> bool:

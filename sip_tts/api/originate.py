@@ -21,7 +21,6 @@ from .context import ApiContext
 from .errors import ApiError, responses
 
 LIMIT_PARAM = {"max_calls": "limits.max_calls", "trunk_concurrent": "trunk", "trunk_cps": "trunk", "ports": "rtp"}
-NOT_YET = ("webhook", "connect")  # issue 17's: accepted by the schema, refused until they are wired
 
 
 class CallRequest(BaseModel):
@@ -32,8 +31,10 @@ class CallRequest(BaseModel):
     trunk: str | None = Field(None, description="a trunk of server.yaml; default: the only one, for a number")
     say: str | None = Field(None, min_length=1, max_length=4096, description="on answer: say this, then hang up")
     steps: list[Step] | None = Field(None, min_length=1, description="on answer: a script (prompts.yaml steps)")
-    webhook: str | None = Field(None, description="on answer: ask this URL what to do (not yet supported)")
-    connect: str | None = Field(None, description="on answer: connect this WebSocket (not yet supported)")
+    webhook: str | None = Field(None, pattern=r"^https?://[^\s/]+", description="ask this application what to "
+                                "play (signed POST, as a webhook route; asked while it rings)")
+    connect: str | None = Field(None, pattern=r"^wss?://[^\s/]+", description="on answer: the application "
+                                "drives the call over this WebSocket (the connect step)")
     voice: str | None = Field(None, description="a voice of prompts.yaml")
     vars: dict[str, str] = Field(default_factory=dict, description="values for the steps' {fields}")
     ring_timeout_s: float | None = Field(None, gt=0, le=600, description="no answer by then: CANCEL")
@@ -80,17 +81,14 @@ def build(ctx: ApiContext, auth) -> APIRouter:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, ctx.engine_loop))
 
-    @router.post("/v1/calls", response_model=CallCreated, status_code=201, responses=responses(400, 401, 429, 501),
+    @router.post("/v1/calls", response_model=CallCreated, status_code=201, responses=responses(400, 401, 429),
                  summary="Place a call: the INVITE goes out now; progress goes to status_callback")
     async def place(body: CallRequest) -> CallCreated:
         from sip_tts.outbound import BadRequest, CallOrder
 
-        for name in NOT_YET:
-            if getattr(body, name) is not None:
-                raise ApiError(501, f"{name}: not supported yet (say or steps are)", name, "not_implemented")
         out = originator()
-        order = CallOrder(body.to, body.from_, body.trunk, body.say, body.steps, body.voice, body.ring_timeout_s,
-                          body.status_callback, body.vars)
+        order = CallOrder(body.to, body.from_, body.trunk, body.say, body.steps, body.webhook, body.connect,
+                          body.voice, body.ring_timeout_s, body.status_callback, body.vars)
         try:
             call_id = await on_server(out.place(order))
         except BadRequest as exc:
