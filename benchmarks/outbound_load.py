@@ -70,7 +70,7 @@ def start_server(work: Path, sip_port: int, api_port: int, trunk_port: int) -> s
 
 def start_uas(work: Path, port: int, sink_port: int) -> subprocess.Popen:
     proc = subprocess.Popen(["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-nostdin",
-                             "-key", "sink_port", str(sink_port), "-trace_stat", "-fd", "1",
+                             "-key", "sink_port", str(sink_port), "-key", "pt", "0", "-key", "codec", "PCMU", "-trace_stat", "-fd", "1",
                              "-stf", str(work / "uas_stats.csv"), "-trace_err", "-error_file", str(ERRORS)],
                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)

@@ -25,6 +25,7 @@ from telephony.rtp.packet import RtpPacket
 from .api_support import ApiServer, start_api_server
 from .conftest import PEERS, ROOT, free_udp_port, require
 from .test_baresip import best_correlation, read_wav
+from .test_ivr import best_match
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 TEXT = "Thank you for calling. This is a test of the media server."
@@ -179,6 +180,29 @@ def test_digest_answer_records_the_prompt(api, tmp_path):
     wait_log(api, rf"call {re.escape(call_id)}: ended")
     corr, _ = best_correlation(decode_g711(payload, "PCMU").astype(np.float64), reference(api, tmp_path))
     assert corr > 0.9, corr
+    assert_clean(api)
+
+
+def test_answer_in_pcma_remakes_the_audio(api, tmp_path):
+    """We offer PCMU first and start the audio in it; the callee picks PCMA: the audio is made
+    again in PCMA and what arrives (payload type 8) is the text."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
+        rtp.bind(("127.0.0.1", 0))
+        proc, port = uas(tmp_path, "uas_answer.xml", "-m", "1", "-key", "sink_port", str(rtp.getsockname()[1]),
+                         "-key", "pt", "8", "-key", "codec", "PCMA")
+        r = place(api, {"to": f"sip:callee@127.0.0.1:{port}", "say": TEXT})
+        assert r.status_code == 201, r.text
+        rtp.settimeout(5)
+        first, _ = rtp.recvfrom(2048)
+        payload = RtpPacket.parse(first).payload + record_rtp(rtp, proc)
+    sipp_done(proc, tmp_path)
+    assert RtpPacket.parse(first).payload_type == 8
+    ref_path = tmp_path / "ref.wav"
+    subprocess.run([sys.executable, "-m", "sip_tts.cli", "say", TEXT, "--codec", "PCMA", "--out", str(ref_path),
+                    "--config", str(api.srv.workdir / "server.yaml")], cwd=ROOT, check=True, capture_output=True)
+    # the speech's energy envelope, frame by frame (the same bytes read as μ-law score about 0.90)
+    corr, lag = best_match(decode_g711(payload, "PCMA").astype(np.float64), read_wav(ref_path))
+    assert corr > 0.99 and abs(lag) <= 320, (corr, lag)
     assert_clean(api)
 
 

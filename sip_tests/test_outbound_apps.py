@@ -37,7 +37,8 @@ def answered_audio(api: ApiServer, tmp_path, body: dict) -> tuple[str, np.ndarra
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
         rtp.bind(("127.0.0.1", 0))
         rtp.settimeout(0.2)
-        proc, port = uas(tmp_path, "uas_answer.xml", "-m", "1", "-key", "sink_port", str(rtp.getsockname()[1]))
+        proc, port = uas(tmp_path, "uas_answer.xml", "-m", "1", "-key", "sink_port", str(rtp.getsockname()[1]),
+                         "-key", "pt", "0", "-key", "codec", "PCMU")
         r = place(api, {"to": f"sip:callee@127.0.0.1:{port}", **body})
         assert r.status_code == 201, r.text
         payload = bytearray()

@@ -68,13 +68,14 @@ class MediaIO:
             if io is not None:
                 io.handle.audio_arrived(action.sequence, action.timestamp, action.payload)
         elif isinstance(action, Produce):
-            before = self._io.get(call_id)  # an outbound call answered in another codec: audio made again
-            io = self._io[call_id] = _CallIO(CallHandle(call.info, call.queue,
-                                                        tap=lambda on: setattr(call, "tap_audio", on)))
-            if before is not None:
-                io.rtp, io.rtcp = before.rtp, before.rtcp
-                if before.producer is not None:
-                    before.producer.cancel()
+            handle = CallHandle(call.info, call.queue, tap=lambda on: setattr(call, "tap_audio", on))
+            io = self._io.get(call_id)
+            if io is None:
+                io = self._io[call_id] = _CallIO(handle)
+            else:  # an outbound call answered in another codec: its audio made again (sockets kept)
+                if io.producer is not None:
+                    io.producer.cancel()
+                io.handle = handle
             if self.control is not None:
                 io.handle.control = self.control
             io.producer = asyncio.ensure_future(self._produce(call, io.handle))
