@@ -97,6 +97,8 @@ class OutboundIO:
         sent: max_calls, the trunk's limits, no RTP port) or ``ValueError`` naming a bad field."""
         table = self.table
         settings = table.settings
+        if table.ua.draining:
+            raise CallRefused("draining", "the server is draining (shutting down)")
         try:
             port = table.ports.acquire()
         except PortsExhausted:

@@ -81,7 +81,7 @@ def build(ctx: ApiContext, auth) -> APIRouter:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, ctx.engine_loop))
 
-    @router.post("/v1/calls", response_model=CallCreated, status_code=201, responses=responses(400, 401, 429),
+    @router.post("/v1/calls", response_model=CallCreated, status_code=201, responses=responses(400, 401, 429, 503),
                  summary="Place a call: the INVITE goes out now; progress goes to status_callback")
     async def place(body: CallRequest) -> CallCreated:
         from sip_tts.outbound import BadRequest, CallOrder
@@ -94,7 +94,8 @@ def build(ctx: ApiContext, auth) -> APIRouter:
         except BadRequest as exc:
             raise ApiError(400, str(exc), exc.field, "invalid_value") from None
         except CallRefused as exc:
-            raise ApiError(429, f"call refused, no INVITE sent: {exc}", LIMIT_PARAM.get(exc.reason), exc.reason,
+            status = 503 if exc.reason == "draining" else 429
+            raise ApiError(status, f"call refused, no INVITE sent: {exc}", LIMIT_PARAM.get(exc.reason), exc.reason,
                            {"Retry-After": "1"}) from None
         return CallCreated(call_id=call_id)
 

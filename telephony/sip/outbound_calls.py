@@ -32,7 +32,8 @@ class TrunkLimits:
 
 
 class CallRefused(Exception):
-    """No INVITE was sent: ``reason`` is ``max_calls``, ``trunk_concurrent`` or ``trunk_cps``."""
+    """No INVITE was sent: ``reason`` is ``max_calls``, ``trunk_concurrent`` or ``trunk_cps`` (the I/O
+    layer adds ``ports``: no RTP port free, and ``draining``: shutting down)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
