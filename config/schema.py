@@ -369,6 +369,8 @@ class Route(_Strict):
             return self.steps
         if self.say is not None:
             return [Say(say=SayStep(text=self.say))]
+        if self.webhook is not None:  # what plays without the application (sip_tts/webhooks decides)
+            return self.fallback or []
         return scripts[self.script or ""]
 
     def matches(self, dialed: str, caller: str, headers: dict[str, str]) -> bool:

@@ -118,7 +118,7 @@ class Webhooks:
             kind, why, body = "timeout", f"timeout after {timeout:g} s", None
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS: the application cannot be reached
             kind, why, body = "unreachable", f"unreachable ({type(exc).__name__})", None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             kind, why, body = "http_error", f"http error ({type(exc).__name__})", None
         if body is None:
             self.requests[kind] += 1
@@ -161,14 +161,15 @@ class Webhooks:
         assert self._queue is not None
         while True:
             url, secret, payload = await self._queue.get()
+            body, headers = self._body(payload, secret)
             try:
                 async with asyncio.timeout(STATUS_TIMEOUT_S):
-                    resp = await self.client.post(url, content=(b := self._body(payload, secret))[0], headers=b[1])
+                    resp = await self.client.post(url, content=body, headers=headers)
                 ok = 200 <= resp.status_code < 300
                 why = "" if ok else f"HTTP {resp.status_code}"
             except TimeoutError:
                 ok, why = False, f"timeout after {STATUS_TIMEOUT_S:g} s"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # (httpx's errors, a URL it cannot use): the sender itself goes on
                 ok, why = False, type(exc).__name__
             finally:
                 self._queue.task_done()
