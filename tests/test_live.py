@@ -278,3 +278,29 @@ async def _test_unknown_voice_and_digits_and_the_outbox_bound(engine):
     await asyncio.sleep(0.01)
     forward.cancel()
     assert ch.events[-1] == {"event": "dtmf", "digit": "7"}
+
+
+def test_waiting_clauses_merge_and_synthesis_follows_playback():
+    with_engine(_merging)
+
+
+async def _merging(engine):
+    session, q, ch = _session(engine)
+    session.text("This first sentence is long enough to keep the caller busy for a few seconds at least. ")
+    for k in range(6):  # a model writing faster than speech: clauses pile up while the first plays
+        session.text(f"Then clause number {k} arrives. ")
+    await asyncio.sleep(0.1)
+    assert q.pending < 400  # not the whole reply queued: about a second and an utterance ahead of the wire
+    await _pace(q, 1500)
+    assert [e["event"] for e in ch.events] == ["speaking", "idle"] and ch.events[1]["underrun_frames"] == 0
+    assert session.utterances <= 3, session.utterances  # seven clauses, merged while they waited
+    for _ in range(8):
+        session.command(parse_command(json.dumps({"text": "word " * 800})))  # 32,000 characters: accepted
+    with pytest.raises(BadCommand) as err:
+        session.command(parse_command(json.dumps({"text": "word " * 800})))
+    assert err.value.field == "text" and "waiting to be spoken" in str(err.value)
+    session.clear()
+    before = session.utterances
+    session.text("One. Two. Three. Four.", flush=True)
+    await _pace(q, 200)
+    assert session.utterances == before + 1

@@ -271,14 +271,16 @@ class LiveSession:
     def _synthesize_ahead(self) -> None:
         """Start syntheses until ``LOOKAHEAD`` run; text that waited is merged into one utterance
         (consecutive clauses of one voice, nothing between them): fewer, longer utterances."""
-        running = 0
-        for i, seg in enumerate(self._segments):
+        running, i = 0, 0
+        while i < len(self._segments):  # (merging deletes the segments after i)
+            seg = self._segments[i]
+            i += 1
             if not isinstance(seg, _Utterance) or seg.done:
                 continue
             if seg.task is None:
                 if running >= LOOKAHEAD:
                     return
-                self._merge_after(i, seg)
+                self._merge_after(i - 1, seg)
                 seg.task = asyncio.ensure_future(self._synthesize(seg))
             running += 1
 
