@@ -227,7 +227,25 @@ async def latency_level(sip_port: int, api_port: int, n: int, rounds: int) -> di
     return row
 
 
-async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, word_ms: float, url: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (the engine's process), from /proc."""
+    total = 0.0
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(c) for c in (task / "children").read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, word_ms: float, url: str,
+                       server_pid: int) -> dict:
+    import resource
+
     before = {k: metric(url, k) for k in ("sip_tts_late_frames_total", "sip_tts_pacer_late_wakeups_total")}
     calls = await _open(sip_port, api_port, n, audio="pcm16_8k")
     stop = asyncio.Event()
@@ -263,7 +281,9 @@ async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, wor
     for c in calls:
         c.listening = True
     tasks = [asyncio.ensure_future(talk())] + [asyncio.ensure_future(write(c, i)) for i, c in enumerate(calls)]
+    cpu0, ours0, t0 = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     await asyncio.sleep(seconds)
+    cpu1, ours1, wall = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in calls:
@@ -286,7 +306,10 @@ async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, wor
             "server_late_frames": after["sip_tts_late_frames_total"] - before["sip_tts_late_frames_total"],
             "server_pacer_late_wakeups": after["sip_tts_pacer_late_wakeups_total"]
             - before["sip_tts_pacer_late_wakeups_total"],
-            "caller_packets_sent": sent, "caller_frames_received": frames, "caller_frame_gaps": frame_gaps}
+            "caller_packets_sent": sent, "caller_frames_received": frames, "caller_frame_gaps": frame_gaps,
+            "server_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+            "benchmark_cpu_percent": round(100 * (ours1.ru_utime + ours1.ru_stime - ours0.ru_utime - ours0.ru_stime)
+                                           / wall, 1)}
 
 
 def render(report: dict) -> str:
@@ -310,11 +333,13 @@ def render(report: dict) -> str:
         lines += ["", f"## {s['calls']} calls streaming text word by word ({s['word_ms']:.0f} ms a word) and receiving "
                       f"their callers' audio (pcm16_8k), {s['seconds']:.0f} s", "",
                   "| RTP packets at callers | gaps > 30 ms (late / skipped / lost) | server late frames | "
-                  "pacer late wake-ups | caller packets sent | frames the applications got | frame-number gaps |",
-                  "|---|---|---|---|---|---|---|",
+                  "pacer late wake-ups | caller packets sent | frames the applications got | frame-number gaps | "
+                  "CPU: server (engine included) / this benchmark, % of a core |",
+                  "|---|---|---|---|---|---|---|---|",
                   f"| {s['packets']} | {s['gaps_over_30ms']} ({k['late']} / {k['skipped']} / {k['lost']}) | "
                   f"{s['server_late_frames']:.0f} | {s['server_pacer_late_wakeups']:.0f} | {s['caller_packets_sent']} | "
-                  f"{s['caller_frames_received']} | {s['caller_frame_gaps']} |"]
+                  f"{s['caller_frames_received']} | {s['caller_frame_gaps']} | {s.get('server_cpu_percent')} / "
+                  f"{s.get('benchmark_cpu_percent')} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -363,7 +388,7 @@ def main() -> int:
                 time.sleep(1.0)
             if a.stream_calls:
                 s = report["stream"] = asyncio.run(stream_level(sip_port, api_port, a.stream_calls, a.stream_s,
-                                                                a.word_ms, url))
+                                                                a.word_ms, url, proc.pid))
                 print(f"stream {s['calls']} calls: gaps {s['gaps_over_30ms']} {s['gap_kinds']} of {s['packets']} "
                       f"packets, server late frames {s['server_late_frames']:.0f}, frames {s['caller_frames_received']}"
                       f" of {s['caller_packets_sent']} sent", flush=True)
