@@ -254,6 +254,12 @@ async def _test_hangup_after_the_queued_audio(engine):
     assert hung == []
     await _pace(q, 150)
     assert hung == ["app-hangup"]
+    again, q2, ch2 = _session(engine, hung)
+    again.command(parse_command('{"text": "Goodbye again.", "hangup": true, "mark": "bye"}'))
+    again.clear()  # the audio goes, the decision to hang up stays
+    assert hung == ["app-hangup"] * 2 and q2.pending == 0
+    await asyncio.sleep(0.01)
+    assert [e["event"] for e in ch2.events] == ["mark", "cleared"] and ch2.events[0]["cleared"]
 
 
 def test_unknown_voice_and_digits_and_the_outbox_bound():
