@@ -182,6 +182,19 @@ def search(port: int, rates: list[int] | None, a: argparse.Namespace, work: Path
     return runs
 
 
+def reference_runs(work: Path, rates: list[int] | None, a: argparse.Namespace) -> list[dict]:
+    ref_port = free_port()
+    ref = start_reference(work, ref_port)
+    try:
+        (work / "ref").mkdir()
+        return search(ref_port, rates, a, work / "ref", ref.pid, "sipp UAS")
+    finally:
+        ref.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ref.send_signal(signal.SIGTERM)
+        ref.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default=None, help="fixed rates (comma-separated) instead of the ceiling search")
@@ -193,6 +206,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tls", action="store_true", help="UDP (SIPp) and TLS (Python client) rows in one run "
                     "(sip_load_tls.md); default rates 200")
+    ap.add_argument("--no-reference", action="store_true", help="skip SIPp's UAS (a second tree's run in a pair)")
     a = ap.parse_args()
     if a.tls:
         return tls_main(a)
@@ -211,16 +225,7 @@ def main() -> int:
         finally:
             ours.send_signal(signal.SIGTERM)
             ours.wait(60)
-        ref_port = free_port()
-        ref = start_reference(work, ref_port)
-        try:
-            (work / "ref").mkdir()
-            result["reference"] = search(ref_port, rates, a, work / "ref", ref.pid, "sipp UAS")
-        finally:
-            ref.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            ref.send_signal(signal.SIGTERM)
-            ref.wait(10)
+        result["reference"] = [] if a.no_reference else reference_runs(work, rates, a)
     result["host"] = host.finish()
 
     def ceiling(runs: list[dict]) -> tuple[int, dict | None]:

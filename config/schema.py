@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from engine.chatterbox.settings import ChatterboxSettings  # noqa: F401 (importable from here, as before)
 from engine.espeak import EspeakSettings  # noqa: F401 (the default engine; importable from here)
@@ -125,6 +125,10 @@ class LimitSettings(_Strict):
     max_headers: int = Field(MAX_HEADERS, ge=20, le=1000, description="more header lines get 400")
     invite_rate_per_source: float = Field(0, ge=0, description="new INVITEs per second per source IP; 0: no limit")
     invite_burst_per_source: float = Field(0, ge=0, description="burst above that rate; 0: twice the rate")
+    webhooks_in_flight: int = Field(64, ge=1, le=4096, description="webhook requests at once (prompts.yaml "
+                                    "webhook routes); more wait, within their route's timeout")
+    status_callbacks_queued: int = Field(1000, ge=1, le=100000, description="call status callbacks waiting to be "
+                                         "sent; more are dropped and counted")
 
 
 class AccessSettings(_Strict):
@@ -304,6 +308,29 @@ class Route(_Strict):
     vars: dict[str, str] = Field(default_factory=dict, description="values for templates")
     early_media: bool = Field(False, description="play the script as early media (183 Session Progress) "
                                                  "instead of answering; the call then ends with 480, unbilled")
+    # Webhook routes (sip_tts/webhooks): the application says what the call plays
+    webhook: str | None = Field(None, pattern=r"^https?://[^\s/]+", description="POST the call's details here "
+                                "(signed) and play the steps it returns")
+    webhook_secret: str | None = Field(None, min_length=16, description="HMAC-SHA256 key of the webhook's "
+                                       "signature; default: webhooks.secret")
+    webhook_timeout_s: float | None = Field(None, gt=0, le=10, description="the whole request, connecting "
+                                            "included; default: webhooks.timeout_s")
+    fallback: list[Step] | None = Field(None, description="the webhook failed: these steps (or a script's name); "
+                                                          "none: 480")
+    status_url: str | None = Field(None, pattern=r"^https?://[^\s/]+", description="POST call status (answered, "
+                                   "completed) here, signed like the webhook")
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _fallback_script(cls, v: object) -> object:
+        return [{"goto": v}] if isinstance(v, str) else v
+
+    @field_validator("webhook_timeout_s", "fallback")
+    @classmethod
+    def _webhook_only(cls, v: object, info: ValidationInfo) -> object:
+        if v is not None and "webhook" in info.data and info.data["webhook"] is None:  # (absent: it failed)
+            raise ValueError("only a webhook route has one")
+        return v
 
     @field_validator("say")
     @classmethod
@@ -328,9 +355,9 @@ class Route(_Strict):
                 _re.compile(value)
             except _re.error as exc:
                 raise ValueError(f"headers.{name}: bad regular expression: {exc}") from None
-        what = [k for k in ("script", "say", "steps") if getattr(self, k) is not None]
+        what = [k for k in ("script", "say", "steps", "webhook") if getattr(self, k) is not None]
         if len(what) != 1:
-            raise ValueError("a route has exactly one of script, say, steps")
+            raise ValueError("a route has exactly one of script, say, steps, webhook")
         return self
 
     def script_steps(self, scripts: dict[str, list[Step]]) -> list[Step]:
@@ -338,6 +365,8 @@ class Route(_Strict):
             return self.steps
         if self.say is not None:
             return [Say(say=SayStep(text=self.say))]
+        if self.webhook is not None:  # what plays without the application (sip_tts/webhooks decides)
+            return self.fallback or []
         return scripts[self.script or ""]
 
     def matches(self, dialed: str, caller: str, headers: dict[str, str]) -> bool:
@@ -366,6 +395,7 @@ class PromptsConfig(_Strict):
     routes: list[Route] = Field(default_factory=list)
     default: Route | None = Field(None, description="calls no route matches; none: 404")
     scripts: dict[str, list[Step]] = Field(default_factory=dict)
+    webhooks: "WebhookDefaults" = Field(default_factory=lambda: WebhookDefaults())
     cache: "PromptCacheSettings" = Field(default_factory=lambda: PromptCacheSettings())
     source: Path | None = Field(None, exclude=True)
     warnings: list[str] = Field(default_factory=list, exclude=True)
@@ -426,6 +456,14 @@ class PromptsConfig(_Strict):
             refs.target(("default", "script"), self.default.script)
             if self.default.steps:
                 refs.steps(("default", "steps"), self.default.steps)
+        for loc, route in [(("routes", i), r) for i, r in enumerate(self.routes)] + \
+                ([(("default",), self.default)] if self.default is not None else []):
+            for name in ("webhook", "status_url"):  # what we send an application is signed
+                if getattr(route, name) is not None and not (route.webhook_secret or self.webhooks.secret):
+                    refs.errors.append((loc + (name,), "needs a secret to sign with: webhooks.secret "
+                                                       "(or the route's webhook_secret)"))
+            if route.fallback:
+                refs.steps(loc + ("fallback",), route.fallback)
         for name, items in self.scripts.items():
             refs.steps(("scripts", name), items)
         for name in self.scripts:
@@ -441,6 +479,15 @@ class PromptCacheSettings(_Strict):
     max_mb: float = Field(64, ge=0, description="memory budget; least recently used prompts go first")
     dir: str | None = Field(None, description="keep rendered prompts here across restarts (relative to this file)")
     warm: bool = Field(True, description="render every fixed prompt at start-up and reload, in the background")
+
+
+class WebhookDefaults(_Strict):
+    """What webhook routes use unless they say otherwise (README, "Webhook routes")."""
+
+    secret: str | None = Field(None, min_length=16, description="HMAC-SHA256 key signing requests and status "
+                                                                "callbacks (a route's webhook_secret wins)")
+    timeout_s: float = Field(2.0, gt=0, le=10, description="a webhook's whole request; the caller hears nothing "
+                                                           "until it answers (or the fallback)")
 
 
 PromptsConfig.model_rebuild()

@@ -9,7 +9,7 @@ says, plays and reads digits for one call. Adding a step type: a class here and 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Iterator, Protocol, Union
+from typing import Annotated, ClassVar, Iterator, Literal, Protocol, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator
 
@@ -57,6 +57,12 @@ class MenuStep(_Strict):
         return v
 
 
+class ConnectStep(_Strict):
+    url: str = Field(pattern=r"^wss?://[^\s/]+", description="the application's WebSocket (ws:// or wss://)")
+    audio: Literal["pcm16_8k", "pcm16_16k", "mulaw"] | None = Field(
+        None, description="also send the caller's audio to the application as binary frames, in this format")
+
+
 class CollectStep(_Strict):
     prompt: SayStep | None = None
     into: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable the digits go into")
@@ -96,6 +102,9 @@ class ScriptContext(Protocol):
         """A template value for the rest of the call."""
 
     def log(self, msg: str, *args: object) -> None: ...
+
+    async def connect(self, connect: ConnectStep) -> None:
+        """Hand the call to an application over a WebSocket until it closes (sip_tts/webhooks/connect.py)."""
 
     async def live(self, step: LiveStep) -> bool:
         """Hand the call to an application (sip_tts/live); False: none came within ``wait_s``."""
@@ -272,6 +281,24 @@ class Hangup(_Step):
         return END
 
 
+class Connect(_Step):
+    """The call driven live by an application: the server opens the WebSocket to it and runs the
+    per-call stream protocol over it (text in, events and caller audio out) until it closes."""
+
+    kind: ClassVar[str] = "connect"
+    audible: ClassVar[bool] = True
+    connect: ConnectStep
+
+    @field_validator("connect", mode="before")
+    @classmethod
+    def _short(cls, v: object) -> object:
+        return {"url": v} if isinstance(v, str) else v
+
+    async def run(self, ctx: ScriptContext) -> str | None:
+        await ctx.connect(self.connect)
+        return None
+
+
 class Live(_Step):
     """The call waits for an application, which then drives it (text in, events and audio out) until
     its WebSocket closes; then the script goes on (after the last step: hang up)."""
@@ -292,7 +319,8 @@ class _Unknown(_Strict):
     """A mapping naming no step type: validation reports its keys as unknown fields."""
 
 
-STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Live)}
+STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Live,
+                                                                 Connect)}
 UNKNOWN = "unknown-step"  # the union's tag for _Unknown (never shown: the loader drops union tags)
 
 
@@ -343,6 +371,6 @@ def untagged(loc: tuple) -> tuple:
     out = list(loc)
     for k in range(len(loc) - 1, 1, -1):
         if (loc[k] in STEPS or loc[k] == UNKNOWN) and isinstance(loc[k - 1], int) and \
-                (loc[k - 2] == "steps" or (k == 3 and loc[0] == "scripts")):
+                (loc[k - 2] in ("steps", "fallback") or (k == 3 and loc[0] == "scripts")):
             del out[k]
     return tuple(out)

@@ -25,7 +25,7 @@ from telephony.calls import CallSettings
 from telephony.server import ServerSettings, SipServer
 from telephony.sip.registration import RegistrationConfig
 
-from . import api, fleet, systemd
+from . import api, fleet, systemd, webhooks
 from .engines import build_engine
 from .internet import build_authenticator, register_lockout_metrics, tls_settings
 from .script import ScriptRun, Speech
@@ -76,6 +76,7 @@ class App:
         self.server: SipServer | None = None
         self.live = None  # sip_tts.live.LiveCalls when the HTTP API is on
         self.metrics = None
+        self.webhooks = webhooks.Webhooks(cfg.limits.webhooks_in_flight, cfg.limits.status_callbacks_queued)
         self._warming: set[asyncio.Task] = set()
         self._signals = 0
         self._drain, self._hang_up_now = asyncio.Event(), asyncio.Event()
@@ -85,7 +86,7 @@ class App:
         """The router: a new call's audio source (None: 404). A reload swaps ``speech``; calls in
         progress keep the one they started with."""
         assert self.speech is not None
-        return self.speech.source(info)
+        return self.speech.source(info, self.webhooks)
 
     def engine_up(self) -> bool:
         """An engine in its own process is down while it restarts; one in this process is always up."""
@@ -135,7 +136,9 @@ class App:
         settings = server_settings(self.cfg, self.host, self.port, self.rtp_ports, engine.name)
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)
-        self.server = server = SipServer(settings, self.route, hooks=self.metrics, available=self.engine_up)
+        await self.webhooks.start()
+        self.server = server = SipServer(settings, self.route, hooks=webhooks.StatusHooks(self.webhooks, self.metrics),
+                                         available=self.engine_up)  # status callbacks (after the metrics)
         if self.cfg.api.enabled:  # calls handed to applications (sip_tts/live) are driven through the API
             from .live import LiveCalls
 
@@ -144,6 +147,8 @@ class App:
             self.speech.live = self.live
             if self.metrics is not None:
                 self.metrics.registry.register(self.live)
+        if self.metrics is not None:
+            self.metrics.registry.register(webhooks.WebhookCollector(self.webhooks))
         try:
             await server.start()
         except OSError as exc:
@@ -196,6 +201,7 @@ class App:
         left = await self.server.drain(self.cfg.drain_timeout_s, interrupted=self._hang_up_now)
         log.info("stopping: hanging up %d call(s)", left)
         await self.server.stop()
+        await self.webhooks.close()
         if self.http is not None:
             await self.http.stop()
         for task in self._warming:

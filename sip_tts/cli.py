@@ -54,7 +54,9 @@ async def walk(cfg: ServerConfig, prompts: PromptsConfig, number: str, digits: l
         speech = Speech.build(prompts, engine, voice, PromptCache(64 * 2**20))
         run = speech.source(CallInfo("say", number, caller, codec))
         if run is None:
-            raise ValueError(f"no route for {number} and no default")
+            route = prompts.lookup(number, caller)
+            raise ValueError(f"the route for {number} asks an application (webhook): nothing to walk offline"
+                             if route is not None and route.webhook else f"no route for {number} and no default")
         queue = FrameQueue(SILENCE[codec])
         handle = _OfflineCall(run.info, queue)
         for d in digits:

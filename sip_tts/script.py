@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Coroutine
 
 from config.schema import PromptsConfig, Route, SayStep, Step, VoiceDef
-from config.steps import END, LiveStep
+from config.steps import END, ConnectStep, LiveStep
 from engine.base import TtsEngine, VoiceSpec
 from engine.registry import ENGINES
 from engine.prompt_cache import PromptCache, file_key, frames_of, render_speech, render_wav, speech_key
@@ -89,8 +89,11 @@ class Speech:
         voices = {name: voice_spec(name, v, default_voice, engine.name, prompts) for name, v in prompts.voices.items()}
         return cls(prompts, engine, default_voice, cache, voices, barge_in)
 
-    def source(self, info: CallInfo) -> "ScriptRun | None":
+    def source(self, info: CallInfo, webhooks=None) -> "ScriptRun | None":
+        """``webhooks`` (sip_tts.webhooks.Webhooks) serves webhook routes; without it they get 404."""
         route = self.prompts.lookup(info.dialed, info.caller, info.headers)
+        if route is not None and route.webhook is not None:
+            return webhooks.source(self, route, info) if webhooks is not None else None
         return None if route is None else ScriptRun(self, route, info)
 
     def voice(self, step_voice: str | None, route_voice: str | None) -> VoiceSpec:
@@ -121,6 +124,8 @@ class Speech:
                 says(route.voice, route.steps)
             if route.script:
                 says(route.voice, self.prompts.scripts[route.script])
+            if route.fallback:
+                says(route.voice, route.fallback)
         for steps in self.prompts.scripts.values():  # scripts reached through goto/menus use the default voice
             says(None, steps)
         return list({(t, v): None for t, v in out})
@@ -180,6 +185,13 @@ class ScriptRun:
         self._call: CallHandle | None = None
         self._live: "LiveSession | None" = None
 
+    def first_steps(self) -> list[Step]:
+        return self.route.script_steps(self.speech.prompts.scripts)
+
+    def literal(self, say: SayStep) -> bool:
+        """Said as written (no template fields) and never cached: an application's text (webhooks)."""
+        return False
+
     async def run(self, call: CallHandle) -> None:
         self._call = call
         try:
@@ -190,7 +202,7 @@ class ScriptRun:
 
     async def _run_steps(self) -> None:
         scripts = self.speech.prompts.scripts
-        steps = self.route.script_steps(scripts)
+        steps = self.first_steps()
         i = 0
         jumps = 0
         while i < len(steps):
@@ -253,11 +265,18 @@ class ScriptRun:
         await self._play(self.call, None, barge_in)
 
     async def say(self, say: SayStep) -> None:
-        text = fill(say.text, self.values)
+        literal = self.literal(say)
+        text = say.text if literal else fill(say.text, self.values)
         self.heard.append(text)
         voice = self.speech.voice(say.voice, self.route.voice)
-        work = self.speech.speak(self.call.queue, text, voice, self.info.codec, cacheable=not has_fields(say.text))
+        work = self.speech.speak(self.call.queue, text, voice, self.info.codec,
+                                 cacheable=not literal and not has_fields(say.text))
         await self._play(self.call, work, say.barge_in or self.speech.barge_in)
+
+    async def connect(self, connect: ConnectStep) -> None:
+        from .webhooks.connect import run_connect  # (the package imports this module)
+
+        await run_connect(self, connect)
 
     async def _play(self, call: CallHandle, work: Coroutine | None, barge_in: bool) -> None:
         """Finish ``work`` (what still queues this step's audio); with barge-in a digit stops it

@@ -274,12 +274,18 @@ class CallTable:
         self._actions.append(Bind(call, port))
 
     # -- I/O results ----------------------------------------------------------------------
-    def media_bound(self, call_id: str, ok: bool, now: float) -> None:
-        """The RTP socket of ``Bind`` is bound (``ok``), or its port was taken by another process."""
+    def media_bound(self, call_id: str, ok: bool, now: float, refuse: int | None = None) -> None:
+        """The RTP socket of ``Bind`` is bound (``ok``), or its port was taken by another process.
+        ``refuse``: the audio source will not play (its application failed): refuse with this status."""
         call = self.calls.get(call_id)
         if call is None:
             return
         if call.ended:  # cancelled or hung up while binding
+            self._actions.append(Release(call, None))
+            return
+        if ok and refuse:
+            self.ua.reject(call_id, refuse, now)
+            self._finish(call, "refused", now)
             self._actions.append(Release(call, None))
             return
         if not ok:

@@ -181,9 +181,23 @@ class MediaIO:
                     lambda: CallSocket(lambda d, a: self.table.rtcp_received(call_id, d, a)), sock=rtcp)
         elif rtp is not None:
             rtp.close()
+        refuse = await self._answer_after(call, io) if rtp is not None and io is not None else None
         with bound_contextvars(call_id=call_id, dialed=call.info.dialed):
-            self.table.media_bound(call_id, rtp is not None, self.now())
+            self.table.media_bound(call_id, rtp is not None, self.now(), refuse)
         self.pump()
+
+    async def _answer_after(self, call: Call, io: _CallIO) -> int | None:
+        """A source with ``answer_after`` (a webhook route) decides when the call is answered: None
+        answers, a status refuses. Its audio task ending (the caller gave up) ends the wait too."""
+        decide = getattr(call.source, "answer_after", None)
+        if decide is None or io.producer is None:
+            return None
+        waiter = asyncio.ensure_future(decide())
+        await asyncio.wait((waiter, io.producer), return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            return None
+        return waiter.result()
 
     def _on_rtp(self, call_id: str, data: bytes, addr: tuple[str, int]) -> None:
         self.table.rtp_received(call_id, data, addr, self.now())
