@@ -47,7 +47,7 @@ from benchmarks.e2e_load import _parse, _RtpReceiver, _Udp, pct  # noqa: E402
 from benchmarks.hostload import HostLoad  # noqa: E402
 from engine.audio import decode_g711  # noqa: E402
 from telephony.rtp.packet import RtpPacket  # noqa: E402
-from telephony.sip.message import Request as SipRequest, Response, response_for  # noqa: E402
+from telephony.sip.message import Response  # noqa: E402
 from tests.sipmsg import LOOPBACK, invite, offer, request  # noqa: E402
 
 REPLIES = ["Sure, I can help with that.", "Your table is booked for eight.", "Let me check that for you.",
@@ -64,27 +64,37 @@ def free_port() -> int:
 
 
 def start_server(work: Path, a: argparse.Namespace) -> tuple[subprocess.Popen, int, int]:
+    """``sip-tts serve`` with a live route, as much room as the largest level needs; ready once its
+    /health answers 200."""
+    import httpx
+    import yaml
+
     sip_port, api_port = free_port(), free_port()
-    (work / "prompts.yaml").write_text('routes:\n  - number: "5000"\n    steps: [live]\n')
     n = max(max(a.levels), a.stream_calls)
+    engine: dict = {"kind": "espeak", "process": a.espeak_process}
     if a.engine == "chatterbox":
-        engine = (f"engine:\n  kind: chatterbox\n  model_dir: {a.model_dir}\n  device: {a.device}\n"
-                  f"  max_streams: {n}\n  max_tokens: {a.max_tokens}\n")
-    else:
-        engine = f"engine:\n  kind: espeak\n  process: {str(a.espeak_process).lower()}\n"
-    (work / "server.yaml").write_text(
-        f"sip:\n  listen: 127.0.0.1:{sip_port}\n  advertised_address: 127.0.0.1\n  tcp: false\n"
-        f"rtp:\n  port_min: 30000\n  port_max: 39999\n{engine}"
-        f"limits:\n  max_calls: {n * 2 + 10}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
-        f"api:\n  listen: 127.0.0.1:{api_port}\n  max_call_streams_per_key: {n * 2 + 10}\n")
+        engine = {"kind": "chatterbox", "model_dir": a.model_dir, "device": a.device, "max_streams": n,
+                  "max_tokens": a.max_tokens}
+    config = {"sip": {"listen": f"127.0.0.1:{sip_port}", "advertised_address": "127.0.0.1", "tcp": False},
+              "rtp": {"port_min": 30000, "port_max": 39999}, "engine": engine, "limits": {"max_calls": 2 * n + 10},
+              "prompts": "prompts.yaml", "drain_timeout_s": 0,
+              "api": {"listen": f"127.0.0.1:{api_port}", "max_call_streams_per_key": 2 * n + 10}}
+    (work / "prompts.yaml").write_text(yaml.safe_dump({"routes": [{"number": "5000", "steps": ["live"]}]}))
+    (work / "server.yaml").write_text(yaml.safe_dump(config))
+    log = work / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
-                             "--log-level", "WARNING", "--log-format", "json"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=open(work / "server.log", "w"), text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if "ready" not in line:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}\n{(work / 'server.log').read_text()[-3000:]}")
-    return proc, sip_port, api_port
+                             "--log-level", "WARNING", "--log-format", "json"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"))
+    deadline = time.monotonic() + 600  # (Chatterbox: loading, graphs, start-up checks)
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2).status_code == 200:
+                return proc, sip_port, api_port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"server did not start\n{log.read_text()[-3000:]}")
 
 
 class Call:
@@ -174,26 +184,23 @@ class Call:
         return {"e2e_ms": (heard - sent) * 1e3 if heard else float("nan"), "server_ms": speaking["latency_ms"],
                 "engine_ms": speaking["engine_ms"]}
 
+    async def _bye_answered(self) -> None:
+        while not (isinstance(msg := _parse((await self.sip.queue.get())[1]), Response) and msg.cseq[1] == "BYE"):
+            pass
+
     async def hang_up(self) -> None:
         for task in (getattr(self, "_rtp_task", None), getattr(self, "_ws_task", None)):
             if task is not None:
                 task.cancel()
-        if hasattr(self, "ws"):
-            await self.ws.close()
-        if hasattr(self, "tag"):
+        if hasattr(self, "tag"):  # (our BYE first: the server then has no BYE of its own to send)
             self.sip_t.sendto(request("BYE", self.call_id, cseq=2, to_tag=self.tag, via_host=f"{LOOPBACK}:{self.local}"),
                               (LOOPBACK, self.sip_port))
-            end = time.monotonic() + 3
-            while time.monotonic() < end:
-                try:
-                    _, data = await asyncio.wait_for(self.sip.queue.get(), end - time.monotonic())
-                except asyncio.TimeoutError:
-                    break
-                msg = _parse(data)
-                if isinstance(msg, Response) and msg.cseq[1] == "BYE":
-                    break
-                if isinstance(msg, SipRequest) and msg.method == "BYE":
-                    self.sip_t.sendto(response_for(msg, 200).serialize(), (LOOPBACK, self.sip_port))
+            try:
+                await asyncio.wait_for(self._bye_answered(), 3)
+            except asyncio.TimeoutError:
+                pass
+        if hasattr(self, "ws"):
+            await self.ws.close()
         if hasattr(self, "sip_t"):
             self.sip_t.close()
             self.rtp.close()
@@ -227,7 +234,25 @@ async def latency_level(sip_port: int, api_port: int, n: int, rounds: int) -> di
     return row
 
 
-async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, word_ms: float, url: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (the engine's process), from /proc."""
+    total = 0.0
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(c) for c in (task / "children").read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, word_ms: float, url: str,
+                       server_pid: int) -> dict:
+    import resource
+
     before = {k: metric(url, k) for k in ("sip_tts_late_frames_total", "sip_tts_pacer_late_wakeups_total")}
     calls = await _open(sip_port, api_port, n, audio="pcm16_8k")
     stop = asyncio.Event()
@@ -263,7 +288,9 @@ async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, wor
     for c in calls:
         c.listening = True
     tasks = [asyncio.ensure_future(talk())] + [asyncio.ensure_future(write(c, i)) for i, c in enumerate(calls)]
+    cpu0, ours0, t0 = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     await asyncio.sleep(seconds)
+    cpu1, ours1, wall = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in calls:
@@ -286,7 +313,10 @@ async def stream_level(sip_port: int, api_port: int, n: int, seconds: float, wor
             "server_late_frames": after["sip_tts_late_frames_total"] - before["sip_tts_late_frames_total"],
             "server_pacer_late_wakeups": after["sip_tts_pacer_late_wakeups_total"]
             - before["sip_tts_pacer_late_wakeups_total"],
-            "caller_packets_sent": sent, "caller_frames_received": frames, "caller_frame_gaps": frame_gaps}
+            "caller_packets_sent": sent, "caller_frames_received": frames, "caller_frame_gaps": frame_gaps,
+            "server_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+            "benchmark_cpu_percent": round(100 * (ours1.ru_utime + ours1.ru_stime - ours0.ru_utime - ours0.ru_stime)
+                                           / wall, 1)}
 
 
 def render(report: dict) -> str:
@@ -310,11 +340,13 @@ def render(report: dict) -> str:
         lines += ["", f"## {s['calls']} calls streaming text word by word ({s['word_ms']:.0f} ms a word) and receiving "
                       f"their callers' audio (pcm16_8k), {s['seconds']:.0f} s", "",
                   "| RTP packets at callers | gaps > 30 ms (late / skipped / lost) | server late frames | "
-                  "pacer late wake-ups | caller packets sent | frames the applications got | frame-number gaps |",
-                  "|---|---|---|---|---|---|---|",
+                  "pacer late wake-ups | caller packets sent | frames the applications got | frame-number gaps | "
+                  "CPU: server (engine included) / this benchmark, % of a core |",
+                  "|---|---|---|---|---|---|---|---|",
                   f"| {s['packets']} | {s['gaps_over_30ms']} ({k['late']} / {k['skipped']} / {k['lost']}) | "
                   f"{s['server_late_frames']:.0f} | {s['server_pacer_late_wakeups']:.0f} | {s['caller_packets_sent']} | "
-                  f"{s['caller_frames_received']} | {s['caller_frame_gaps']} |"]
+                  f"{s['caller_frames_received']} | {s['caller_frame_gaps']} | {s.get('server_cpu_percent')} / "
+                  f"{s.get('benchmark_cpu_percent')} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -327,19 +359,19 @@ def main() -> int:
     ap.add_argument("--stream-s", type=float, default=20.0)
     ap.add_argument("--word-ms", type=float, default=100.0, help="part 2: one word this often per call")
     ap.add_argument("--espeak-process", action="store_true", help="espeak in its own process (resampling there too)")
-    ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--max-tokens", type=int, default=75, help="chatterbox: speech tokens per utterance (3 s)")
-    ap.add_argument("--t3-layers", type=int, default=24, help="chatterbox random checkpoint (a CPU check: 2)")
-    ap.add_argument("--t3-width", type=int, default=1024, help="chatterbox random checkpoint (a CPU check: 128)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tag", default="", help="appended to the result files' names (e.g. the host: h200)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    chatterbox = ap.add_argument_group("chatterbox (a random checkpoint, written on first use)")
+    chatterbox.add_argument("--model-dir", default="/tmp/chatterbox-random")
+    chatterbox.add_argument("--device", default="cuda")
+    chatterbox.add_argument("--max-tokens", type=int, default=75, help="speech tokens per utterance (3 s)")
+    chatterbox.add_argument("--tiny", action="store_true", help="a 2-layer, 128-wide T3: a CPU check of the script")
     a = ap.parse_args()
     a.levels = [int(x) for x in a.calls.split(",")]
     if a.engine == "chatterbox":
         from engine.chatterbox.random_checkpoint import benchmark_checkpoint
 
-        benchmark_checkpoint(a.model_dir, a.t3_layers, a.t3_width)
+        benchmark_checkpoint(a.model_dir, *((2, 128) if a.tiny else (24, 1024)))
     host = HostLoad()
     report: dict = {"engine": a.engine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "host_name": f"{platform.node()} ({os.cpu_count()} CPUs)",
@@ -363,19 +395,17 @@ def main() -> int:
                 time.sleep(1.0)
             if a.stream_calls:
                 s = report["stream"] = asyncio.run(stream_level(sip_port, api_port, a.stream_calls, a.stream_s,
-                                                                a.word_ms, url))
+                                                                a.word_ms, url, proc.pid))
                 print(f"stream {s['calls']} calls: gaps {s['gaps_over_30ms']} {s['gap_kinds']} of {s['packets']} "
                       f"packets, server late frames {s['server_late_frames']:.0f}, frames {s['caller_frames_received']}"
                       f" of {s['caller_packets_sent']} sent", flush=True)
         finally:
             stop_server(proc)
-            (Path(tmp) / "server.log").exists() and print((Path(tmp) / "server.log").read_text()[-1500:])
     report["host"] = host.finish()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "agent_latency" + (f"_{a.engine}" if a.engine != "espeak" else "") + (f"_{a.tag}" if a.tag else "")
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (out / f"{name}.md").write_text(render(report))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(report, indent=1, default=str) + "\n"), (".md", render(report))):
+        (Path(a.out) / (name + suffix)).write_text(text)
     print(render(report))
     return 0
 

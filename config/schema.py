@@ -20,6 +20,8 @@ from telephony import PRODUCT
 from .steps import CollectStep, MenuStep, PlayStep, References, Say, SayStep, Step  # noqa: F401 (importable from here)
 from telephony.admission import MAX_HEADERS, MAX_MESSAGE_BYTES
 
+from .trunks import TrunkSettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -266,6 +268,8 @@ class ServerConfig(_Strict):
                                                                   "may finish before we hang up")
     hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,
                                         description="silence after the prompt before our BYE")
+    trunks: dict[str, TrunkSettings] = Field(default_factory=dict, description="SIP trunks for outbound calls "
+                                                                                "(POST /v1/calls), by name")
 
     source: Path | None = Field(None, exclude=True)
 

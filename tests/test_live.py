@@ -254,6 +254,12 @@ async def _test_hangup_after_the_queued_audio(engine):
     assert hung == []
     await _pace(q, 150)
     assert hung == ["app-hangup"]
+    again, q2, ch2 = _session(engine, hung)
+    again.command(parse_command('{"text": "Goodbye again.", "hangup": true, "mark": "bye"}'))
+    again.clear()  # the audio goes, the decision to hang up stays
+    assert hung == ["app-hangup"] * 2 and q2.pending == 0
+    await asyncio.sleep(0.01)
+    assert [e["event"] for e in ch2.events] == ["mark", "cleared"] and ch2.events[0]["cleared"]
 
 
 def test_unknown_voice_and_digits_and_the_outbox_bound():
@@ -278,3 +284,29 @@ async def _test_unknown_voice_and_digits_and_the_outbox_bound(engine):
     await asyncio.sleep(0.01)
     forward.cancel()
     assert ch.events[-1] == {"event": "dtmf", "digit": "7"}
+
+
+def test_waiting_clauses_merge_and_synthesis_follows_playback():
+    with_engine(_merging)
+
+
+async def _merging(engine):
+    session, q, ch = _session(engine)
+    session.text("This first sentence is long enough to keep the caller busy for a few seconds at least. ")
+    for k in range(6):  # a model writing faster than speech: clauses pile up while the first plays
+        session.text(f"Then clause number {k} arrives. ")
+    await asyncio.sleep(0.1)
+    assert q.pending < 400  # not the whole reply queued: about a second and an utterance ahead of the wire
+    await _pace(q, 1500)
+    assert [e["event"] for e in ch.events] == ["speaking", "idle"] and ch.events[1]["underrun_frames"] == 0
+    assert session.utterances <= 3, session.utterances  # seven clauses, merged while they waited
+    for _ in range(8):
+        session.command(parse_command(json.dumps({"text": "word " * 800})))  # 32,000 characters: accepted
+    with pytest.raises(BadCommand) as err:
+        session.command(parse_command(json.dumps({"text": "word " * 800})))
+    assert err.value.field == "text" and "waiting to be spoken" in str(err.value)
+    session.clear()
+    before = session.utterances
+    session.text("One. Two. Three. Four.", flush=True)
+    await _pace(q, 200)
+    assert session.utterances == before + 1

@@ -43,3 +43,14 @@ def test_sip_load_figures_are_sip_load_json():
                   f"calls per second / {r['ours_sustained_cps'] // 2}",
                   f"half the {r['ours_sustained_cps']} cps"):
         assert claim in readme(), f"README does not say {claim!r} (benchmarks/results/sip_load.json)"
+
+
+def test_agent_latency_figures_are_agent_latency_json():
+    r = json.loads((RESULTS / "agent_latency.json").read_text())
+    one, n32, n128 = r["latency"]
+    f = lambda row, k: f"{row[k]['p50']:.1f}/{row[k]['p95']:.1f} ms"  # noqa: E731
+    s = json.loads((RESULTS / "agent_latency_process_32streams.json").read_text())["stream"]
+    for claim in (f"agent_latency.md`, {r['date']}", f"one call {f(one, 'e2e_ms')} p50/p95 end to end",
+                  f"32 calls pushing text at the same moment: {f(n32, 'e2e_ms')}", f"128 at once: {f(n128, 'e2e_ms')}",
+                  f"{s['server_late_frames']:.0f} late frames of {s['caller_packets_sent']:,}"):
+        assert claim in readme(), f"README does not say {claim!r} (benchmarks/results/agent_latency*.json)"

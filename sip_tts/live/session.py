@@ -152,7 +152,6 @@ class LiveSession:
         self.underruns = 0  # slots with nothing to send in the middle of speech (synthesis behind the pacer)
         self._starved_at = 0
         self.frames_dropped = 0  # the caller's frames a slow client did not take
-        self.caller_lost = 0
         self._segments: deque[_Utterance | _Mark | _Frames | _Hangup] = deque()
         self._speaker: asyncio.Task | None = None
         self._watches: list[tuple[int, int, str, object]] = []  # heap: (frame number, seq, kind, data)
@@ -176,11 +175,12 @@ class LiveSession:
 
     def status(self) -> dict:
         return {"active": self.active > 0, "attached": self.outbox is not None, "speaking": self.speaking,
-                "queued_ms": self.queued_ms, "pending_utterances": sum(isinstance(s, _Utterance) for s in self._segments),
-                "utterances": self.utterances, "underrun_frames": self.underruns, "latency_ms": self.latencies_ms[-1] if self.latencies_ms else None,
-                "audio": self.audio_format, "audio_frames_dropped": self.frames_dropped + (
-                    self.outbox.frames_dropped if self.outbox else 0),
-                "caller_frames_lost": self._frames.lost if self._frames else self.caller_lost}
+                "queued_ms": self.queued_ms,
+                "pending_utterances": sum(isinstance(s, _Utterance) for s in self._segments),
+                "utterances": self.utterances, "underrun_frames": self.underruns,
+                "latency_ms": self.latencies_ms[-1] if self.latencies_ms else None, "audio": self.audio_format,
+                "audio_frames_dropped": self.frames_dropped + (self.outbox.frames_dropped if self.outbox else 0),
+                "caller_frames_lost": self._frames.lost if self._frames else 0}
 
     # -- control (the WebSocket's commands and the HTTP routes) -------------------------------
     def text(self, fragment: str, flush: bool = False, voice: str | None = None) -> None:
@@ -231,30 +231,36 @@ class LiveSession:
         """End the call: after what is queued has played, or at once."""
         self._taken.set()
         if now:
-            self._hangup("api-hangup")
+            self._hangup("app-hangup")
             return
         self.flush()
         self._push(_Hangup())
 
     def clear(self) -> int:
-        """Stop what is playing, drop what is queued (text, synthesis, frames); frames dropped."""
+        """Stop what is playing, drop what is queued (text, synthesis, frames); frames dropped. Marks
+        are answered as cleared; a hangup that was waiting for the audio happens now."""
         dropped = self.queue.pending
         for seg in self._segments:
             if isinstance(seg, _Utterance) and seg.task is not None:
                 seg.task.cancel()
+        marks = [seg.name for seg in self._segments if isinstance(seg, _Mark)]
+        hangup = any(isinstance(seg, _Hangup) for seg in self._segments) or any(
+            kind == "hangup" for _, _, kind, _ in self._watches)
         self._segments.clear()
         self.clauses.clear()
         if self._speaker is not None:
             self._speaker.cancel()
             self._speaker = None
         self.queue.flush()
-        marks = [data for _, _, kind, data in self._watches if kind == "mark"]
+        marks = [data for _, _, kind, data in sorted(self._watches) if kind == "mark"] + marks
         self._watches.clear()
         self.queue.watch(0, None)
         self.speaking = False
         for name in marks:
             self._emit(event("mark", name=name, cleared=True))
         self._emit(event("cleared", dropped_ms=round(dropped * FRAME_SECONDS * 1000)))
+        if hangup:
+            self._hangup("app-hangup")
         return dropped
 
     def _speak(self, text: str | None, since: float) -> None:
@@ -271,14 +277,16 @@ class LiveSession:
     def _synthesize_ahead(self) -> None:
         """Start syntheses until ``LOOKAHEAD`` run; text that waited is merged into one utterance
         (consecutive clauses of one voice, nothing between them): fewer, longer utterances."""
-        running = 0
-        for i, seg in enumerate(self._segments):
+        running, i = 0, 0
+        while i < len(self._segments):  # (merging deletes the segments after i)
+            seg = self._segments[i]
+            i += 1
             if not isinstance(seg, _Utterance) or seg.done:
                 continue
             if seg.task is None:
                 if running >= LOOKAHEAD:
                     return
-                self._merge_after(i, seg)
+                self._merge_after(i - 1, seg)
                 seg.task = asyncio.ensure_future(self._synthesize(seg))
             running += 1
 
