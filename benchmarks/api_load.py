@@ -86,6 +86,7 @@ def start_server(work: Path, a: argparse.Namespace, own_thread: bool, root: Path
         f"  own_thread: {str(own_thread).lower()}\n")
     # the burst engine is not in the product's registry: its launcher adds it and runs sip-tts
     cli = ["benchmarks/burst_engine.py"] if a.engine == "burst" else ["-m", "sip_tts.cli"]
+    if os.environ.get("H16O_PROF"): cli = ["-m", "cProfile", "-o", os.environ["H16O_PROF"]] + cli
     proc = subprocess.Popen([sys.executable, *cli, "serve", "--config", str(work / "server.yaml"),
                              "--log-level", "WARNING", "--log-format", "json"], cwd=root, stdout=subprocess.PIPE,
                             stderr=open(work / "server.log", "w"), text=True)

@@ -161,9 +161,10 @@ class BurstSettings(ChatterboxSettings):
 
 def main(argv: list[str]) -> int:
     """``sip-tts`` with the ``burst`` kind added (before the config schema is built from the registry)."""
+    from benchmarks import burst_engine  # this module by its name (run as a script, it is __main__)
     from engine.registry import ENGINES
 
-    ENGINES["burst"] = BurstSettings
+    ENGINES["burst"] = burst_engine.BurstSettings
     from sip_tts.cli import main as cli_main
 
     return cli_main(argv)
