@@ -86,11 +86,16 @@ def start_server(work: Path, a: argparse.Namespace, own_thread: bool, root: Path
         f"  own_thread: {str(own_thread).lower()}\n")
     # the burst engine is not in the product's registry: its launcher adds it and runs sip-tts
     cli = ["benchmarks/burst_engine.py"] if a.engine == "burst" else ["-m", "sip_tts.cli"]
-    if os.environ.get("H16O_PROF"): cli = ["-m", "cProfile", "-o", os.environ["H16O_PROF"]] + cli
-    proc = subprocess.Popen([sys.executable, *cli, "serve", "--config", str(work / "server.yaml"),
+    pre = []
+    if a.py_spy:  # the server's stacks (every thread), sampled for the whole run
+        pre = [a.py_spy, "record", "--rate", "500", "--threads", "--nonblocking", "--format", "raw",
+               "-o", str(Path(a.out) / f"api_load_server_pyspy_{work.name}.txt"), "--"]
+    proc = subprocess.Popen([*pre, sys.executable, *cli, "serve", "--config", str(work / "server.yaml"),
                              "--log-level", "WARNING", "--log-format", "json"], cwd=root, stdout=subprocess.PIPE,
                             stderr=open(work / "server.log", "w"), text=True)
     line = proc.stdout.readline() if proc.stdout else ""
+    while (line.startswith("py-spy>") or line == "\n") and proc.stdout:
+        line = proc.stdout.readline()
     if "ready" not in line:
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}\n{(work / 'server.log').read_text()[-3000:]}")
@@ -181,6 +186,14 @@ async def ttfb_round(url: str, n: int) -> list[dict]:
     return list(await asyncio.gather(*(one_stream(url, TEXT) for _ in range(n))))
 
 
+def loop_cpu_s(pid: int) -> float:
+    """CPU time of a process's main thread (the server's event loop), from the scheduler's own count."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def summarize(n: int, results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
     row: dict = {"streams": n, "requests": len(results), "ok": len(ok),
@@ -238,10 +251,11 @@ def render(report: dict) -> str:
              "TTFB (client): before connecting to this client's loop reading the first audio byte (the load "
              "generator's own work on the other streams included). TTFB (kernel): the request's last byte in the "
              "kernel to the first audio byte's arrival in the kernel (SO_TIMESTAMPNS), the server's part alone. "
-             "API overhead: each minus the engine's first audio of the same request (X-First-Audio-Ms).", "",
+             "API overhead: each minus the engine's first audio of the same request (X-First-Audio-Ms). Loop CPU: the "
+             "server's event-loop thread's CPU time per request (its whole stream; independent of the host's load).", "",
              "| API on (server) | streams | requests | TTFB client p50 / p95 ms | TTFB kernel p50 / p95 ms | "
              "engine first audio p50 / p95 ms | of it waiting for a slot p50 / p95 | API overhead (client) p50 / "
-             "p95 ms | API overhead (kernel) p50 / p95 ms |", "|---|---|---|---|---|---|---|---|---|"]
+             "p95 ms | API overhead (kernel) p50 / p95 ms | loop CPU ms / request |", "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, rows in report["ttfb"].items():
         for r in rows:
             k = r.get("ttfb_kernel_ms", {"p50": float("nan"), "p95": float("nan")})
@@ -251,7 +265,7 @@ def render(report: dict) -> str:
                          f"{r['engine_first_ms']['p50']:.1f} / "
                          f"{r['engine_first_ms']['p95']:.1f} | {r['queue_ms']['p50']:.1f} / {r['queue_ms']['p95']:.1f}"
                          f" | {r['overhead_ms']['p50']:.2f} / {r['overhead_ms']['p95']:.2f} | {ok['p50']:.2f} / "
-                         f"{ok['p95']:.2f} |")
+                         f"{ok['p95']:.2f} | {r.get('loop_cpu_ms_per_request', float('nan')):.2f} |")
     lines += ["", f"## {report['args']['calls']} calls ({report['args']['prompt']} prompt), alone and beside API streams",
               "",
               "| API on | API streams | calls ok | call first audio p50 / p95 ms | RTP gaps > 30 ms (late / skipped"
@@ -289,9 +303,10 @@ def main() -> int:
                          "cached: a fixed prompt, rendered at start-up (the engine is the API's alone)")
     ap.add_argument("--spread-s", type=float, default=1.0, help="the calls' INVITEs spread over this long")
     ap.add_argument("--modes", default="loop,thread", help="loop: API on the server's loop; thread: its own")
-    ap.add_argument("--compare", metavar="REV", help="also run the server of commit REV (a git worktree), its "
+    ap.add_argument("--compare", metavar="REV[,REV]", help="also run the server of commit REV (a git worktree), its "
                     "requests interleaved round by round with this tree's: before and after in the same run")
     ap.add_argument("--no-calls", action="store_true", help="the TTFB part only")
+    ap.add_argument("--py-spy", metavar="PATH", help="run each server under this py-spy (samples into --out)")
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-tokens", type=int, default=150, help="chatterbox: speech tokens per utterance")
@@ -320,15 +335,15 @@ def main() -> int:
         report["gpu"] = None
     with tempfile.TemporaryDirectory() as tmp:
         roots = {"": ROOT}
-        if a.compare:
-            roots[f" @ {a.compare}"] = checkout(a.compare, Path(tmp) / "baseline")
+        for rev in (a.compare.split(",") if a.compare else []):
+            roots[f" @ {rev}"] = checkout(rev, Path(tmp) / f"at-{rev}")
         try:
             for mode in a.modes.split(","):
                 run_mode(a, mode, roots, Path(tmp), report)
         finally:
-            if a.compare:
-                subprocess.run(["git", "worktree", "remove", "--force", str(roots[f" @ {a.compare}"])], cwd=ROOT,
-                               capture_output=True)
+            for suffix, root in roots.items():
+                if suffix:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(root)], cwd=ROOT, capture_output=True)
     report["load_average_at_end"] = os.getloadavg()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -359,16 +374,23 @@ def run_mode(a: argparse.Namespace, mode: str, roots: dict[str, Path], tmp: Path
             report["ttfb"][label] = []
         for n in a.levels:
             per: dict[str, list[dict]] = {label: [] for label in servers}
+            cpu = dict.fromkeys(servers, 0.0)
             for _ in range(a.rounds):
-                for label, (_, _, url) in servers.items():
+                for label, (proc, _, url) in servers.items():
+                    before = loop_cpu_s(proc.pid)
                     per[label] += asyncio.run(ttfb_round(url, n))
+                    cpu[label] += loop_cpu_s(proc.pid) - before
             for label, results in per.items():
                 r = summarize(n, results)
+                # the loop's own work per request (its first byte, and the rest of its audio): unlike the times,
+                # this does not depend on what else the host runs
+                r["loop_cpu_ms_per_request"] = cpu[label] * 1e3 / (a.rounds * (n + 1))
                 report["ttfb"][label].append(r)
                 print(f"{label} N={n}: TTFB p50/p95 {r['ttfb_ms']['p50']:.1f}/{r['ttfb_ms']['p95']:.1f} ms, "
                       f"engine {r['engine_first_ms']['p50']:.1f}/{r['engine_first_ms']['p95']:.1f}, overhead "
                       f"{r['overhead_ms']['p50']:.2f}/{r['overhead_ms']['p95']:.2f} ms, kernel "
-                      f"{r['overhead_kernel_ms']['p50']:.2f}/{r['overhead_kernel_ms']['p95']:.2f} ms", flush=True)
+                      f"{r['overhead_kernel_ms']['p50']:.2f}/{r['overhead_kernel_ms']['p95']:.2f} ms, loop CPU "
+                      f"{r['loop_cpu_ms_per_request']:.2f} ms/request", flush=True)
         if a.no_calls:
             return
         for label, (_, sip_port, url) in servers.items():
@@ -382,7 +404,7 @@ def run_mode(a: argparse.Namespace, mode: str, roots: dict[str, Path], tmp: Path
             report["calls"][label] = runs
     finally:
         for proc, _, _ in servers.values():
-            stop_server(proc)
+            stop_server(proc, profiled=bool(a.py_spy))
 
 
 if __name__ == "__main__":
