@@ -114,8 +114,7 @@ class BurstEngine(EngineBase):
                 self.stats.audio_seconds += len(chunk) / RATE
                 if s.sent >= s.total:
                     s.loop.call_soon_threadsafe(s.out.put_nowait, None)
-                    with self._lock:
-                        self._streams.remove(s)
+                    self._forget(s)
             self.stats.steps += 1
             self.stats.busy_seconds += time.perf_counter() - started
 
@@ -130,9 +129,13 @@ class BurstEngine(EngineBase):
                 yield item
         finally:
             s.cancelled = True
-            with self._lock:
-                if s in self._streams:
-                    self._streams.remove(s)
+            self._forget(s)
+
+    def _forget(self, s: _Stream) -> None:
+        """(Both sides call it: the worker at a stream's end, the stream when its reader stops.)"""
+        with self._lock:
+            if s in self._streams:
+                self._streams.remove(s)
 
     async def close(self) -> None:
         self._stop = True
