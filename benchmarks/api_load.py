@@ -127,7 +127,15 @@ async def _recv(sock: socket.socket) -> tuple[bytes, float]:
         return data, stamp
 
 
-async def one_stream(url: str, text: str) -> dict:
+async def one_stream(url: str, text: str, timeout_s: float = 120.0) -> dict:
+    """``stream`` (below), given up after ``timeout_s``: an error row, not a hung benchmark."""
+    try:
+        return await asyncio.wait_for(stream(url, text), timeout_s)
+    except asyncio.TimeoutError:
+        return {"error": "timeout"}
+
+
+async def stream(url: str, text: str) -> dict:
     """One streaming request on a fresh connection, read to its end (a small HTTP/1.1 client on a raw
     socket: httpx costs milliseconds of Python per request and chunk).
 

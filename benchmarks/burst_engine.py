@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.base import EngineBase, EngineStats, VoiceSpec  # noqa: E402
+from engine.base import EngineBase, EngineError, EngineStats, VoiceSpec  # noqa: E402
 from engine.chatterbox.settings import ChatterboxSettings  # noqa: E402
 
 RATE = 24000
@@ -90,6 +90,15 @@ class BurstEngine(EngineBase):
         return now >= s.submitted + self.first_s + s.sent / RATE / self.speed
 
     def _run(self) -> None:
+        try:
+            self._ticks()
+        except BaseException as exc:  # every stream hears of it (a benchmark that hangs says nothing)
+            with self._lock:
+                for s in self._streams:
+                    s.loop.call_soon_threadsafe(s.out.put_nowait, exc)
+            raise
+
+    def _ticks(self) -> None:
         tick = time.monotonic()
         while not self._stop:
             with self._lock:
@@ -126,6 +135,8 @@ class BurstEngine(EngineBase):
         self._wake.set()
         try:
             while (item := await s.out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise EngineError(f"burst engine: {item}")
                 yield item
         finally:
             s.cancelled = True
