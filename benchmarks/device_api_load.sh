@@ -12,6 +12,6 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import httptools" || echo "httptools missing: uvicorn falls back to h11 (rebuild .whl)"
 out=${OUT:-benchmarks/results}
-python3 benchmarks/api_load.py --engine chatterbox --modes loop --tag h200 --out "$out" 2>&1 \
+python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 2 --tag h200 --out "$out" 2>&1 \
   | grep -v -E "FutureWarning|deprecate\(|warnings.warn|LoRACompatible"
 python3 benchmarks/api_load.py --engine burst --modes loop --no-calls --tag h200 --out "$out"
