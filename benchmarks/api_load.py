@@ -21,6 +21,15 @@ the pacer skipped a slot; lost); the server's own counters (late frames, pacer l
 Both parts run with the API on the server's event loop and on its own thread (``api.own_thread``):
 the decision between the two is taken from these numbers (README "HTTP API").
 
+    python benchmarks/api_load.py --engine burst --modes loop --compare REV   # any CPU, before/after
+
+``--engine burst``: benchmarks/burst_engine.py, which releases the first audio of all streams in one
+tick as a batched GPU engine does (espeak serves one utterance at a time and cannot show what N
+first chunks at once cost). TTFB is also taken from kernel receive times (the server's part without
+the load generator's), and the server's event-loop CPU per request is reported (host-load
+independent). ``--compare REV``: REV's server (a git worktree) beside this tree's, the rounds of
+each level alternating between them.
+
 Writes benchmarks/results/api_load[_<engine>].{json,md} (host, date, commit, GPU if any).
 """
 
