@@ -38,16 +38,8 @@ from .message import (
     response_for_error,
 )
 from .sdp import SdpError, parse_sdp
-from .transaction import (
-    InviteServerTransaction,
-    Input,
-    NonInviteClientTransaction,
-    NonInviteServerTransaction,
-    State,
-    TuEvent,
-    _Transaction,
-    response_input,
-)
+from .transaction import (InviteServerTransaction, Input, NonInviteClientTransaction, NonInviteServerTransaction,
+                          State, TuEvent, _Transaction, response_input)
 from .uri import NameAddr, SipUri, Via
 
 log = logging.getLogger(__name__)
