@@ -88,6 +88,10 @@ class Watermarker:
         self._model = load(device)
         self._lock = threading.Lock()
 
+    @property
+    def device(self) -> "object":
+        return self._model.perth_net.device  # type: ignore[attr-defined]
+
     def apply(self, audio: np.ndarray) -> np.ndarray:
         """The whole signal marked (float32, same length)."""
         if audio.size == 0:
@@ -155,7 +159,10 @@ class BatchMarker:
     batch, marks the chunks in one ``apply_many`` and passes every item on, in order, through
     its ``send``. Marking window by window on one thread cost 3.5-5.3 ms a window on an H200
     and, with 16 streams at once, took first audio p95 from 111 to 451 ms (engine_notes.md):
-    the windows of one GPU batch queued behind each other.
+    the windows of one GPU batch queued behind each other, each waiting for the device (on the
+    default CUDA stream, behind the worker's own queued work). On an H200 (run 44,
+    benchmarks/watermark_batch.py) 32 one-second windows took 96 ms one at a time and 30 ms
+    as one batch; 8 took 24 and 8 ms. On a GPU the thread marks on its own CUDA stream.
     """
 
     def __init__(self, watermarker: Watermarker, linger: float = 0.001, max_batch: int = 64) -> None:
@@ -197,6 +204,11 @@ class BatchMarker:
         return items
 
     def _run(self) -> None:
+        device = self.watermarker.device
+        if device.type == "cuda":  # its own stream: marking never waits for the GPU worker's queued batches
+            import torch
+
+            torch.cuda.set_stream(torch.cuda.Stream(device))  # (pool streams do not sync with the default one)
         while (items := self._take()) is not None:
             audio = [i for i, (_, item) in enumerate(items) if isinstance(item, np.ndarray)]
             try:

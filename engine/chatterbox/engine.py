@@ -60,7 +60,6 @@ class ChatterboxOptions:
     overlap: bool = False  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
     t3_share: float = 1.0  # T3's GPU time between S3Gen batches, in batch durations (scheduler docstring)
     shared: SharedCacheConfig | None = None  # a fleet's Redis: voice conditioning computed once (voices.py)
-    warm_up_streams: int | None = None  # utterances run at start-up (Scheduler.warm_up); None: max_streams on a GPU
 
 
 class ChatterboxEngine(EngineBase):
@@ -78,7 +77,6 @@ class ChatterboxEngine(EngineBase):
         self.fallbacks: dict[str, float] = {}  # path -> figure, for every fast path replaced by its exact one
         self.checks_seconds = 0.0
         self.startup_seconds = 0.0
-        self.warm_up_seconds = 0.0
         self._watermarker = None
         self._marker = None  # watermark.BatchMarker: every stream's chunks marked in batches
 
@@ -131,15 +129,8 @@ class ChatterboxEngine(EngineBase):
         if o.voice_wav:  # prepared now, not on the first call
             self._voice_for(VoiceSpec("default", (("voice_wav", o.voice_wav),)))
         self._scheduler.start()
-        warm = o.warm_up_streams if o.warm_up_streams is not None else (o.max_streams if o.device.startswith("cuda") else 0)
-        if warm:  # the first burst of callers' first-use costs, paid before READY (Scheduler.warm_up)
-            self.warm_up_seconds = self._scheduler.warm_up(self._voices["default"], warm)  # type: ignore[arg-type]
-            from .scheduler import SchedulerStats
-
-            self._scheduler.stats = SchedulerStats()  # the metrics count callers' work only
         self.startup_seconds = time.perf_counter() - started
-        log.info("chatterbox ready in %.1f s (start-up checks %.1f s, warm-up %.1f s)", self.startup_seconds,
-                 self.checks_seconds, self.warm_up_seconds)
+        log.info("chatterbox ready in %.1f s (start-up checks %.1f s)", self.startup_seconds, self.checks_seconds)
 
     def _check_paths(self) -> dict:
         """Which precision and attention each part runs with: the configured fast paths, each

@@ -175,37 +175,6 @@ class Scheduler:
         self.runner.capture_all(voice.prefix)
         self.streamer.capture_graphs(voice.gen, self.windows[-1])
 
-    def warm_up(self, voice: Voice, streams: int, tokens: int = 100, timeout: float = 120.0) -> float:
-        """Run ``streams`` utterances of ``tokens`` speech tokens at once and wait for them (the
-        loop must be running); returns the seconds taken.
-
-        The first burst of callers after start-up meets costs that the graphs do not cover:
-        the caching allocator growing to the largest batches' eager work (each new segment a
-        cudaMalloc, which waits for the device), the eager code's first kernels at new shapes.
-        On two H200s the first two waves of 128-256 calls sent 107-140 late packets and no
-        later wave any (two_gpus.md); benchmarks/open_loop.py measures a cold burst against one
-        after this warm-up."""
-        t0 = time.perf_counter()
-        left = threading.Semaphore(0)
-        errors: list[BaseException] = []
-
-        def deliver(item: "np.ndarray | BaseException | None") -> None:
-            if isinstance(item, BaseException):
-                errors.append(item)
-            if item is None or isinstance(item, BaseException):
-                left.release()
-
-        gen = torch.Generator().manual_seed(7)
-        for i in range(streams):
-            text = torch.randint(0, 50000, (16 + i % 17,), generator=gen)
-            self.submit(Request(text, voice, deliver, max_tokens=tokens, seed=i))
-        for _ in range(streams):
-            if not left.acquire(timeout=max(0.0, t0 + timeout - time.perf_counter())):
-                raise RuntimeError(f"warm-up: {streams} utterances not done after {timeout:.0f} s")
-        if errors:
-            raise RuntimeError(f"warm-up failed: {errors[0]!r}")
-        return time.perf_counter() - t0
-
     def submit(self, req: Request) -> None:
         self._inbox.put(req)
 
