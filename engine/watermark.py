@@ -165,10 +165,12 @@ class BatchMarker:
     as one batch; 8 took 24 and 8 ms. On a GPU the thread marks on its own CUDA stream.
     """
 
-    def __init__(self, watermarker: Watermarker, linger: float = 0.001, max_batch: int = 64) -> None:
+    def __init__(self, watermarker: Watermarker, linger: float = 0.001, max_batch: int = 64,
+                 own_stream: bool = True) -> None:
         import queue
 
         self.watermarker = watermarker
+        self.own_stream = own_stream
         self.linger = linger
         self.max_batch = max_batch
         self.batches = 0  # marking passes (for tests and benchmarks)
@@ -205,7 +207,7 @@ class BatchMarker:
 
     def _run(self) -> None:
         device = self.watermarker.device
-        if device.type == "cuda":  # its own stream: marking never waits for the GPU worker's queued batches
+        if device.type == "cuda" and self.own_stream:  # its own stream: marking never waits for the GPU worker's queued batches
             import torch
 
             torch.cuda.set_stream(torch.cuda.Stream(device))  # (pool streams do not sync with the default one)
