@@ -4,7 +4,8 @@
 #   carry: .whl   command: COMMIT=<sha> bash benchmarks/device_open_loop.sh
 # OPEN_ARGS replaces the open-loop arguments below (OPEN=0 skips it); WM=1 runs watermark_batch.py
 # (per window vs batched); GPU_TEST=1 the watermark's GPU and CPU tests; STARTUP=1 startup_cost.py
-# (first audio of 16 streams at once with and without the watermark).
+# (first audio of 16 streams at once with and without the watermark); WENGINE=1 watermark_engine.py
+# (first audio with each way of marking, one engine).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,6 +22,10 @@ fi
 if [ "${WM:-0}" = 1 ]; then
   timeout ${WM_S:-120} python3 benchmarks/watermark_batch.py --out "$OUT" 2>&1 | quiet > "$OUT/watermark_batch.log"
   echo "watermark rc=${PIPESTATUS[0]}" >> "$OUT/watermark_batch.log"; cat "$OUT/watermark_batch.md" 2>/dev/null
+fi
+if [ "${WENGINE:-0}" = 1 ]; then
+  timeout ${WENGINE_S:-150} python3 benchmarks/watermark_engine.py --out "$OUT" 2>&1 | quiet > "$OUT/watermark_engine.log"
+  echo "watermark_engine rc=${PIPESTATUS[0]}" >> "$OUT/watermark_engine.log"; cat "$OUT/watermark_engine.md" 2>/dev/null
 fi
 if [ "${STARTUP:-0}" = 1 ]; then
   timeout ${STARTUP_S:-240} python3 benchmarks/startup_cost.py --long-repeat 0 --out "$OUT" 2>&1 | quiet \
