@@ -334,8 +334,7 @@ def setup(a: argparse.Namespace) -> tuple[torch.device, object, dict]:
     ckpt = load_checkpoint(model_dir, str(device))
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"card: {card}", flush=True)
-    result: dict = dict(card=card, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                        torch=torch.__version__, commit=os.environ.get("COMMIT", ""),
+    result: dict = dict(**run_header(card), torch=torch.__version__,
                         weights="random (real architecture)" if not a.model_dir else a.model_dir)
     return device, ckpt, result
 
@@ -458,12 +457,23 @@ def main() -> int:
     if stock:
         result["throughput_ratio"] = ours["audio_s_per_gpu_s"] / stock["audio_s_per_gpu_s"]
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engine.json").write_text(json.dumps(result, indent=1))
-    (out / "engine.md").write_text(render_md(result))
-    print(render_md(result))
+    write_results(a.out, "engine", result, render_md(result))
     return 0
+
+
+def write_results(out_dir: str, name: str, result: dict, md: str) -> None:
+    """``name``.json and ``name``.md under ``out_dir`` (made if missing); the markdown printed too."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(md)
+    print(md)
+
+
+def run_header(card: str) -> dict:
+    """What every result records first: the card, the UTC date and the commit ($COMMIT)."""
+    return dict(card=card, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                commit=os.environ.get("COMMIT", ""))
 
 
 def render_md(r: dict) -> str:

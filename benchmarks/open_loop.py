@@ -33,7 +33,6 @@ Writes open_loop.json and open_loop.md under --out (card, date, commit from $COM
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -47,6 +46,7 @@ import torch  # noqa: E402
 
 from engine_bench import (  # noqa: E402
     TOKENS_PER_S, UTTERANCE_S, Track, add_engine_args, build_engine, gpu_memory, pct, run_stock, setup, start_utterance, summarise,
+    write_results,
 )
 
 
@@ -300,11 +300,7 @@ def main() -> int:
                           max_target_erlangs=max((x["erlangs"] for x in target), default=0),
                           dtype=a.dtype, vocoder_dtype=vocoder_dtype, overlap=a.overlap, t3_share=sched.t3_share,
                           max_slots=a.max_slots, stats=sched.stats.__dict__, late_captures=late_captures(sched))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "open_loop.json").write_text(json.dumps(result, indent=1))
-    (out / "open_loop.md").write_text(render_md(result))
-    print(render_md(result))
+    write_results(a.out, "open_loop", result, render_md(result))
     return 0
 
 

@@ -10,9 +10,7 @@ Writes watermark_batch.json and .md (card, date, commit from $COMMIT).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from engine.watermark import Watermarker  # noqa: E402
+from engine_bench import run_header, write_results  # noqa: E402
 from test_watermark_batch import voiced  # noqa: E402  (the equivalence test's voice-like signal)
 
 SIZES = (6720, 7200, 12000, 24000, 36000)  # window lengths at 24 kHz: 280 ms, 300 ms, 500 ms, 1 s, 1.5 s
@@ -71,20 +71,16 @@ def main() -> int:
                                  new_length_first_ms=round(first, 2), new_length_again_ms=round(again, 2),
                                  max_abs_diff=err))
                 print(json.dumps(rows[-1]), flush=True)
-    result = dict(card=card, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  commit=os.environ.get("COMMIT", ""), torch=torch.__version__, sizes=SIZES, rows=rows)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "watermark_batch.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Watermark: one window at a time vs a batch ({card}, {result['date']}, commit {result['commit'] or '?'})",
-          "", "Windows of 1 s ('same') or of 280 ms to 1.5 s in turn ('mixed') at 24 kHz; 'new length': a batch of one length not seen before "
-          "(first use) and the same again. Median of 3, ms for the whole batch.", "",
-          "| cuDNN | windows | lengths | one at a time ms | batched ms | new length: first / again ms | max abs diff |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {'on' if r['cudnn'] else 'off'} | {r['batch']} | {r['lengths']} | {r['one_at_a_time_ms']} | {r['batched_ms']} | "
-           f"{r['new_length_first_ms']} / {r['new_length_again_ms']} | {r['max_abs_diff']:.1e} |" for r in rows]
-    (out / "watermark_batch.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    result = dict(**run_header(card), torch=torch.__version__, sizes=SIZES, rows=rows)
+    head = (f"# Watermark: one window at a time vs a batch ({card}, {result['date']}, commit {result['commit'] or '?'})\n\n"
+            "Windows of 1 s ('same') or of 280 ms to 1.5 s in turn ('mixed') at 24 kHz; 'new length': a batch of one "
+            "length not seen before (first use) and the same again. Median of 3, ms for the whole batch.\n\n"
+            "| cuDNN | windows | lengths | one at a time ms | batched ms | new length: first / again ms | max abs diff |\n"
+            "|---|---|---|---|---|---|---|\n")
+    body = "".join(f"| {'on' if r['cudnn'] else 'off'} | {r['batch']} | {r['lengths']} | {r['one_at_a_time_ms']} | "
+                   f"{r['batched_ms']} | {r['new_length_first_ms']} / {r['new_length_again_ms']} | "
+                   f"{r['max_abs_diff']:.1e} |\n" for r in rows)
+    write_results(a.out, "watermark_batch", result, head + body)
     return 0
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions  # noqa: E402
 from engine.chatterbox.random_checkpoint import benchmark_checkpoint  # noqa: E402
 from engine.watermark import BatchMarker  # noqa: E402
+from engine_bench import run_header, write_results  # noqa: E402
 from startup_cost import first_audio  # noqa: E402
 
 VARIANTS = {  # name: (BatchMarker arguments or None for no watermark, switch interval s or None)
@@ -45,9 +44,10 @@ VARIANTS = {  # name: (BatchMarker arguments or None for no watermark, switch in
 
 
 async def main_async(a: argparse.Namespace) -> list[dict]:
-    model_dir = a.model_dir or str(benchmark_checkpoint(a.random_dir))
-    engine = ChatterboxEngine(ChatterboxOptions(model_dir, device=a.device, dtype=a.dtype, max_streams=max(8, a.streams),
-                                                max_tokens=a.max_tokens, startup_checks=False, watermark=True))
+    model_dir = a.model_dir or str(benchmark_checkpoint("/tmp/chatterbox-random"))
+    dtype = "bfloat16" if a.device.startswith("cuda") else "float32"
+    engine = ChatterboxEngine(ChatterboxOptions(model_dir, device=a.device, dtype=dtype, max_streams=max(8, a.streams),
+                                                max_tokens=100, startup_checks=False, watermark=True))
     await engine.start()
     wm = engine._watermarker
     rows = []
@@ -72,30 +72,22 @@ async def main_async(a: argparse.Namespace) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--model-dir")
-    ap.add_argument("--random-dir", default="/tmp/chatterbox-random")
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--utterances", type=int, default=8)
-    ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=100)
+    ap.add_argument("--model-dir", help="default: the benchmarks' random full-size checkpoint")
+    ap.add_argument("--utterances", type=int, default=8, help="one at a time")
+    ap.add_argument("--streams", type=int, default=16, help="at once")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     rows = asyncio.run(main_async(a))
     card = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
-    result = dict(card=card, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  commit=os.environ.get("COMMIT", ""), streams=a.streams, rows=rows)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "watermark_engine.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Watermark in the engine: first audio by way of marking ({card}, {result['date']}, "
-          f"commit {result['commit'] or '?'})", "", "`python benchmarks/watermark_engine.py`: one engine, its marker "
-          "swapped per variant; first audio = submit -> first chunk.", "",
-          f"| variant | one at a time p50 / p95 ms | {a.streams} at once p50 / p95 ms | marking passes / chunks |",
-          "|---|---|---|---|"]
-    md += [f"| {r['variant']} | {r['one_at_a_time']['p50_ms']} / {r['one_at_a_time']['p95_ms']} | "
-           f"{r['at_once']['p50_ms']} / {r['at_once']['p95_ms']} | {r['passes']} / {r['chunks']} |" for r in rows]
-    (out / "watermark_engine.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    result = dict(**run_header(card), streams=a.streams, rows=rows)
+    head = (f"# Watermark in the engine: first audio by way of marking ({card}, {result['date']}, "
+            f"commit {result['commit'] or '?'})\n\n`python benchmarks/watermark_engine.py`: one engine, its marker "
+            f"swapped per variant; first audio = submit -> first chunk.\n\n| variant | one at a time p50 / p95 ms | "
+            f"{a.streams} at once p50 / p95 ms | marking passes / chunks |\n|---|---|---|---|\n")
+    body = "".join(f"| {r['variant']} | {r['one_at_a_time']['p50_ms']} / {r['one_at_a_time']['p95_ms']} | "
+                   f"{r['at_once']['p50_ms']} / {r['at_once']['p95_ms']} | {r['passes']} / {r['chunks']} |\n"
+                   for r in rows)
+    write_results(a.out, "watermark_engine", result, head + body)
     return 0
 
 

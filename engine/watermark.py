@@ -155,17 +155,21 @@ class BatchMarker:
     """One thread that marks every stream's chunks, a batch at a time, in arrival order.
 
     The GPU worker hands each chunk (and each stream's end or error) to ``put`` as it delivers
-    it; the thread takes whatever has arrived, waiting ``linger`` seconds for the rest of a GPU
-    batch, marks the chunks in one ``apply_many`` and passes every item on, in order, through
-    its ``send``. Marking window by window on one thread cost 3.5-5.3 ms a window on an H200
+    it; the thread takes whatever has arrived (waiting ``linger`` seconds for more: 0 by default,
+    since a GPU batch's chunks are handed over back to back, and a 1 ms linger made 16 streams'
+    first audio p95 175 ms against 142 without, run 46), marks the chunks in one ``apply_many``
+    and passes every item on, in order, through its ``send``. Marking window by window on one thread cost 3.5-5.3 ms a window on an H200
     and, with 16 streams at once, took first audio p95 from 111 to 451 ms (engine_notes.md):
     the windows of one GPU batch queued behind each other, each waiting for the device (on the
     default CUDA stream, behind the worker's own queued work). On an H200 (run 44,
     benchmarks/watermark_batch.py) 32 one-second windows took 96 ms one at a time and 30 ms
-    as one batch; 8 took 24 and 8 ms. On a GPU the thread marks on its own CUDA stream.
+    as one batch; 8 took 24 and 8 ms. On a GPU the thread marks on its own CUDA stream. In the
+    engine (run 46, benchmarks/watermark_engine.py, one engine, H200): first audio of 16 streams
+    at once p95 446 ms marking one chunk per pass, 142 ms batched, 114 ms unmarked; one stream
+    at a time 88, 75 and 45 ms (the marking still costs ~30 ms there: not explained yet).
     """
 
-    def __init__(self, watermarker: Watermarker, linger: float = 0.001, max_batch: int = 64,
+    def __init__(self, watermarker: Watermarker, linger: float = 0.0, max_batch: int = 64,
                  own_stream: bool = True) -> None:
         import queue
 
