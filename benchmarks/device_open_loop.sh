@@ -35,7 +35,7 @@ if [ "${STARTUP:-0}" = 1 ]; then
 fi
 if [ "${OPEN:-1}" = 1 ]; then
   timeout ${OPEN_S:-420} python3 benchmarks/open_loop.py --out "$OUT" --stack-dump-after $(( ${OPEN_S:-420} - 10 )) \
-    ${OPEN_ARGS:---burst 128 --burst-seconds 6 --rates 16,22,26,30,34,38 --window 12 --lead-in 5} 2>&1 | quiet \
+    ${OPEN_ARGS:---burst 128 --burst-seconds 6 --rates 22,30,38,44 --window 12 --lead-in 5 --max-slots 384 --saturate 10 --no-stop} 2>&1 | quiet \
     > "$OUT/open_loop.log"
   echo "open_loop rc=${PIPESTATUS[0]}" >> "$OUT/open_loop.log"
   grep -E "^  |stock|warm-up|graphs|rc=" "$OUT/open_loop.log" | tail -30

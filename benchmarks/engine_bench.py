@@ -184,7 +184,7 @@ def start_utterance(sched: Scheduler, voice: Voice, seconds: float, rng: random.
 
 
 def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: random.Random,
-                realtime: bool = True) -> dict:
+                realtime: bool = True, durations: tuple[float, ...] = UTTERANCE_S) -> dict:
     """n callers; each starts its next utterance when the previous one has played out."""
     tracks: list[Track] = []
     next_start = [time.perf_counter() + (i / n if realtime and n > 1 else 0.0) for i in range(n)]
@@ -209,7 +209,7 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
                 next_start[i] = max(tr.play_end, now) if realtime else now
                 current[i] = None
             if now < t_end and now >= next_start[i]:
-                tr = start_utterance(sched, voice, rng.choice(UTTERANCE_S), rng)
+                tr = start_utterance(sched, voice, rng.choice(durations), rng)
                 current[i] = tr
                 tracks.append(tr)
                 busy = True

@@ -27,6 +27,9 @@ second; then a warm-up (``warm_up``: as many utterances as slots, at once), then
 burst again. Both bursts report underruns, first audio, the worker's longest turn and the caching
 allocator's growth (two_gpus.md: the first two waves after start-up sent late packets).
 
+``--saturate S``: then every slot busy back to back for S seconds (engine_bench's saturated
+run), and the highest clean load as a share of that throughput (issue 22: >= 70%).
+
 Writes open_loop.json and open_loop.md under --out (card, date, commit from $COMMIT).
 """
 
@@ -45,8 +48,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine_bench import (  # noqa: E402
-    TOKENS_PER_S, UTTERANCE_S, Track, add_engine_args, build_engine, gpu_memory, pct, run_stock, setup, start_utterance, summarise,
-    write_results,
+    TOKENS_PER_S, UTTERANCE_S, Track, add_engine_args, build_engine, closed_loop, gpu_memory, pct, run_stock, setup,
+    start_utterance, summarise, write_results,
 )
 
 
@@ -214,6 +217,10 @@ def render_md(r: dict) -> str:
     lines += ["", f"Highest rate served cleanly: **{best} utterances/s** ({ours['max_clean_erlangs']} Erlangs); "
                   f"with first audio p95 <= {r['ttfa_target_ms']:.0f} ms too: {ours['max_target_rate']} utterances/s "
                   f"({ours['max_target_erlangs']} Erlangs).", ""]
+    if r.get("saturated_audio_s_per_s"):
+        sat = r["saturated_audio_s_per_s"]
+        lines += [f"Saturated throughput, same run: {sat:.1f} audio s per s; the highest clean load is "
+                  f"**{100 * ours['max_clean_erlangs'] / sat:.0f}%** of it.", ""]
     stock = r.get("stock")
     if stock:
         lines += [f"Stock package (one utterance at a time, nothing streams; FIFO of its measured service times, "
@@ -256,6 +263,9 @@ def main() -> int:
                                                            "0 on a CPU)")
     ap.add_argument("--warm-up-tokens", type=int, default=100, help="speech tokens of each warm-up utterance")
     ap.add_argument("--ttfa-target-ms", type=float, default=250.0, help="first-audio p95 target (issue 22: 250)")
+    ap.add_argument("--saturate", type=float, default=0.0,
+                    help="then S seconds of every slot busy back to back (engine_bench.closed_loop, not real time): "
+                         "the saturated throughput the clean rate is compared with (0: skip)")
     ap.add_argument("--no-stop", action="store_true", help="run every rate, underruns or not")
     a = ap.parse_args()
     device, ckpt, result = setup(a)
@@ -287,6 +297,11 @@ def main() -> int:
         if a.burst:
             result["warm_burst"] = burst(sched, voice, a.burst, a.burst_seconds, rng, device, "warm")
         levels = sweep(sched, voice, rates, a.window, a.lead_in, rng, durations, stop=not a.no_stop)
+        if a.saturate:
+            sat = closed_loop(sched, voice, a.max_slots, a.saturate, rng, realtime=False, durations=durations)
+            result["saturated_audio_s_per_s"] = sat["audio_s"] / sat["wall_s"]
+            print(f"saturated ({a.max_slots} slots back to back): {result['saturated_audio_s_per_s']:.1f} audio s "
+                  "per s", flush=True)
     finally:
         sched.stop()
     print(f"graphs captured in service (not at start-up): {late_captures(sched)}; longest worker turn "

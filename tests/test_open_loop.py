@@ -19,12 +19,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 @pytest.mark.timeout(600)
 def test_open_loop_runs_on_a_cpu_and_reports_every_figure(tmp_path):
-    """A second of Poisson arrivals after a cold burst and a warm-up: every level, burst and the
-    highest clean rate are in the JSON, and the markdown table is written."""
+    """A second of Poisson arrivals after a cold burst and a warm-up, then a saturated half second:
+    every level, burst, the highest clean rate and the throughput are in the JSON, and the
+    markdown table is written."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "open_loop.py"), "--device", "cpu", "--small", "--dtype",
            "float32", "--random-dir", str(tmp_path / "ckpt"), "--durations", "1", "--rates", "2", "--window", "1",
            "--lead-in", "0", "--no-stock", "--burst", "2", "--burst-seconds", "1", "--warm-up", "1",
-           "--warm-up-tokens", "20", "--max-slots", "2", "--out", str(tmp_path / "out")]
+           "--warm-up-tokens", "20", "--max-slots", "2", "--saturate", "0.5", "--out", str(tmp_path / "out")]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads((tmp_path / "out" / "open_loop.json").read_text())
@@ -41,7 +42,7 @@ def test_open_loop_runs_on_a_cpu_and_reports_every_figure(tmp_path):
         b = r[key]
         assert b["n"] == b["utterances"] == 2 and not b["errors"] and b["turn_max_ms"] > 0
         assert math.isclose(b["audio_s"], 2 * (25 + 3) * 960 / 24000, rel_tol=0.05)  # 25 tokens + 3 silence each
-    assert r["warm_up_s"] > 0
+    assert r["warm_up_s"] > 0 and r["saturated_audio_s_per_s"] > 0
     md = (tmp_path / "out" / "open_loop.md").read_text()
     assert "| rate /s | Erlangs |" in md and "cold burst" in md
 
