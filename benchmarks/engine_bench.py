@@ -161,12 +161,30 @@ class Track:
                 (self.chunks[0][0] - r.first_window_at) * 1e3)
 
     @property
+    def rtf(self) -> float:
+        """Real-time factor: submit to last chunk over the audio's length (< 1: faster than real time)."""
+        return (self.chunks[-1][0] - self.submitted) / self.audio_s if self.chunks else float("nan")
+
+    @property
     def play_end(self) -> float:
         return self.chunks[0][0] + self.audio_s if self.chunks else self.submitted
 
 
+UTTERANCE_S = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15)  # a caller's utterance lengths, drawn uniformly (mean 6.6 s)
+
+
+def start_utterance(sched: Scheduler, voice: Voice, seconds: float, rng: random.Random) -> Track:
+    """Submit one utterance of ``seconds`` of speech (forced length) and return its track."""
+    tr = Track(seconds)
+    tr.submitted = time.perf_counter()
+    tr.request = Request(text_ids_for(seconds, rng), voice, tr.deliver,
+                         max_tokens=int(seconds * TOKENS_PER_S), seed=rng.randrange(1 << 30))
+    sched.submit(tr.request)
+    return tr
+
+
 def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: random.Random,
-                realtime: bool = True) -> dict:
+                realtime: bool = True, durations: tuple[float, ...] = UTTERANCE_S) -> dict:
     """n callers; each starts its next utterance when the previous one has played out."""
     tracks: list[Track] = []
     next_start = [time.perf_counter() + (i / n if realtime and n > 1 else 0.0) for i in range(n)]
@@ -191,12 +209,7 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
                 next_start[i] = max(tr.play_end, now) if realtime else now
                 current[i] = None
             if now < t_end and now >= next_start[i]:
-                seconds = rng.choice([1, 2, 3, 4, 5, 6, 8, 10, 12, 15])
-                tr = Track(seconds)
-                tr.submitted = time.perf_counter()
-                tr.request = Request(text_ids_for(seconds, rng), voice, tr.deliver,
-                                     max_tokens=int(seconds * TOKENS_PER_S), seed=rng.randrange(1 << 30))
-                sched.submit(tr.request)
+                tr = start_utterance(sched, voice, rng.choice(durations), rng)
                 current[i] = tr
                 tracks.append(tr)
                 busy = True
@@ -205,7 +218,11 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
         if not busy:
             break
         time.sleep(0.002)
-    wall = time.perf_counter() - t0
+    return dict(n=n, **summarise(tracks), wall_s=time.perf_counter() - t0)
+
+
+def summarise(tracks: list[Track]) -> dict:
+    """First audio, underruns and audio of finished utterances; errors of the others."""
     ok = [t for t in tracks if t.error is None and t.chunks]
     errors = [repr(t.error) for t in tracks if t.error is not None]
     ttfa = [t.ttfa_ms for t in ok]
@@ -213,9 +230,10 @@ def closed_loop(sched: Scheduler, voice: Voice, n: int, window: float, rng: rand
     # where the slowest tenth's first audio went: mean lobby / tokens / S3Gen of those >= p90
     slow = [p for t in ok if t.ttfa_ms >= pct(ttfa, 90) and (p := t.ttfa_parts_ms()) is not None]
     tail = [round(float(np.mean([p[k] for p in slow])), 1) for k in range(3)] if slow else None
-    return dict(n=n, utterances=len(tracks), errors=errors[:3], ttfa_p50=pct(ttfa, 50), ttfa_p95=pct(ttfa, 95),
-                ttfa_tail_parts_ms=tail, ttfa_max=max(ttfa) if ttfa else float("nan"), underrun_frames=int(sum(under)),
-                utterances_with_underrun=sum(1 for u in under if u), audio_s=sum(t.audio_s for t in ok), wall_s=wall)
+    return dict(utterances=len(tracks), errors=errors[:3], ttfa_p50=pct(ttfa, 50), ttfa_p95=pct(ttfa, 95),
+                ttfa_p99=pct(ttfa, 99), ttfa_tail_parts_ms=tail, ttfa_max=max(ttfa) if ttfa else float("nan"),
+                underrun_frames=int(sum(under)), utterances_with_underrun=sum(1 for u in under if u),
+                audio_s=sum(t.audio_s for t in ok))
 
 
 # -- precision ----------------------------------------------------------------------
@@ -282,14 +300,12 @@ def precision(ckpt, device, rng: random.Random) -> dict:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# -- set-up shared with open_loop.py -----------------------------------------------------
+def add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """The checkpoint, card and engine settings (engine_bench.py and open_loop.py)."""
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model-dir")
     ap.add_argument("--random-dir", default="/tmp/chatterbox-random")
-    ap.add_argument("--streams", default="1,8,32,64,128")
-    ap.add_argument("--search", default="160,192,256", help="more N to find the real-time limit")
-    ap.add_argument("--window", type=float, default=10.0, help="seconds of new utterances per N")
     ap.add_argument("--max-slots", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--vocoder-dtype", default="auto", help="auto: float16 on a GPU (the engine's default)")
@@ -298,19 +314,19 @@ def main() -> int:
     ap.add_argument("--t3-share", type=float, default=None,
                     help="the scheduler's T3 share (default: the engine's, 1)")
     ap.add_argument("--no-stock", action="store_true")
-    ap.add_argument("--no-precision", action="store_true")
-    ap.add_argument("--durations", default="1,2,3,5,8,10,12,15", help="stock utterance lengths, s")
     ap.add_argument("--small", action="store_true", help="a 4x256 T3 (smoke test on a CPU)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--stack-dump-after", type=float, default=0, help="dump all threads' stacks after S seconds")
-    a = ap.parse_args()
+
+
+def setup(a: argparse.Namespace) -> tuple[torch.device, object, dict]:
+    """The device, the checkpoint (a random one in the real architecture unless --model-dir) and
+    the result's header (card, date, torch, weights, commit from $COMMIT)."""
     if a.stack_dump_after:
         import faulthandler
         faulthandler.dump_traceback_later(a.stack_dump_after, exit=True)
     device = torch.device(a.device)
-    rng = random.Random(0)
     torch.manual_seed(0)
-
     model_dir = a.model_dir
     if not model_dir:
         model_dir = a.random_dir + ("-small" if a.small else "")
@@ -318,8 +334,61 @@ def main() -> int:
     ckpt = load_checkpoint(model_dir, str(device))
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"card: {card}", flush=True)
-    result: dict = dict(card=card, date=dt.date.today().isoformat(), torch=torch.__version__,
+    result: dict = dict(**run_header(card), torch=torch.__version__,
                         weights="random (real architecture)" if not a.model_dir else a.model_dir)
+    return device, ckpt, result
+
+
+def build_engine(a: argparse.Namespace, ckpt, device: torch.device,
+                 capture: bool = True) -> tuple[Scheduler, Voice, str, float | None]:
+    """Our scheduler over the checkpoint (graphs captured on a GPU), not started; its voice,
+    the vocoder's dtype and that vocoder's SNR against float32 on the reference."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    dtype = getattr(torch, a.dtype)
+    runner = T3Runner(ckpt.t3, device, dtype, max_slots=a.max_slots, max_len=1024,
+                      cuda_graphs=device.type == "cuda")
+    vocoder_dtype = a.vocoder_dtype if a.vocoder_dtype != "auto" else ("float16" if device.type == "cuda" else "float32")
+    streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype, hift_dtype=getattr(torch, vocoder_dtype),
+                             overlap=a.overlap == "on")
+    sched = Scheduler(runner, streamer) if a.t3_share is None else Scheduler(runner, streamer, t3_share=a.t3_share)
+    voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
+    vocoder_snr = streamer.vocoder_snr_db(ckpt.conds.gen["prompt_feat"]) if vocoder_dtype != "float32" else None
+    print(f"vocoder {vocoder_dtype}: {vocoder_snr} dB against float32 on the reference", flush=True)
+    gpu_memory(device, "models + KV cache")
+    if capture:
+        t0 = time.perf_counter()
+        sched.capture_graphs(voice)
+        gpu_memory(device, "T3 + flow graphs")
+        print(f"CUDA graphs captured in {time.perf_counter() - t0:.1f} s", flush=True)
+    return sched, voice, vocoder_dtype, vocoder_snr
+
+
+def gpu_memory(device: torch.device, tag: str) -> dict:
+    """The caching allocator's state (printed): what a first use of a new size would grow."""
+    if device.type != "cuda":
+        return {}
+    st = torch.cuda.memory_stats(device)
+    out = dict(allocated_gib=round(st.get("allocated_bytes.all.current", 0) / 2**30, 2),
+               reserved_gib=round(st.get("reserved_bytes.all.current", 0) / 2**30, 2),
+               segments=st.get("segment.all.current", 0), device_allocs=st.get("num_device_alloc", None),
+               alloc_retries=st.get("num_alloc_retries", 0))
+    print(f"  [{tag}] {json.dumps(out)}", flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_engine_args(ap)
+    ap.add_argument("--streams", default="1,8,32,64,128")
+    ap.add_argument("--search", default="160,192,256", help="more N to find the real-time limit")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds of new utterances per N")
+    ap.add_argument("--no-precision", action="store_true")
+    ap.add_argument("--durations", default="1,2,3,5,8,10,12,15", help="stock utterance lengths, s")
+    a = ap.parse_args()
+    device, ckpt, result = setup(a)
+    rng = random.Random(0)
 
     stock: dict = {}
     if not a.no_stock:
@@ -338,29 +407,7 @@ def main() -> int:
         result["precision"] = precision(ckpt, device, rng)
         print("precision:", json.dumps(result["precision"]), flush=True)
 
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    dtype = getattr(torch, a.dtype)
-    runner = T3Runner(ckpt.t3, device, dtype, max_slots=a.max_slots, max_len=1024,
-                      cuda_graphs=device.type == "cuda")
-    vocoder_dtype = a.vocoder_dtype if a.vocoder_dtype != "auto" else ("float16" if device.type == "cuda" else "float32")
-    streamer = S3GenStreamer(ckpt.s3gen, device, flow_dtype=dtype, hift_dtype=getattr(torch, vocoder_dtype),
-                             overlap=a.overlap == "on")
-    sched = Scheduler(runner, streamer) if a.t3_share is None else Scheduler(runner, streamer, t3_share=a.t3_share)
-    voice = Voice("default", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
-    vocoder_snr = streamer.vocoder_snr_db(ckpt.conds.gen["prompt_feat"]) if vocoder_dtype != "float32" else None
-    print(f"vocoder {vocoder_dtype}: {vocoder_snr} dB against float32 on the reference", flush=True)
-    def mem(tag: str) -> None:
-        if device.type == "cuda":
-            print(f"  [{tag}] allocated {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB, "
-                  f"reserved {torch.cuda.memory_reserved(device) / 2**30:.1f} GiB", flush=True)
-
-    mem("models + KV cache")
-    t0 = time.perf_counter()
-    sched.capture_graphs(voice)
-    mem("T3 + flow graphs")
-    print(f"CUDA graphs captured in {time.perf_counter() - t0:.1f} s", flush=True)
+    sched, voice, vocoder_dtype, vocoder_snr = build_engine(a, ckpt, device)
     sched.start()
     closed_loop(sched, voice, 16, 3.0, rng)  # warm-up: allocator, cuDNN heuristics and cuFFT plans of many shapes
 
@@ -378,6 +425,7 @@ def main() -> int:
     sat = closed_loop(sched, voice, sat_n, a.window, rng, realtime=False)
     print(f"  ours saturated N={sat_n}: {sat['audio_s'] / sat['wall_s']:.1f} audio s per s", flush=True)
     # where the GPU worker's time goes at saturation (a second run, with a sync at each phase's end)
+    streamer = sched.streamer
     streamer.profile = True
     before = dict(sched.stats.__dict__)
     prof = closed_loop(sched, voice, sat_n, min(a.window, 5.0), rng, realtime=False)
@@ -409,12 +457,23 @@ def main() -> int:
     if stock:
         result["throughput_ratio"] = ours["audio_s_per_gpu_s"] / stock["audio_s_per_gpu_s"]
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engine.json").write_text(json.dumps(result, indent=1))
-    (out / "engine.md").write_text(render_md(result))
-    print(render_md(result))
+    write_results(a.out, "engine", result, render_md(result))
     return 0
+
+
+def write_results(out_dir: str, name: str, result: dict, md: str) -> None:
+    """``name``.json and ``name``.md under ``out_dir`` (made if missing); the markdown printed too."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(md)
+    print(md)
+
+
+def run_header(card: str) -> dict:
+    """What every result records first: the card, the UTC date and the commit ($COMMIT)."""
+    return dict(card=card, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                commit=os.environ.get("COMMIT", ""))
 
 
 def render_md(r: dict) -> str:

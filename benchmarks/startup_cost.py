@@ -171,8 +171,8 @@ def main() -> int:
     args = ap.parse_args()
     results = asyncio.run(main_async(args))
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or os.environ.get("COMMIT", "unknown")
+    commit = os.environ.get("COMMIT") or subprocess.run(  # $COMMIT first: a device copy's git is not the tree's
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or "unknown"
     report = dict(card=card, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), commit=commit,
                   model_dir=args.model_dir or "random (benchmark_checkpoint)", utterances=args.utterances,
                   streams=args.streams, results=results)

@@ -32,6 +32,7 @@ class BucketGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.warm = False
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any]] = {}
+        self.late_captures = 0  # buckets first met in service (a capture there stalls the worker)
 
     # -- what a subclass provides ----------------------------------------------------
     def _inputs(self, b: int, length: int) -> dict[str, torch.Tensor]:
@@ -78,5 +79,7 @@ class BucketGraphs:
     def entry(self, b: int, length: int) -> tuple[tuple[int, int], torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any]:
         """The bucket for (b, length): its key, graph, static inputs and outputs (captured if new)."""
         key = self.bucket(b, length)
+        if key not in self.graphs:
+            self.late_captures += 1
         graph, ins, out = self.graphs.get(key) or self._capture(*key)
         return key, graph, ins, out

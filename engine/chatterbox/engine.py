@@ -78,7 +78,7 @@ class ChatterboxEngine(EngineBase):
         self.checks_seconds = 0.0
         self.startup_seconds = 0.0
         self._watermarker = None
-        self._marker_pool = None
+        self._marker = None  # watermark.BatchMarker: every stream's chunks marked in batches
 
     async def start(self) -> None:
         if self._scheduler is None:
@@ -106,10 +106,11 @@ class ChatterboxEngine(EngineBase):
             # waits busily) on cores the server's RTP pacing needs.
             torch.set_num_threads(1)
         if o.watermark:
-            from ..watermark import WatermarkError, Watermarker
+            from ..watermark import BatchMarker, WatermarkError, Watermarker
 
             try:
                 self._watermarker = Watermarker(SAMPLE_RATE, o.device)
+                self._marker = BatchMarker(self._watermarker)
             except WatermarkError as exc:
                 raise EngineError(f"engine chatterbox: watermark: {exc}") from None
         self._ckpt = load_checkpoint(o.model_dir, o.device)
@@ -245,13 +246,19 @@ class ChatterboxEngine(EngineBase):
         pieces = self.pieces(text)
         voice_obj = await loop.run_in_executor(None, self._voice_for, voice)
         sampling, seed = self._generation(voice)
-        mark = self._watermarker.apply if self._watermarker is not None else None
+        marker = self._marker
 
         def submit(piece: str, index: int) -> tuple[Request, "asyncio.Queue"]:
             out: "asyncio.Queue[np.ndarray | BaseException | None]" = asyncio.Queue()
 
-            def deliver(item: "np.ndarray | BaseException | None") -> None:
+            def send(item: "np.ndarray | BaseException | None") -> None:
                 loop.call_soon_threadsafe(out.put_nowait, item)
+
+            def deliver(item: "np.ndarray | BaseException | None") -> None:
+                if marker is not None:  # marked off the GPU worker, with the other streams' chunks
+                    marker.put(send, item)
+                else:
+                    send(item)
 
             req = Request(self.tokenize(piece), voice_obj, deliver,  # type: ignore[arg-type]
                           max_tokens=self.options.max_tokens, seed=seed + index, background=background,
@@ -271,19 +278,10 @@ class ChatterboxEngine(EngineBase):
                         raise EngineError(f"synthesis failed: {item}") from item
                     if len(running) == i + 1 and i + 1 < len(pieces):
                         running.append(submit(pieces[i + 1], i + 1))
-                    if mark is not None:  # off the loop: ~10 ms of CPU a window (engine/watermark.py)
-                        item = await loop.run_in_executor(self._mark_pool(), mark, item)
                     yield item
         finally:
             for req, _ in running:
                 req.cancel()
-
-    def _mark_pool(self) -> object:
-        if self._marker_pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._marker_pool = ThreadPoolExecutor(1, thread_name_prefix="watermark")
-        return self._marker_pool
 
     def _generation(self, voice: VoiceSpec) -> tuple[object, int]:
         """Sampling settings of one request: the engine's defaults, overridden by the voice's."""
@@ -308,6 +306,6 @@ class ChatterboxEngine(EngineBase):
         if self._scheduler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._scheduler.stop)
             self._scheduler = None
-        if self._marker_pool is not None:
-            self._marker_pool.shutdown(wait=False)
-            self._marker_pool = None
+        if self._marker is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._marker.close)
+            self._marker = None

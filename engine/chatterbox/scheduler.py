@@ -133,6 +133,7 @@ class SchedulerStats:
     t3_seconds: float = 0.0
     s3_seconds: float = 0.0
     audio_seconds: float = 0.0  # delivered
+    turn_max_s: float = 0.0  # the longest turn of the loop (a first-use cost shows here)
 
 
 class Scheduler:
@@ -194,7 +195,9 @@ class Scheduler:
             torch.cuda.set_stream(torch.cuda.Stream(self.streamer.device, priority=-5))
         while not self._stop:
             try:
+                t0 = time.perf_counter()
                 self._turn()
+                self.stats.turn_max_s = max(self.stats.turn_max_s, time.perf_counter() - t0)
             except Exception as exc:  # a failed batch fails its requests, never the worker
                 log.exception("GPU worker turn failed")
                 inflight = self._inflight[0] if self._inflight is not None else []

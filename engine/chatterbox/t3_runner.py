@@ -213,6 +213,7 @@ class T3Runner:
             self.buckets.append(max_slots)
         # Captured prefills: up to 32 texts of up to 128 positions (longer ones run eagerly).
         self.max_prefill_batch = 32
+        self.late_captures = 0  # decode and prefill graphs captured in service, not at start-up
         self.prefill_buckets = (16, 32, 48, 64, 96, 128)
         self._prefill_graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor],
                                                                torch.Tensor]] = {}
@@ -356,6 +357,8 @@ class T3Runner:
         if key is None:
             logits = self._prefill_logits(idx, p, ids.to(self.device), torch.tensor(lens, device=self.device))
         else:
+            if key not in self._prefill_graphs:
+                self.late_captures += 1  # a prefill shape first met in service
             graph, ins, out = self._prefill_graphs.get(key) or self._capture_prefill(*key)
             ins["idx"].fill_(self.scratch)
             ins["idx"][:b] = idx
@@ -469,6 +472,8 @@ class T3Runner:
             self.host_pos[i] = min(self.host_pos[i] + 1, self.max_len - 1)
         if not self.use_graphs:
             return self._step_eager(b, keys, shared)[:n]
+        if (b, keys, shared) not in self._graphs:
+            self.late_captures += 1  # a decode bucket first met in service
         graph = self._graphs.get((b, keys, shared)) or self._capture(b, keys, shared)
         graph[0].replay()
         return graph[1][:n]
