@@ -458,7 +458,8 @@ class _StalledClient:
 def test_nobody_comes_and_a_client_that_stops_reading(tmp_path):
     """A live step nobody takes goes on to its next step; an application that asks for the caller's
     audio and stops reading costs it frames (dropped, counted) but never the call: our RTP stays on
-    time; the caller's BYE reaches it as events; the counters return to zero."""
+    time; the caller's BYE reaches it as events; one that vanishes (a reset) leaves its call to end;
+    the counters (calls, sessions, streams, tasks, ports, SIP calls) return to their idle values."""
     api = start_live_server(tmp_path / "srv")
     try:
         idle_tasks = gauges(api)["sip_tts_asyncio_tasks"]
@@ -497,6 +498,19 @@ def test_nobody_comes_and_a_client_that_stops_reading(tmp_path):
         kinds = [e["event"] for e in events]
         assert "hangup" in kinds and kinds[-1] == "ended", kinds
         ended = events[-1]
+        # An application that vanishes mid-sentence (its TCP connection reset, no close frame):
+        # what it queued plays out, the live step ends, the script's end hangs up.
+        gone_caller = _RawCall(api, "live-gone")
+        gone = _StalledClient(api, "live-gone")
+        gone.send({"text": "I will vanish in the middle of this sentence.", "flush": True})
+        time.sleep(0.5)
+        gone.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        gone.sock.close()  # (linger 0: a reset)
+        deadline = time.monotonic() + 15
+        while "call live-gone to 5000 ended: prompt-done" not in api.srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "call live-gone to 5000 ended: prompt-done" in api.srv.log_text()
+        gone_caller.close()
         print(f"slow client: {ended['audio_frames_dropped']} caller frames dropped ({gaps} gaps in the frame "
               f"numbers it got, {len(frames)} frames received)")
         assert ended["audio_frames_dropped"] > 0 and during["live"]["audio_frames_dropped"] > 0 and gaps > 0

@@ -310,3 +310,19 @@ async def _merging(engine):
     session.text("One. Two. Three. Four.", flush=True)
     await _pace(q, 200)
     assert session.utterances == before + 1
+
+
+def test_a_failed_synthesis_is_an_error_event_and_the_call_goes_on():
+    with_engine(_failing)
+
+
+async def _failing(engine):
+    session, q, ch = _session(engine)
+    broken = VoiceSpec("broken", (("voice", "zz-no-such-voice"),))
+    session._voices = lambda n: {"default": VoiceSpec(), "broken": broken}[n]
+    session.command(parse_command('{"voice": "broken", "text": "Not said.", "flush": true}'))
+    session.command(parse_command('{"voice": "default", "text": "Said.", "flush": true}'))
+    await _pace(q, 120)
+    assert [e["event"] for e in ch.events] == ["error", "speaking", "idle"], ch.events
+    assert ch.events[0] == {"event": "error", "message": "synthesis failed", "field": "text"}
+    assert session.tasks() == 0
