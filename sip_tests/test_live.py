@@ -384,6 +384,17 @@ def test_auth_limits_and_refusals(tmp_path):
                     assert (await next_event(b, "speaking"))["latency_ms"] >= 0
                     status = httpx.get(api.url + "/v1/calls/auth-2", headers=headers("key-a")).json()["live"]
                     assert status["attached"] and status["utterances"] == 1
+                    await next_event(b, "idle")
+                    wav = tmp_path / "beep.wav"
+                    _known_wav(wav, seconds=0.5)
+                    r = httpx.post(api.url + "/v1/calls/auth-2/play", files={"file": wav.read_bytes()},
+                                   data={"mode": "interrupt"}, headers=headers("key-a"))
+                    assert r.status_code == 202, r.text
+                    assert (await next_event(b, "speaking"))["engine_ms"] is None  # (a WAV: no engine)
+                    for form, param in (({"files": {"file": b"not a wav"}}, "file"),
+                                        ({"data": {"prompt": "../server.yaml"}}, "prompt"), ({}, "file")):
+                        r = httpx.post(api.url + "/v1/calls/auth-2/play", headers=headers("key-a"), **form)
+                        assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, r.text
                     r = httpx.post(api.url + "/v1/calls/auth-2/hangup", headers=headers("key-b"))
                     assert r.status_code == 202
                     assert (await next_event(b, "ended"))["reason"] == "api-hangup"
