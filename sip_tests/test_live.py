@@ -385,12 +385,15 @@ def test_auth_limits_and_refusals(tmp_path):
                     status = httpx.get(api.url + "/v1/calls/auth-2", headers=headers("key-a")).json()["live"]
                     assert status["attached"] and status["utterances"] == 1
                     await next_event(b, "idle")
-                    wav = tmp_path / "beep.wav"
-                    _known_wav(wav, seconds=0.5)
+                    wav = api.srv.workdir / "beep.wav"  # beside prompts.yaml: a prompt by name, too
+                    _known_wav(wav, seconds=3.0)
                     r = httpx.post(api.url + "/v1/calls/auth-2/play", files={"file": wav.read_bytes()},
                                    data={"mode": "interrupt"}, headers=headers("key-a"))
                     assert r.status_code == 202, r.text
                     assert (await next_event(b, "speaking"))["engine_ms"] is None  # (a WAV: no engine)
+                    r = httpx.post(api.url + "/v1/calls/auth-2/play", data={"prompt": "beep.wav"},
+                                   headers=headers("key-a"))
+                    assert r.status_code == 202 and r.json()["queued_ms"] > 0, r.text
                     for form, param in (({"files": {"file": b"not a wav"}}, "file"),
                                         ({"data": {"prompt": "../server.yaml"}}, "prompt"), ({}, "file")):
                         r = httpx.post(api.url + "/v1/calls/auth-2/play", headers=headers("key-a"), **form)
