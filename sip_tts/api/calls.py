@@ -154,13 +154,20 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
             return await websocket.send_denial_response(error_response(
                 429, f"more than api.max_call_streams_per_key={live.max_streams_per_key} call streams open "
                      "with this key", None, "too_many_streams", {"Retry-After": "1"}))
+        counted = [True]
+
+        def release() -> None:  # once: when the session lets go (before the close), or here
+            if counted[0]:
+                counted[0] = False
+                live.stream_closed(key)
+
         try:
             await websocket.accept()
-            await session.serve(StarletteChannel(websocket))
+            await session.serve(StarletteChannel(websocket), detached=release)
         except SessionBusy:
             await websocket.close(1008, "another application is attached")
         finally:
-            live.stream_closed(key)
+            release()
 
     return router
 

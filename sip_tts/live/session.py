@@ -263,6 +263,20 @@ class LiveSession:
             self._hangup("app-hangup")
         return dropped
 
+    def close(self) -> None:
+        """The call's script is over (or the call ended): stop every task the session holds (the
+        speaker may be waiting for the queue to drain, which a call that ended never does)."""
+        for seg in self._segments:
+            if isinstance(seg, _Utterance) and seg.task is not None:
+                seg.task.cancel()
+        self._segments.clear()
+        if self._speaker is not None:
+            self._speaker.cancel()
+            self._speaker = None
+        self._watches.clear()
+        self.queue.watch(0, None)
+        self.handle.listen(None)
+
     def _speak(self, text: str | None, since: float) -> None:
         if text:
             self._push(_Utterance(text, self.voice, since))
@@ -465,10 +479,11 @@ class LiveSession:
         finally:
             self.active -= 1
 
-    async def serve(self, channel: Channel) -> str:
+    async def serve(self, channel: Channel, detached: Callable[[], None] | None = None) -> str:
         """Run the protocol over ``channel`` until the application closes it, the call ends or the
         client falls behind; returns which (``closed``, ``call-ended``, ``slow-client``).
-        ``SessionBusy`` if another application is attached."""
+        ``SessionBusy`` if another application is attached. ``detached`` runs before the channel is
+        closed (an application that sees the close may open its next connection at once)."""
         if self.outbox is not None:
             raise SessionBusy("another application is attached to this call")
         outbox = self.outbox = Outbox(channel)
@@ -515,6 +530,8 @@ class LiveSession:
             self.audio_format = None
             self.active -= 1
             self._released.set()
+            if detached is not None:
+                detached()
             try:
                 await asyncio.wait_for(channel.close(1000 if why != "slow-client" else 1008,
                                                      "" if why != "slow-client" else "not reading"), 2.0)
