@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -582,7 +581,3 @@ class LiveSession:
             if digit is not None:
                 self._emit(event("dtmf", digit=digit))
 
-
-def wall_time(loop_time: float, loop: asyncio.AbstractEventLoop) -> float:
-    """A loop timestamp as Unix time (for what the API reports)."""
-    return time.time() - (loop.time() - loop_time)
