@@ -326,3 +326,19 @@ async def _failing(engine):
     assert [e["event"] for e in ch.events] == ["error", "speaking", "idle"], ch.events
     assert ch.events[0] == {"event": "error", "message": "synthesis failed", "field": "text"}
     assert session.tasks() == 0
+
+
+def test_the_call_table_hands_the_callers_audio_only_while_tapped():
+    from telephony.calls import CallerAudio
+    from tests.test_calls import Harness, rtp
+
+    h = Harness()
+    call, _ = h.answered_call()
+    h.table.rtp_received("call-1", rtp(1, 160, payload=b"\x11" * 160), ("10.0.0.5", 40000), 0.2)
+    assert h.table.actions() == []  # nobody listens: no action per packet
+    call.tap_audio = True  # (what CallHandle.listen asks for through MediaIO)
+    h.table.rtp_received("call-1", rtp(2, 320, payload=b"\x22" * 160), ("10.0.0.5", 40000), 0.22)
+    h.table.rtp_received("call-1", rtp(3, 480, pt=101, payload=bytes([5, 10, 0, 160])), ("10.0.0.5", 40000), 0.24)
+    got = h.table.actions()
+    assert [type(a) for a in got] == [CallerAudio]  # the telephone-event packet is not audio
+    assert (got[0].sequence, got[0].timestamp, got[0].payload) == (2, 320, b"\x22" * 160)
