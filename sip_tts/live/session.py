@@ -239,21 +239,13 @@ class LiveSession:
         """Stop what is playing, drop what is queued (text, synthesis, frames); frames dropped. Marks
         are answered as cleared; a hangup that was waiting for the audio happens now."""
         dropped = self.queue.pending
-        for seg in self._segments:
-            if isinstance(seg, _Utterance) and seg.task is not None:
-                seg.task.cancel()
         marks = [seg.name for seg in self._segments if isinstance(seg, _Mark)]
+        marks = [data for _, _, kind, data in sorted(self._watches) if kind == "mark"] + marks
         hangup = any(isinstance(seg, _Hangup) for seg in self._segments) or any(
             kind == "hangup" for _, _, kind, _ in self._watches)
-        self._segments.clear()
+        self._stop()
         self.clauses.clear()
-        if self._speaker is not None:
-            self._speaker.cancel()
-            self._speaker = None
         self.queue.flush()
-        marks = [data for _, _, kind, data in sorted(self._watches) if kind == "mark"] + marks
-        self._watches.clear()
-        self.queue.watch(0, None)
         self.speaking = False
         for name in marks:
             self._emit(event("mark", name=name, cleared=True))
@@ -265,6 +257,11 @@ class LiveSession:
     def close(self) -> None:
         """The call's script is over (or the call ended): stop every task the session holds (the
         speaker may be waiting for the queue to drain, which a call that ended never does)."""
+        self._stop()
+        self.handle.listen(None)
+
+    def _stop(self) -> None:
+        """Cancel the syntheses and the speaker; forget what was queued and watched."""
         for seg in self._segments:
             if isinstance(seg, _Utterance) and seg.task is not None:
                 seg.task.cancel()
@@ -274,7 +271,6 @@ class LiveSession:
             self._speaker = None
         self._watches.clear()
         self.queue.watch(0, None)
-        self.handle.listen(None)
 
     def _speak(self, text: str | None, since: float) -> None:
         if text:
