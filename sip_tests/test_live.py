@@ -401,9 +401,18 @@ def test_auth_limits_and_refusals(tmp_path):
                     r = httpx.post(api.url + "/v1/calls/auth-2/hangup", headers=headers("key-b"))
                     assert r.status_code == 202
                     assert (await next_event(b, "ended"))["reason"] == "api-hangup"
-            # key-a's stream closed (and with it auth-1's live step: the call went on to its end): another one
-            async with websockets.connect(ws_url(api, "auth-3"), additional_headers=headers("key-a")) as a:
-                await next_event(a, "start")
+            # key-a's stream closed (and with it auth-1's live step: the call went on to its end): another
+            # one. The slot comes back once the server has finished with the stream, a moment after the
+            # close handshake (which the WebSocket layer answers at once): a client honours Retry-After.
+            for attempt in range(20):
+                try:
+                    async with websockets.connect(ws_url(api, "auth-3"), additional_headers=headers("key-a")) as a:
+                        await next_event(a, "start")
+                    break
+                except websockets.InvalidStatus as exc:
+                    if exc.response.status_code != 429 or attempt == 19:
+                        raise
+                    await asyncio.sleep(0.1)
             assert await refused("auth-1", "key-a") in (404, 409)
 
         asyncio.run(websockets_side())
