@@ -4,7 +4,7 @@
 # SIPp and tcpdump are not on that image: they travel in .sipbench/ (this machine's binaries and
 # their libraries, run through the bundled loader), with the server's wheels.
 # (tcpdump runs with -Z root there: that image has no tcpdump user to drop to)
-#   carry: [".sipbench", ".old15", ".ref15"]; COMMIT=<sha> OLD=".old15 .ref15" bash benchmarks/device_sip_load.sh
+#   carry: [".sipbench", ".old15", ".ref15"]; COMMIT=<sha> OLD=".old15 .ref15" [OUTBOUND=1] bash benchmarks/device_sip_load.sh
 # .sipbench is made by benchmarks/make_sipbench.sh; .old15 etc. by `git archive <commit> | tar -x -C .old15`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,11 @@ export PEERS_DIR=$NEW/sip_tests/peers
 (PYTHONPATH=/tmp/site:$NEW python3 benchmarks/sip_load.py $ARGS --out $OUT/new) > $OUT/new.log 2>&1
 echo "new rc=$?"; tail -3 $OUT/new.log
 SIDES=new
+if [ "${OUTBOUND:-0}" = 1 ]; then  # outbound calls through a trunk to SIPp's UAS, same quiet host
+  (PYTHONPATH=/tmp/site:$NEW python3 benchmarks/outbound_load.py ${OUTBOUND_ARGS:---start 100 --factor 2 --max-rate 1600} \
+     --out $OUT/outbound) > $OUT/outbound.log 2>&1
+  echo "outbound rc=$?"; tail -3 $OUT/outbound.log; SIDES="$SIDES outbound"
+fi
 for old in ${OLD:-.old15}; do
   side=$(basename $old); side=${side#.}; SIDES="$SIDES $side"
   dir=/tmp/$side; rm -rf $dir; cp -r $old $dir

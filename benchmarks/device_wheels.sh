@@ -17,6 +17,9 @@ WHEELS=(
   structlog==26.1.0 soxr==1.1.0 espeakng-loader==0.2.4
   # the HTTP API (the image has anyio, h11, click, httpx)
   fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34 annotated-doc==0.0.7
+  httptools==0.9.0
+  # live calls: the per-call WebSocket (uvicorn serves it through websockets; the connect step dials with it)
+  websockets==17.4
   # SRTP (the server imports it)
   pylibsrtp==1.0.0
   # fastapi imports opentelemetry-api

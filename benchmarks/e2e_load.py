@@ -92,6 +92,81 @@ class _RtpReceiver:
         self.sock.close()
 
 
+class Heard:
+    """The RTP a caller received: each packet's loop and kernel arrival time, sequence number and timestamp."""
+
+    AUDIBLE = 10 ** (-50 / 20)  # a 20 ms G.711 frame above -50 dBFS is audible
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.kernel: list[float] = []
+        self.seqs: list[int] = []
+        self.stamps: list[int] = []
+        self.audible_at: float | None = None
+
+    def take(self, t: float, kt: float, pkt: bytes) -> bool:
+        """One packet (a runt is passed over); True if it is the first audible one."""
+        if len(pkt) < 12:
+            return False
+        self.arrivals.append(t)
+        self.kernel.append(kt)
+        self.seqs.append(int.from_bytes(pkt[2:4], "big"))
+        self.stamps.append(int.from_bytes(pkt[4:8], "big"))
+        if self.audible_at is not None:
+            return False
+        pcm = decode_g711(pkt[12:], "PCMU").astype(np.float64) / 32768
+        if np.sqrt(np.mean(pcm ** 2)) > self.AUDIBLE:
+            self.audible_at = t
+            return True
+        return False
+
+    async def listen(self, queue: asyncio.Queue, listen_s: float, limit_s: float,
+                     stopped_s: float | None = None) -> bool:
+        """Take packets from ``queue`` until ``listen_s`` after the first audible one (at most ``limit_s``);
+        with ``stopped_s``, False if none came for that long once they flowed (the media stopped early)."""
+        deadline = time.perf_counter() + limit_s
+        while time.perf_counter() < deadline:
+            wait = deadline - time.perf_counter()
+            if stopped_s is not None and self.arrivals:
+                wait = min(wait, stopped_s)
+            try:
+                t, kt, pkt = await asyncio.wait_for(queue.get(), max(0.01, wait))
+            except asyncio.TimeoutError:
+                return not (stopped_s is not None and self.arrivals and time.perf_counter() < deadline - 0.01)
+            if self.take(t, kt, pkt):
+                deadline = t + listen_s
+        return True
+
+    def first_audio(self, out: dict, t0: float) -> str | None:
+        """``first_rtp_ms`` and ``first_audio_ms`` (since ``t0``) into ``out``; else what was missing."""
+        if not self.arrivals:
+            return "no RTP"
+        out["first_rtp_ms"] = (self.arrivals[0] - t0) * 1e3
+        if self.audible_at is None:
+            return "no audible RTP"
+        out["first_audio_ms"] = (self.audible_at - t0) * 1e3
+        return None
+
+    def gaps(self, first: int) -> tuple[list[float], list[float], dict[str, int]]:
+        """Kernel-time gaps over 30 ms from packet ``first`` on: their sizes, when each began, and what
+        each was: a lost packet (sequence jump), a slot the sender skipped (timestamp jump), or a
+        packet sent late (neither)."""
+        kinds = {"lost": 0, "skipped": 0, "late": 0}
+        sizes, at = [], []
+        for i in range(first + 1, len(self.arrivals)):
+            d = self.kernel[i] - self.kernel[i - 1]
+            if d > 0.030:
+                sizes.append(d)
+                at.append(self.kernel[i - 1])
+                if (self.seqs[i] - self.seqs[i - 1]) & 0xFFFF != 1:
+                    kinds["lost"] += 1
+                elif (self.stamps[i] - self.stamps[i - 1]) & 0xFFFFFFFF != 160:
+                    kinds["skipped"] += 1
+                else:
+                    kinds["late"] += 1
+        return sizes, at, kinds
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -128,52 +203,16 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
         tag = (msg.headers.get("To") or "").split("tag=")[1]
         sip_t.sendto(request("ACK", call_id, cseq=1, to_tag=tag, via_host=f"{LOOPBACK}:{sip_port}"),
                      (LOOPBACK, server_port))
-        arrivals: list[float] = []
-        kernel: list[float] = []
-        seqs: list[int] = []
-        stamps: list[int] = []
-        audible_at = None
-        deadline = time.perf_counter() + 60
-        while time.perf_counter() < deadline:
-            try:
-                t, kt, pkt = await asyncio.wait_for(rtp.queue.get(), max(0.01, deadline - time.perf_counter()))
-            except asyncio.TimeoutError:
-                break
-            if len(pkt) < 12:
-                continue
-            arrivals.append(t)
-            kernel.append(kt)
-            seqs.append(int.from_bytes(pkt[2:4], "big"))
-            stamps.append(int.from_bytes(pkt[4:8], "big"))
-            if audible_at is None:
-                pcm = decode_g711(pkt[12:], "PCMU").astype(np.float64) / 32768
-                if np.sqrt(np.mean(pcm ** 2)) > 10 ** (-50 / 20):
-                    audible_at = t
-                    deadline = t + listen_s
-        if not arrivals:
-            return dict(error="no RTP")
-        out["first_rtp_ms"] = (arrivals[0] - t0) * 1e3
-        if audible_at is None:
-            return dict(out, error="no audible RTP")
-        out["first_audio_ms"] = (audible_at - t0) * 1e3
+        rx = Heard()
+        await rx.listen(rtp.queue, listen_s, 60)
+        if missing := rx.first_audio(out, t0):
+            return dict(out, error=missing)
+        arrivals, audible_at = rx.arrivals, rx.audible_at
         heard = [a for a in arrivals if a >= audible_at]
         out["gaps"] = int(sum(1 for a, b in zip(heard, heard[1:]) if b - a > 0.030))
-        # each kernel-time gap, and what it was: a lost packet (sequence jump), a slot the sender
-        # skipped (timestamp jump), or a packet sent late (neither)
-        first = next(i for i, a in enumerate(arrivals) if a >= audible_at)
-        kinds = {"lost": 0, "skipped": 0, "late": 0}
-        sizes = []
-        for i in range(first + 1, len(arrivals)):
-            d = kernel[i] - kernel[i - 1]
-            if d > 0.030:
-                sizes.append(d)
-                out.setdefault("gap_at", []).append(kernel[i - 1])
-                if (seqs[i] - seqs[i - 1]) & 0xFFFF != 1:
-                    kinds["lost"] += 1
-                elif (stamps[i] - stamps[i - 1]) & 0xFFFFFFFF != 160:
-                    kinds["skipped"] += 1
-                else:
-                    kinds["late"] += 1
+        sizes, at, kinds = rx.gaps(next(i for i, a in enumerate(arrivals) if a >= audible_at))
+        if at:
+            out["gap_at"] = at
         out["gaps_kernel"] = len(sizes)
         out["gap_kinds"] = kinds
         out["gap_sizes"] = sizes

@@ -7,6 +7,7 @@ cores, and the commit measured. Benchmarks store it in their JSON and print it i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -52,3 +53,23 @@ class HostLoad:
                 f"load average {h['loadavg_1m_start']} "
                 f"at start, {h['loadavg_1m_end']} at end; whole machine {h['machine_cpu_busy_percent']}% busy "
                 f"over the {h['seconds']:.0f} s run (ours included). Commit {h['commit']}.")
+
+
+def md_table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table (each cell as ``str`` gives it)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def md_report(title: str, command: str, about: str, table: str, note: str) -> str:
+    """A result's markdown: title, the command run (and ``about`` it: date, commit, host), table, note."""
+    return f"# {title}\n\n`{command}` ({about})\n\n{table}\n{note}\n"
+
+
+def write_result(name: str, result: dict, md: str, out: Path = ROOT / "benchmarks" / "results") -> None:
+    """``<name>.json`` and ``<name>.md`` in ``out`` (benchmarks/results/), and the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(md)
+    print(md)

@@ -16,7 +16,7 @@ done
 cp "$ROOT/sip_tests/peers/sipp/prompt.ulaw" "$D/"
 [ -d "$ROOT/.whl" ] || bash "$ROOT/benchmarks/device_wheels.sh"
 for w in annotated_doc annotated_types espeakng_loader fastapi opentelemetry_api importlib_metadata pydantic- \
-         pydantic_core pylibsrtp python_multipart soundfile soxr starlette structlog typing_inspection uvicorn cffi pycparser; do
+         pydantic_core pylibsrtp python_multipart soundfile soxr starlette structlog typing_inspection uvicorn cffi pycparser websockets; do
   cp "$ROOT"/.whl/${w}*.whl "$D/whl/"
 done
 du -sh "$D"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,8 @@ from sip_tests.conftest import Capture, _start_server, run_sipp  # noqa: E402
 from sip_tests.pcap import read_udp  # noqa: E402
 from sip_tests.test_redis_cache import Redis, free_tcp_port, server_yaml  # noqa: E402
 from engine.shared_cache import unpack  # noqa: E402
+from benchmarks.hostload import md_report, md_table, write_result  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 MEDIA = 17700
 
@@ -116,18 +115,15 @@ def main() -> None:
               "calls_per_path": n, "ms": {k: [round(x, 2) for x in v] for k, v in ms.items()},
               "summary": {k: {"p50": round(pct(v, 0.5), 2), "p95": round(pct(v, 0.95), 2), "max": round(max(v), 2)}
                           for k, v in ms.items()}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "redis_first_packet.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = "".join(f"| {k} | {n} | {s['p50']} | {s['p95']} | {s['max']} |\n" for k, s in result["summary"].items())
-    md = (f"# A prompt's first frame after the ACK: Redis hit, local disk, local memory\n\n"
-          f"`python benchmarks/redis_first_packet.py --prompts {n}` ({result['date']}, commit {commit}; "
-          f"espeak, loopback, tcpdump times, one run)\n\n| prompt found in | calls | p50 ms | p95 ms | max ms |\n"
-          f"|---|---|---|---|---|\n{rows}\nThe pacer sends on a 20 ms clock, so any path lands on one of its "
-          f"next ticks; a Redis hit adds one loopback GET (timeout_ms bounds it). Measured: the ACK to the "
-          f"prompt's first frame on the wire (its first audible packet minus the frames of leading silence "
-          f"the engine put before it).\n")
-    (RESULTS / "redis_first_packet.md").write_text(md)
-    print(md)
+    table = md_table(["prompt found in", "calls", "p50 ms", "p95 ms", "max ms"],
+                     [[k, n, s["p50"], s["p95"], s["max"]] for k, s in result["summary"].items()])
+    md = md_report("A prompt's first frame after the ACK: Redis hit, local disk, local memory",
+                   f"python benchmarks/redis_first_packet.py --prompts {n}",
+                   f"{result['date']}, commit {commit}; espeak, loopback, tcpdump times, one run", table,
+                   "The pacer sends on a 20 ms clock, so any path lands on one of its next ticks; a Redis hit adds one "
+                   "loopback GET (timeout_ms bounds it). Measured: the ACK to the prompt's first frame on the wire "
+                   "(its first audible packet minus the frames of leading silence the engine put before it).")
+    write_result("redis_first_packet", result, md)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import shutil
 import socket
 import subprocess
@@ -33,8 +32,8 @@ from engine.base import VoiceSpec  # noqa: E402
 from engine.espeak import EspeakEngine  # noqa: E402
 from engine.prompt_cache import frames_of, render_speech, speech_key  # noqa: E402
 from engine.shared_cache import SharedCache, SharedCacheConfig  # noqa: E402
+from benchmarks.hostload import md_report, md_table, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SENTENCES = [
     "Thank you for calling {n}. Please hold while we connect you.",
     "Press one for sales, two for support, or three for billing. Customer number {n}.",
@@ -123,20 +122,18 @@ def main() -> None:
         "render_s": round(render_s, 1), "redis_version": info.get("redis_version", "?"),
         "allocator": info.get("mem_allocator", "?"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "redis_sizing.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = (f"# Redis memory per 1,000 cached prompts\n\n`python benchmarks/redis_sizing.py --prompts {args.prompts} "
-          f"--codecs {args.codecs}` ({result['date']}, commit {result['commit']}, redis {result['redis_version']}, "
-          f"{result['allocator']})\n\n"
-          f"| prompts | codecs | mean prompt | audio stored | Redis used_memory | per 1,000 prompts | overhead |\n"
-          f"|---|---|---|---|---|---|---|\n"
-          f"| {args.prompts} | {'+'.join(codecs)} | {result['mean_prompt_s']} s | {audio_bytes / 1e6:.1f} MB | "
-          f"{(after - before) / 1e6:.1f} MB | {result['redis_mb_per_1000_prompts']} MB | "
-          f"{result['overhead_vs_audio'] * 100:.1f} % |\n\n"
-          f"G.711 is 8,000 bytes a second per codec: a prompt of S seconds kept for both codecs takes about "
-          f"16 kB x S in Redis.\n")
-    (RESULTS / "redis_sizing.md").write_text(md)
-    print(md)
+    table = md_table(["prompts", "codecs", "mean prompt", "audio stored", "Redis used_memory", "per 1,000 prompts",
+                      "overhead"],
+                     [[args.prompts, "+".join(codecs), f"{result['mean_prompt_s']} s", f"{audio_bytes / 1e6:.1f} MB",
+                       f"{(after - before) / 1e6:.1f} MB", f"{result['redis_mb_per_1000_prompts']} MB",
+                       f"{result['overhead_vs_audio'] * 100:.1f} %"]])
+    md = md_report("Redis memory per 1,000 cached prompts",
+                   f"python benchmarks/redis_sizing.py --prompts {args.prompts} --codecs {args.codecs}",
+                   f"{result['date']}, commit {result['commit']}, redis {result['redis_version']}, "
+                   f"{result['allocator']}", table,
+                   "G.711 is 8,000 bytes a second per codec: a prompt of S seconds kept for both codecs takes about "
+                   "16 kB x S in Redis.")
+    write_result("redis_sizing", result, md)
 
 
 if __name__ == "__main__":

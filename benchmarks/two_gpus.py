@@ -57,15 +57,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from engine.audio import decode_g711  # noqa: E402
 from telephony.sip.message import Request as SipRequest, Response, response_for  # noqa: E402
-from e2e_load import _parse, _RtpReceiver, _Udp, pct  # noqa: E402
+from e2e_load import Heard, _parse, _RtpReceiver, _Udp, pct  # noqa: E402
 
 HOST = "127.0.0.1"
 SIP_PORTS = (5060, 5062)            # as /etc/sip-tts/<i>.env in the README
 RTP_RANGES = ((20000, 24999), (25000, 29999))
 KAM_PORT = 5070
-AUDIBLE = 10 ** (-50 / 20)           # a 20 ms G.711 frame above -50 dBFS is audible
 STOPPED_S = 1.0                      # no RTP for this long while listening: the call's media ended
 
 
@@ -151,53 +149,16 @@ async def one_call(kport: int, start: float, listen_s: float, number: str) -> di
         state["ack"] = _msg("ACK", contact, call_id, 1, my_port, to_tag, routes)
         sip_t.sendto(state["ack"], proxy)
 
-        arrivals: list[float] = []
-        kernel: list[float] = []
-        seqs: list[int] = []
-        stamps: list[int] = []
-        audible_at = None
-        deadline = time.perf_counter() + 30
+        rx = Heard()
         out["end"] = "listened"
-        while time.perf_counter() < deadline:
-            wait = min(deadline - time.perf_counter(), STOPPED_S if arrivals else 30)
-            try:
-                t, kt, pkt = await asyncio.wait_for(rtp.queue.get(), max(0.01, wait))
-            except asyncio.TimeoutError:
-                if arrivals and time.perf_counter() < deadline - 0.01:
-                    out["end"] = "server hung up" if state["server_bye"] else "media stopped"
-                break
-            if len(pkt) < 12:
-                continue
-            arrivals.append(t)
-            kernel.append(kt)
-            seqs.append(int.from_bytes(pkt[2:4], "big"))
-            stamps.append(int.from_bytes(pkt[4:8], "big"))
-            if audible_at is None:
-                pcm = decode_g711(pkt[12:], "PCMU").astype(np.float64) / 32768
-                if np.sqrt(np.mean(pcm ** 2)) > AUDIBLE:
-                    audible_at = t
-                    deadline = t + listen_s
-        if not arrivals:
-            return dict(out, error="no RTP")
-        out["first_rtp_ms"] = (arrivals[0] - t0) * 1e3
-        if audible_at is None:
-            return dict(out, error="no audible RTP")
-        out["first_audio_ms"] = (audible_at - t0) * 1e3
+        if not await rx.listen(rtp.queue, listen_s, 30, STOPPED_S):
+            out["end"] = "server hung up" if state["server_bye"] else "media stopped"
+        if missing := rx.first_audio(out, t0):
+            return dict(out, error=missing)
+        arrivals, audible_at = rx.arrivals, rx.audible_at
         out["listened_s"] = arrivals[-1] - audible_at
         first = next(i for i, a in enumerate(arrivals) if a >= audible_at)
-        kinds = {"lost": 0, "skipped": 0, "late": 0}
-        sizes, at = [], []
-        for i in range(first + 1, len(arrivals)):
-            d = kernel[i] - kernel[i - 1]
-            if d > 0.030:
-                sizes.append(d)
-                at.append(kernel[i - 1])
-                if (seqs[i] - seqs[i - 1]) & 0xFFFF != 1:
-                    kinds["lost"] += 1
-                elif (stamps[i] - stamps[i - 1]) & 0xFFFFFFFF != 160:
-                    kinds["skipped"] += 1
-                else:
-                    kinds["late"] += 1
+        sizes, at, kinds = rx.gaps(first)
         out.update(gaps_kernel=len(sizes), gap_kinds=kinds, gap_sizes=sizes, gap_at=at,
                    packets=len(arrivals) - first)
         if not state["server_bye"]:
@@ -406,18 +367,27 @@ def load_phase(a, kport: int, ports: list[int], counts: list[int]) -> list[dict]
     return rows
 
 
-def kill_phase(a, kport: int, inst: list[Instance], kam: Kamailio) -> dict:
-    ports = [i.port for i in inst]
+def _fault_waves(a, kport: int, inst: list[Instance], kam: Kamailio, hit) -> tuple[list, list, float | None,
+                                                                                  float, int]:
+    """``fault_calls`` calls up; ``fault_at_s`` into them ``hit(instance 1's process)``, and half as many
+    new calls right after: (the first calls' results, the new ones', when Kamailio took the instance out
+    of rotation, when it was hit, client processes used)."""
     n = a.fault_calls
     procs = a.client_procs or max(1, -(-n // 96))
     first = Wave(kport, n, a.fault_listen_s, a.spread_s, procs)
     time.sleep(max(0.0, first.t0 + a.spread_s + a.fault_at_s - time.monotonic()))
     log_at = len(kam.log.read_text())
-    killed_at = time.monotonic()
-    inst[1].proc.kill()
+    hit_at = time.monotonic()
+    hit(inst[1].proc)
     second = Wave(kport, n // 2, a.listen_s, a.spread_s, max(1, procs // 2), lead_s=0.1)
     down = kam.wait_for("out of rotation", 10, log_at)
-    r1, r2 = first.results(), second.results()
+    return first.results(), second.results(), down, hit_at, procs
+
+
+def kill_phase(a, kport: int, inst: list[Instance], kam: Kamailio) -> dict:
+    ports = [i.port for i in inst]
+    n = a.fault_calls
+    r1, r2, down, killed_at, procs = _fault_waves(a, kport, inst, kam, lambda proc: proc.kill())
     inst[1].proc.wait(5)
     out = dict(fault_calls=n, kill_at_s=a.fault_at_s,
                out_of_rotation_after_s=None if down is None else down - killed_at,
@@ -451,15 +421,7 @@ def kill_phase(a, kport: int, inst: list[Instance], kam: Kamailio) -> dict:
 def drain_phase(a, kport: int, inst: list[Instance], kam: Kamailio) -> dict:
     ports = [i.port for i in inst]
     n = a.fault_calls
-    procs = a.client_procs or max(1, -(-n // 96))
-    first = Wave(kport, n, a.fault_listen_s, a.spread_s, procs)
-    time.sleep(max(0.0, first.t0 + a.spread_s + a.fault_at_s - time.monotonic()))
-    log_at = len(kam.log.read_text())
-    term_at = time.monotonic()
-    inst[1].proc.send_signal(signal.SIGTERM)
-    second = Wave(kport, n // 2, a.listen_s, a.spread_s, max(1, procs // 2), lead_s=0.1)
-    down = kam.wait_for("out of rotation", 10, log_at)
-    r1, r2 = first.results(), second.results()
+    r1, r2, down, term_at, _ = _fault_waves(a, kport, inst, kam, lambda proc: proc.send_signal(signal.SIGTERM))
     try:
         rc = inst[1].proc.wait(a.fault_listen_s + 30)
     except subprocess.TimeoutExpired:

@@ -20,6 +20,8 @@ from telephony import PRODUCT
 from .steps import CollectStep, MenuStep, PlayStep, References, Say, SayStep, Step  # noqa: F401 (importable from here)
 from telephony.admission import MAX_HEADERS, MAX_MESSAGE_BYTES
 
+from .trunks import TrunkSettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -39,6 +41,15 @@ def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
     return host or "0.0.0.0", int(port) if port else default_port
 
 
+def _ip_listen(default_port: int = 5060):  # type: ignore[no-untyped-def]
+    """A model's ``listen`` check: HOST:PORT whose HOST is an IP literal (ValueError otherwise)."""
+    def check(cls, v: str) -> str:  # type: ignore[no-untyped-def]
+        host, _ = parse_hostport(v, default_port)
+        ipaddress.ip_address(host)
+        return v
+    return field_validator("listen")(classmethod(check))
+
+
 class TlsConfig(_Strict):
     """SIP over TLS (RFC 3261 §26): its own listener, TLS 1.2 at least."""
 
@@ -48,12 +59,7 @@ class TlsConfig(_Strict):
     ca_file: Path | None = Field(None, description="PEM CAs that client certificates must chain to")
     verify_client: bool = Field(False, description="refuse clients without a certificate signed by ca_file")
 
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, v: str) -> str:
-        host, _ = parse_hostport(v)
-        ipaddress.ip_address(host)
-        return v
+    _check_listen = _ip_listen()
 
     @model_validator(mode="after")
     def _ca_for_verify(self) -> "TlsConfig":
@@ -74,12 +80,7 @@ class SipSettings(_Strict):
     tcp_max_connections_per_source: int = Field(32, ge=1, description="more TCP connections from one IP are refused")
     tls: TlsConfig | None = Field(None, description="SIP over TLS listener; none: off")
 
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, v: str) -> str:
-        host, _ = parse_hostport(v)
-        ipaddress.ip_address(host)  # raises ValueError: must be an IP literal
-        return v
+    _check_listen = _ip_listen()
 
     @property
     def listen_host(self) -> str:
@@ -182,12 +183,7 @@ class MediaSettings(_Strict):
 class MetricsSettings(_Strict):
     listen: str = Field("127.0.0.1:9100", description="HOST:PORT for GET /metrics and GET /health")
 
-    @field_validator("listen")
-    @classmethod
-    def _check(cls, v: str) -> str:
-        host, _ = parse_hostport(v, 9100)
-        ipaddress.ip_address(host)
-        return v
+    _check = _ip_listen(9100)
 
 
 class CacheSettings(_Strict):
@@ -228,12 +224,7 @@ class ApiSettings(_Strict):
     max_call_streams_per_key: int = Field(100, ge=1, le=10000, description="live-call WebSockets "
                                           "(/v1/calls/{id}/stream) open at once per API key; more get 429")
 
-    @field_validator("listen")
-    @classmethod
-    def _check(cls, v: str) -> str:
-        host, _ = parse_hostport(v, 8080)
-        ipaddress.ip_address(host)
-        return v
+    _check = _ip_listen(8080)
 
     @model_validator(mode="after")
     def _keys_off_loopback(self) -> "ApiSettings":
@@ -266,6 +257,8 @@ class ServerConfig(_Strict):
                                                                   "may finish before we hang up")
     hangup_after_prompt_ms: int = Field(300, ge=0, le=10000,
                                         description="silence after the prompt before our BYE")
+    trunks: dict[str, TrunkSettings] = Field(default_factory=dict, description="SIP trunks for outbound calls "
+                                                                                "(POST /v1/calls), by name")
 
     source: Path | None = Field(None, exclude=True)
 

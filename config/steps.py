@@ -79,6 +79,19 @@ class LiveStep(_Strict):
 
 
 # -- what a step runs against and reports to --------------------------------------------------
+class TransferStep(_Strict):
+    target: str = Field(min_length=1, description="SIP URI the caller is referred to (blind transfer, REFER)")
+    timeout_s: float = Field(30, gt=0, le=300, description="no final outcome by then: the transfer failed")
+
+    @field_validator("target")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        from telephony.sip.uri import SipUri
+
+        SipUri.parse(v)  # ValueError says what is wrong
+        return v
+
+
 class ScriptContext(Protocol):
     """One call walking a script: what a step may do."""
 
@@ -103,6 +116,9 @@ class ScriptContext(Protocol):
 
     def log(self, msg: str, *args: object) -> None: ...
 
+    async def transfer(self, target: str, timeout_s: float) -> str:
+        """Blind-transfer the call; ``succeeded`` (the call is over) or ``failed`` (it goes on)."""
+        ...
     async def connect(self, connect: ConnectStep) -> None:
         """Hand the call to an application over a WebSocket until it closes (sip_tts/webhooks/connect.py)."""
 
@@ -281,6 +297,15 @@ class Hangup(_Step):
         return END
 
 
+class Transfer(_Step):
+    """Hand the call to ``target`` once what was said has played; on failure the script goes on."""
+
+    kind: ClassVar[str] = "transfer"
+    transfer: TransferStep
+
+    async def run(self, ctx: ScriptContext) -> str | None:
+        await ctx.played()
+        return END if await ctx.transfer(self.transfer.target, self.transfer.timeout_s) == "succeeded" else None
 class Connect(_Step):
     """The call driven live by an application: the server opens the WebSocket to it and runs the
     per-call stream protocol over it (text in, events and caller audio out) until it closes."""
@@ -320,7 +345,7 @@ class _Unknown(_Strict):
 
 
 STEPS: dict[str, type[_Step]] = {cls.kind: cls for cls in (Say, Play, Pause, Menu, Collect, Goto, Hangup, Live,
-                                                                 Connect)}
+                                                                 Connect, Transfer)}
 UNKNOWN = "unknown-step"  # the union's tag for _Unknown (never shown: the loader drops union tags)
 
 
@@ -338,6 +363,8 @@ def _short_forms(data: object) -> object:
         data["say"] = {"text": data["say"]}
     if isinstance(data.get("play"), str):
         data["play"] = {"file": data["play"]}
+    if isinstance(data.get("transfer"), str):
+        data["transfer"] = {"target": data["transfer"]}
     if data.get("live") is True or isinstance(data.get("live"), (int, float)) and not isinstance(data["live"], bool):
         data["live"] = {} if data["live"] is True else {"wait_s": data["live"]}
     for key in ("menu", "collect"):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -30,6 +32,21 @@ def start_api_server(tmp_path: Path, api_yaml: str = "", extra_yaml: str = "", p
     tmp_path.mkdir(parents=True, exist_ok=True)
     srv = _start_server(tmp_path, extra_yaml=yaml, **kwargs)
     return ApiServer(srv, port)
+
+
+@contextlib.contextmanager
+def api_server(tmp_path: Path, **kwargs: str) -> Iterator[ApiServer]:
+    """``start_api_server``, stopped at the end of the block."""
+    s = start_api_server(tmp_path, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield s
+    finally:
+        s.srv.stop()
+
+
+def speech(text: str, fmt: str = "wav", **extra: object) -> dict:
+    """A /v1/audio/speech body (OpenAI's model and voice names)."""
+    return {"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt, **extra}
 
 
 def ready_port(line: str) -> int:

@@ -20,7 +20,8 @@ from engine.audio import decode_g711
 from engine.espeak import EspeakEngine
 from engine.base import VoiceSpec
 
-from .api_support import correlation, decode, ready_port, start_api_server
+from .api_support import api_server, correlation, decode, ready_port, speech, start_api_server
+from .children import engine_child
 from .conftest import ROOT, free_udp_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -277,21 +278,11 @@ def test_429_over_max_concurrent_and_a_disconnect_frees_the_engine(tmp_path):
         s.srv.stop()
 
 
-def _engine_child(pid: int) -> int:
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for child in open(f"/proc/{pid}/task/{task}/children").read().split():
-            cmd = open(f"/proc/{child}/cmdline", "rb").read()
-            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
-                return int(child)
-    raise AssertionError("no engine process")
-
-
 def test_engine_down_is_503(tmp_path):
-    s = start_api_server(tmp_path, extra_yaml="engine:\n  kind: espeak\n  process: true\n")
-    try:
-        body = {"model": "tts-1", "voice": "alloy", "input": "Hello.", "response_format": "wav"}
+    body = speech("Hello.")
+    with api_server(tmp_path, extra_yaml="engine:\n  kind: espeak\n  process: true\n") as s:
         assert httpx.post(s.url + "/v1/audio/speech", json=body, timeout=30).status_code == 200
-        os.kill(_engine_child(s.srv.proc.pid), signal.SIGKILL)
+        os.kill(engine_child(s.srv.proc.pid), signal.SIGKILL)
         statuses = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -303,14 +294,12 @@ def test_engine_down_is_503(tmp_path):
                 break
             time.sleep(0.05)
         assert 503 in statuses and statuses[-1] == 200, statuses  # refused while down, served once it is back
-    finally:
-        s.srv.stop()
 
 
 def test_api_keys(tmp_path):
     s = start_api_server(tmp_path, api_yaml="  keys: [sekrit-1, sekrit-2]\n")
     try:
-        body = {"model": "tts-1", "voice": "alloy", "input": "Hi.", "response_format": "wav"}
+        body = speech("Hi.")
         r = httpx.post(s.url + "/v1/audio/speech", json=body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert r.json()["error"]["param"] == "Authorization"

@@ -34,7 +34,7 @@ def test_call_hears_chatterbox_audio_and_gets_our_bye(start_server, checkpoint, 
     # starved it (the CPU engine shares the cores): then the timestamp moves on with the clock.
     # Margin for a loaded 2-core host: at most 2% of frames skipped.
     skipped = stream.ts_span // 160 - (stream.packets - 1)
-    assert stream.seq_gaps == 0 and stream.ts_steps <= {160, 320, 480} and 160 in stream.ts_steps
+    assert stream.seq_gaps == 0 and 160 in stream.ts_steps and all(x % 160 == 0 for x in stream.ts_steps), stream.ts_steps
     assert skipped <= 0.02 * stream.packets, (skipped, stream.packets)
     pcm = decode_g711(stream.payload, "PCMU").astype(np.float64)
     frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160)

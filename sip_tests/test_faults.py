@@ -10,6 +10,7 @@ import numpy as np
 from telephony.sip import Response, parse_message
 from tests.sipmsg import LOOPBACK, invite, offer, request
 
+from .children import engine_child
 from .conftest import free_udp_port, run_sipp, sipp_counts
 from .pcap import read_udp
 from .raw_caller import dial, to_tag
@@ -123,23 +124,13 @@ def _options_status(port: int) -> int:
         s.close()
 
 
-def _engine_child(pid: int) -> int:
-    """The engine's process among the server's children (multiprocessing also starts a resource tracker)."""
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for child in open(f"/proc/{pid}/task/{task}/children").read().split():
-            cmd = open(f"/proc/{child}/cmdline", "rb").read()
-            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
-                return int(child)
-    raise AssertionError("no engine process")
-
-
 def test_engine_process_dies_server_says_503_then_takes_calls_again(start_server, tmp_path):
     """The engine's process is killed: OPTIONS and INVITEs get 503 (a load balancer moves calls
     elsewhere) until it is back, then calls are answered and heard again; the server never exits."""
     mport = free_udp_port()
     srv = start_server(extra_yaml=f"engine:\n  kind: espeak\n  process: true\nmetrics:\n  listen: 127.0.0.1:{mport}\n")
     assert _options_status(srv.port) == 200
-    os.kill(_engine_child(srv.proc.pid), signal.SIGKILL)
+    os.kill(engine_child(srv.proc.pid), signal.SIGKILL)
     statuses = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < 15:

@@ -191,7 +191,8 @@ def test_instance_b_plays_from_redis_what_instance_a_rendered(redis_server, star
     r = redis_server()
     ma, mb, mc = free_tcp_port(), free_tcp_port(), free_tcp_port()
     a = start_server(extra_yaml=server_yaml(r.url, ma), prompts=FLEET)  # warms: renders each prompt into Redis
-    wait_for(lambda: r.cmd("DBSIZE") == 6, what="A's 3 prompts x 2 codecs in Redis")
+    # Warm-up is background work (calls first): on a loaded 2-core host it took over 30 s once.
+    wait_for(lambda: r.cmd("DBSIZE") == 6, timeout=120, what=f"A's 3 prompts x 2 codecs in Redis (keys: {r.cmd('DBSIZE')})")
     entries = [unpack(v) for v in stored_prompts(r).values()]
     assert all(v and len(v) % 160 == 0 for v in entries), "entries carry our header and whole frames"
     a.stop()

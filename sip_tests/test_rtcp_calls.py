@@ -58,6 +58,7 @@ def test_sender_report_with_the_callers_loss_and_tshark_decodes_it(server, captu
     assert "caller's stream 47 packets, 3 lost" in server.log_text()
     assert server.log_text().count(" media: ") == 1  # one summary, at the end of the call
     require("tshark")
-    out = subprocess.run(["tshark", "-r", str(cap.path), "-d", f"udp.port=={mport + 1},rtcp",
-                          "-T", "fields", "-e", "rtcp.pt"], capture_output=True, text=True, timeout=60).stdout
-    assert "200" in out and "202" in out and "203" in out  # SR, SDES, BYE
+    res = subprocess.run(["tshark", "-r", str(cap.path), "-d", f"udp.port=={mport + 1},rtcp",
+                          "-T", "fields", "-e", "rtcp.pt"], capture_output=True, text=True, timeout=60)
+    out = res.stdout
+    assert "200" in out and "202" in out and "203" in out, (out, res.stderr, cap.path.stat().st_size)  # SR, SDES, BYE

@@ -115,7 +115,7 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
     the script goes on; a caller who gives up while the application thinks: 487 (and another call
     is served meanwhile). Each reason is logged; afterwards no call, port, task, socket, live
     session or request is left over."""
-    invalid = json.dumps({"steps": [{"say": "x"}, {"transfer": "sip:1@x"}]}).encode()
+    invalid = json.dumps({"steps": [{"say": "x"}, {"teleport": "sip:1@x"}]}).encode()
     noagent = json.dumps({"steps": [{"connect": f"ws://127.0.0.1:{free_udp_port()}/gone"}, {"say": SORRY}]}).encode()
     app = Application(SECRET, {"/slow": Answer(body=b'{"steps": ["hangup"]}', delay_s=3), "/error": Answer(503),
                                "/garbage": Answer(body=b"<html>oops</html>"), "/invalid": Answer(body=invalid),
@@ -154,7 +154,7 @@ def test_webhook_failures_play_the_fallback_or_refuse_and_leak_nothing(start_ser
             assert res.returncode == 0, (number, res.stdout[-1500:])
         log = srv.log_text()
         for why in ("timeout after 0.5 s; playing the fallback", "invalid JSON (JSONDecodeError); playing the "
-                    "fallback", "HTTP 503; playing the fallback", "invalid steps: steps.1.transfer: unknown field; "
+                    "fallback", "HTTP 503; playing the fallback", "invalid steps: steps.1.teleport: unknown field; "
                     "playing the fallback", "HTTP 503; no fallback, refusing with 480",
                     "unreachable (ConnectError); no fallback, refusing with 480",
                     "connect failed: ConnectionRefusedError"):

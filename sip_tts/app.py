@@ -28,6 +28,7 @@ from telephony.sip.registration import RegistrationConfig
 from . import api, fleet, systemd, webhooks
 from .engines import build_engine
 from .internet import build_authenticator, register_lockout_metrics, tls_settings
+from .outbound import Originator, OutboundGauges
 from .script import ScriptRun, Speech
 
 log = logging.getLogger("sip_tts")
@@ -74,6 +75,7 @@ class App:
         self.cache.shared = fleet.shared_cache(cfg)  # the fleet's Redis, second level (None: off)
         self.speech: Speech | None = None
         self.server: SipServer | None = None
+        self.originator: Originator | None = None
         self.live = None  # sip_tts.live.LiveCalls when the HTTP API is on
         self.metrics = None
         self.webhooks = webhooks.Webhooks(cfg.limits.webhooks_in_flight, cfg.limits.status_callbacks_queued)
@@ -156,11 +158,16 @@ class App:
             await engine.close()
             return 1
         _quiet_gc()
+        assert server.outbound is not None
+        self.originator = Originator(self.cfg, server.outbound, lambda: self.speech, self.webhooks)  # POST /v1/calls
+        if self.metrics is not None:
+            self.metrics.registry.register(OutboundGauges(server))
         if self.metrics is not None:
             try:
                 self.http = await api.start_http(self.cfg, self.prompts, engine, self.voice, self.health,
                                                  self.metrics.registry, self.metrics.render,
-                                                 live_calls=lambda: len(server.calls), live=self.live)
+                                                 live_calls=lambda: len(server.calls), live=self.live,
+                                                 outbound=self.originator)
             except OSError as exc:
                 where = self.cfg.api.listen if self.cfg.api.enabled else self.cfg.metrics.listen
                 log.error("cannot serve http on %s: %s", where, exc.strerror or exc)

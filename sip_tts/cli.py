@@ -24,7 +24,7 @@ from telephony.call import CallHandle, CallInfo
 from telephony.rtp.dtmf import DtmfDigit
 from telephony.rtp.pacer import FrameQueue
 
-from . import logs
+from . import call_cli, logs
 from .app import App
 from .engines import SpokenPrompt, build_engine
 from .script import Speech
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p_reload = sub.add_parser("reload", help="make a running server re-read its prompts file (SIGHUP)")
     p_reload.add_argument("--pid-file", required=True, help="the --pid-file the server was started with")
     p_reload.add_argument("--config", default=str(DEFAULT_CONFIG))
+    call_cli.add_parser(sub, str(DEFAULT_CONFIG))
     args = parser.parse_args(argv)
 
     logs.configure(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "auto"))
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{shown_path(args.config)}: ok ({len(prompts.routes)} routes, {len(prompts.scripts)} scripts, "
               f"default {'set' if prompts.default else 'none'}, {len(prompts.warnings)} warnings)")
         return 0
+    if args.command == "call":
+        return call_cli.run(args, cfg.api.listen)
     if args.command == "reload":
         try:
             os.kill(int(Path(args.pid_file).read_text().strip()), signal.SIGHUP)

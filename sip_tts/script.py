@@ -242,6 +242,18 @@ class ScriptRun:
     def log(self, msg: str, *args: object) -> None:
         log.info("call %s: " + msg, self.info.call_id, *args)
 
+    async def transfer(self, target: str, timeout_s: float) -> str:
+        control = self.call.control
+        try:
+            if control is None:
+                raise KeyError(self.info.call_id)
+            kind, status, reason = await control.transfer(self.info.call_id, target, timeout_s)
+        except KeyError:  # (the call is gone)
+            kind, status, reason = "failed", None, "no such call"
+        except RuntimeError as exc:
+            kind, status, reason = "failed", None, str(exc)
+        self.log("transfer to %s %s%s", target, kind, f" ({status} {reason})" if status else f" ({reason})")
+        return kind
     async def live(self, step: LiveStep) -> bool:
         return await self.live_session().park(step.wait_s)
 

@@ -30,12 +30,21 @@ class CallInfo:
     headers: dict[str, str] = field(default_factory=dict)  # the INVITE's headers (first value of each)
 
 
+class CallControl(Protocol):
+    """What a call's audio source may ask of the server beyond its audio (outbound_io.py serves it)."""
+
+    async def transfer(self, call_id: str, target: str, timeout_s: float = 30.0) -> tuple[str, int | None, str]:
+        """Blind transfer (REFER); (``succeeded`` | ``failed``, SIP code, reason) once known."""
+        ...
+
+
 class CallHandle:
     """What an audio source can do with its call: queue audio, read digits, wait for playout."""
 
     def __init__(self, info: CallInfo, queue: FrameQueue, tap: Callable[[bool], None] | None = None) -> None:
         self.info = info
         self.queue = queue
+        self.control: CallControl | None = None
         self._digits: asyncio.Queue[DtmfDigit] = asyncio.Queue()
         self._tap = tap  # asks the call table for the caller's audio (or to stop it)
         self._caller_audio: Callable[[int, int, bytes], None] | None = None

@@ -9,7 +9,9 @@ sweep) are on one heap the asyncio layer drives through one timer handle (``get_
 
 A call moves BINDING (its RTP socket is being bound) -> ANSWERED (200 sent, waiting for the ACK)
 or EARLY (183 with audio, never answered) -> CONFIRMED (audio flows) -> ENDED (its resources
-are being released); a call that ends earlier skips the states in between.
+are being released); a call that ends earlier skips the states in between. A call we place
+(``dial``; its SIP is ``sip/outbound.py``'s, carried by ``outbound_io.py``) moves BINDING ->
+DIALING (INVITE out, audio already being made) -> CONFIRMED at the 2xx (we ACK it at once).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Phase(enum.Enum):
     ANSWERED = "answered"
     EARLY = "early"
     CONFIRMED = "confirmed"
+    DIALING = "dialing"  # outbound: the INVITE is out, no answer yet
     ENDED = "ended"
 
 
@@ -98,6 +101,9 @@ class Call:
     rtcp_remote: Address | None = None  # where the caller's RTCP comes from (else RTP port + 1)
     peer_report: ReportBlock | None = None  # the caller's view of our stream
     srtp: SrtpContext | None = None  # the call's SRTP sessions (telephony/rtp/srtp.py) when it is SRTP
+    outbound: bool = False  # we placed it: ``incoming`` holds our INVITE and the callee's SDP (once answered)
+    remake: Callable[[CallInfo], AudioSource] | None = None  # outbound: the source again, for another codec
+    answer_pending: bool = False  # outbound: answered while its socket was still binding
     tap_audio: bool = False  # the audio source asked for the caller's audio (``CallerAudio`` actions)
 
     @property
@@ -207,6 +213,8 @@ class CallTable:
         self._timers: list[tuple[float, int, str, str]] = []  # heap of (deadline, seq, kind, call_id)
         self._seq = 0
         self._sweep_at: float | None = None
+        # outbound calls: how to end one (CANCEL or BYE by its OutboundCall); set by outbound_io.py
+        self.outbound_hangup: Callable[[str, float], None] | None = None
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -282,6 +290,9 @@ class CallTable:
             return
         if call.ended:  # cancelled or hung up while binding
             self._actions.append(Release(call, None))
+            return
+        if call.outbound:
+            self._outbound_bound(call, ok, now, refuse)
             return
         if ok and refuse:
             self.ua.reject(call_id, refuse, now)
@@ -389,12 +400,69 @@ class CallTable:
     def hangup(self, call: Call, reason: str, now: float) -> None:
         if call.ended:
             return
-        self.ua.hangup(call.info.call_id, now)
+        if call.outbound and self.outbound_hangup is not None:
+            self.outbound_hangup(call.info.call_id, now)
+        else:
+            self.ua.hangup(call.info.call_id, now)
         self._finish(call, reason, now)
 
     def hangup_all(self, reason: str, now: float) -> None:
         for call in list(self.calls.values()):
             self.hangup(call, reason, now)
+
+    # -- outbound calls ----------------------------------------------------------------------
+    def dial(self, info: CallInfo, source: AudioSource, invite: IncomingCall, port: int, now: float,
+             remake: Callable[[CallInfo], AudioSource] | None = None) -> Call:
+        """A call whose INVITE just went out on ``port``'s offer: its audio starts now (in the first
+        offered codec, ``info.codec``), so speech is waiting at the answer."""
+        codec = info.codec
+        media = NegotiatedAudio(*invite.source, codec, 0 if codec == "PCMU" else 8, 101, "sendrecv")
+        call = Call(info, invite, media, port, FrameQueue(SILENCE[codec]), source, 0, now, secrets.randbelow(2**31),
+                    handles_digits=source.handles_digits, outbound=True, remake=remake)
+        call.dtmf = Rfc4733Detector(SAMPLE_RATE)
+        self.calls[info.call_id] = call
+        self._actions.append(Produce(call))
+        self._actions.append(Bind(call, port))
+        return call
+
+    def outbound_answered(self, call_id: str, media: NegotiatedAudio, answer: SessionDescription,
+                          now: float) -> None:
+        """The 2xx with the callee's SDP: media flows (another codec than the first offered one
+        restarts the audio in that codec)."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended:
+            return
+        call.incoming = dataclasses.replace(call.incoming, offer=answer)
+        if media.codec != call.info.codec and call.remake is not None:
+            call.info = dataclasses.replace(call.info, codec=media.codec)
+            call.queue = FrameQueue(SILENCE[media.codec])
+            call.source = call.remake(call.info)
+            self._actions.append(Produce(call))  # the I/O layer cancels the first producer
+        call.media = media
+        if call.phase is Phase.BINDING:
+            call.answer_pending = True
+            return
+        call.phase = Phase.ANSWERED
+        self._start_media(call, now)
+
+    def outbound_ended(self, call_id: str, reason: str, now: float) -> None:
+        """The call's SIP is over (an outcome before the answer, or a BYE after it)."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._finish(call, reason, now)
+
+    def _outbound_bound(self, call: Call, ok: bool, now: float, refuse: int | None = None) -> None:
+        call.phase = Phase.DIALING
+        if not ok:  # the offer named this port: no other will do
+            log.warning("call %s: RTP port %d could not be bound", call.info.call_id, call.local_port)
+            self.hangup(call, "failed", now)
+            return
+        if refuse:  # its audio source will not play (an application failed): CANCEL or BYE
+            self.hangup(call, "refused", now)
+            return
+        if call.answer_pending:
+            call.phase = Phase.ANSWERED
+            self._start_media(call, now)
 
     # -- time -------------------------------------------------------------------------------
     def start(self, now: float) -> None:

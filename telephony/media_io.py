@@ -15,7 +15,7 @@ from structlog.contextvars import bind_contextvars, bound_contextvars
 from media import SAMPLE_RATE, silence
 
 from .addresses import for_v6_socket
-from .call import CallHandle
+from .call import CallControl, CallHandle
 from .calls import (Action, Answered, BargeIn, Bind, Call, CallerAudio, CallTable, Digit, Ended, Produce, Release,
                     SendRtcp, StartSending)
 from .rtp.pacer import PacerClock, RtpSender
@@ -54,6 +54,7 @@ class MediaIO:
         self.v6 = ":" in listen_host  # IPv6 sockets (dual stack on "::"): IPv4 peers as ::ffff:a.b.c.d
         self.pump = pump  # the server's: after an I/O result, the cores' new output goes out
         self._io: dict[str, _CallIO] = {}
+        self.control: CallControl | None = None  # what a call's script may ask of the server (transfer)
 
     def now(self) -> float:
         return self.loop.time()
@@ -67,8 +68,16 @@ class MediaIO:
             if io is not None:
                 io.handle.audio_arrived(action.sequence, action.timestamp, action.payload)
         elif isinstance(action, Produce):
-            io = self._io[call_id] = _CallIO(CallHandle(call.info, call.queue,
-                                                        tap=lambda on: setattr(call, "tap_audio", on)))
+            handle = CallHandle(call.info, call.queue, tap=lambda on: setattr(call, "tap_audio", on))
+            io = self._io.get(call_id)
+            if io is None:
+                io = self._io[call_id] = _CallIO(handle)
+            else:  # an outbound call answered in another codec: its audio made again (sockets kept)
+                if io.producer is not None:
+                    io.producer.cancel()
+                io.handle = handle
+            if self.control is not None:
+                io.handle.control = self.control
             io.producer = asyncio.ensure_future(self._produce(call, io.handle))
         elif isinstance(action, Bind):
             asyncio.ensure_future(self._bind(call, action.port))

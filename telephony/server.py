@@ -21,14 +21,16 @@ from .admission import Admission, AdmissionPolicy
 from .call import Router
 from .calls import Call, CallSettings, CallTable
 from .media_io import MediaIO, ServerHooks
+from .outbound_io import OutboundIO
 from .ports import PortAllocator
 from .rtp.pacer import PacerClock
 from .sip.auth import DigestAuthenticator
+from .sip.refer import TransferEvent
 from .sip.registration import Registration, RegistrationConfig
 from .sip.uri import SipUri
 from .sip.useragent import UserAgent, UserAgentConfig
 from .tls import TlsSettings, start_listener as start_tls_listener
-from .transports import SipDatagrams, TcpConnections
+from .transports import SipDatagrams, TcpConnection, TcpConnections
 
 log = logging.getLogger("telephony.server")
 
@@ -70,6 +72,7 @@ class SipServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp = TcpConnections(settings.tcp_max_per_source, settings.max_message_bytes, self._on_sip_message)
         self._media: MediaIO | None = None
+        self.outbound: OutboundIO | None = None  # calls we place (POST /v1/calls)
         self._timer: asyncio.TimerHandle | None = None
         self._poller: asyncio.TimerHandle | None = None
         self._v6 = ":" in settings.listen_host  # IPv6 sockets: IPv4 peers as ::ffff:a.b.c.d
@@ -98,6 +101,9 @@ class SipServer:
         self.table.start(self._now())
         self._media = MediaIO(self.table, self.clock, loop, s.listen_host, s.dscp, s.calls.hangup_after_prompt_ms,
                               self.hooks, self._pump)
+        self.outbound = OutboundIO(self.table, port, lambda d, a, t: self._send(d, a, t, udp_fallback=False),
+                                    self._connect, loop, self._pump)
+        self._media.control = self.outbound
         if self.available is not None:
             self._poller = loop.call_later(1.0, self._poll_available)
         if s.registration is not None:
@@ -162,6 +168,8 @@ class SipServer:
         deadline = self._loop.time() + grace
         while self.ua.awaiting_responses and self._loop.time() < deadline:
             await asyncio.sleep(0.02)
+        if self.outbound is not None:
+            self.outbound.close()
         for handle in (self._timer, self._poller):
             if handle is not None:
                 handle.cancel()
@@ -181,7 +189,8 @@ class SipServer:
 
     def _on_sip_message(self, data: bytes, addr: tuple[str, int], transport: str) -> None:
         assert self.ua is not None
-        self.ua.receive_datagram(data, addr, self._now(), transport)
+        if self.outbound is None or not self.outbound.claim(data, addr, self._now()):
+            self.ua.receive_datagram(data, addr, self._now(), transport)
         self._pump()
 
     def _on_timer(self) -> None:
@@ -190,39 +199,67 @@ class SipServer:
         now = self._now()
         self.ua.handle_timer(now)
         self.table.handle_timer(now)
+        if self.outbound is not None:
+            self.outbound.handle_timer(now)
         self._pump()
 
     def _pump(self) -> None:
         """Feed UA events to the call table, carry out its actions, send what the UA has queued
         and re-arm the one timer."""
         assert self.ua is not None and self.table is not None and self._media is not None and self._loop is not None
-        ua, table, media = self.ua, self.table, self._media
+        ua, table, media, outbound = self.ua, self.table, self._media, self.outbound
         for _ in range(100):  # events can produce more events (e.g. reject); bounded
+            moved = outbound is not None and outbound.dispatch(self._now())
             events = ua.next_events()
             actions = table.actions()
-            if not events and not actions:
-                break
+            if not events and not actions and not moved:
+                if outbound is None:
+                    break
+                outbound.flush()  # after the table's actions (a hangup's CANCEL or BYE)
+                if not outbound.calls.has_events:  # (a send that failed: the call is unreachable)
+                    break
+                continue
             for action in actions:
                 with bound_contextvars(call_id=action.call.info.call_id, dialed=action.call.info.dialed):
                     media.act(action)
             for event in events:
+                if isinstance(event, TransferEvent) and outbound is not None:  # an inbound call's REFER
+                    outbound.ua_transfer_event(event, self._now())
+                    continue
                 known = table.calls.get(getattr(event, "call_id", ""))
                 with bound_contextvars(call_id=getattr(event, "call_id", None),
                                        dialed=known.info.dialed if known else getattr(event, "dialed", None)):
                     table.sip_event(event, self._now())
         for data, addr, transport in ua.messages_to_send():
-            try:
-                if not (transport != "UDP" and self._tcp.write(addr, data)) and self._udp is not None:
-                    self._udp.sendto(data, for_v6_socket(addr) if self._v6 else addr)
-            except OSError as exc:
-                log.warning("SIP send to %s failed: %s", addr, exc)
-        whens = [w for w in (ua.get_timer(), table.get_timer()) if w is not None]
+            self._send(data, addr, transport)
+        whens = [w for w in (ua.get_timer(), table.get_timer(), outbound and outbound.deadline()) if w is not None]
         when = min(whens) if whens else None
         if self._timer is not None and (when is None or abs(self._timer.when() - when) > 1e-4):
             self._timer.cancel()
             self._timer = None
         if when is not None and self._timer is None:
             self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _send(self, data: bytes, addr: tuple[str, int], transport: str, udp_fallback: bool = True) -> bool:
+        """One SIP message out; False if it could not go (no route; no TCP connection to ``addr``
+        and no ``udp_fallback``: an outbound call's, which connects first)."""
+        try:
+            if transport != "UDP":
+                if self._tcp.write(addr, data):
+                    return True
+                if not udp_fallback:
+                    return False
+            if self._udp is not None:
+                self._udp.sendto(data, for_v6_socket(addr) if self._v6 else addr)
+            return True
+        except OSError as exc:
+            log.warning("SIP send to %s failed: %s", addr, exc)
+            return False
+
+    async def _connect(self, addr: tuple[str, int]) -> None:
+        """A TCP connection to ``addr`` (a trunk), kept in the connection table like accepted ones."""
+        assert self._loop is not None
+        await self._loop.create_connection(lambda: TcpConnection(self._tcp), addr[0], addr[1])
 
     def _poll_available(self) -> None:
         """Once a second: while the audio source's dependencies are down, INVITEs and OPTIONS get 503."""

@@ -68,18 +68,22 @@ async def _drain(it) -> int:
     return n
 
 
+def _read(it) -> asyncio.Future:
+    """A stream read to its end in a task of its own (its result: the samples it had)."""
+    return asyncio.ensure_future(_drain(it))
+
+
 def test_callers_go_first_when_the_engine_is_saturated():
     async def run() -> None:
-        inner = _Engine()
+        inner, v = _Engine(), VoiceSpec()
         gate = CallsFirst(inner, capacity=2)
-        v = VoiceSpec()
-        api1 = asyncio.ensure_future(_drain(gate.api_stream("api-1", v)))
-        call1 = asyncio.ensure_future(_drain(gate.stream("call-1", v)))
+        api1 = _read(gate.api_stream("api-1", v))
+        call1 = _read(gate.stream("call-1", v))
         await asyncio.sleep(0.01)
-        api2 = asyncio.ensure_future(_drain(gate.api_stream("api-2", v)))  # full (api-1 + call-1): waits
+        api2 = _read(gate.api_stream("api-2", v))  # full (api-1 + call-1): waits
         await asyncio.sleep(0.01)
         assert inner.started == ["api-1", "call-1"] and gate.api_waiting == 1
-        call2 = asyncio.ensure_future(_drain(gate.stream("call-2", v)))  # a caller never waits for the API
+        call2 = _read(gate.stream("call-2", v))  # a caller never waits for the API
         await asyncio.sleep(0.01)
         assert inner.started == ["api-1", "call-1", "call-2"]
         inner.release["api-1"].set()
@@ -103,10 +107,10 @@ def test_a_cancelled_api_stream_frees_its_slot_and_a_waiting_one_gives_up_its_pl
         inner = _Engine()
         gate = CallsFirst(inner, capacity=1)
         v = VoiceSpec()
-        a = asyncio.ensure_future(_drain(gate.api_stream("a", v)))
+        a = _read(gate.api_stream("a", v))
         await asyncio.sleep(0.01)
-        b = asyncio.ensure_future(_drain(gate.api_stream("b", v)))
-        c = asyncio.ensure_future(_drain(gate.api_stream("c", v)))
+        b = _read(gate.api_stream("b", v))
+        c = _read(gate.api_stream("c", v))
         await asyncio.sleep(0.01)
         b.cancel()  # gone while waiting
         a.cancel()  # gone mid-stream: its engine stream is closed and the slot handed on
@@ -145,9 +149,9 @@ def test_a_long_api_text_goes_in_pieces_and_a_caller_gets_in_between():
         text = "First sentence is here. Second one follows it. Third is the last one of these."
         assert gate.parts(text) == ["First sentence is here. Second one follows it.", "Third is the last one of these."]
         assert all(len(p) <= 60 for p in gate.parts("word " * 100)) and gate.parts("short") == ["short"]
-        api = asyncio.ensure_future(_drain(gate.api_stream(text, VoiceSpec())))
+        api = _read(gate.api_stream(text, VoiceSpec()))
         await asyncio.sleep(0.01)
-        call = asyncio.ensure_future(_drain(gate.stream("call", VoiceSpec())))  # arrives during the first piece
+        call = _read(gate.stream("call", VoiceSpec()))  # arrives during the first piece
         await asyncio.sleep(0.01)
         inner.release[gate.parts(text)[0]].set()
         await asyncio.sleep(0.01)

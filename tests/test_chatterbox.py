@@ -671,11 +671,12 @@ def test_scheduler_overlap_path_steps_t3_while_a_batch_is_in_flight(ckpt):
     """The GPU's overlap bookkeeping on a CPU: a launched batch completes only after a few of T3's
     steps (as a batch on its own CUDA stream would); every utterance still comes out whole, with
     the audio the alternating loop gives, and a caller hanging up mid-batch is counted once."""
-    import threading
     import time
 
     from engine.chatterbox.s3gen_streamer import PendingAudio
-    from engine.chatterbox.scheduler import Request, Scheduler, Voice
+    from engine.chatterbox.scheduler import Scheduler, Voice
+
+    from .chatterbox_harness import count_steps_in_flight, submit_utterances
     from engine.chatterbox.t3_runner import T3Runner
 
     class Deferred(S3GenStreamer):
@@ -694,29 +695,9 @@ def test_scheduler_overlap_path_steps_t3_while_a_batch_is_in_flight(ckpt):
         streamer = streamer_cls(ckpt.s3gen, "cpu")
         sched = Scheduler(runner, streamer, windows=(10, 15, 25))
         voice = Voice("v", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
-        steps_in_flight = 0
-        step = sched._t3_step
-
-        def counted():
-            nonlocal steps_in_flight
-            steps_in_flight += sched._inflight is not None
-            step()
-        sched._t3_step = counted
-        outs, dones = [], []
-        for i in range(3):
-            chunks, done = [], threading.Event()
-            outs.append(chunks)
-            dones.append(done)
-
-            def deliver(item, chunks=chunks, done=done):
-                if isinstance(item, np.ndarray):
-                    chunks.append(item)
-                else:  # the end (None) or an error: an error fails the size checks below
-                    done.set()
-            req = Request(torch.tensor([100 + i, 200, 300]), voice, deliver, max_tokens=40 + 10 * i, seed=i)
-            sched.submit(req)
-            if cancel_one and i == 2:
-                cancelled = req
+        steps_in_flight = count_steps_in_flight(sched)
+        outs, dones, reqs = submit_utterances(sched, [voice], 3)
+        cancelled = reqs[2]
         sched.start()
         if cancel_one:
             while not outs[2]:
@@ -726,7 +707,7 @@ def test_scheduler_overlap_path_steps_t3_while_a_batch_is_in_flight(ckpt):
             assert d.wait(120)
         time.sleep(0.2)
         sched.stop()
-        return [np.concatenate(c) if c else np.zeros(0) for c in outs], steps_in_flight, sched.stats
+        return [np.concatenate(c) if c else np.zeros(0) for c in outs], steps_in_flight(), sched.stats
 
     ours, in_flight, stats = run(Deferred, cancel_one=True)
     ref, none_in_flight, _ = run(S3GenStreamer, cancel_one=False)

@@ -330,13 +330,19 @@ def test_cancel_waits_for_a_provisional_response():
     assert kinds(call) == ["trying"]
 
 
-def test_200_crossing_our_cancel_is_acked_and_ended_with_bye():
+def cancelled_after_ringing() -> tuple[OutboundCall, Request, Request]:
+    """A call that rang from 0.2 s and was CANCELled at its 5 s ring timeout: (call, INVITE, CANCEL)."""
     call = OutboundCall(config(ring_timeout_s=5.0))
     call.start(0.0)
     (invite,) = requests(call)
     reply(call, invite, 180, 0.2)
     run_until(call, 5.0)
     (cancel,) = requests(call)
+    return call, invite, cancel
+
+
+def test_200_crossing_our_cancel_is_acked_and_ended_with_bye():
+    call, invite, cancel = cancelled_after_ringing()
     ok(call, invite, 5.01)  # the callee picked up just as we gave up
     reply(call, cancel, 200, 5.02)
     ack, bye = requests(call)
@@ -349,12 +355,7 @@ def test_200_crossing_our_cancel_is_acked_and_ended_with_bye():
 
 
 def test_cancel_without_final_response_gives_up_after_64_t1():
-    call = OutboundCall(config(ring_timeout_s=5.0))
-    call.start(0.0)
-    (invite,) = requests(call)
-    reply(call, invite, 180, 0.2)
-    run_until(call, 5.0)
-    (cancel,) = requests(call)
+    call, _, cancel = cancelled_after_ringing()
     reply(call, cancel, 200, 5.1)
     run_until(call, 36.9)
     assert call.outcome is None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 
 from engine.chatterbox.s3gen_streamer import SAMPLES_PER_FRAME, S3GenStreamer
-from engine.chatterbox.scheduler import Request, Scheduler, Voice
+from engine.chatterbox.scheduler import Scheduler, Voice
 from engine.chatterbox.t3_runner import SamplingParams, T3Runner
+
+from tests.chatterbox_harness import count_steps_in_flight, submit_utterances
 
 from .conftest import DEVICE, ON_GPU, snr_db
 
@@ -27,32 +27,13 @@ def speak(ckpt, overlap: bool) -> tuple[list[np.ndarray], int, object]:
     voices = [Voice("a", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen)),
               Voice("b", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(other))]
     sched.capture_graphs(voices[0])
-    in_flight = 0
-    step = sched._t3_step
-
-    def counted():
-        nonlocal in_flight
-        in_flight += sched._inflight is not None
-        step()
-    sched._t3_step = counted
-    outs, dones = [], []
-    for i in range(6):
-        chunks, done = [], threading.Event()
-        outs.append(chunks)
-        dones.append(done)
-
-        def deliver(item, chunks=chunks, done=done):
-            if isinstance(item, np.ndarray):
-                chunks.append(item)
-            else:  # the end (None) or an error: an error fails the size checks
-                done.set()
-        sched.submit(Request(torch.tensor([100 + i, 200, 300]), voices[i % 2], deliver,
-                             max_tokens=40 + 10 * i, seed=i))
+    in_flight = count_steps_in_flight(sched)
+    outs, dones, _ = submit_utterances(sched, voices, 6)
     sched.start()
     for d in dones:
         assert d.wait(300)
     sched.stop()
-    return [np.concatenate(c) if c else np.zeros(0, np.float32) for c in outs], in_flight, sched.stats
+    return [np.concatenate(c) if c else np.zeros(0, np.float32) for c in outs], in_flight(), sched.stats
 
 
 def test_overlapped_s3gen_gives_the_sequential_loops_audio(ckpt):

@@ -53,7 +53,7 @@ class HttpHandle:
 
 async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFirst, default_voice: VoiceSpec,
                      health: Callable[[], tuple[int, str]], registry, render_metrics: Callable[[], bytes],
-                     live_calls: Callable[[], int] = lambda: 0, live=None) -> HttpHandle:
+                     live_calls: Callable[[], int] = lambda: 0, live=None, outbound=None) -> HttpHandle:
     """Bind and serve; an address in use raises OSError (the caller stops start-up with it)."""
     from sip_tts.script import voice_spec
 
@@ -73,7 +73,8 @@ async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFir
             ctx = ApiContext(cfg.api, engine, voices, health, render_metrics, ApiMetrics(registry),
                              speed_native=engine.name == "espeak",
                              engine_loop=asyncio.get_running_loop() if cfg.api.own_thread else None,
-                             live=None if cfg.api.own_thread else live)  # live calls: on the calls' loop only
+                             live=None if cfg.api.own_thread else live,  # live calls: on the calls' loop only
+                             outbound=outbound)
             api = HttpServer(create_app(ctx), bind(cfg.api.listen), cfg.api.own_thread)
             await api.start()
             servers.append(api)

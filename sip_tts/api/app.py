@@ -7,7 +7,7 @@ import hmac
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from . import calls, errors, ops, speech, voices
+from . import calls, errors, ops, originate, speech, voices
 from .context import ApiContext
 from .errors import ApiError, error_response
 
@@ -32,6 +32,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(ops.build(ctx.health, ctx.render_metrics))
     app.include_router(speech.build(ctx, dep))
     app.include_router(voices.build(ctx, dep))
+    app.include_router(originate.build(ctx, dep))
     if ctx.live is not None:
         app.include_router(calls.build(ctx, dep, keys))
     app.add_middleware(BodyCap, cap=ctx.settings.max_body_bytes)

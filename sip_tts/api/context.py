@@ -11,7 +11,7 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -86,6 +86,7 @@ class ApiContext:
     metrics: ApiMetrics
     speed_native: bool  # espeak: speed scales its rate; chatterbox has none
     engine_loop: asyncio.AbstractEventLoop | None = None  # set in own_thread mode
+    outbound: Any = None  # sip_tts.outbound.Originator: POST /v1/calls (None: no SIP)
     live: object = None  # sip_tts.live.LiveCalls: the calls in progress, for /v1/calls (None: no SIP)
     active: int = 0
 

@@ -11,17 +11,17 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("sip_tts.api")
 
 
 class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+    message: str = Field(description="what was wrong, for people")
+    type: str = Field(description="OpenAI's error type, e.g. invalid_request_error")
+    param: str | None = Field(None, description="the request field at fault (none: the request as a whole)")
+    code: str | None = Field(None, description="a stable code for programs, e.g. voice_not_found")
 
 
 class ErrorBody(BaseModel):

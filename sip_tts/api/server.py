@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
 import threading
@@ -20,6 +21,9 @@ from config.schema import parse_hostport
 from .ws_protocol import BoundedWebSocketProtocol
 
 log = logging.getLogger("sip_tts.api")
+# httptools (C) parses and writes HTTP/1.1 for uvicorn in a fraction of h11's (pure Python) time: N requests
+# made at once wait for each other's parsing on the one loop (benchmarks/results/api_overhead.md)
+HTTP_IMPL = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 class _Server(uvicorn.Server):
@@ -44,7 +48,7 @@ class HttpServer:
         self.port = sock.getsockname()[1]
         self.own_thread = own_thread
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", loop="asyncio",
-                                http="h11", ws=BoundedWebSocketProtocol, ws_max_size=2**16,
+                                http=HTTP_IMPL, ws=BoundedWebSocketProtocol, ws_max_size=2**16,
                                 ws_per_message_deflate=False, timeout_keep_alive=30, timeout_graceful_shutdown=2)
         self.server = _Server(config)
         self._task: asyncio.Future | None = None

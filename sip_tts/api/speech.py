@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 from typing import AsyncIterator, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.base import EngineError, VoiceSpec
@@ -70,18 +71,52 @@ def _audio(types: list[str], extra: dict | None = None) -> dict:
     return {200: ok, **responses(400, 401, 404, 413, 429, 503), **(extra or {})}
 
 
-class _Guarded(StreamingResponse):
-    """A streamed response that gives its request slot back however it ends (also never started)."""
+class _Guarded(Response):
+    """A streamed response that gives its request slot back however it ends (also never started).
 
-    def __init__(self, ctx: ApiContext, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    Not Starlette's StreamingResponse: that starts a task group (two tasks) per response and sends from a
+    new task, so a request's first byte waits a loop turn behind every other ready callback; with N
+    streams whose first audio comes in one GPU batch, the Nth waited for all of them. Here the first audio
+    goes out from the handler's own task, then one plain task listens for the client going away (which
+    cancels the stream, and with it the engine's synthesis)."""
+
+    def __init__(self, ctx: ApiContext, body: AsyncIterator[bytes], media_type: str, headers: dict[str, str]) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
         self._ctx = ctx
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
+        task = asyncio.current_task()
+        gone = False
+
+        async def listen() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()  # type: ignore[union-attr]
+
+        listener: asyncio.Task | None = None
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if listener is None:
+                    listener = asyncio.ensure_future(listen())
+            if listener is not None:
+                listener.cancel()  # (from here on a cancel would come from elsewhere)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # type: ignore[union-attr]  # the client left: the response just ends
         finally:
-            await self.body_iterator.aclose()  # type: ignore[union-attr]
+            if listener is not None:
+                listener.cancel()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
             self._ctx.done()
 
 

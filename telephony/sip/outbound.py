@@ -32,6 +32,7 @@ Why the details are as they are:
 * 2xx retransmissions are re-ACKed with the same ACK (§13.2.2.4); a 2xx from a
   second fork (another To tag) is ACKed and sent a BYE at once: one call, one dialog.
 * Redirects (3xx) are not followed: they end as ``failed`` with the code.
+* A REFER from the far end gets 405 with our Allow (see ``refer.py``): we never act on one.
 
 Requests go out with ``uri`` set: the SIP URI whose host/port is the next hop
 (outbound proxy, route set or target); the I/O layer resolves it. Responses to
@@ -51,19 +52,10 @@ from .digest_client import DigestClient
 from .invite_client import ClientEvent, InviteClientTransaction
 from .message import (Headers, Message, Request, Response, SipParseError, check_address_headers, parse_message,
                       response_for)
-from .refer import BlindTransfer, TransferEvent, refuse_refer
+from .refer import BlindTransfer, TransferEvent
 from .sdp import NegotiatedAudio, SdpError, SessionDescription, negotiate, parse_sdp
-from .transaction import (
-    T1,
-    Input,
-    InviteServerTransaction,
-    NonInviteClientTransaction,
-    NonInviteServerTransaction,
-    State,
-    TuEvent,
-    _Transaction,
-    response_input,
-)
+from .transaction import (T1, Input, InviteServerTransaction, NonInviteClientTransaction, NonInviteServerTransaction,
+                          State, TuEvent, _Transaction, response_input)
 from .uac import branch_of, build_offer, uac_dialog
 from .uri import NameAddr, SipUri
 
@@ -397,15 +389,17 @@ class OutboundCall:
         self._hops[key] = self._hop_for(dialog)
 
     def _collect(self) -> None:
-        """Move what the transactions queued into the outgoing list, with their destinations."""
+        """Move what the transactions queued into the outgoing list, with their destinations.
+        Our answers go first: the 200 to a NOTIFY that reports a transfer's success leaves
+        before the BYE it caused."""
+        for tx, addr in self._server_txs.values():
+            if tx.outbox:
+                self._outgoing.extend(Send(data, None, addr) for data in tx.outbox)
+                tx.outbox.clear()
         for key, tx in self._txs.items():
             if tx.outbox:
                 hop = self._hops.get(key, self._first_hop())
                 self._outgoing.extend(Send(data, hop, None) for data in tx.outbox)
-                tx.outbox.clear()
-        for tx, addr in self._server_txs.values():
-            if tx.outbox:
-                self._outgoing.extend(Send(data, None, addr) for data in tx.outbox)
                 tx.outbox.clear()
         if self.transfer_job is not None and self.dialog is not None:
             hop = self._hop_for(self.dialog)
@@ -566,8 +560,6 @@ class OutboundCall:
             else:
                 resp = self.transfer_job.on_notify(req, now)
                 self._take_transfer_events(now)
-        elif req.method == "REFER":
-            resp = refuse_refer(req)
         elif req.method in ("OPTIONS", "INFO"):
             resp = response_for(req, 200, extra=[("Allow", ALLOW)])
         elif req.method in ("INVITE", "UPDATE"):

@@ -32,7 +32,8 @@ class TrunkLimits:
 
 
 class CallRefused(Exception):
-    """No INVITE was sent: ``reason`` is ``max_calls``, ``trunk_concurrent`` or ``trunk_cps``."""
+    """No INVITE was sent: ``reason`` is ``max_calls``, ``trunk_concurrent`` or ``trunk_cps`` (the I/O
+    layer adds ``ports``: no RTP port free, and ``draining``: shutting down)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -88,6 +89,22 @@ class OutboundCalls:
             call.receive(msg, now, source)
             self._touched(call)
 
+    def receive_datagram(self, call_id: str, data: bytes, now: float, source: Address | None = None) -> bool:
+        """Bytes the I/O layer found ``call_id`` in (a cheap look, before parsing): False if not ours."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        call.receive_datagram(data, now, source)
+        self._touched(call)
+        return True
+
+    def transport_error(self, call_id: str, now: float) -> None:
+        """A request of the call could not be sent (no route, connection refused)."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            call.transport_error(now)
+            self._touched(call)
+
     def hangup(self, call_id: str, now: float) -> None:
         call = self.calls.get(call_id)
         if call is not None:
@@ -121,6 +138,10 @@ class OutboundCalls:
         for call in due:
             call.handle_timer(now)
             self._touched(call)
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
 
     def messages_to_send(self) -> list[Send]:
         out, self._outgoing = [s for _, s in self._outgoing], []

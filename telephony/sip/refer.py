@@ -1,4 +1,4 @@
-"""Blind transfer as the transferor (RFC 3515 REFER, RFC 3892 Referred-By), and refusing REFER.
+"""Blind transfer as the transferor (RFC 3515 REFER, RFC 3892 Referred-By).
 
 Sans-IO. ``BlindTransfer`` sends a REFER inside an established dialog (ours as
 UAS for an inbound call, or as UAC for an outbound one), then follows the
@@ -9,6 +9,12 @@ and ``failed`` (with the code) on a 3xx-6xx fragment, on a refused REFER, on
 a subscription that ends without a final fragment, or when no final fragment
 arrives within ``timeout_s``. Ending the call after a success is the owner's
 job (a BYE in our dialog: the transferee then talks to the target).
+
+An incoming REFER is refused, in every dialog, with ``405 Method Not Allowed`` and our
+``Allow`` (RFC 3261 §8.2.1): we are not a phone and never act on one. (An earlier draft
+answered 603 Decline, "implemented but refused by policy"; but the Allow header we send in
+every INVITE, 200 and OPTIONS answer leaves REFER out, so 405 is what that header already says,
+and it is the answer the user agent gives inside inbound calls: one answer for both kinds.)
 """
 
 from __future__ import annotations
@@ -48,27 +54,6 @@ def parse_sipfrag_status(body: bytes) -> tuple[int, str]:
     if not match:
         raise ValueError(f"sipfrag without a status line: {first[:60]!r}")
     return int(match.group(1)), match.group(2) or ""
-
-
-def refuse_refer(req: Request, to_tag: str | None = None) -> Response:
-    """Our answer to an incoming REFER: we are not a phone and never act on one.
-
-    Decision: ``603 Decline``, not ``405 Method Not Allowed``. RFC 3515 §2 leaves
-    the answer of agents that do *not* implement REFER to RFC 3261 (405/501);
-    we do implement it (we parse it, check it, and send REFERs ourselves), and
-    §2.4.2 has a UA that accepts a well-formed REFER seek approval from its user
-    or configured policy first: our policy never approves, and a refusal by
-    policy is what 603 says ("the user does not wish to take part"). 405 would
-    instead tell the referrer the method is unsupported here, which is false
-    and could stop it from sending us in-dialog REFER-based features it probes
-    for. The well-formedness check comes first: zero or more than one Refer-To
-    is ``400`` (RFC 3515 §2.4.1). A REFER outside any dialog of ours gets 481
-    from the dialog layer before reaching here.
-    """
-    refer_to = req.headers.get_all("Refer-To")
-    if len(refer_to) != 1:
-        return response_for(req, 400, "Bad Request - exactly one Refer-To required", to_tag=to_tag)
-    return response_for(req, 603, "Decline", to_tag=to_tag)
 
 
 @dataclass
@@ -193,6 +178,10 @@ class BlindTransfer:
             else:
                 self._conclude("failed", status, reason)
         return response_for(req, 200, "OK")
+
+    def abandon(self, reason: str) -> None:
+        """The call ended first: the transfer failed (the REFER's transaction may still finish)."""
+        self._conclude("failed", None, reason)
 
     def _conclude(self, kind: str, status: int | None, reason: str) -> None:
         if self.outcome is None:

@@ -17,15 +17,16 @@ as a UAC, and answers everything else with 405 or 501. Malformed input gets
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .. import PRODUCT
+from ..addresses import is_ip as _is_ip
 from ..admission import Admission
 from .auth import DigestAuthenticator
 from .dialog import Dialog, new_branch, new_tag
+from .refer import BlindTransfer
 from .registration import Registration
 from .events import CallConfirmed, CallEnded, Event, IncomingCall, InfoReceived, SessionUpdate
 from .message import (
@@ -37,16 +38,8 @@ from .message import (
     response_for_error,
 )
 from .sdp import SdpError, parse_sdp
-from .transaction import (
-    InviteServerTransaction,
-    Input,
-    NonInviteClientTransaction,
-    NonInviteServerTransaction,
-    State,
-    TuEvent,
-    _Transaction,
-    response_input,
-)
+from .transaction import (InviteServerTransaction, Input, NonInviteClientTransaction, NonInviteServerTransaction,
+                          State, TuEvent, _Transaction, response_input)
 from .uri import NameAddr, SipUri, Via
 
 log = logging.getLogger(__name__)
@@ -132,6 +125,7 @@ class UserAgent:
     _timers: list[tuple[float, int, str]] = field(default_factory=list)  # heap of (deadline, seq, key)
     _touched: set[str] = field(default_factory=set)  # transactions whose deadline may have changed
     _seq: int = 0
+    _transfers: dict[str, tuple[BlindTransfer, Address, str]] = field(default_factory=dict)  # Call-ID → REFER job
 
     def _server_tx(self, req: Request, key: str) -> _Transaction:
         cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
@@ -233,6 +227,9 @@ class UserAgent:
         self._settle()
         reg = self.registration.deadline() if self.registration is not None else None
         tx = self._tx_timer()
+        jobs = [w for job, _, _ in self._transfers.values() if (w := job.deadline()) is not None]
+        if jobs:
+            tx = min(jobs + ([tx] if tx is not None else []))
         if reg is None or (tx is not None and tx < reg):
             return tx
         return reg
@@ -262,6 +259,9 @@ class UserAgent:
             tx = entry[0]
             self._apply(key, tx, tx.handle_timers(now))
             self._touched.add(key)
+        for call_id, (job, _, _) in list(self._transfers.items()):
+            job.handle_timer(now)
+            self._flush_transfer(call_id)
         self._settle()
 
     # -- call-layer API -------------------------------------------------------------
@@ -318,6 +318,7 @@ class UserAgent:
             self._events.append(CallEnded(call_id, "local-reject"))
             return
         call.ended = True
+        self._end_transfer(call_id)
         branch = new_branch()
         transport = call.dialog.transport
         via = f"SIP/2.0/{transport} {self._hostport(transport)};branch={branch};rport"
@@ -330,6 +331,38 @@ class UserAgent:
         self._add_tx(key, tx, dest, transport)
         self._events.append(CallEnded(call_id, "local-bye"))
         self._settle()
+
+    def transfer(self, call_id: str, refer_to: str, now: float, timeout_s: float = 30.0) -> None:
+        """Blind-transfer an answered call (REFER in its dialog, RFC 3515); ``TransferEvent``s
+        follow. The caller ends the call (``hangup``) when the transfer succeeds."""
+        call = self._calls.get(call_id)
+        if call is None or call.ended:
+            raise KeyError(call_id)
+        if not call.answered:
+            raise RuntimeError("only an answered call can be transferred")
+        if call_id in self._transfers and self._transfers[call_id][0].outcome is None:
+            raise RuntimeError("a transfer is already in progress")
+        transport = call.dialog.transport
+        job = BlindTransfer(call.dialog, refer_to, NameAddr.parse(call.dialog.local_party).uri,
+                            self._hostport(transport), self._contact(transport), transport, timeout_s)
+        job.start(now)
+        self._transfers[call_id] = (job, self._destination(call.dialog), transport)
+        self._flush_transfer(call_id)
+
+    def _flush_transfer(self, call_id: str) -> None:
+        """What a transfer job queued, out; its events up; forgotten once over."""
+        job, addr, transport = self._transfers[call_id]
+        for data in job.take_outbox():
+            self._outgoing.append(Outgoing(data, addr, transport))
+        self._events.extend(job.events)  # type: ignore[arg-type]
+        job.events.clear()
+        if job.done:
+            del self._transfers[call_id]
+
+    def _end_transfer(self, call_id: str) -> None:
+        if call_id in self._transfers:
+            self._transfers[call_id][0].abandon("the call ended")
+            self._flush_transfer(call_id)
 
     @property
     def awaiting_responses(self) -> int:
@@ -378,6 +411,13 @@ class UserAgent:
             if status == 503:
                 extra.append(("Retry-After", str(self.retry_after)))
             self._respond_new(req, key, addr, now, status, extra)
+        elif req.method == "NOTIFY" and req.call_id in self._transfers:  # our REFER's subscription
+            job = self._transfers[req.call_id][0]
+            tx = self._server_tx(req, key)
+            self._add_tx(key, tx, addr)
+            resp = job.on_notify(req, now)
+            tx.handle(response_input(resp.status), now, resp.serialize())
+            self._flush_transfer(req.call_id)
         elif req.method in KNOWN_UNSERVED:
             self._respond_new(req, key, addr, now, 405, [("Allow", ", ".join(SERVED))])
         else:
@@ -630,6 +670,7 @@ class UserAgent:
         self._respond_new(req, key, addr, now, 200)
         if not call.ended:
             call.ended = True
+            self._end_transfer(req.call_id)
             if not call.answered:  # BYE before our 2xx: RFC 3261 §15.1.2, answer the INVITE with 487
                 call.invite_tx.handle(Input.FAILURE, now, response_for(
                     call.invite, 487, to_tag=call.dialog.local_tag).serialize())
@@ -651,6 +692,10 @@ class UserAgent:
     def _receive_response(self, resp: Response, now: float) -> None:
         via = Via.parse(resp.headers.get("Via") or "")
         _, method = resp.cseq
+        if method == "REFER" and resp.call_id in self._transfers:
+            self._transfers[resp.call_id][0].on_response(resp, now)
+            self._flush_transfer(resp.call_id)
+            return
         key = f"{via.branch}:{method}"
         entry = self._transactions.get(key)
         if entry is None:
@@ -839,14 +884,6 @@ def _accepts_sdp(req: Request) -> bool:
             if media in ("application/sdp", "application/*", "*/*") or (not media and len(values) == 1):
                 return True
     return False
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _user_of(value: str | None) -> str:

@@ -27,49 +27,20 @@ s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"
 sip_port=${BARESIP_SIP_PORT:-$(port udp)}
 ctrl_port=${BARESIP_CTRL_PORT:-$(port tcp)}
 setup=${SETUP_TIMEOUT:-15}
-mkdir -p "$work/conf" "$work/dump"
-
 src=${SRC_WAV:+$(readlink -f "$SRC_WAV")}
 if [ -z "$src" ]; then  # silence for the whole call: aufile stops the source at the file's end
+  mkdir -p "$work"
   src=$work/silence.wav
   sox -q -n -r 8000 -c 1 -b 16 -e signed-integer "$src" trim 0 "$(( ${secs%.*} + 10 ))"
 fi
 
-# No registration; PCMU only (baresip adds telephone-event itself).
-echo "<sip:tester@127.0.0.1>;regint=0;audio_codecs=PCMU/8000/1${BARESIP_ACCOUNT_PARAMS:-}" > "$work/conf/accounts"
-: > "$work/conf/contacts"
-# No sound card: aufile is the source, aubridge the player; sndfile dumps the decoded
-# received stream as dump/dump-<time>-dec.wav. net_interface must be an address in 1.0.
-cat > "$work/conf/config" <<CONF
-poll_method epoll
-sip_listen 127.0.0.1:$sip_port
-net_interface 127.0.0.1
-call_max_calls 1
-call_local_timeout 30
-audio_source aufile,$src
-audio_player aubridge,play
-audio_alert aubridge,alert
-ausrc_srate 8000
-auplay_srate 8000
-ausrc_channels 1
-auplay_channels 1
-audio_buffer 20-160
-rtp_ports ${BARESIP_RTP_PORTS:-30000-30100}
-rtcp_mux no
-rtp_stats yes
-jitter_buffer_delay 5-10
-module_path /usr/lib/baresip/modules
-module g711.so
-module aufile.so
-module aubridge.so
-module sndfile.so
-module_tmp account.so
-module_app menu.so
+# No registration. ctrl_tcp takes commands (DTMF); the INVITE gives up after 30 s.
+. "$(dirname "$0")/config.sh"
+baresip_config "$work" "$sip_port" "${BARESIP_RTP_PORTS:-30000-30100}" "$src" \
+  "<sip:tester@127.0.0.1>${BARESIP_ACCOUNT_PARAMS:-}" "call_local_timeout 30
 module_app ctrl_tcp.so
 ctrl_tcp_listen 127.0.0.1:$ctrl_port
-snd_path $work/dump
-${BARESIP_EXTRA_CONFIG:-}
-CONF
+${BARESIP_EXTRA_CONFIG:-}"
 
 log=$work/baresip.log
 # -t ends baresip in any case; the loop below hangs up on time.
