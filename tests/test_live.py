@@ -310,3 +310,35 @@ async def _merging(engine):
     session.text("One. Two. Three. Four.", flush=True)
     await _pace(q, 200)
     assert session.utterances == before + 1
+
+
+def test_a_failed_synthesis_is_an_error_event_and_the_call_goes_on():
+    with_engine(_failing)
+
+
+async def _failing(engine):
+    session, q, ch = _session(engine)
+    broken = VoiceSpec("broken", (("voice", "zz-no-such-voice"),))
+    session._voices = lambda n: {"default": VoiceSpec(), "broken": broken}[n]
+    session.command(parse_command('{"voice": "broken", "text": "Not said.", "flush": true}'))
+    session.command(parse_command('{"voice": "default", "text": "Said.", "flush": true}'))
+    await _pace(q, 120)
+    assert [e["event"] for e in ch.events] == ["error", "speaking", "idle"], ch.events
+    assert ch.events[0] == {"event": "error", "message": "synthesis failed", "field": "text"}
+    assert session.tasks() == 0
+
+
+def test_the_call_table_hands_the_callers_audio_only_while_tapped():
+    from telephony.calls import CallerAudio
+    from tests.test_calls import Harness, rtp
+
+    h = Harness()
+    call, _ = h.answered_call()
+    h.table.rtp_received("call-1", rtp(1, 160, payload=b"\x11" * 160), ("10.0.0.5", 40000), 0.2)
+    assert h.table.actions() == []  # nobody listens: no action per packet
+    call.tap_audio = True  # (what CallHandle.listen asks for through MediaIO)
+    h.table.rtp_received("call-1", rtp(2, 320, payload=b"\x22" * 160), ("10.0.0.5", 40000), 0.22)
+    h.table.rtp_received("call-1", rtp(3, 480, pt=101, payload=bytes([5, 10, 0, 160])), ("10.0.0.5", 40000), 0.24)
+    got = h.table.actions()
+    assert [type(a) for a in got] == [CallerAudio]  # the telephone-event packet is not audio
+    assert (got[0].sequence, got[0].timestamp, got[0].payload) == (2, 320, b"\x22" * 160)

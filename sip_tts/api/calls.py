@@ -21,7 +21,7 @@ from typing import Literal
 from fastapi import APIRouter, File, Form, UploadFile, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.prompt_cache import frames_of, render_wav
+from engine.prompt_cache import file_key, frames_of, render_wav
 
 from .context import ApiContext
 from .errors import ApiError, error_response, responses
@@ -118,12 +118,12 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
         codec = session.info.codec
         if file is not None:
             data = await file.read()
-            try:
-                frames = frames_of(render_wav(io.BytesIO(data), codec), codec)
+            try:  # (decoding and resampling a long WAV takes a while: off the calls' loop)
+                frames = frames_of(await asyncio.to_thread(render_wav, io.BytesIO(data), codec), codec)
             except Exception:  # wave.Error, EOFError, ValueError: not a WAV we read
                 raise ApiError(400, "file: not a PCM WAV file", "file", "invalid_audio") from None
         else:
-            frames = _prompt_frames(ctx, prompt or "", codec)
+            frames = await _prompt_frames(ctx, prompt or "", codec)
         queued = session.queued_ms
         session.play(frames, interrupt=mode == "interrupt")
         return Queued(queued_ms=0 if mode == "interrupt" else queued)
@@ -154,13 +154,20 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
             return await websocket.send_denial_response(error_response(
                 429, f"more than api.max_call_streams_per_key={live.max_streams_per_key} call streams open "
                      "with this key", None, "too_many_streams", {"Retry-After": "1"}))
+        counted = [True]
+
+        def release() -> None:  # once: when the session lets go (before the close), or here
+            if counted[0]:
+                counted[0] = False
+                live.stream_closed(key)
+
         try:
             await websocket.accept()
-            await session.serve(StarletteChannel(websocket))
+            await session.serve(StarletteChannel(websocket), detached=release)
         except SessionBusy:
             await websocket.close(1008, "another application is attached")
         finally:
-            live.stream_closed(key)
+            release()
 
     return router
 
@@ -178,8 +185,9 @@ def _key_of(websocket: WebSocket, keys: list[bytes]) -> str | None:
     return None
 
 
-def _prompt_frames(ctx: ApiContext, name: str, codec: str) -> list[bytes]:
-    """A WAV file beside prompts.yaml (no path outside that folder), as cached frames."""
+async def _prompt_frames(ctx: ApiContext, name: str, codec: str) -> list[bytes]:
+    """A WAV file beside prompts.yaml (no path outside that folder), as cached frames (converted
+    once, on a thread)."""
     speech = ctx.live.speech() if callable(getattr(ctx.live, "speech", None)) else None
     if speech is None:
         raise ApiError(404, "prompt: no prompts loaded", "prompt", "prompt_not_found")
@@ -188,6 +196,11 @@ def _prompt_frames(ctx: ApiContext, name: str, codec: str) -> list[bytes]:
     if base not in path.parents or not path.is_file():
         raise ApiError(404, f"prompt: {name!r} is not a file beside prompts.yaml", "prompt", "prompt_not_found")
     try:
-        return speech.play_frames(str(path), codec)
+        key = file_key(path, codec)
+        frames = speech.cache.get(key)  # (the cache is the loop's: only the conversion goes to a thread)
+        if frames is None:
+            frames = frames_of(await asyncio.to_thread(render_wav, path, codec), codec)
+            speech.cache.put(key, frames)
+        return frames
     except Exception:
         raise ApiError(400, f"prompt: {name!r} is not a PCM WAV file", "prompt", "invalid_audio") from None

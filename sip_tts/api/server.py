@@ -48,7 +48,7 @@ class HttpServer:
         self.port = sock.getsockname()[1]
         self.own_thread = own_thread
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", loop="asyncio",
-                                http=HTTP_IMPL, ws=BoundedWebSocketProtocol, ws_max_size=2**20,
+                                http=HTTP_IMPL, ws=BoundedWebSocketProtocol, ws_max_size=2**16,
                                 ws_per_message_deflate=False, timeout_keep_alive=30, timeout_graceful_shutdown=2)
         self.server = _Server(config)
         self._task: asyncio.Future | None = None

@@ -5,7 +5,9 @@ which would hide a stalled application for minutes of the caller's audio. A live
 stream holds at most ``SEND_BUFFER`` in the kernel (Linux keeps twice that for bookkeeping)
 and ``TRANSPORT_HIGH`` in asyncio's buffer; past that its sends wait and the session's own
 bounded outbox drops the caller's frames, counted (sip_tts/live). Only upgraded WebSocket
-connections get these limits: plain HTTP responses keep the kernel's autotuning.
+connections get these limits: plain HTTP responses keep the kernel's autotuning. (An
+application's messages are capped at 64 KiB: ``ws_max_size`` in server.py; a text fragment is
+at most 4,096 characters.)
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ class LiveCalls:
         return session
 
     def close(self, call_id: str) -> None:
-        self.sessions.pop(call_id, None)
+        session = self.sessions.pop(call_id, None)
+        if session is not None:
+            session.close()
 
     def get(self, call_id: str) -> LiveSession | None:
         return self.sessions.get(call_id)

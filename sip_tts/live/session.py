@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -240,21 +239,13 @@ class LiveSession:
         """Stop what is playing, drop what is queued (text, synthesis, frames); frames dropped. Marks
         are answered as cleared; a hangup that was waiting for the audio happens now."""
         dropped = self.queue.pending
-        for seg in self._segments:
-            if isinstance(seg, _Utterance) and seg.task is not None:
-                seg.task.cancel()
         marks = [seg.name for seg in self._segments if isinstance(seg, _Mark)]
+        marks = [data for _, _, kind, data in sorted(self._watches) if kind == "mark"] + marks
         hangup = any(isinstance(seg, _Hangup) for seg in self._segments) or any(
             kind == "hangup" for _, _, kind, _ in self._watches)
-        self._segments.clear()
+        self._stop()
         self.clauses.clear()
-        if self._speaker is not None:
-            self._speaker.cancel()
-            self._speaker = None
         self.queue.flush()
-        marks = [data for _, _, kind, data in sorted(self._watches) if kind == "mark"] + marks
-        self._watches.clear()
-        self.queue.watch(0, None)
         self.speaking = False
         for name in marks:
             self._emit(event("mark", name=name, cleared=True))
@@ -262,6 +253,24 @@ class LiveSession:
         if hangup:
             self._hangup("app-hangup")
         return dropped
+
+    def close(self) -> None:
+        """The call's script is over (or the call ended): stop every task the session holds (the
+        speaker may be waiting for the queue to drain, which a call that ended never does)."""
+        self._stop()
+        self.handle.listen(None)
+
+    def _stop(self) -> None:
+        """Cancel the syntheses and the speaker; forget what was queued and watched."""
+        for seg in self._segments:
+            if isinstance(seg, _Utterance) and seg.task is not None:
+                seg.task.cancel()
+        self._segments.clear()
+        if self._speaker is not None:
+            self._speaker.cancel()
+            self._speaker = None
+        self._watches.clear()
+        self.queue.watch(0, None)
 
     def _speak(self, text: str | None, since: float) -> None:
         if text:
@@ -465,10 +474,11 @@ class LiveSession:
         finally:
             self.active -= 1
 
-    async def serve(self, channel: Channel) -> str:
+    async def serve(self, channel: Channel, detached: Callable[[], None] | None = None) -> str:
         """Run the protocol over ``channel`` until the application closes it, the call ends or the
         client falls behind; returns which (``closed``, ``call-ended``, ``slow-client``).
-        ``SessionBusy`` if another application is attached."""
+        ``SessionBusy`` if another application is attached. ``detached`` runs before the channel is
+        closed (an application that sees the close may open its next connection at once)."""
         if self.outbox is not None:
             raise SessionBusy("another application is attached to this call")
         outbox = self.outbox = Outbox(channel)
@@ -515,6 +525,8 @@ class LiveSession:
             self.audio_format = None
             self.active -= 1
             self._released.set()
+            if detached is not None:
+                detached()
             try:
                 await asyncio.wait_for(channel.close(1000 if why != "slow-client" else 1008,
                                                      "" if why != "slow-client" else "not reading"), 2.0)
@@ -565,7 +577,3 @@ class LiveSession:
             if digit is not None:
                 self._emit(event("dtmf", digit=digit))
 
-
-def wall_time(loop_time: float, loop: asyncio.AbstractEventLoop) -> float:
-    """A loop timestamp as Unix time (for what the API reports)."""
-    return time.time() - (loop.time() - loop_time)
