@@ -81,7 +81,8 @@ def start_server(work: Path, a: argparse.Namespace, own_thread: bool, root: Path
         'default: "Hello."\n')
     if a.engine == "chatterbox":
         engine = (f"engine:\n  kind: chatterbox\n  model_dir: {a.model_dir}\n  device: {a.device}\n"
-                  f"  max_streams: {a.max_streams}\n  max_tokens: {a.max_tokens}\n")
+                  f"  max_streams: {a.max_streams}\n  max_tokens: {a.max_tokens}\n"
+                  f"  watermark: {'false' if a.no_watermark else 'true'}\n")
     elif a.engine == "burst":
         engine = f"engine:\n  kind: burst\n  max_streams: {a.max_streams}\n"
     else:
@@ -326,6 +327,7 @@ def main() -> int:
     ap.add_argument("--py-spy", metavar="PATH", help="run each server under this py-spy (samples into --out)")
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random", help="chatterbox (random weights if empty)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--no-watermark", action="store_true", help="chatterbox: watermark off (its cost under load)")
     ap.add_argument("--max-tokens", type=int, default=150, help="chatterbox: speech tokens per utterance")
     ap.add_argument("--t3-layers", type=int, default=24, help="chatterbox random checkpoint (a CPU check: 2)")
     ap.add_argument("--t3-width", type=int, default=1024, help="chatterbox random checkpoint (a CPU check: 128)")
