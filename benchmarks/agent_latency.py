@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.api_load import metric, stop_server  # noqa: E402
 from benchmarks.e2e_load import _parse, _RtpReceiver, _Udp, pct  # noqa: E402
-from benchmarks.hostload import HostLoad  # noqa: E402
+from benchmarks.hostload import HostLoad, gpu_name  # noqa: E402
 from engine.audio import decode_g711  # noqa: E402
 from telephony.rtp.packet import RtpPacket  # noqa: E402
 from telephony.sip.message import Response  # noqa: E402
@@ -376,11 +376,7 @@ def main() -> int:
     report: dict = {"engine": a.engine, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "host_name": f"{platform.node()} ({os.cpu_count()} CPUs)",
                     "command": " ".join(["python"] + sys.argv), "args": vars(a), "latency": []}
-    try:
-        report["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                       capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        report["gpu"] = None
+    report["gpu"] = gpu_name()
     with tempfile.TemporaryDirectory() as tmp:
         proc, sip_port, api_port = start_server(Path(tmp), a)
         url = f"http://127.0.0.1:{api_port}"

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.e2e_load import load as call_load, stop_server  # noqa: E402
+from benchmarks.hostload import gpu_name  # noqa: E402
 
 TEXT = "Thank you for calling. Your appointment is confirmed for Tuesday at nine in the morning."
 
@@ -347,11 +348,7 @@ def main() -> int:
                         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
                     "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "command": " ".join(["python"] + sys.argv),
                     "args": {k: v for k, v in vars(a).items()}, "ttfb": {}, "calls": {}}
-    try:
-        report["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                       capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        report["gpu"] = None
+    report["gpu"] = gpu_name()
     with tempfile.TemporaryDirectory() as tmp:
         roots = {"": ROOT}
         for rev in (a.compare.split(",") if a.compare else []):

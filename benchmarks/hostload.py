@@ -33,6 +33,24 @@ def commit() -> str:
         return os.environ.get("COMMIT", "unknown")
 
 
+def gpu_name() -> str | None:
+    """The first GPU's name as nvidia-smi gives it (None without one): results say which card."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def add_rate_search(ap, start: int, max_rate: int, seconds: float) -> None:
+    """The rate options of a search from ``--start`` up by ``--factor`` (or fixed ``--rates``)."""
+    ap.add_argument("--rates", default=None, help="fixed rates (comma-separated) instead of the search")
+    ap.add_argument("--start", type=int, default=start)
+    ap.add_argument("--factor", type=float, default=1.5)
+    ap.add_argument("--max-rate", type=int, default=max_rate)
+    ap.add_argument("--seconds", type=float, default=seconds)
+
+
 class HostLoad:
     def __init__(self) -> None:
         self.load_start = os.getloadavg()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.hostload import HostLoad  # noqa: E402
+from benchmarks.hostload import HostLoad, add_rate_search  # noqa: E402
 from benchmarks.sip_load import free_port, proc_cpu_seconds, proc_rss_mb  # noqa: E402
 from sip_tests.pcap import read_udp  # noqa: E402
 
@@ -183,11 +183,7 @@ def run_rate(rate: int, seconds: float, ports: dict, work: Path, pid: int, first
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default=None, help="fixed rates (comma-separated) instead of the search")
-    ap.add_argument("--start", type=int, default=50)
-    ap.add_argument("--factor", type=float, default=1.5)
-    ap.add_argument("--max-rate", type=int, default=600)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    add_rate_search(ap, start=50, max_rate=600, seconds=5.0)
     ap.add_argument("--max-p99-ms", type=float, default=1000.0, help="a rate whose request->INVITE p99 is over this "
                     "fails too (the server is not keeping up: requests queue)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

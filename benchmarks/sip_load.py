@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.hostload import HostLoad  # noqa: E402
+from benchmarks.hostload import HostLoad, add_rate_search  # noqa: E402
 from sip_tests.pcap import read_udp  # noqa: E402
 
 PEERS = Path(os.environ.get("PEERS_DIR", ROOT / "sip_tests" / "peers")).resolve()
@@ -197,11 +197,7 @@ def reference_runs(work: Path, rates: list[int] | None, a: argparse.Namespace) -
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default=None, help="fixed rates (comma-separated) instead of the ceiling search")
-    ap.add_argument("--start", type=int, default=100)
-    ap.add_argument("--factor", type=float, default=1.5)
-    ap.add_argument("--max-rate", type=int, default=4000)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    add_rate_search(ap, start=100, max_rate=4000, seconds=8.0)
     ap.add_argument("--hold-ms", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tls", action="store_true", help="UDP (SIPp) and TLS (Python client) rows in one run "
