@@ -192,7 +192,13 @@ def test_token_count_for_splitting_equals_the_tokenized_length(ckpt_dir):
     engine.options.text_budget = 18
     from engine.chatterbox.text import split_text
 
-    assert engine.pieces(api_text) == split_text(api_text, lambda s: int(engine.tokenize(s).numel()), 18)
+    want = split_text(api_text, lambda s: int(engine.tokenize(s).numel()), 18)
+    assert engine.pieces(api_text) == want and len(want) == 2
+    first = engine.pieces(api_text)  # the second time from the cache: equal, and the caller's own list
+    first.append("x")
+    assert engine.pieces(api_text) == want
+    engine.options.text_budget = 100  # another budget is another split
+    assert engine.pieces(api_text) == [api_text]
 
 
 @pytest.mark.parametrize("text, why", [("", "empty"), ("   \n\t ", "empty"), ("?!... -- ;", "no letters"),

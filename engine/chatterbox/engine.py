@@ -34,6 +34,7 @@ MIN_VOCODER_SNR_DB = 40.0  # = verify.THRESHOLDS["vocoder.dtype.audio_snr_db"]
 # Speech tokens per text token, for splitting long text: English at ~2.5 words/s is ~3.3 GPT-2
 # tokens/s against 25 speech tokens/s (7.5), rounded up so a piece's speech fits.
 SPEECH_PER_TEXT_TOKEN = 8
+PIECES_CACHE = 512  # texts whose split is kept (a split is a pure function of text, budget and tokenizer)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ChatterboxEngine(EngineBase):
         self.startup_seconds = 0.0
         self._watermarker = None
         self._marker = None  # watermark.BatchMarker: every stream's chunks marked in batches
+        self._pieces: dict[tuple[str, int], tuple[str, ...]] = {}  # (text, budget) -> pieces: a repeated text splits once
 
     async def start(self) -> None:
         if self._scheduler is None:
@@ -247,7 +249,14 @@ class ChatterboxEngine(EngineBase):
         from .text import check_text, split_text
 
         clean = check_text(text)
-        return split_text(clean, self.count_tokens, self.text_budget())
+        key = (clean, self.text_budget())
+        cached = self._pieces.get(key)
+        if cached is None:  # a burst of one prompt (IVR, api_load) counts its tokens once, not per request
+            cached = tuple(split_text(clean, self.count_tokens, key[1]))
+            if len(self._pieces) >= PIECES_CACHE:
+                self._pieces.pop(next(iter(self._pieces)))  # the oldest entry
+            self._pieces[key] = cached
+        return list(cached)
 
     async def stream(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[np.ndarray]:
         """The utterances of ``text`` back to back: the next one is submitted when the current
