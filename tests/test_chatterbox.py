@@ -247,6 +247,82 @@ def test_sampling_follows_the_stock_chain():
     assert (freq - unpenalised).abs().max() > 0.1  # and the sampler is not the unpenalised chain
 
 
+
+def _two_sort_chain(logits, seen, temperature, top_k, top_p, penalty):
+    """The per-row chain as first written (33f6620): a descending sort for top-k's k-th value,
+    then an ascending sort of the top-k row for top-p (stable sorts: ties in index order)."""
+    x = logits.float() / temperature[:, None]
+    v = x.size(-1)
+    kth = torch.sort(x, dim=-1, descending=True, stable=True).values.gather(1, (top_k.clamp(1, v) - 1)[:, None])
+    x = x.masked_fill(x < kth, float("-inf"))
+    sorted_x, order = torch.sort(x, dim=-1, descending=False, stable=True)
+    remove = (sorted_x.softmax(-1).cumsum(-1) <= (1.0 - top_p)[:, None]) & (top_p < 1.0)[:, None]
+    remove[:, -1] = False
+    x = x.scatter(1, order, sorted_x.masked_fill(remove, float("-inf")))
+    return torch.where(seen, torch.where(x < 0, x * penalty[:, None], x / penalty[:, None]), x)
+
+
+def _row_settings(rows):
+    """Per-row settings that reach every branch: top-k 1 (greedy), 50, 1000, all; top-p off, 0.5, 0.95."""
+    top_k = torch.tensor([1, 50, 1000, 6561, 50, 1000, 6561, 20])[torch.arange(rows) % 8]
+    top_p = torch.tensor([1.0, 0.5, 0.95, 0.95, 1.0, 0.9, 0.5, 0.95])[torch.arange(rows) % 8]
+    temperature = torch.tensor([0.8, 1.0, 0.5, 1.3])[torch.arange(rows) % 4]
+    penalty = torch.tensor([1.2, 1.0, 2.0])[torch.arange(rows) % 3]
+    return temperature, top_k, top_p, penalty
+
+
+def test_one_sort_filter_equals_the_two_sort_chain_with_ties():
+    """``filter_rows`` sorts once where the chain sorts twice: the same logits, bit for bit, for
+    every row's own settings, on bfloat16-rounded logits (many ties, as T3 in bfloat16 gives) and
+    on continuous ones; and the draws from the same noise are the same tokens."""
+    from engine.chatterbox.t3_runner import filter_rows, sample_rows, seeded_exponential
+
+    gen = torch.Generator().manual_seed(5)
+    rows, vocab = 24, 6561
+    temperature, top_k, top_p, penalty = _row_settings(rows)
+    seen = torch.rand(rows, vocab, generator=gen) < 0.01
+    for scale, tied in ((3.0, True), (3.0, False), (0.05, True)):
+        logits = torch.randn(rows, vocab, generator=gen) * scale
+        if tied:
+            logits = logits.to(torch.bfloat16).float()
+            assert logits[0].unique().numel() < vocab // 2  # ties everywhere, the boundaries included
+        want = _two_sort_chain(logits, seen, temperature, top_k, top_p, penalty)
+        got = filter_rows(logits, seen, temperature, top_k, top_p, penalty)
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        assert torch.equal(got, want)
+        assert torch.isfinite(got).sum(1).min() >= 1
+        noise = seeded_exponential(torch.arange(rows), torch.full((rows,), 7), vocab)
+        assert torch.equal(sample_rows(logits, seen, temperature, top_k, top_p, penalty, noise),
+                           torch.argmax(want.softmax(-1) / noise, -1))
+
+
+def test_one_sort_filter_keeps_what_transformers_keeps():
+    """Each row of ``filter_rows`` against transformers' processor chain with that row's settings
+    (continuous logits: no ties at a boundary): the same tokens kept, the same logits."""
+    from engine.chatterbox.t3_runner import filter_rows
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    gen = torch.Generator().manual_seed(6)
+    rows, vocab = 16, 6561
+    temperature, top_k, top_p, penalty = _row_settings(rows)
+    logits = torch.randn(rows, vocab, generator=gen) * 2.0
+    history = torch.randint(0, vocab, (rows, 40), generator=gen)
+    seen = torch.zeros(rows, vocab, dtype=torch.bool).scatter_(1, history, True)
+    got = filter_rows(logits, seen, temperature, top_k, top_p, penalty)
+    for i in range(rows):
+        steps = [TemperatureLogitsWarper(float(temperature[i])), TopKLogitsWarper(int(top_k[i]))]
+        if top_p[i] < 1.0:
+            steps.append(TopPLogitsWarper(float(top_p[i])))
+        steps.append(RepetitionPenaltyLogitsProcessor(float(penalty[i])))
+        want = LogitsProcessorList(steps)(history[i:i + 1], logits[i:i + 1].clone())[0]
+        assert torch.equal(torch.isinf(got[i]), torch.isinf(want)), i
+        kept = torch.isfinite(want)
+        assert torch.allclose(got[i][kept], want[kept], rtol=1e-6, atol=1e-6), i
+
+
 # -- S3Gen + HiFT -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def s3_case(ckpt):

@@ -175,6 +175,32 @@ def test_text_is_split_at_sentences_then_clauses_then_words():
     assert all(len(p) <= 16 for p in pieces) and "".join(pieces).replace(" ", "") == "x" * 50 + "end."
 
 
+def test_token_count_for_splitting_equals_the_tokenized_length(ckpt_dir):
+    """``count_tokens`` (the Rust tokenizer alone, what ``pieces`` counts with) gives exactly the
+    length of ``tokenize`` (what T3 is fed) on words, joins, tags, numbers, odd punctuation and
+    other scripts; so a piece's budget is counted as before, only cheaper."""
+    engine = ChatterboxEngine(options(ckpt_dir))
+    engine._ckpt = load_checkpoint(ckpt_dir, "cpu")
+    texts = ["Thank you for calling.", "Thank you for calling. Your appointment is confirmed for",
+             "Tuesday", "That is hilarious [laugh] okay, [sigh] let me check that for you.",
+             "Your balance is $1,234.56, due on March 15th; call 555-0123 or press 2.",
+             "Wait... really?! Yes -- (I think so); let's see: one, two, three.", "  spaced   out  ",
+             "Grüße, señor — 東京 😀", "x" * 300, "a", "lowercase without end", "¿Qué?"]
+    for text in texts:
+        assert engine.count_tokens(text) == int(engine.tokenize(text).numel()), text
+    api_text = "Thank you for calling. Your appointment is confirmed for Tuesday at nine in the morning."
+    engine.options.text_budget = 18
+    from engine.chatterbox.text import split_text
+
+    want = split_text(api_text, lambda s: int(engine.tokenize(s).numel()), 18)
+    assert engine.pieces(api_text) == want and len(want) == 2
+    first = engine.pieces(api_text)  # the second time from the cache: equal, and the caller's own list
+    first.append("x")
+    assert engine.pieces(api_text) == want
+    engine.options.text_budget = 100  # another budget is another split
+    assert engine.pieces(api_text) == [api_text]
+
+
 @pytest.mark.parametrize("text, why", [("", "empty"), ("   \n\t ", "empty"), ("?!... -- ;", "no letters"),
                                        ("😀🎉👍", "no letters"), ("a" * 4097, "at most 4096")])
 def test_text_with_nothing_to_say_is_refused_clearly(text, why):

@@ -110,22 +110,33 @@ def seeded_exponential(seeds: torch.Tensor, counters: torch.Tensor, vocab: int) 
     return -torch.log(u).float()
 
 
-def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                top_p: torch.Tensor, penalty: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The stock chain (temperature → top-k → top-p → repetition penalty → sample), each row with
-    its own settings ([rows] tensors), sampled as argmax(p / noise) with ``noise`` ~ Exp(1)."""
+def filter_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                top_p: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """The stock chain's logits (temperature → top-k → top-p → repetition penalty; removed tokens
+    at -inf), each row with its own settings ([rows] tensors).
+
+    One ascending sort serves both filters, where stock sorts twice (top-k, then top-p on its
+    result): the k-th largest value sits at ``v - k``; the values top-k removes are a prefix of
+    the sorted row, so the sorted row with that prefix masked is the sorted top-k row top-p
+    needs. Same logits as the two sorts (ties in index order: a stable sort); one sort of
+    [rows, 6,561] per step instead of two (benchmarks/results/engine_notes.md, run 47)."""
     x = logits.float() / temperature[:, None]
     v = x.size(-1)
-    desc = torch.sort(x, dim=-1, descending=True).values
-    kth = desc.gather(1, (top_k.clamp(1, v) - 1)[:, None])
-    x = x.masked_fill(x < kth, float("-inf"))
-    sorted_x, order = torch.sort(x, dim=-1, descending=False)
+    sorted_x, order = torch.sort(x, dim=-1, descending=False, stable=True)
+    kth = sorted_x.gather(1, (v - top_k.clamp(1, v))[:, None])
+    sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
     cum = sorted_x.softmax(dim=-1).cumsum(dim=-1)
     remove = (cum <= (1.0 - top_p)[:, None]) & (top_p < 1.0)[:, None]
     remove[:, -1] = False
     x = x.scatter(1, order, sorted_x.masked_fill(remove, float("-inf")))
     rp = penalty[:, None]
-    x = torch.where(seen, torch.where(x < 0, x * rp, x / rp), x)
+    return torch.where(seen, torch.where(x < 0, x * rp, x / rp), x)
+
+
+def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                top_p: torch.Tensor, penalty: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A token per row from ``filter_rows``' distribution, as argmax(p / noise) with ``noise`` ~ Exp(1)."""
+    x = filter_rows(logits, seen, temperature, top_k, top_p, penalty)
     return torch.argmax(x.softmax(dim=-1) / noise, dim=-1)
 
 
