@@ -83,7 +83,8 @@ def start_server(work: Path, a: argparse.Namespace, own_thread: bool, root: Path
     if a.engine == "chatterbox":
         engine = (f"engine:\n  kind: chatterbox\n  model_dir: {a.model_dir}\n  device: {a.device}\n"
                   f"  max_streams: {a.max_streams}\n  max_tokens: {a.max_tokens}\n"
-                  f"  watermark: {'false' if a.no_watermark else 'true'}\n")
+                  + (f"  watermark: {'false' if a.no_watermark else 'true'}\n"  # trees before it: none
+                     if "watermark" in (root / "engine" / "chatterbox" / "settings.py").read_text() else ""))
     elif a.engine == "burst":
         engine = f"engine:\n  kind: burst\n  max_streams: {a.max_streams}\n"
     else:
@@ -301,7 +302,11 @@ def render(report: dict) -> str:
 
 
 def checkout(rev: str, into: Path) -> Path:
-    """A detached worktree of ``rev`` (``--compare``), with this tree's burst engine in it."""
+    """A detached worktree of ``rev`` (``--compare``), with this tree's burst engine in it; ``rev`` may
+    also be a directory holding an exported tree (the GPU machine's copy has no usable git history)."""
+    if Path(rev).is_dir():
+        shutil.copy(ROOT / "benchmarks" / "burst_engine.py", Path(rev) / "benchmarks" / "burst_engine.py")
+        return Path(rev).resolve()
     subprocess.run(["git", "worktree", "add", "--detach", str(into), rev], cwd=ROOT, check=True,
                    capture_output=True)
     shutil.copy(ROOT / "benchmarks" / "burst_engine.py", into / "benchmarks" / "burst_engine.py")
@@ -358,7 +363,7 @@ def main() -> int:
                 run_mode(a, mode, roots, Path(tmp), report)
         finally:
             for suffix, root in roots.items():
-                if suffix:
+                if suffix and not Path(suffix[3:]).is_dir():
                     subprocess.run(["git", "worktree", "remove", "--force", str(root)], cwd=ROOT, capture_output=True)
     report["load_average_at_end"] = os.getloadavg()
     out = Path(a.out)
