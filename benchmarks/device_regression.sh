@@ -2,7 +2,8 @@
 # Run 48 (engine_notes.md): is the burst first-audio regression between 87785a1 and main gone?
 # One command on the GPU machine (the device tool), carrying .whl and .old87 (87785a1 exported):
 #   PART=a COMMIT=<sha> bash benchmarks/device_regression.sh   # sampler in a CUDA graph, split cost, main vs 87785a1
-#   PART=b COMMIT=<sha> bash benchmarks/device_regression.sh   # main with one utterance per request (--max-tokens 750)
+#   PART=b COMMIT=<sha> bash benchmarks/device_regression.sh   # each level twice (a first burst's warm-up), then
+#                                                                one utterance per request (--max-tokens 750)
 # Results (json + md) go to $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -18,6 +19,8 @@ a)
   python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 1 --streams 32,128 --no-watermark \
     --no-calls --compare .old87 --tag h200_vs87 --out "$out" 2>&1 | quiet | grep -E "N=|\|" ;;
 b)
+  python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 1 --streams 32,32,128,128 --no-watermark \
+    --no-calls --compare .old87 --tag h200_warm --out "$out" 2>&1 | quiet | grep -E "N=|\|"
   python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 1 --streams 32,128 --no-watermark \
     --no-calls --max-tokens 750 --compare .old87 --tag h200_750 --out "$out" 2>&1 | quiet | grep -E "N=|\|" ;;
 esac
