@@ -159,7 +159,8 @@ class App:
             return 1
         _quiet_gc()
         assert server.outbound is not None
-        self.originator = Originator(self.cfg, server.outbound, lambda: self.speech, self.webhooks)  # POST /v1/calls
+        self.originator = Originator(self.cfg, server.outbound, lambda: self.speech, self.webhooks,  # POST /v1/calls
+                                     live=self.live)
         if self.metrics is not None:
             self.metrics.registry.register(OutboundGauges(server))
         if self.metrics is not None:

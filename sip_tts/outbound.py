@@ -70,10 +70,12 @@ class _Record:
 class Originator:
     """POST /v1/calls and POST /v1/calls/{id}/transfer, on the server's loop."""
 
-    def __init__(self, cfg: ServerConfig, outbound: OutboundIO, speech: Callable[[], Speech], webhooks=None) -> None:
+    def __init__(self, cfg: ServerConfig, outbound: OutboundIO, speech: Callable[[], Speech], webhooks=None,
+                 live=None) -> None:
         self.cfg = cfg
         self.outbound = outbound
         self.webhooks = webhooks  # sip_tts.webhooks.Webhooks: the client of webhook routes
+        self.live = live  # sip_tts.live.LiveCalls: progress on the call's WebSocket (None: the API is off)
         self.speech = speech  # the prompts in force (a reload swaps them; placed calls keep theirs)
         self.records: dict[str, _Record] = {}
         self._resolved: dict[str, Trunk] = {}
@@ -88,7 +90,7 @@ class Originator:
         trunk = await self._trunk(trunk_name, trunk_cfg) if trunk_cfg is not None else None
         target = self._target(order.to, trunk_cfg, trunk)
         from_uri = self._from(order.from_, trunk_cfg, trunk)
-        source = self._source(order)
+        source, handed = self._source(order)
         ring = order.ring_timeout_s or (trunk_cfg.ring_timeout_s if trunk_cfg else 30.0)
         loop = asyncio.get_running_loop()
         try:
@@ -96,6 +98,8 @@ class Originator:
         except ValueError as exc:  # OutboundConfig names the field: the target's or the caller's URI
             raise BadRequest("to" if str(exc).startswith(("target", "to_uri")) else "from", str(exc)) from None
         self.records[call_id] = _Record(order.to, order.status_callback)
+        if handed and self.live is not None:
+            self.live.expect(call_id)  # its stream may be opened before the first step runs
         self._post(call_id, {"event": "initiated", "to": order.to})
         return call_id
 
@@ -107,6 +111,9 @@ class Originator:
             raise BadRequest("target", str(exc)) from None
         kind, status, reason = await self.outbound.transfer(call_id, target)
         self._post(call_id, {"event": f"transfer_{kind}", "sip_status": status, "reason": reason})
+        session = self.live.get(call_id) if self.live is not None else None
+        if session is not None:  # (an inbound call's too)
+            session.notify(f"transfer_{kind}", sip_status=status, reason=reason)
         return {"call_id": call_id, "outcome": kind, "sip_status": status, "reason": reason}
 
     # -- building the call ---------------------------------------------------------------------
@@ -173,8 +180,9 @@ class Originator:
             host = _bracket(self.outbound.table.settings.advertised_host)
         return f"sip:{user or 'sip-tts'}@{host}"
 
-    def _source(self, order: CallOrder) -> Callable[[CallInfo], ScriptRun]:
-        """The answered call's script (checked now: unknown voices and scripts are a 400)."""
+    def _source(self, order: CallOrder) -> tuple[Callable[[CallInfo], ScriptRun], bool]:
+        """The answered call's script (checked now: unknown voices and scripts are a 400), and
+        whether its first step hands the call to an application (``live``, ``connect``)."""
         speech = self.speech()
         steps = [{"connect": order.connect}] if order.connect is not None else order.steps
         try:
@@ -189,7 +197,7 @@ class Originator:
             if self.webhooks is None or not secret_of(route, speech):
                 raise BadRequest("webhook", "needs webhooks.secret in prompts.yaml (what we send is signed)")
             webhooks = self.webhooks
-            return lambda info: webhooks.source(speech, route, info)
+            return (lambda info: webhooks.source(speech, route, info)), False
         refs = References(set(speech.prompts.voices), set(speech.prompts.scripts))
         refs.voice(("voice",), route.voice)
         if route.steps:
@@ -197,7 +205,8 @@ class Originator:
         if refs.errors:
             loc, message = refs.errors[0]
             raise BadRequest(".".join(str(p) for p in loc), message)
-        return lambda info: ScriptRun(speech, route, info)
+        first = route.script_steps(speech.prompts.scripts)[:1]
+        return (lambda info: ScriptRun(speech, route, info)), bool(first) and first[0].kind in ("live", "connect")
 
     # -- progress --------------------------------------------------------------------------------
     def _progress(self, ev: Progress) -> None:
@@ -206,6 +215,12 @@ class Originator:
             return  # (transfer outcomes are posted by ``transfer``, with the request's answer)
         record.state = ev.kind
         self._post(ev.call_id, {"event": ev.kind, "sip_status": ev.status, "reason": ev.reason})
+        if self.live is not None:
+            if ev.kind != "ended":  # (the stream's own ``ended`` event says how an answered call ended)
+                extra = {"codec": ev.answer.codec} if ev.answer is not None else {}
+                self.live.progress(ev.call_id, ev.kind, sip_status=ev.status, reason=ev.reason, **extra)
+            if ev.kind in FINAL:
+                self.live.placed_over(ev.call_id)
         if ev.kind in FINAL:
             del self.records[ev.call_id]
 

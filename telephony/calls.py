@@ -535,20 +535,38 @@ class CallTable:
 
     def _session_update(self, ev: SessionUpdate, call: Call | None, now: float) -> None:
         """re-INVITE/UPDATE: hold, resume, a new remote address; refreshes the session timer."""
-        if call is None or call.ended:
-            self.ua.reject_update(ev.call_id, 481, now)
+        answer = self._updated_session(call, ev.offer) if call is not None and not call.ended else 481
+        if isinstance(answer, int):
+            self.ua.reject_update(ev.call_id, answer, now)
             return
+        assert call is not None
+        self.ua.answer_update(ev.call_id, answer, now)
+        self._arm_session(call, self.ua.session_expires(ev.call_id), now)
+
+    def outbound_update(self, call_id: str, offer: SessionDescription | None, session_expires: int | None,
+                        now: float) -> bytes | int:
+        """A re-INVITE/UPDATE inside a call we placed (its SIP is sip/outbound.py's): our SDP answer,
+        made as for an inbound call's, or the status that refuses it."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended:
+            return 481
+        answer = self._updated_session(call, offer, srtp="off")  # (we offer plain RTP only)
+        if not isinstance(answer, int):
+            self._arm_session(call, session_expires, now)
+        return answer
+
+    def _updated_session(self, call: Call, offer: SessionDescription | None, srtp: str | None = None) -> bytes | int:
+        """The call's session under a re-offer (hold, resume, a new remote address; None: no offer,
+        ours stands): our SDP answer, or 488 when the offer is unusable (the session stays)."""
         media, index = call.media, 0
-        offer = ev.offer
         if offer is not None:
             try:
-                media, index = self._negotiate(offer, [call.info.codec])  # the call keeps its codec
+                media, index = self._negotiate(offer, [call.info.codec], srtp)  # the call keeps its codec
                 if bool(media.crypto) != (call.srtp is not None):
                     raise SdpError("a re-offer may not switch between RTP and SRTP")
             except SdpError as exc:
-                log.info("call %s: re-offer refused: %s", ev.call_id, exc)
-                self.ua.reject_update(ev.call_id, 488, now)
-                return
+                log.info("call %s: re-offer refused: %s", call.info.call_id, exc)
+                return 488
             theirs = choose_crypto(list(media.crypto)) if media.crypto else None
             if call.srtp is not None and theirs is not None:
                 call.srtp = call.srtp.rekeyed(theirs)  # a new key of theirs: a new inbound session
@@ -556,20 +574,20 @@ class CallTable:
             call.rtp_source = None  # the caller may have moved: latch again on its next packet
             if call.sender is not None:
                 call.sender.paused = call.held
-            log.info("call %s: %s", ev.call_id, "on hold" if call.held else "active")
+            log.info("call %s: %s", call.info.call_id, "on hold" if call.held else "active")
         call.sdp_version += 1
         if offer is None:  # no offer in the re-INVITE: ours is the current session
             offer = call.incoming.offer
-            media, index = self._negotiate(offer, [call.info.codec])
-        sdp = build_answer(offer, media, index, self.settings.advertised_host, call.local_port, call.session_id,
-                           call.sdp_version, crypto=call.crypto)
-        self.ua.answer_update(ev.call_id, sdp, now)
-        self._arm_session(call, self.ua.session_expires(ev.call_id), now)
+            media, index = self._negotiate(offer, [call.info.codec], srtp)
+        return build_answer(offer, media, index, self.settings.advertised_host, call.local_port, call.session_id,
+                            call.sdp_version, crypto=call.crypto)
 
-    def _negotiate(self, offer: SessionDescription, codecs: list[str]) -> tuple[NegotiatedAudio, int]:
-        """The offer's audio stream under our codec list and SRTP mode (raises SdpError, also for an
-        SRTP stream none of whose a=crypto lines we can key: answering it with plain RTP would be wrong)."""
-        media, index = negotiate(offer, codecs, self.settings.srtp, frozenset(SRTP_SUITES))
+    def _negotiate(self, offer: SessionDescription, codecs: list[str],
+                   srtp: str | None = None) -> tuple[NegotiatedAudio, int]:
+        """The offer's audio stream under our codec list and SRTP mode (``srtp``: the settings' unless
+        given; raises SdpError, also for an SRTP stream none of whose a=crypto lines we can key:
+        answering it with plain RTP would be wrong)."""
+        media, index = negotiate(offer, codecs, srtp or self.settings.srtp, frozenset(SRTP_SUITES))
         if media.crypto and choose_crypto(list(media.crypto)) is None:
             raise SdpError("no usable a=crypto offered (key length, MKI or session parameters)")
         return media, index

@@ -22,7 +22,7 @@ from .addresses import is_ip
 from .call import AudioSource, CallInfo
 from .calls import CallTable
 from .ports import PortsExhausted
-from .sip.events import IncomingCall
+from .sip.events import IncomingCall, SessionUpdate
 from .sip.outbound import CallProgress, OutboundCall, OutboundConfig
 from .sip.outbound_calls import CallRefused, OutboundCalls, TrunkLimits
 from .sip.refer import TransferEvent
@@ -204,6 +204,9 @@ class OutboundIO:
         """The calls' progress into the table (and to the listeners); True if there was any."""
         events = self.calls.next_events()
         for ev in events:
+            if isinstance(ev, SessionUpdate):  # a re-INVITE/UPDATE: answered as an inbound call's is
+                self._session_update(ev, now)
+                continue
             if isinstance(ev, CallProgress):
                 self._progress(ev, now)
             else:
@@ -245,6 +248,15 @@ class OutboundIO:
             if pending is not None and pending.transfer is not None and not pending.transfer.done():
                 pending.transfer.set_result(("failed", None, "the call ended"))
         log.info("call %s: %s%s", ev.call_id, ev.kind, f" ({ev.status} {ev.reason})" if ev.status else "")
+
+    def _session_update(self, ev: SessionUpdate, now: float) -> None:
+        answer = self.table.outbound_update(ev.call_id, ev.offer, self.calls.session_expires(ev.call_id), now)
+        if isinstance(answer, int):
+            self.calls.answer_update(ev.call_id, None, now, answer)
+        else:
+            self.calls.answer_update(ev.call_id, answer, now)
+        log.info("call %s: %s answered %s", ev.call_id, f"re-{ev.method}" if ev.method == "INVITE" else ev.method,
+                 answer if isinstance(answer, int) else 200)
 
     def _transfer_event(self, ev: TransferEvent) -> None:
         log.info("call %s: transfer %s%s", ev.call_id, ev.kind, f" ({ev.status} {ev.reason})" if ev.status else "")

@@ -406,20 +406,70 @@ def test_transaction_accepted_state_passes_2xx_retransmissions_until_timer_m():
     assert tx.on_response(resp, 33.0) == []  # after Timer M: nothing reaches the TU
 
 
-def test_in_dialog_reinvite_is_refused_until_wired_and_options_answered():
+def _far_request(call: OutboundCall, method: str, cseq: int, now: float, branch: str, body: bytes = b"",
+                 extra: str = "") -> list:
+    """A request of the callee inside the dialog; what we sent back (parsed, with its Send)."""
+    dialog = call.dialog
+    assert dialog is not None
+    call.receive(parse_message((
+        f"{method} sip:tts@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5070;branch={branch}\r\n"
+        f"From: {dialog.remote_party}\r\nTo: {dialog.local_party}\r\nCall-ID: {call.call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\nContact: <{FAR_CONTACT}>\r\n{extra}"
+        + ("Content-Type: application/sdp\r\n" if body else "")
+        + f"Content-Length: {len(body)}\r\n\r\n").encode() + body), now, ("198.51.100.7", 5070))
+    return drain(call)
+
+
+HOLD = (b"v=0\r\no=far 1 2 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n"
+        b"m=audio 40002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendonly\r\n")
+
+
+def test_in_dialog_reinvite_is_reported_and_answered_with_our_sdp():
+    """A re-INVITE in the answered call: 100 at once, a SessionUpdate for the call table, and the
+    200 it answers with (our SDP, Contact); the 200 is retransmitted until its ACK (a transaction of
+    its own, matched by CSeq)."""
     call, _ = answered_call()
-    resp = in_dialog(call, "INVITE", 2, 1.0, branch="z9hG4bKre1")
-    assert resp.status == 488 and resp.cseq == (2, "INVITE")
-    assert call.deadline() == pytest.approx(1.5)  # Timer G: our 488 is retransmitted until the ACK
-    call.receive(parse_message(
-        f"ACK sip:tts@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5070;branch=z9hG4bKre1\r\n"
-        f"From: {call.dialog.remote_party}\r\nTo: {call.dialog.local_party}\r\nCall-ID: {call.call_id}\r\n"
-        f"CSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n".encode()), 1.2, ("198.51.100.7", 5070))
-    call.handle_timer(1.5)
+    out = _far_request(call, "INVITE", 2, 1.0, "z9hG4bKre1", HOLD,
+                       "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n")
+    assert [m.status for m, _ in out] == [100]
+    (update,) = call.next_events()
+    assert update.method == "INVITE" and update.offer.media[0].direction == "sendonly"
+    assert call.session_expires == 1800
+    call.answer_update(b"v=0\r\n", 1.01)
+    ((ok200, send),) = drain(call)
+    assert ok200.status == 200 and ok200.cseq == (2, "INVITE") and ok200.body == b"v=0\r\n"
+    assert send.addr == ("198.51.100.7", 5070)
+    assert ok200.headers.get("Content-Type") == "application/sdp" and ok200.headers.get("Contact")
+    assert ok200.headers.get("Session-Expires") == "1800;refresher=uac"
+    assert call.deadline() == pytest.approx(1.51)  # Timer G: until the ACK
+    assert _far_request(call, "ACK", 2, 1.2, "z9hG4bKack2") == []
+    call.handle_timer(1.51)
     assert drain(call) == []  # no retransmission after the ACK
     options = in_dialog(call, "OPTIONS", 3, 2.0, branch="z9hG4bKopt")
-    assert options.status == 200 and "NOTIFY" in options.headers.get_all("Allow")
+    assert options.status == 200 and "UPDATE" in options.headers.get_all("Allow")
     assert call.phase == "established" and call.next_events() == []
+
+
+def test_in_dialog_offers_refused_the_way_the_ua_refuses_them():
+    """An offer while one is open: 491; unusable SDP: 488 (ACKed on its branch); an old CSeq: 500;
+    a session interval under Min-SE: 422. None of them reaches the call table."""
+    call, _ = answered_call()
+    _far_request(call, "UPDATE", 2, 1.0, "z9hG4bKu1", HOLD)
+    assert len(call.next_events()) == 1
+    ((glare, _),) = _far_request(call, "UPDATE", 3, 1.1, "z9hG4bKu2", HOLD)
+    assert glare.status == 491
+    call.answer_update(None, 1.2, 488)
+    ((refused, _),) = drain(call)
+    assert refused.status == 488 and refused.cseq == (2, "UPDATE")
+    out = _far_request(call, "INVITE", 4, 2.0, "z9hG4bKbad", b"not sdp")
+    assert [m.status for m, _ in out] == [100, 488]
+    assert _far_request(call, "ACK", 4, 2.1, "z9hG4bKbad") == []
+    ((old, _),) = _far_request(call, "UPDATE", 3, 3.0, "z9hG4bKold", HOLD)
+    assert old.status == 500
+    ((small, _),) = _far_request(call, "UPDATE", 5, 4.0, "z9hG4bKse", HOLD,
+                                 "Session-Expires: 30\r\nSupported: timer\r\n")
+    assert small.status == 422 and small.headers.get("Min-SE") == "90"
+    assert call.next_events() == [] and call.phase == "established"
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -4,7 +4,9 @@ GET lists calls (state, caller, dialed, codec, start, first-audio latency, what 
 ``say``, ``play`` and the WebSocket ``/v1/calls/{id}/stream`` drive a call that is in a
 ``live`` step (or a ``connect`` step): anything else is 409, since a script owns its audio.
 ``hangup`` ends any call. The WebSocket's protocol is sip_tts/live's; this module only
-admits it (API key, per-key limit) and hands the connection over.
+admits it (API key, per-key limit) and hands the connection over. A call placed with
+``POST /v1/calls`` whose first step is ``live`` may be streamed from the moment the API
+answered: its progress (ringing, answered, an outcome) comes on the stream.
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
                 401, "Authorization: a valid 'Bearer KEY' (api.keys) is needed", "Authorization", "invalid_api_key",
                 {"WWW-Authenticate": "Bearer"}))
         try:
+            find(call_id)
+            await live.session_soon(call_id)  # a call just placed: its first step may not have run yet
             session = session_of(call_id)
         except ApiError as exc:
             return await websocket.send_denial_response(error_response(exc.status, exc.message, exc.param, exc.code))

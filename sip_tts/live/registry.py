@@ -3,10 +3,17 @@
 A session is made for a call the first time a step hands it to an application (``live``,
 or ``connect``) and lives as long as the call's script; the HTTP routes find it here by
 call id. The registry also ends calls (through the SIP server) and lists them.
+
+A call we placed reports its progress here too (``progress``: ringing, answered, an outcome):
+to its session when it has one, else kept until it has one or the call is over (a placed call's script starts when
+the INVITE goes out, so its session is normally there within a loop turn). ``expect`` marks a
+placed call whose first step hands it to an application, so that a WebSocket opened right after
+``POST /v1/calls`` waits for that session (``session_soon``) instead of being refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
@@ -35,6 +42,8 @@ class LiveCalls:
         self.sessions: dict[str, LiveSession] = {}
         self.streams: Counter[str] = Counter()  # open WebSockets per API key
         self.gauges = gauges or {}  # more values for /metrics (name: (help, read)): what a leak would show
+        self._early: dict[str, list[tuple[str, dict]]] = {}  # placed calls' progress before their session
+        self._expected: dict[str, asyncio.Event] = {}  # placed calls whose first step is live/connect
 
     def collect(self):
         """Prometheus collector (registered on the server's registry): sessions, streams, their tasks."""
@@ -44,6 +53,8 @@ class LiveCalls:
                                 value=sum(s.outbox is not None for s in self.sessions.values()))
         yield GaugeMetricFamily("sip_tts_live_tasks", "tasks held by live sessions (speaker, syntheses, "
                                 "connections)", value=sum(s.tasks() for s in self.sessions.values()))
+        yield GaugeMetricFamily("sip_tts_live_placed_pending", "placed calls whose progress waits for a session, "
+                                "or which a session is expected for", value=len(self._early.keys() | self._expected))
         for name, (text, read) in self.gauges.items():
             yield GaugeMetricFamily(name, text, value=read())
 
@@ -54,6 +65,11 @@ class LiveCalls:
         if session is None:
             session = self.sessions[call_id] = LiveSession(
                 handle, engine, voice, voices, lambda reason: self.end_call(call_id, reason) and None)
+            for kind, fields in self._early.pop(call_id, []):
+                session.notify(kind, **fields)
+            expected = self._expected.pop(call_id, None)
+            if expected is not None:
+                expected.set()
         return session
 
     def close(self, call_id: str) -> None:
@@ -64,15 +80,35 @@ class LiveCalls:
     def get(self, call_id: str) -> LiveSession | None:
         return self.sessions.get(call_id)
 
-    # -- WebSockets per API key --------------------------------------------------------------
-    def stream_opened(self, key: str) -> bool:
-        """One more WebSocket for ``key``; False (not counted) over ``max_streams_per_key``."""
-        if self.streams[key] >= self.max_streams_per_key:
-            return False
-        self.streams[key] += 1
-        return True
+    # -- placed calls -------------------------------------------------------------------------
+    def expect(self, call_id: str) -> None:
+        """A placed call whose script begins by handing it to an application."""
+        self._expected[call_id] = asyncio.Event()
 
-    def stream_closed(self, key: str) -> None:
-        self.streams[key] -= 1
-        if self.streams[key] <= 0:
-            del self.streams[key]
+    async def session_soon(self, call_id: str, timeout: float = 2.0) -> LiveSession | None:
+        """The call's session; for an expected one not made yet, waits for it (up to ``timeout``)."""
+        session = self.sessions.get(call_id)
+        expected = self._expected.get(call_id)
+        if session is None and expected is not None:
+            try:
+                await asyncio.wait_for(expected.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            session = self.sessions.get(call_id)
+        return session
+
+    def progress(self, call_id: str, kind: str, **fields: object) -> None:
+        """A step of a placed call: to its session, or kept for the session to come."""
+        session = self.sessions.get(call_id)
+        if session is not None:
+            session.notify(kind, **fields)
+        else:
+            self._early.setdefault(call_id, []).append((kind, fields))
+
+    def placed_over(self, call_id: str) -> None:
+        """A placed call has its outcome (or has ended): nothing more is kept for it, and a stream
+        waiting for its session stops waiting (there will be none)."""
+        self._early.pop(call_id, None)
+        expected = self._expected.pop(call_id, None)
+        if expected is not None:
+            expected.set()

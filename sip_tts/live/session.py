@@ -161,6 +161,10 @@ class LiveSession:
         self._encoder: FrameEncoder | None = None
         self._frame_number = 0
         self._serving: set[asyncio.Future] = set()  # the attached connection's tasks
+        # A placed call's progress so far (ringing, answered: sip_tts/outbound.py through the
+        # registry), replayed after ``start`` to an application that attaches later.
+        self.progress: list[str] = []
+        self.answered_at: float | None = None  # loop time of a placed call's answer
 
     # -- what is playing ------------------------------------------------------------------
     def tasks(self) -> int:
@@ -409,7 +413,8 @@ class LiveSession:
             if kind == "speaking":
                 self._starved_at = self.queue.starved
                 since, engine_at = data  # type: ignore[misc]
-                ms = round((at - since) * 1000, 1)
+                # text sent while a placed call rang: its latency counts from the answer
+                ms = round((at - max(since, self.answered_at or since)) * 1000, 1)
                 self.latencies_ms.append(ms)
                 self._emit(event("speaking", latency_ms=ms, engine_ms=round((engine_at - since) * 1000, 1)
                                  if engine_at is not None else None))
@@ -458,6 +463,15 @@ class LiveSession:
         if self.outbox is not None:
             self.outbox.event(text)
 
+    def notify(self, kind: str, /, **fields: object) -> None:
+        """An event from outside the session (a placed call's progress: ``ringing``, ``answered``,
+        an outcome): sent to the attached application, and kept for one that attaches later."""
+        text = event(kind, **fields)
+        self.progress.append(text)
+        if kind == "answered":
+            self.answered_at = self.loop.time()
+        self._emit(text)
+
     async def park(self, wait_s: float) -> bool:
         """A route's ``live`` step: wait up to ``wait_s`` for an application to take the call, then
         until its connection ends and what it queued has played. False: nobody came."""
@@ -489,6 +503,8 @@ class LiveSession:
         log.info("call %s: application attached", info.call_id)
         outbox.event(event("start", call_id=info.call_id, caller=info.caller, dialed=info.dialed, codec=info.codec,
                            audio_formats=["pcm16_8k", "pcm16_16k", "mulaw"]))
+        for text in self.progress:  # what a placed call went through before this application came
+            outbox.event(text)
         writer = asyncio.ensure_future(outbox.run())
         reader = asyncio.ensure_future(self._read(channel))
         digits = asyncio.ensure_future(self._forward_digits())

@@ -33,6 +33,11 @@ Why the details are as they are:
   second fork (another To tag) is ACKed and sent a BYE at once: one call, one dialog.
 * Redirects (3xx) are not followed: they end as ``failed`` with the code.
 * A REFER from the far end gets 405 with our Allow (see ``refer.py``): we never act on one.
+* A re-INVITE or UPDATE inside the answered call (hold, resume, a new address, a session
+  refresh) is reported as a ``SessionUpdate`` (events.py) and answered with ``answer_update``:
+  the call table makes the same SDP answer as for an inbound call's re-offer; an offer while
+  one is open gets 491, an unusable SDP 488. RFC 4028 as the UA does it: a refresher=uac
+  interval is agreed (and enforced by the call table), one below Min-SE gets 422.
 
 Requests go out with ``uri`` set: the SIP URI whose host/port is the next hop
 (outbound proxy, route set or target); the I/O layer resolves it. Responses to
@@ -49,6 +54,7 @@ from typing import NamedTuple
 from .. import PRODUCT
 from .dialog import Dialog, new_branch, new_tag
 from .digest_client import DigestClient
+from .events import SessionUpdate
 from .invite_client import ClientEvent, InviteClientTransaction
 from .message import (Headers, Message, Request, Response, SipParseError, check_address_headers, parse_message,
                       response_for)
@@ -58,13 +64,14 @@ from .transaction import (T1, Input, InviteServerTransaction, NonInviteClientTra
                           State, TuEvent, _Transaction, response_input)
 from .uac import branch_of, build_offer, uac_dialog
 from .uri import NameAddr, SipUri
+from .useragent import MIN_SE, SUPPORTED, _session_interval
 
 Address = tuple[str, int]
 log = logging.getLogger(__name__)
 
 # Final responses with an outcome of their own; every other 3xx-6xx is "failed".
 OUTCOMES = {486: "busy", 600: "busy", 603: "declined", 404: "not_found", 604: "not_found"}
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, UPDATE"
 
 
 class Send(NamedTuple):
@@ -164,6 +171,9 @@ class OutboundCall:
     _forks: set[str] = field(default_factory=set)  # To tags of 2xx we ACKed and ended at once
     _hops: dict[str, str] = field(default_factory=dict)  # transaction key → next-hop URI (default: first hop)
     _invite_key: str = ""  # the INVITE transaction in force (a challenged one is replaced)
+    _update: tuple[str, Request] | None = None  # a re-INVITE/UPDATE waiting for ``answer_update``
+    _accepted: dict[int, str] = field(default_factory=dict)  # CSeq of a re-INVITE we answered 2xx → its key
+    session_expires: int | None = None  # RFC 4028 interval the far end's refreshes keep alive (None: none)
 
     @property
     def call_id(self) -> str:
@@ -192,9 +202,30 @@ class OutboundCall:
         self._ring_deadline = now + cfg.ring_timeout_s
         self._send_invite(now, [])
 
-    def next_events(self) -> list[CallProgress | TransferEvent]:
+    def next_events(self) -> list[CallProgress | TransferEvent | SessionUpdate]:
         events, self._events = self._events, []
         return events
+
+    def answer_update(self, sdp: bytes | None, now: float, status: int = 200) -> None:
+        """Answer the open re-INVITE/UPDATE: 200 with ``sdp``, or refuse it with ``status`` (the
+        session stays as it was)."""
+        if self._update is None:
+            return
+        key, req = self._update
+        self._update = None
+        entry = self._server_txs.get(key)
+        if entry is None:
+            return
+        extra = [("Contact", f"<{self.config.contact}>")]
+        if status == 200 and sdp:
+            extra.append(("Content-Type", "application/sdp"))
+            if self.session_expires is not None:
+                extra += [("Session-Expires", f"{self.session_expires};refresher=uac"), ("Require", "timer"),
+                          ("Supported", SUPPORTED)]
+        resp = response_for(req, status, extra=extra, body=(sdp or b"") if status == 200 else b"")
+        entry[0].handle(response_input(status), now, resp.serialize())
+        if status == 200 and req.method == "INVITE":
+            self._accepted[req.cseq[0]] = key  # its ACK is a transaction of its own: matched by CSeq
 
     def messages_to_send(self) -> list[Send]:
         self._collect()
@@ -533,10 +564,13 @@ class OutboundCall:
 
     # -- requests inside the dialog --------------------------------------------------------------
     def _receive_request(self, req: Request, now: float, source: Address | None) -> None:
-        if req.method == "ACK":  # only for a re-INVITE we refused: it stops our 488 retransmissions
-            refused = self._server_txs.get(f"{branch_of(req)}:INVITE")
-            if refused is not None:
-                refused[0].handle(Input.ACK, now)
+        if req.method == "ACK":  # of a re-INVITE's final response: it stops our retransmissions
+            key = f"{branch_of(req)}:INVITE"  # a non-2xx's ACK is in the INVITE's transaction
+            if key not in self._server_txs:
+                key = self._accepted.pop(req.cseq[0], "")  # a 2xx's: by its CSeq number
+            entry = self._server_txs.get(key)
+            if entry is not None:
+                entry[0].handle(Input.ACK, now)
             return
         key = f"{branch_of(req)}:{req.method}"
         known = self._server_txs.get(key)
@@ -545,8 +579,8 @@ class OutboundCall:
             return
         to_tag = NameAddr.parse(req.headers.get("To") or "").tag
         dialog = self.dialog
-        tx: _Transaction = InviteServerTransaction(key=key) if req.method == "INVITE" else \
-            NonInviteServerTransaction(key=key)
+        tx: _Transaction = InviteServerTransaction(key=key, reliable=self.reliable) if req.method == "INVITE" \
+            else NonInviteServerTransaction(key=key, reliable=self.reliable)
         self._server_txs[key] = (tx, source)
         if dialog is None or to_tag != dialog.local_tag:
             resp = response_for(req, 481)
@@ -563,10 +597,41 @@ class OutboundCall:
         elif req.method in ("OPTIONS", "INFO"):
             resp = response_for(req, 200, extra=[("Allow", ALLOW)])
         elif req.method in ("INVITE", "UPDATE"):
-            resp = response_for(req, 488, "Not Acceptable Here - session changes not supported yet")
+            answered = self._session_offer(req, key, tx, now)
+            if answered is None:
+                return  # the call table answers (``answer_update``)
+            resp = answered
         else:
             resp = response_for(req, 405, extra=[("Allow", ALLOW)])
         tx.handle(response_input(resp.status), now, resp.serialize())
+
+    def _session_offer(self, req: Request, key: str, tx: _Transaction, now: float) -> Response | None:
+        """A re-INVITE/UPDATE in our dialog: its refusal, or None once reported (``SessionUpdate``)."""
+        assert self.dialog is not None
+        if self.phase != "established":
+            return response_for(req, 481)
+        cseq, _ = req.cseq
+        if cseq <= self.dialog.remote_cseq:  # out of order (RFC 3261 §12.2.2)
+            return response_for(req, 500, extra=[("Retry-After", "1")])
+        self.dialog.remote_cseq = cseq
+        if req.method == "INVITE":
+            tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
+        if self._update is not None:  # an offer of theirs is still open (RFC 3261 §14.2, RFC 3311 §5.2)
+            return response_for(req, 491, extra=[("Retry-After", "1")])
+        offer = None
+        if req.body:
+            try:
+                offer = parse_sdp(req.body)
+            except SdpError as exc:
+                return response_for(req, 488, f"Not Acceptable Here - {exc}"[:80])
+        interval, too_small = _session_interval(req)
+        if too_small:
+            return response_for(req, 422, "Session Interval Too Small", extra=[("Min-SE", str(MIN_SE))])
+        if interval is not None:
+            self.session_expires = interval
+        self._update = (key, req)
+        self._events.append(SessionUpdate(self.call_id, req.method, offer))
+        return None
 
     # -- outcomes --------------------------------------------------------------------------------
     def _take_transfer_events(self, now: float) -> None:

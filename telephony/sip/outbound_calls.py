@@ -18,6 +18,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
+from .events import SessionUpdate
 from .message import Message
 from .outbound import Address, CallProgress, OutboundCall, OutboundConfig, Send
 from .refer import TransferEvent
@@ -49,7 +50,7 @@ class OutboundCalls:
     _heap: list[tuple[float, int, str]] = field(default_factory=list)
     _seq: int = 0
     _outgoing: list[tuple[str, Send]] = field(default_factory=list)
-    _events: list[CallProgress | TransferEvent] = field(default_factory=list)
+    _events: list[CallProgress | TransferEvent | SessionUpdate] = field(default_factory=list)
 
     def active(self, trunk: str | None = None) -> int:
         """Calls without an outcome yet (on ``trunk``, if given)."""
@@ -118,6 +119,17 @@ class OutboundCalls:
         call.transfer(refer_to, now, timeout_s)
         self._touched(call)
 
+    def answer_update(self, call_id: str, sdp: bytes | None, now: float, status: int = 200) -> None:
+        """Answer the call's open re-INVITE/UPDATE (``SessionUpdate``): 200 with ``sdp``, or ``status``."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            call.answer_update(sdp, now, status)
+            self._touched(call)
+
+    def session_expires(self, call_id: str) -> int | None:
+        call = self.calls.get(call_id)
+        return call.session_expires if call is not None else None
+
     def deadline(self) -> float | None:
         heap = self._heap
         while heap:
@@ -147,7 +159,7 @@ class OutboundCalls:
         out, self._outgoing = [s for _, s in self._outgoing], []
         return out
 
-    def next_events(self) -> list[CallProgress | TransferEvent]:
+    def next_events(self) -> list[CallProgress | TransferEvent | SessionUpdate]:
         events, self._events = self._events, []
         return events
 
