@@ -83,3 +83,26 @@ def test_placed_calls_count_against_max_calls():
     h.pump()
     h.sip(invite())
     assert h.responses()[-1] == 503  # the inbound call finds the server full
+
+
+def test_a_reoffer_in_a_placed_call_is_answered_as_an_inbound_calls():
+    """Hold (sendonly) from the callee: our answer is recvonly, on our port, in the call's codec, and
+    the sender pauses; resume: sendrecv again. An offer without our codec: 488, the session stays."""
+    from telephony.rtp.pacer import RtpSender
+
+    h = Harness()
+    dial(h)
+    h.pump()
+    h.bound("out-1")
+    answer(h, 0)
+    call = h.table.calls["out-1"]
+    sender = RtpSender(payload_type=0, codec="PCMU", queue=call.queue, send=lambda d: None)
+    h.table.sending("out-1", sender)
+    hold = parse_sdp((ANSWER.format(pt=0) + "a=sendonly\r\n").encode())
+    sdp = parse_sdp(h.table.outbound_update("out-1", hold, 1800, 2.0))
+    assert sdp.media[0].direction == "recvonly" and sdp.media[0].port == call.local_port
+    assert sdp.media[0].formats[0] == "0" and sender.paused and call.session_deadline == 1802.0
+    resume = parse_sdp(h.table.outbound_update("out-1", parse_sdp(ANSWER.format(pt=0).encode()), None, 3.0))
+    assert resume.media[0].direction == "sendrecv" and not sender.paused and call.session_deadline is None
+    assert h.table.outbound_update("out-1", parse_sdp(ANSWER.format(pt=8).encode()), None, 4.0) == 488
+    assert h.table.outbound_update("nope", None, None, 4.0) == 481

@@ -112,3 +112,16 @@ class LiveCalls:
         expected = self._expected.pop(call_id, None)
         if expected is not None:
             expected.set()
+
+    # -- WebSockets per API key --------------------------------------------------------------
+    def stream_opened(self, key: str) -> bool:
+        """One more WebSocket for ``key``; False (not counted) over ``max_streams_per_key``."""
+        if self.streams[key] >= self.max_streams_per_key:
+            return False
+        self.streams[key] += 1
+        return True
+
+    def stream_closed(self, key: str) -> None:
+        self.streams[key] -= 1
+        if self.streams[key] <= 0:
+            del self.streams[key]
