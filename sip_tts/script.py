@@ -197,8 +197,8 @@ class ScriptRun:
         try:
             await self._run_steps()
         finally:
-            if self._live is not None and self.speech.live is not None:
-                self.speech.live.close(self.info.call_id)
+            if self.speech.live is not None:  # (a session it never opened may be its: see LiveCalls.close)
+                self.speech.live.close(self.info.call_id, self)
 
     async def _run_steps(self) -> None:
         scripts = self.speech.prompts.scripts
@@ -264,7 +264,7 @@ class ScriptRun:
             raise RuntimeError("live calls need the HTTP API (api.enabled: true)")
         if self._live is None:
             self._live = registry.open(self.call, self.speech.engine, self.speech.voice(None, self.route.voice),
-                                       self.speech.named_voice)
+                                       self.speech.named_voice, owner=self)
         return self._live
 
     def pause(self, seconds: float) -> None:

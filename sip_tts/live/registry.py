@@ -59,12 +59,20 @@ class LiveCalls:
             yield GaugeMetricFamily(name, text, value=read())
 
     def open(self, handle: CallHandle, engine: TtsEngine, voice: VoiceSpec,
-             voices: Callable[[str], VoiceSpec]) -> LiveSession:
+             voices: Callable[[str], VoiceSpec], owner: object = None) -> LiveSession:
+        """The call's session (made now, or the one it has). ``owner``: the script run asking; a new
+        run with a new handle (the call's audio made again in another codec at the answer) takes
+        the session over, the application attached to it stays."""
         call_id = handle.info.call_id
         session = self.sessions.get(call_id)
+        if session is not None and session.handle is not handle:
+            session.rebind(handle)
+        if session is not None:
+            session.owner = owner
         if session is None:
             session = self.sessions[call_id] = LiveSession(
                 handle, engine, voice, voices, lambda reason: self.end_call(call_id, reason) and None)
+            session.owner = owner
             for kind, fields in self._early.pop(call_id, []):
                 session.notify(kind, **fields)
             expected = self._expected.pop(call_id, None)
@@ -72,10 +80,18 @@ class LiveCalls:
                 expected.set()
         return session
 
-    def close(self, call_id: str) -> None:
-        session = self.sessions.pop(call_id, None)
-        if session is not None:
-            session.close()
+    def close(self, call_id: str, owner: object = None) -> None:
+        """``owner``'s script is over. While the call is up, a session another run has taken over,
+        or whose call's audio is being made again (that run takes it over next), stays."""
+        session = self.sessions.get(call_id)
+        if session is None:
+            return
+        if owner is not None:
+            call = self.calls().get(call_id)
+            if call is not None and not call.ended and (session.owner is not owner or call.queue is not session.queue):
+                return
+        del self.sessions[call_id]
+        session.close()
 
     def get(self, call_id: str) -> LiveSession | None:
         return self.sessions.get(call_id)

@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engine.audio import decode_g711, encode_g711
 from engine.base import TtsEngine, VoiceSpec
 from media import FRAME_SECONDS
 from telephony.call import CallHandle
@@ -66,6 +67,7 @@ class _Utterance:
     failed: bool = False
     task: asyncio.Task | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    codec: str = ""  # what its synthesis produces (the call's codec when it started)
 
 
 @dataclass(eq=False)
@@ -165,6 +167,8 @@ class LiveSession:
         # registry), replayed after ``start`` to an application that attaches later.
         self.progress: list[str] = []
         self.answered_at: float | None = None  # loop time of a placed call's answer
+        self.owner: object = None  # the script run driving the session (the registry's business)
+        self._rebound: asyncio.Future | None = None  # set by ``rebind``: serve() follows the new handle
 
     # -- what is playing ------------------------------------------------------------------
     def tasks(self) -> int:
@@ -258,6 +262,39 @@ class LiveSession:
             self._hangup("app-hangup")
         return dropped
 
+    def rebind(self, handle: CallHandle) -> None:
+        """The call's audio is made again on a new handle: a placed call answered in another codec
+        than the first offered one (nothing has been sent yet). What is queued moves over, turned
+        into the new codec (G.711 to G.711: sample for sample), with the frame numbers its marks
+        and events wait for; syntheses under way go on and are turned as they arrive."""
+        old, old_codec = self.queue, self.info.codec
+        self.handle.listen(None)
+        old.watch(0, None)
+        old.pad_frame()
+        base = old.sent + old.dropped
+        frames = []
+        while (frame := old.pop()) is not None:
+            frames.append(frame)
+        self.handle, self.info, self.queue = handle, handle.info, handle.queue
+        codec = self.info.codec
+        if codec != old_codec:
+            frames = [_transcode(f, old_codec, codec) for f in frames]
+            for seg in self._segments:
+                if isinstance(seg, _Frames):
+                    seg.frames = [_transcode(f, old_codec, codec) for f in seg.frames]
+        shift = self.queue.sent + self.queue.dropped + self.queue.pending - base
+        self.queue.push_frames(frames)
+        self._watches = [(n + shift, seq, kind, data) for n, seq, kind, data in self._watches]
+        heapq.heapify(self._watches)
+        self._arm()
+        if self.audio_format is not None:
+            self._frames = None
+            self._set_audio(self.audio_format)
+        if self._rebound is not None and not self._rebound.done():
+            self._rebound.set_result(None)
+        log.info("call %s: live session moved to the call's %s audio (%d frames queued)", self.info.call_id,
+                 codec, len(frames))
+
     def close(self) -> None:
         """The call's script is over (or the call ended): stop every task the session holds (the
         speaker may be waiting for the queue to drain, which a call that ended never does)."""
@@ -314,8 +351,9 @@ class LiveSession:
 
     async def _synthesize(self, u: _Utterance) -> None:
         self.utterances += 1
+        u.codec = self.info.codec
         try:
-            async for data in self.engine.stream_line(u.text, u.voice, self.info.codec):
+            async for data in self.engine.stream_line(u.text, u.voice, u.codec):
                 if u.engine_at is None:
                     u.engine_at = self.loop.time()
                 u.buf += data
@@ -376,7 +414,10 @@ class LiveSession:
                     self.queue.pad_frame()
                     self._start_run(u.since, u.engine_at)
                     started = True
-                self.queue.push(bytes(u.buf))
+                data = bytes(u.buf)
+                if u.codec != self.info.codec:  # synthesis started before the call was rebound
+                    data = _transcode(data, u.codec, self.info.codec)
+                self.queue.push(data)
                 u.buf.clear()
             if u.done:
                 break
@@ -507,12 +548,20 @@ class LiveSession:
             outbox.event(text)
         writer = asyncio.ensure_future(outbox.run())
         reader = asyncio.ensure_future(self._read(channel))
-        digits = asyncio.ensure_future(self._forward_digits())
-        ended = asyncio.ensure_future(self.handle.ended.wait())
-        self._serving = {writer, reader, digits, ended}
         why = "closed"
+        digits = ended = None
         try:
-            done, _ = await asyncio.wait({writer, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+            while True:  # (again when the session is rebound: the call's digits and end are the new handle's)
+                digits = asyncio.ensure_future(self._forward_digits())
+                ended = asyncio.ensure_future(self.handle.ended.wait())
+                rebound = self._rebound = self.loop.create_future()
+                self._serving = {writer, reader, digits, ended}
+                done, _ = await asyncio.wait({writer, reader, ended, rebound}, return_when=asyncio.FIRST_COMPLETED)
+                if done != {rebound}:
+                    rebound.cancel()
+                    break
+                digits.cancel()
+                ended.cancel()
             if ended in done:
                 why = "call-ended"
                 reason = self.handle.end_reason or ""
@@ -531,9 +580,11 @@ class LiveSession:
                 log.warning("call %s: application not reading (%d events waiting): disconnected",
                             info.call_id, len(outbox.events))
         finally:
-            for task in (writer, reader, digits, ended):
+            tasks = [t for t in (writer, reader, digits, ended) if t is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(writer, reader, digits, ended, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._rebound = None
             self._serving = set()
             self.frames_dropped += outbox.frames_dropped
             self.outbox = None
@@ -593,3 +644,8 @@ class LiveSession:
             if digit is not None:
                 self._emit(event("dtmf", digit=digit))
 
+
+
+def _transcode(data: bytes, src: str, dst: str) -> bytes:
+    """G.711 in one law as the other (through 16-bit linear: what the far end hears is the same)."""
+    return encode_g711(decode_g711(data, src), dst)
