@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 
+import httpx
 import numpy as np
 
 import pytest
@@ -20,6 +21,7 @@ from engine.audio import decode_g711
 from telephony.rtp.packet import RtpPacket
 
 from .api_support import ApiServer, start_api_server
+from .conftest import free_udp_port
 from .live_support import assert_clean as assert_live_clean
 from .live_support import ws_url
 from .test_ivr import best_match, rendered
@@ -29,9 +31,13 @@ HELLO = "Hello, this is a test call. Your order has shipped."
 pytestmark = pytest.mark.timeout(90)
 
 
+CLOSED = free_udp_port()  # nothing listens: a TCP trunk there is refused at once
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory) -> ApiServer:
-    srv = start_api_server(tmp_path_factory.mktemp("outbound_stream"), prompts="routes: []\n")
+    trunks = f"trunks:\n  dead:\n    address: 127.0.0.1:{CLOSED}\n    transport: TCP\n"
+    srv = start_api_server(tmp_path_factory.mktemp("outbound_stream"), prompts="routes: []\n", extra_yaml=trunks)
     yield srv
     srv.srv.stop()
 
@@ -41,7 +47,10 @@ async def follow(api: ApiServer, call_id: str, on_event=None, timeout: float = 3
     until the server closes the socket; ``on_event(ws, event)`` may answer. (events, close code)."""
     events: list[dict] = []
     async with websockets.connect(ws_url(api, call_id)) as ws:
-        await ws.send(json.dumps({"text": HELLO, "flush": True}))
+        try:
+            await ws.send(json.dumps({"text": HELLO, "flush": True}))
+        except websockets.ConnectionClosedOK:  # (a call over before the socket opened: told, closed)
+            pass
         try:
             async with asyncio.timeout(timeout):
                 async for raw in ws:
@@ -51,6 +60,14 @@ async def follow(api: ApiServer, call_id: str, on_event=None, timeout: float = 3
         except websockets.ConnectionClosedError:
             pass
     return events, ws.close_code
+
+
+def assert_all_clean(api: ApiServer) -> None:
+    """The outbound and live leak gauges at zero, and no placed call's progress held for a session."""
+    assert_clean(api)
+    assert_live_clean(api)
+    text = httpx.get(f"{api.url}/metrics", timeout=5).text
+    assert re.search(r"^sip_tts_live_placed_pending 0\.0$", text, re.M), text
 
 
 def kinds(events: list[dict]) -> list[str]:
@@ -121,8 +138,7 @@ def test_stream_opened_at_once_gets_ringing_answered_and_speaking(api, tmp_path,
     assert corr > 0.9, corr
     if codec == "PCMA":
         wait_log(api, rf"call {re.escape(call_id)}: live session moved to the call's PCMA audio")
-    assert_clean(api)
-    assert_live_clean(api)
+    assert_all_clean(api)
 
 
 @pytest.mark.parametrize("scenario,ring_s,outcome,code", [
@@ -145,8 +161,21 @@ def test_an_outcome_before_the_answer_ends_the_stream(api, tmp_path, scenario, r
     assert events[3]["utterances"] <= 1  # (the text sent while it rang was synthesised, never heard)
     if outcome == "no_answer":
         assert "CANCEL sip:someone@" in trace
-    assert_clean(api)
-    assert_live_clean(api)
+    assert_all_clean(api)
+
+
+def test_a_call_that_failed_before_the_stream_opened_still_tells_it(api):
+    """A TCP trunk nobody listens on: the call is unreachable before the application's socket can
+    open; the socket still gets the outcome (its SIP code) and ``ended``, and is closed."""
+    r = place(api, {"to": "5550100", "trunk": "dead", "steps": ["live"]})
+    assert r.status_code == 201, r.text
+    call_id = r.json()["call_id"]
+    wait_log(api, rf"call {re.escape(call_id)}: unreachable", timeout=10)
+    events, close = asyncio.run(follow(api, call_id))
+    assert kinds(events) == ["start", "unreachable", "ended"], events
+    assert events[0]["call_id"] == call_id and events[1]["sip_status"] == 503 and close == 1000
+    assert events[2]["reason"] == "unreachable"
+    assert_all_clean(api)
 
 
 def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, tmp_path):
@@ -185,5 +214,4 @@ def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, 
     assert gap < 0.5, gap  # (wide: a loaded host delays packets; a stream that stopped leaves seconds)
     corr, _ = best_match(rtp.pcm("PCMU"), rendered(api.srv, long_text))
     assert corr > 0.9, corr
-    assert_clean(api)
-    assert_live_clean(api)
+    assert_all_clean(api)

@@ -220,7 +220,7 @@ class Originator:
                 extra = {"codec": ev.answer.codec} if ev.answer is not None else {}
                 self.live.progress(ev.call_id, ev.kind, sip_status=ev.status, reason=ev.reason, **extra)
             if ev.kind in FINAL:
-                self.live.placed_over(ev.call_id)
+                self.live.placed_over(ev.call_id, None if ev.kind == "ended" else ev.kind)
         if ev.kind in FINAL:
             del self.records[ev.call_id]
 

@@ -150,6 +150,12 @@ def build(ctx: ApiContext, dep, keys: list[bytes]) -> APIRouter:
             await live.session_soon(call_id)  # a call just placed: its first step may not have run yet
             session = session_of(call_id)
         except ApiError as exc:
+            over = live.outcome_of(call_id) if exc.code == "call_not_found" else None
+            if over is not None:  # placed, and failed before the application came: tell it, then close
+                await websocket.accept()
+                for text in over:
+                    await websocket.send_text(text)
+                return await websocket.close(1000)
             return await websocket.send_denial_response(error_response(exc.status, exc.message, exc.param, exc.code))
         if session.outbox is not None:
             return await websocket.send_denial_response(error_response(

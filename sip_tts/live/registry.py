@@ -8,24 +8,32 @@ A call we placed reports its progress here too (``progress``: ringing, answered,
 to its session when it has one, else kept until it has one or the call is over (a placed call's script starts when
 the INVITE goes out, so its session is normally there within a loop turn). ``expect`` marks a
 placed call whose first step hands it to an application, so that a WebSocket opened right after
-``POST /v1/calls`` waits for that session (``session_soon``) instead of being refused.
+``POST /v1/calls`` waits for that session (``session_soon``) instead of being refused. Such a
+call that fails before any application attached (a busy signal can come back within
+milliseconds, a refused TCP trunk at once) leaves its events for ``OUTCOME_KEEP_S``: a stream
+opened then still gets them (``outcome_of``), then ``ended``, and is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
 from engine.base import TtsEngine, VoiceSpec
 from telephony.call import CallHandle
 
+from .caller_audio import FORMATS
+from .protocol import event
 from .session import LiveSession
 
 try:
     from prometheus_client.core import GaugeMetricFamily
 except ImportError:  # pragma: no cover (a dependency of the package)
     GaugeMetricFamily = None
+
+OUTCOME_KEEP_S = 10.0  # a placed call's outcome waits this long for a stream opened after it
 
 if TYPE_CHECKING:
     from telephony.calls import Call
@@ -44,6 +52,7 @@ class LiveCalls:
         self.gauges = gauges or {}  # more values for /metrics (name: (help, read)): what a leak would show
         self._early: dict[str, list[tuple[str, dict]]] = {}  # placed calls' progress before their session
         self._expected: dict[str, asyncio.Event] = {}  # placed calls whose first step is live/connect
+        self._outcomes: dict[str, tuple[float, list[str]]] = {}  # call id: (kept until, events) (outcome_of)
 
     def collect(self):
         """Prometheus collector (registered on the server's registry): sessions, streams, their tasks."""
@@ -55,6 +64,9 @@ class LiveCalls:
                                 "connections)", value=sum(s.tasks() for s in self.sessions.values()))
         yield GaugeMetricFamily("sip_tts_live_placed_pending", "placed calls whose progress waits for a session, "
                                 "or which a session is expected for", value=len(self._early.keys() | self._expected))
+        self._prune()
+        yield GaugeMetricFamily("sip_tts_live_outcomes_kept", f"placed calls' outcomes kept {OUTCOME_KEEP_S:g} s "
+                                "for a stream opened after them", value=len(self._outcomes))
         for name, (text, read) in self.gauges.items():
             yield GaugeMetricFamily(name, text, value=read())
 
@@ -121,13 +133,41 @@ class LiveCalls:
         else:
             self._early.setdefault(call_id, []).append((kind, fields))
 
-    def placed_over(self, call_id: str) -> None:
+    def placed_over(self, call_id: str, outcome: str | None = None) -> None:
         """A placed call has its outcome (or has ended): nothing more is kept for it, and a stream
-        waiting for its session stops waiting (there will be none)."""
-        self._early.pop(call_id, None)
+        waiting for its session stops waiting. ``outcome``: it ended before the answer; a call
+        that was to be streamed and has no application attached keeps its events a while."""
+        early = self._early.pop(call_id, [])
         expected = self._expected.pop(call_id, None)
         if expected is not None:
             expected.set()
+        session = self.sessions.get(call_id)
+        if outcome is None or (expected is None and session is None) or (session and session.outbox is not None):
+            return
+        call = self.calls().get(call_id)
+        info = call.info if call is not None else None
+        events = [event("start", call_id=call_id, caller=info.caller if info else "", dialed=info.dialed if info
+                        else "", codec=info.codec if info else None, audio_formats=list(FORMATS))]
+        events += session.progress if session is not None else [event(kind, **fields) for kind, fields in early]
+        events.append(event("ended", reason=outcome, utterances=session.utterances if session else 0,
+                            audio_frames_dropped=0, caller_frames_lost=0))
+        self._prune()
+        self._outcomes[call_id] = (time.monotonic() + OUTCOME_KEEP_S, events)
+
+    def _prune(self) -> None:
+        """Forget the outcomes kept past their time (in the order they came: the oldest first)."""
+        now = time.monotonic()
+        while self._outcomes:
+            first = next(iter(self._outcomes))
+            if self._outcomes[first][0] > now:
+                break
+            del self._outcomes[first]
+
+    def outcome_of(self, call_id: str) -> list[str] | None:
+        """The events of a placed call that failed before any application attached (a stream
+        opened within ``OUTCOME_KEEP_S`` of it gets them, then the close); None: none kept."""
+        kept = self._outcomes.pop(call_id, None)
+        return kept[1] if kept is not None and kept[0] > time.monotonic() else None
 
     # -- WebSockets per API key --------------------------------------------------------------
     def stream_opened(self, key: str) -> bool:
