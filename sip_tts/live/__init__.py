@@ -42,6 +42,14 @@ Server -> application: JSON events (text) and, when asked, the caller's audio (b
                                                  the call is over; the server closes the socket
     {"event": "error", "message", "field"}       a bad message (it is ignored, the call goes on)
 
+    A call we placed (POST /v1/calls with a ``live`` first step) may be attached while it rings;
+    its progress comes as events named as its status callbacks, each with ``sip_status`` and
+    ``reason`` (sip_tts/outbound.py): ``trying``, ``ringing``, ``answered`` (with ``codec``), or an
+    outcome before the answer (``busy``, ``declined``, ``not_found``, ``no_answer``,
+    ``unreachable``, ``cancelled``, ``failed``) followed by ``ended``; ``transfer_succeeded`` /
+    ``transfer_failed``. What happened before the attach is sent right after ``start``. Text sent
+    while it rings is synthesised at once and heard from the answer on.
+
     binary: 8-byte header "!BBHI" = version (1), flags (bit 0: silence filled in for lost
     packets), frame number (16 bits, +1 per frame: a gap means frames a slow client lost),
     RTP timestamp of the frame's first sample (8 kHz clock); then 20 ms of audio:
