@@ -132,6 +132,8 @@ def test_stream_opened_at_once_gets_ringing_answered_and_speaking(api, tmp_path,
     assert (ringing["sip_status"], ringing["reason"]) == (180, "Ringing")
     assert (answered["sip_status"], answered["codec"]) == (200, codec)
     assert speaking["latency_ms"] is not None and speaking["engine_ms"] is not None
+    print(f"\n{codec}: answer -> first speech frame {speaking['latency_ms']} ms (text sent while ringing; "
+          f"engine's first audio {speaking['engine_ms']} ms after the text)")
     assert ended["reason"] == "app-hangup" and ended["utterances"] == 1 and code == 1000
     assert {p.payload_type for _, p in rtp.packets} == {pt}
     corr, _ = best_match(rtp.pcm(codec), rendered(api.srv, HELLO))  # the text, by its energy contour
