@@ -525,3 +525,16 @@ def test_proxy_then_far_end_challenge_keeps_both_credentials():
     assert proxy.check(Request("INVITE", TARGET, Headers([("Authorization", second.headers.get("Proxy-Authorization"))])), 0.3) == (True, False)
     assert proxy.check(Request("INVITE", TARGET, Headers([("Authorization", proxy_cred)])), 0.3) == (True, False)
     assert far.check(Request("INVITE", TARGET, Headers([("Authorization", far_cred)])), 0.3) == (True, False)
+
+
+def test_a_bye_while_a_reoffer_is_open_ends_it_with_487():
+    """RFC 3261 §15.1.2: the open re-INVITE is answered 487, so its transaction ends with the call."""
+    call, _ = answered_call()
+    _far_request(call, "INVITE", 2, 1.0, "z9hG4bKre2", HOLD)
+    assert len(call.next_events()) == 1
+    out = _far_request(call, "BYE", 3, 1.1, "z9hG4bKbye")
+    assert sorted((m.status, m.cseq[1]) for m, _ in out) == [(200, "BYE"), (487, "INVITE")]
+    assert _far_request(call, "ACK", 2, 1.2, "z9hG4bKre2") == []
+    while (when := call.deadline()) is not None:
+        call.handle_timer(when)
+    assert call.outcome == "ended" and call.finished

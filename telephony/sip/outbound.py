@@ -238,7 +238,7 @@ class OutboundCall:
             self._want_cancel("cancelled", now)
         elif self.phase == "established":
             self._send_bye(now)
-            self._finish("ended", None, "local-bye")
+            self._finish("ended", None, "local-bye", now)
 
     def transfer(self, refer_to: str, now: float, timeout_s: float = 30.0, referred_by: str | None = None) -> None:
         """Blind-transfer the answered call to ``refer_to`` (REFER); the call ends when it succeeds."""
@@ -587,7 +587,7 @@ class OutboundCall:
         elif req.method == "BYE":
             resp = response_for(req, 200)
             if self.phase == "established":
-                self._finish("ended", None, "remote-bye")
+                self._finish("ended", None, "remote-bye", now)
         elif req.method == "NOTIFY":
             if self.transfer_job is None:  # no subscription of ours (RFC 6665 §4.1.3)
                 resp = response_for(req, 481)
@@ -642,7 +642,7 @@ class OutboundCall:
             self._events.append(event)
             if event.kind == "succeeded" and self.phase == "established":
                 self._send_bye(now)
-                self._finish("ended", None, "transferred")
+                self._finish("ended", None, "transferred", now)
         job.events.clear()
 
     def _report_once(self, kind: str, resp: Response) -> None:
@@ -650,7 +650,11 @@ class OutboundCall:
             self._reported.add(kind)
             self._events.append(CallProgress(self.call_id, kind, resp.status, resp.reason))
 
-    def _finish(self, kind: str, status: int | None, reason: str) -> None:
+    def _finish(self, kind: str, status: int | None, reason: str, now: float | None = None) -> None:
+        """The call's outcome; ``now``: an answered call ends (a re-offer still open gets 487, RFC 3261
+        §15.1.2, so that its transaction ends too)."""
+        if now is not None and self._update is not None:
+            self.answer_update(None, now, 487)
         if self.outcome is None:
             self.outcome = kind
             self._events.append(CallProgress(self.call_id, kind, status, reason))
