@@ -1,5 +1,7 @@
 """Outbound calls as the application places them: a request (to, from, trunk, what to play)
-turned into a ``Dial`` for the SIP server, and each call's progress sent to its status callback.
+turned into a ``Dial`` for the SIP server, and each call's progress sent to its status callback
+and to its live session (sip_tts/live: the events of ``/v1/calls/{id}/stream``, kept for an
+application that attaches later).
 
 Runs on the server's event loop (the HTTP API hands requests across when it has a thread of
 its own). The trunks of server.yaml are resolved here (a host name once, without blocking);

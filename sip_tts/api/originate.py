@@ -2,7 +2,8 @@
 
 The call is placed on the server's loop (handed across when the API has a thread of its
 own); the answer comes at once with the Call-ID, before the callee answers: progress goes to
-``status_callback``. Over ``limits.max_calls`` or a trunk's limits: 429, and no INVITE was sent.
+``status_callback``, and to the call's WebSocket (``/v1/calls/{id}/stream``, which a call whose
+first step is ``live`` may open at once: sip_tts/live). Over ``limits.max_calls`` or a trunk's limits: 429, and no INVITE was sent.
 (GET /v1/calls and the per-call verbs live in ``calls.py``.)
 """
 
@@ -82,7 +83,7 @@ def build(ctx: ApiContext, auth) -> APIRouter:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, ctx.engine_loop))
 
     @router.post("/v1/calls", response_model=CallCreated, status_code=201, responses=responses(400, 401, 429, 503),
-                 summary="Place a call: the INVITE goes out now; progress goes to status_callback")
+                 summary="Place a call: the INVITE goes out now; progress goes to status_callback and its stream")
     async def place(body: CallRequest) -> CallCreated:
         from sip_tts.outbound import BadRequest, CallOrder
 

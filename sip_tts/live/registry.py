@@ -5,8 +5,10 @@ or ``connect``) and lives as long as the call's script; the HTTP routes find it 
 call id. The registry also ends calls (through the SIP server) and lists them.
 
 A call we placed reports its progress here too (``progress``: ringing, answered, an outcome):
-to its session when it has one, else kept until it has one or the call is over (a placed call's script starts when
-the INVITE goes out, so its session is normally there within a loop turn). ``expect`` marks a
+to its session when it has one, else kept until it has one or the call is over (a placed call's
+script starts when the INVITE goes out, so its session is normally there within a loop turn).
+A run made again for another codec at the answer takes the session over (``open``/``close``
+with ``owner``: the application stays attached). ``expect`` marks a
 placed call whose first step hands it to an application, so that a WebSocket opened right after
 ``POST /v1/calls`` waits for that session (``session_soon``) instead of being refused. Such a
 call that fails before any application attached (a busy signal can come back within
