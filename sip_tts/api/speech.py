@@ -8,7 +8,7 @@ import json
 import logging
 from typing import AsyncIterator, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -186,45 +186,58 @@ def build(ctx: ApiContext, auth) -> APIRouter:
     @router.post("/v1/audio/speech", responses=_audio(
         [CONTENT_TYPES[f] for f in OPENAI_FORMATS] + ["text/event-stream"]), response_class=Response,
         summary="OpenAI-compatible speech")
-    async def speech(body: SpeechRequest, request: Request) -> Response:
-        if body.model not in ctx.model_ids:
-            raise ApiError(404, f"model {body.model!r} not found (GET /v1/models lists them)", "model",
-                           "model_not_found")
-        if body.response_format not in OPENAI_FORMATS:
-            raise ApiError(400, f"response_format: {body.response_format} is not offered; use one of "
-                                f"{', '.join(OPENAI_FORMATS)}", "response_format", "unsupported_value")
-        voice = _voice(ctx, body.voice, body.speed)
-        ctx.admit()
-        try:
-            chunks, first, timing = await _start(ctx, body.input, voice, None, "speech")
-        except BaseException:
-            ctx.done()
-            raise
-        ctx.metrics.requests.labels("speech", "200").inc()
-        # FLAC goes out whole: a FLAC stream without its length in the header is refused by libsndfile's readers
-        enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE,
-                      streamed=body.response_format != "flac")
-        audio = _encoded(ctx, chunks, first, enc)
-        headers = _timing_headers(timing)
-        if body.stream_format == "sse":
-            return _Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
-                            headers={**headers, "Cache-Control": "no-cache"})
-        return _Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
+    async def speech(body: SpeechRequest) -> Response:
+        return await speech_response(ctx, body)
 
     @router.post("/v1/synthesize", responses=_audio(sorted(set(CONTENT_TYPES.values()))), response_class=Response,
                  summary="Synthesize text (any format and rate)")
-    async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
-        rate = body.sample_rate or (8000 if body.format in ("mulaw", "alaw") else 24000)
-        if body.format in ("mulaw", "alaw") and rate != 8000:
-            raise ApiError(400, f"sample_rate: {body.format} is 8000 Hz only", "sample_rate", "unsupported_value")
-        return await _synth(ctx, request, body.text, body.voice, body.format, rate, body.stream, "synthesize")
+    async def synthesize(body: SynthesizeRequest) -> Response:
+        return await synthesize_response(ctx, body)
 
     @router.post("/v1/synthesize/telephony", responses=_audio(["audio/basic"]), response_class=Response,
                  summary="8 kHz mu-law, the bytes a call gets")
-    async def telephony(body: TelephonyRequest, request: Request) -> Response:
-        return await _synth(ctx, request, body.text, body.voice, "mulaw", 8000, body.stream, "telephony")
+    async def telephony(body: TelephonyRequest) -> Response:
+        return await telephony_response(ctx, body)
 
     return router
+
+
+async def speech_response(ctx: ApiContext, body: SpeechRequest) -> Response:
+    """``POST /v1/audio/speech``: its checks, the hand-over to the engine, the response (its first audio there)."""
+    if body.model not in ctx.model_ids:
+        raise ApiError(404, f"model {body.model!r} not found (GET /v1/models lists them)", "model",
+                       "model_not_found")
+    if body.response_format not in OPENAI_FORMATS:
+        raise ApiError(400, f"response_format: {body.response_format} is not offered; use one of "
+                            f"{', '.join(OPENAI_FORMATS)}", "response_format", "unsupported_value")
+    voice = _voice(ctx, body.voice, body.speed)
+    ctx.admit()
+    try:
+        chunks, first, timing = await _start(ctx, body.input, voice, None, "speech")
+    except BaseException:
+        ctx.done()
+        raise
+    ctx.metrics.requests.labels("speech", "200").inc()
+    # FLAC goes out whole: a FLAC stream without its length in the header is refused by libsndfile's readers
+    enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE,
+                  streamed=body.response_format != "flac")
+    audio = _encoded(ctx, chunks, first, enc)
+    headers = _timing_headers(timing)
+    if body.stream_format == "sse":
+        return _Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
+                        headers={**headers, "Cache-Control": "no-cache"})
+    return _Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
+
+
+async def synthesize_response(ctx: ApiContext, body: SynthesizeRequest) -> Response:
+    rate = body.sample_rate or (8000 if body.format in ("mulaw", "alaw") else 24000)
+    if body.format in ("mulaw", "alaw") and rate != 8000:
+        raise ApiError(400, f"sample_rate: {body.format} is 8000 Hz only", "sample_rate", "unsupported_value")
+    return await _synth(ctx, body.text, body.voice, body.format, rate, body.stream, "synthesize")
+
+
+async def telephony_response(ctx: ApiContext, body: TelephonyRequest) -> Response:
+    return await _synth(ctx, body.text, body.voice, "mulaw", 8000, body.stream, "telephony")
 
 
 def _timing_headers(timing: dict) -> dict[str, str]:
@@ -233,7 +246,7 @@ def _timing_headers(timing: dict) -> dict[str, str]:
             "X-Queue-Ms": f"{timing.get('queued', 0.0) * 1000:.2f}"}
 
 
-async def _synth(ctx: ApiContext, request: Request, text: str, voice_name: str, fmt: str, rate: int, stream: bool,
+async def _synth(ctx: ApiContext, text: str, voice_name: str, fmt: str, rate: int, stream: bool,
                  endpoint: str) -> Response:
     voice = ctx.voices.get(voice_name)
     # G.711 at 8 kHz: the line audio of a call, made exactly as a call's (engine.stream_line or encode_line)
