@@ -1,13 +1,17 @@
-"""The HTTP API's loop work per request up to the engine hand-over, without sockets or engine.
+"""The HTTP API's loop work per request up to the engine hand-over, and per first chunk written, without
+sockets or engine.
 
-    python benchmarks/api_handover.py [--requests 2000] [--compare REV]
+    python benchmarks/api_handover.py [--requests 2000]
 
 N requests made at once wait for each other's parsing and validation on the one event loop
 before the engine gets them (api_load's "API overhead" under a burst grows by this per request).
 This feeds N POST /v1/audio/speech requests' bytes into uvicorn's HTTP protocol (the one the
 server runs: httptools, else h11) over a stand-in transport, with the real FastAPI app and
 calls-first gate over an engine that never answers, runs the loop until every request has been
-handed to the engine, and reports the loop's CPU per request (process CPU time; one thread).
+handed to the engine, and reports the loop's CPU per request (process CPU time; one thread). Then
+every stream's first chunk (0.4 s, as Chatterbox's first window) is released at once, as a batched
+engine's step finishes them together, and the loop's CPU per first chunk until all are written
+(the N-th of a batch is written after the N-1 before it).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -30,12 +36,17 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.out = 0
+        self.writes = 0
+        self.on_first = lambda: None
 
     def get_extra_info(self, name, default=None):  # noqa: ANN001
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
 
     def write(self, data) -> None:  # noqa: ANN001
         self.out += len(data)
+        self.writes += 1
+        if self.writes == 2:  # the response's head, then its first audio
+            self.on_first()
 
     def is_closing(self) -> bool:
         return False
@@ -71,16 +82,19 @@ class _Silent:
         self.handed = 0
         self.all_in = asyncio.Event()
         self.expect = 0
+        self.go = asyncio.Event()
+        self.first = (0.1 * np.sin(np.arange(9600) * 0.05)).astype(np.float32)
 
     async def stream(self, text, voice, background=False):  # noqa: ANN001
         self.handed += 1
         if self.handed >= self.expect:
             self.all_in.set()
+        await self.go.wait()
+        yield self.first
         await asyncio.Event().wait()
-        yield None
 
 
-async def _run(n: int, bare: bool = False, plain: bool = False) -> float:
+async def _run(n: int, bare: bool = False, plain: bool = False) -> tuple[float, float]:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
@@ -108,17 +122,33 @@ async def _run(n: int, bare: bool = False, plain: bool = False) -> float:
                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
     engine.expect = n
     protocols = []
+    written = asyncio.Event()
+    count = 0
+
+    def one_written() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            written.set()
+
     t0 = time.process_time()
     for _ in range(n):  # as uvicorn gets them: a connection each, its bytes, then the loop runs the handlers
         proto = config.http_protocol_class(config=config, server_state=state, app_state={})
-        proto.connection_made(_Transport())
+        transport = _Transport()
+        transport.on_first = one_written
+        proto.connection_made(transport)
         proto.data_received(request)
         protocols.append(proto)
     await engine.all_in.wait()
-    spent = time.process_time() - t0
+    handover = time.process_time() - t0
+    t1 = time.process_time()
+    engine.go.set()
+    if not bare:
+        await written.wait()
+    first = time.process_time() - t1
     for proto in protocols:
         proto.connection_lost(None)
-    return spent / n
+    return handover / n, first / n
 
 
 def main() -> int:
@@ -133,13 +163,15 @@ def main() -> int:
 
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the never-answered requests, cancelled at exit
 
-    per = []
+    runs = []
     for _ in range(a.rounds):
         gc.collect()
-        per.append(asyncio.run(_run(a.requests, a.bare, a.fastapi)) * 1e6)
-    per.sort()
-    print(json.dumps({"requests": a.requests, "us_per_request_min": round(per[0], 1),
-                      "us_per_request_median": round(per[len(per) // 2], 1)}))
+        runs.append(asyncio.run(_run(a.requests, a.bare, a.fastapi)))
+    hand = sorted(r[0] * 1e6 for r in runs)
+    first = sorted(r[1] * 1e6 for r in runs)
+    print(json.dumps({"requests": a.requests, "handover_us_per_request": {"min": round(hand[0], 1),
+                      "median": round(hand[len(hand) // 2], 1)}, "first_chunk_us_per_stream": {
+                      "min": round(first[0], 1), "median": round(first[len(first) // 2], 1)}}))
     return 0
 
 
