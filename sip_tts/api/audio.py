@@ -70,6 +70,14 @@ def wav_header(rate: int, data_bytes: int | None, width: int = 2, fmt: int = 1) 
             b"data" + struct.pack("<I", data))
 
 
+def _int16_bytes(x: np.ndarray) -> bytes:
+    """``float_to_int16(x)`` as little-endian bytes, in one scratch array (every API chunk passes here)."""
+    y = np.clip(x, -1.0, 1.0)
+    y *= 32767.0
+    np.rint(y, out=y)
+    return y.astype("<i2").tobytes()
+
+
 class Encoder:
     """float32 chunks at the engine's rate → ``fmt`` at ``rate``; ``streamed``: bytes as they exist."""
 
@@ -97,12 +105,11 @@ class Encoder:
             if len(x):
                 self._file.write(x)
             return self._sink.take() if self.streamed else b""  # type: ignore[union-attr]
-        pcm = float_to_int16(x)
         if self.fmt == "mulaw":
-            return encode_g711(pcm, "PCMU")
+            return encode_g711(float_to_int16(x), "PCMU")
         if self.fmt == "alaw":
-            return encode_g711(pcm, "PCMA")
-        data = pcm.astype("<i2").tobytes()
+            return encode_g711(float_to_int16(x), "PCMA")
+        data = _int16_bytes(x)
         self._pcm_bytes += len(data)
         if self.fmt == "wav" and self.streamed and not self._started:
             data = wav_header(self.rate, None) + data
