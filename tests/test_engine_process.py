@@ -140,3 +140,29 @@ def test_line_audio_is_encoded_in_the_child_as_the_server_would():
     a, b = decode_g711(line, "PCMA"), decode_g711(here, "PCMA")
     assert abs(20 * np.log10(rms(a) / rms(b))) < 1.0
     assert len(line) * 10 < floats.nbytes  # 1 byte per 8 kHz sample vs 4 per 22.05 kHz sample
+
+
+def test_a_streams_first_chunk_is_stamped_on_arrival_for_its_reader():
+    """FIRST_ARRIVAL: when the first chunk reached this process (before the loop handed it on), set for the task
+    reading the stream; the HTTP API reports it (X-First-Audio-Arrived-Ms)."""
+    import time
+
+    from engine.process import FIRST_ARRIVAL
+
+    async def run() -> None:
+        eng = EngineProcess("espeak", 22050, "engine.espeak:EspeakEngine")
+        await eng.start()
+        try:
+            t0 = time.perf_counter()
+            chunks = eng.stream("Stamped on arrival.", VoiceSpec())
+            await chunks.__anext__()
+            got = time.perf_counter()
+            arrived = FIRST_ARRIVAL.get()
+            assert arrived is not None and t0 < arrived <= got
+            async for _ in chunks:
+                pass
+            assert eng._first_at == {}  # nothing kept once the stream is done
+        finally:
+            await eng.close()
+
+    asyncio.run(run())

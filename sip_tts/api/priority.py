@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.audio import encode_line
 from engine.base import TtsEngine, VoiceSpec
+from engine.process import FIRST_ARRIVAL
 
 
 COALESCE_S = 0.1  # API audio after the first chunk goes on in pieces of at least this long
@@ -130,12 +131,14 @@ class CallsFirst:
                          timing: dict | None = None) -> AsyncIterator:
         """An API utterance: float32 chunks at the engine's rate, or with ``codec`` 8 kHz G.711 bytes exactly as a
         call gets them. ``timing`` receives ``queued`` (waiting for a slot) and ``first`` (to the first chunk),
-        in seconds.
+        in seconds, and with an engine in its own process ``arrived``: to that chunk's arrival in this process,
+        before the loop handed it on.
 
         The first chunk goes out at once (time to first audio); after it, pieces of >= COALESCE_S: the work
         above (encoding, HTTP, the loop's wake-ups) is per piece, and an engine faster than real time
         (espeak: 20 ms chunks, ~200x) would otherwise spend the calls' loop on tiny ones."""
         t0 = time.perf_counter()
+        FIRST_ARRIVAL.set(None)
         held: list = []
         size, need, rate, sent, started = 0, 0, 8000, 0, 0.0
         for part in self.parts(text):
@@ -153,6 +156,8 @@ class CallsFirst:
                     async for item in pieces:
                         if timing is not None and "first" not in timing:
                             timing["first"] = time.perf_counter() - t0
+                            if (arrived := FIRST_ARRIVAL.get()) is not None:
+                                timing["arrived"] = arrived - t0
                         if not started:
                             rate = 8000 if codec else self.inner.sample_rate
                             need, started, sent = int(COALESCE_S * rate), time.perf_counter(), len(item)

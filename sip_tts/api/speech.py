@@ -241,9 +241,13 @@ async def telephony_response(ctx: ApiContext, body: TelephonyRequest) -> Respons
 
 
 def _timing_headers(timing: dict) -> dict[str, str]:
-    """The engine's first audio (from the request's hand-over, its wait for a slot included) and that wait."""
-    return {"X-First-Audio-Ms": f"{timing.get('first', 0.0) * 1000:.2f}",
-            "X-Queue-Ms": f"{timing.get('queued', 0.0) * 1000:.2f}"}
+    """The engine's first audio (from the request's hand-over, its wait for a slot included) and that wait; with an
+    engine in its own process also when that audio reached the server (before its loop handed it on)."""
+    out = {"X-First-Audio-Ms": f"{timing.get('first', 0.0) * 1000:.2f}",
+           "X-Queue-Ms": f"{timing.get('queued', 0.0) * 1000:.2f}"}
+    if "arrived" in timing:
+        out["X-First-Audio-Arrived-Ms"] = f"{timing['arrived'] * 1000:.2f}"
+    return out
 
 
 async def _synth(ctx: ApiContext, text: str, voice_name: str, fmt: str, rate: int, stream: bool,
