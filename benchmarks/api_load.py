@@ -394,7 +394,7 @@ def run_mode(a: argparse.Namespace, mode: str, roots: dict[str, Path], tmp: Path
     servers: dict[str, tuple[subprocess.Popen, int, str]] = {}
     try:
         for suffix, root in roots.items():
-            work = tmp / f"{mode}{suffix.replace(' ', '_')}"
+            work = tmp / f"{mode}{suffix.replace(' ', '_').replace('/', '_')}"  # (REV may be a path)
             work.mkdir()
             proc, sip_port, api_port = start_server(work, a, own_thread=mode == "thread", root=root)
             servers[mode + suffix] = (proc, sip_port, f"http://127.0.0.1:{api_port}")
