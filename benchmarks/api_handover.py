@@ -84,6 +84,7 @@ class _Silent:
         self.expect = 0
         self.go = asyncio.Event()
         self.first = (0.1 * np.sin(np.arange(9600) * 0.05)).astype(np.float32)
+        self.first_s16 = (self.first * 32767).astype("<i2").tobytes()
 
     async def stream(self, text, voice, background=False):  # noqa: ANN001
         self.handed += 1
@@ -92,6 +93,11 @@ class _Silent:
         await self.go.wait()
         yield self.first
         await asyncio.Event().wait()
+
+    async def stream_s16(self, text, voice, background=False):  # noqa: ANN001
+        """As an engine in its own process gives pcm/wav at its rate: 16-bit bytes made there."""
+        async for chunk in self.stream(text, voice):
+            yield self.first_s16
 
 
 async def _run(n: int, bare: bool = False, plain: bool = False) -> tuple[float, float]:

@@ -10,7 +10,8 @@ its own interpreter, and the server's loop only receives finished chunks.
 Wire: one ``multiprocessing`` pipe. Server → engine: ``("stream", id, text,
 voice, background, codec)``, ``("cancel", id)``, ``("close",)``. Engine → server:
 ``("ready", sample rate)`` or ``("failed", why)`` once; then ``("chunk", id, bytes)``
-(float32 at the engine's rate, or with a ``codec`` the line audio: 8 kHz G.711),
+(float32 at the engine's rate; with a ``codec`` the line audio, 8 kHz G.711, or ``S16LE``: 16-bit at the
+engine's rate, for the HTTP API's pcm and wav: half the bytes, and no conversion on the server's loop),
 ``("end", id)``, ``("error", id, why)`` and every half second ``("stats",
 EngineStats, queue depth)``. A reader thread on each side turns messages into
 event-loop callbacks; only the loop thread writes.
@@ -45,11 +46,12 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from .audio import LINE_CODECS, encode_line
+from .audio import LINE_CODECS, encode_line, float_to_int16
 from .base import EngineBase, EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
 DRAIN_BATCH = 4  # engine messages handled per event-loop iteration
+S16LE = "S16LE"  # stream_s16's wire codec: 16-bit little-endian at the engine's own rate
 # When a stream's first chunk reached this process (perf_counter, taken by the reader thread), set in the context
 # of the task reading the stream as that chunk is handed to it: the engine's own first audio, before this process's
 # loop handed it on (a batch's chunks are handed on one after another; benchmarks/api_load.py reports both)
@@ -271,6 +273,11 @@ class EngineProcess(EngineBase):
         async for data in self._request(text, voice, background, codec):
             yield data
 
+    async def stream_s16(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[bytes]:
+        """The speech as 16-bit little-endian at the engine's rate, converted in the child (the HTTP API's pcm/wav)."""
+        async for data in self._request(text, voice, background, S16LE):
+            yield data
+
     async def _request(self, text: str, voice: VoiceSpec, background: bool, codec: str | None) -> AsyncIterator[bytes]:
         await self.start()
         rid = next(self._ids)
@@ -349,7 +356,10 @@ async def _serve(conn: Connection, engine) -> None:  # type: ignore[no-untyped-d
 
     async def run(rid: int, text: str, voice: VoiceSpec, background: bool, codec: str | None) -> None:
         try:
-            if codec:
+            if codec == S16LE:
+                async for chunk in engine.stream(text, voice, background):
+                    conn.send(("chunk", rid, float_to_int16(np.asarray(chunk, dtype=np.float32)).astype("<i2").tobytes()))
+            elif codec:
                 async for data in encode_line(engine.stream(text, voice, background), engine.sample_rate, codec):
                     conn.send(("chunk", rid, data))
             else:

@@ -166,3 +166,51 @@ def test_a_streams_first_chunk_is_stamped_on_arrival_for_its_reader():
             await eng.close()
 
     asyncio.run(run())
+
+
+class Sweep:
+    """A deterministic engine for the child (espeak-ng is not sample-identical between renderings): a rising
+    tone past full scale in 0.1 s chunks, so rounding and clipping are both compared."""
+
+    name = "sweep"
+    sample_rate = 24000
+
+    def __init__(self) -> None:
+        from engine.base import EngineStats
+
+        self.stats = EngineStats()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def queue_depth(self) -> int:
+        return 0
+
+    async def stream(self, text: str, voice: VoiceSpec, background: bool = False):
+        t = np.arange(24000) / 24000
+        x = (1.3 * t * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for i in range(0, len(x), 2400):
+            yield x[i:i + 2400]
+
+
+def test_stream_s16_is_the_float_stream_as_16_bit_made_in_the_child():
+    """The HTTP API's pcm/wav at the engine's rate: converted in the engine's process, the same samples."""
+    from engine.audio import float_to_int16
+
+    async def run() -> tuple[list, list]:
+        eng = EngineProcess("sweep", 24000, "tests.test_engine_process:Sweep")
+        await eng.start()
+        try:
+            floats = [c async for c in eng.stream("any", VoiceSpec())]
+            s16 = [c async for c in eng.stream_s16("any", VoiceSpec())]
+        finally:
+            await eng.close()
+        return floats, s16
+
+    floats, s16 = asyncio.run(run())
+    assert len(s16) == len(floats) == 10 and all(isinstance(c, bytes) for c in s16)
+    assert b"".join(s16) == float_to_int16(np.concatenate(floats)).astype("<i2").tobytes()
+    assert max(np.frombuffer(b"".join(s16), "<i2")) == 32767  # clipped, not wrapped

@@ -79,7 +79,8 @@ def _int16_bytes(x: np.ndarray) -> bytes:
 
 
 class Encoder:
-    """float32 chunks at the engine's rate → ``fmt`` at ``rate``; ``streamed``: bytes as they exist."""
+    """float32 chunks at the engine's rate → ``fmt`` at ``rate``; ``streamed``: bytes as they exist. pcm and wav at
+    the engine's own rate also take 16-bit little-endian bytes (``engine.process.S16LE``): they pass through."""
 
     def __init__(self, fmt: str, in_rate: int, rate: int, streamed: bool) -> None:
         self.fmt = fmt
@@ -109,14 +110,18 @@ class Encoder:
             return encode_g711(float_to_int16(x), "PCMU")
         if self.fmt == "alaw":
             return encode_g711(float_to_int16(x), "PCMA")
-        data = _int16_bytes(x)
+        return self._pcm(_int16_bytes(x))
+
+    def _pcm(self, data: bytes) -> bytes:
         self._pcm_bytes += len(data)
         if self.fmt == "wav" and self.streamed and not self._started:
             data = wav_header(self.rate, None) + data
         self._started = True
         return data
 
-    def encode(self, chunk: np.ndarray) -> bytes:
+    def encode(self, chunk: np.ndarray | bytes) -> bytes:
+        if isinstance(chunk, bytes):  # 16-bit already (pcm or wav at the engine's rate: see speech._S16)
+            return self._pcm(chunk)
         return self._bytes(self._resampler.process(chunk))
 
     def finish(self) -> bytes:

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.base import EngineError, VoiceSpec
+from engine.process import S16LE
 
 from .audio import CONTENT_TYPES, OPENAI_FORMATS, Encoder
 from .context import ApiContext
@@ -20,6 +21,7 @@ from .errors import ApiError, responses
 
 log = logging.getLogger("sip_tts.api")
 MAX_INPUT = 4096  # characters, as OpenAI's limit
+_S16 = ("pcm", "wav")  # at the engine's own rate these are its 16-bit samples: made in the engine's process (S16LE)
 OPENAI_RATE = 24000  # every OpenAI format is 24 kHz (pcm: 24 kHz 16-bit little-endian mono)
 
 
@@ -213,7 +215,8 @@ async def speech_response(ctx: ApiContext, body: SpeechRequest) -> Response:
     voice = _voice(ctx, body.voice, body.speed)
     ctx.admit()
     try:
-        chunks, first, timing = await _start(ctx, body.input, voice, None, "speech")
+        codec = S16LE if body.response_format in _S16 and ctx.engine.sample_rate == OPENAI_RATE else None
+        chunks, first, timing = await _start(ctx, body.input, voice, codec, "speech")
     except BaseException:
         ctx.done()
         raise
@@ -255,6 +258,8 @@ async def _synth(ctx: ApiContext, text: str, voice_name: str, fmt: str, rate: in
     voice = ctx.voices.get(voice_name)
     # G.711 at 8 kHz: the line audio of a call, made exactly as a call's (engine.stream_line or encode_line)
     codec = {"mulaw": "PCMU", "alaw": "PCMA"}.get(fmt) if rate == 8000 else None
+    if fmt in _S16 and rate == ctx.engine.sample_rate:
+        codec = S16LE
     ctx.admit()
     try:
         chunks, first, timing = await _start(ctx, text, voice, codec, endpoint)
@@ -262,7 +267,8 @@ async def _synth(ctx: ApiContext, text: str, voice_name: str, fmt: str, rate: in
         ctx.done()
         raise
     ctx.metrics.requests.labels(endpoint, "200").inc()
-    enc = None if codec else Encoder(fmt, ctx.engine.sample_rate, rate, streamed=stream and fmt != "flac")
+    enc = None if codec in ("PCMU", "PCMA") else Encoder(fmt, ctx.engine.sample_rate, rate,
+                                                          streamed=stream and fmt != "flac")
     headers = {**_timing_headers(timing), "X-Sample-Rate": str(rate)}
     media = CONTENT_TYPES[fmt]
     audio = _encoded(ctx, chunks, first, enc)
