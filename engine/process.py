@@ -46,7 +46,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from .audio import LINE_CODECS, encode_line, float_to_int16
+from .audio import LINE_CODECS, encode_line, float_to_s16le
 from .base import EngineBase, EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ async def _serve(conn: Connection, engine) -> None:  # type: ignore[no-untyped-d
         try:
             if codec == S16LE:
                 async for chunk in engine.stream(text, voice, background):
-                    conn.send(("chunk", rid, float_to_int16(np.asarray(chunk, dtype=np.float32)).astype("<i2").tobytes()))
+                    conn.send(("chunk", rid, float_to_s16le(np.asarray(chunk, dtype=np.float32))))
             elif codec:
                 async for data in encode_line(engine.stream(text, voice, background), engine.sample_rate, codec):
                     conn.send(("chunk", rid, data))

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import soundfile
 
-from engine.audio import StreamingResampler, encode_g711, float_to_int16
+from engine.audio import StreamingResampler, encode_g711, float_to_int16, float_to_s16le
 
 CONTENT_TYPES = {
     "wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
@@ -70,14 +70,6 @@ def wav_header(rate: int, data_bytes: int | None, width: int = 2, fmt: int = 1) 
             b"data" + struct.pack("<I", data))
 
 
-def _int16_bytes(x: np.ndarray) -> bytes:
-    """``float_to_int16(x)`` as little-endian bytes, in one scratch array (every API chunk passes here)."""
-    y = np.clip(x, -1.0, 1.0)
-    y *= 32767.0
-    np.rint(y, out=y)
-    return y.astype("<i2").tobytes()
-
-
 class Encoder:
     """float32 chunks at the engine's rate → ``fmt`` at ``rate``; ``streamed``: bytes as they exist. pcm and wav at
     the engine's own rate also take 16-bit little-endian bytes (``engine.process.S16LE``): they pass through."""
@@ -110,7 +102,7 @@ class Encoder:
             return encode_g711(float_to_int16(x), "PCMU")
         if self.fmt == "alaw":
             return encode_g711(float_to_int16(x), "PCMA")
-        return self._pcm(_int16_bytes(x))
+        return self._pcm(float_to_s16le(x))
 
     def _pcm(self, data: bytes) -> bytes:
         self._pcm_bytes += len(data)

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from engine.audio import encode_line, float_to_int16
+from engine.audio import encode_line, float_to_s16le
 from engine.base import TtsEngine, VoiceSpec
 from engine.process import FIRST_ARRIVAL, S16LE
 
@@ -188,6 +188,6 @@ async def _s16(chunks: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
     """An engine in this process: its chunks as 16-bit little-endian bytes (what ``stream_s16`` gives)."""
     try:
         async for chunk in chunks:
-            yield float_to_int16(chunk).astype("<i2").tobytes()
+            yield float_to_s16le(chunk)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
