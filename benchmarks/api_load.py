@@ -284,7 +284,8 @@ def render(report: dict) -> str:
              "host's load).", "",
              "| API on (server) | streams | requests | TTFB client p50 / p95 ms | TTFB kernel p50 / p95 ms | "
              "engine first audio p50 / p95 ms | of it waiting for a slot p50 / p95 | API overhead (client) p50 / "
-             "p95 ms | API overhead (kernel) p50 / p95 ms | from arrival (kernel) p50 / p95 ms | loop CPU ms / request |",
+             "p95 ms | API overhead (kernel) p50 / p95 ms | from arrival (kernel) p50 / p95 ms | "
+             "loop CPU ms / request |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, rows in report["ttfb"].items():
         for r in rows:

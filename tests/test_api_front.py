@@ -124,7 +124,8 @@ def test_a_well_formed_request_skips_the_app_and_gets_what_the_app_sends(path, o
         assert short[0] == full[0] == 200
         assert short[2] == full[2] and len(short[2]) > 1000
         drop = ("x-first-audio-ms", "x-queue-ms")  # this request's own times
-        assert {k: v for k, v in short[1].items() if k not in drop} == {k: v for k, v in full[1].items() if k not in drop}
+        same = {k: v for k, v in full[1].items() if k not in drop}
+        assert {k: v for k, v in short[1].items() if k not in drop} == same
         assert ctx.active == 0 and ctx.engine.api_active == 0  # both requests gave their slots back
 
     asyncio.run(run())
@@ -155,7 +156,8 @@ PASSED_ON = [  # (messages, headers, status): the front does not take these; the
 ]
 
 
-@pytest.mark.parametrize("messages,headers,status", PASSED_ON, ids=[f"{s}-{i}" for i, (_, _, s) in enumerate(PASSED_ON)])
+@pytest.mark.parametrize("messages,headers,status", PASSED_ON,
+                         ids=[f"{s}-{i}" for i, (_, _, s) in enumerate(PASSED_ON)])
 def test_what_the_front_does_not_take_reaches_the_app_whole(messages, headers, status):
     async def run() -> None:
         front, inner, engine, _ = _apps()

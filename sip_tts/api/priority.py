@@ -131,9 +131,9 @@ class CallsFirst:
                          timing: dict | None = None) -> AsyncIterator:
         """An API utterance: float32 chunks at the engine's rate, or with ``codec`` 8 kHz G.711 bytes exactly as a
         call gets them, or with ``S16LE`` 16-bit little-endian bytes at the engine's rate (made in the engine's
-        process where it runs in one). ``timing`` receives ``queued`` (waiting for a slot) and ``first`` (to the first chunk),
-        in seconds, and with an engine in its own process ``arrived``: to that chunk's arrival in this process,
-        before the loop handed it on.
+        process where it runs in one). ``timing`` receives ``queued`` (waiting for a slot) and ``first`` (to the
+        first chunk), in seconds, and with an engine in its own process ``arrived``: to that chunk's arrival in
+        this process, before the loop handed it on.
 
         The first chunk goes out at once (time to first audio); after it, pieces of >= COALESCE_S: the work
         above (encoding, HTTP, the loop's wake-ups) is per piece, and an engine faster than real time
