@@ -277,8 +277,8 @@ def render(report: dict) -> str:
              "generator's own work on the other streams included). TTFB (kernel): the request's last byte in the "
              "kernel to the first audio byte's arrival in the kernel (SO_TIMESTAMPNS), the server's part alone. "
              "API overhead: each minus the engine's first audio of the same request (X-First-Audio-Ms: from the "
-             "hand-over to the engine to the request's task getting its first chunk). From arrival: TTFB (kernel) minus "
-             "the hand-over to that chunk's arrival in the server process (X-First-Audio-Arrived-Ms, engine in its "
+             "hand-over to the engine to the request's task getting its first chunk). From arrival: TTFB (kernel) "
+             "minus the hand-over to that chunk's arrival in the server process (X-First-Audio-Arrived-Ms, engine in its "
              "own process), so the loop handing a batch's first chunks on one after another counts as overhead too. "
              "Loop CPU: the server's event-loop thread's CPU time per request (its whole stream; independent of the "
              "host's load).", "",
@@ -424,7 +424,8 @@ def run_mode(a: argparse.Namespace, mode: str, roots: dict[str, Path], tmp: Path
                       f"engine {r['engine_first_ms']['p50']:.1f}/{r['engine_first_ms']['p95']:.1f}, overhead "
                       f"{r['overhead_ms']['p50']:.2f}/{r['overhead_ms']['p95']:.2f} ms, kernel "
                       f"{r['overhead_kernel_ms']['p50']:.2f}/{r['overhead_kernel_ms']['p95']:.2f} ms, from arrival "
-                      f"{r['overhead_arrived_kernel_ms']['p50']:.2f}/{r['overhead_arrived_kernel_ms']['p95']:.2f} ms, loop CPU "
+                      f"{r['overhead_arrived_kernel_ms']['p50']:.2f}/{r['overhead_arrived_kernel_ms']['p95']:.2f} ms, "
+                      f"loop CPU "
                       f"{r['loop_cpu_ms_per_request']:.2f} ms/request", flush=True)
         if a.no_calls:
             return
