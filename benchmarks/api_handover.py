@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -163,6 +164,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bare", action="store_true", help="a bare ASGI app: uvicorn's part alone")
     ap.add_argument("--fastapi", action="store_true", help="the FastAPI app alone, without the synthesis front")
+    ap.add_argument("--out", help="append the result (JSON, one line) to this file")
     a = ap.parse_args()
     import gc
     import logging
@@ -177,9 +179,20 @@ def main() -> int:
         runs.append(asyncio.run(_run(a.requests, a.bare, a.fastapi)))
     hand = sorted(r[0] * 1e6 for r in runs)
     first = sorted(r[1] * 1e6 for r in runs)
-    print(json.dumps({"requests": a.requests, "handover_us_per_request": {"min": round(hand[0], 1),
-                      "median": round(hand[len(hand) // 2], 1)}, "first_chunk_us_per_stream": {
-                      "min": round(first[0], 1), "median": round(first[len(first) // 2], 1)}}))
+    row = {"requests": a.requests, "app": "bare ASGI" if a.bare else "FastAPI alone" if a.fastapi else "server's",
+           "handover_us_per_request": {"min": round(hand[0], 1), "median": round(hand[len(hand) // 2], 1)},
+           "first_chunk_us_per_stream": {"min": round(first[0], 1), "median": round(first[len(first) // 2], 1)}}
+    print(json.dumps(row))
+    if a.out:  # appended: one line per run (the configurations side by side)
+        import platform
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        row.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit=commit,
+                   host=f"{platform.node()} ({os.cpu_count()} CPUs)", command=" ".join(["python", *sys.argv]))
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
     return 0
 
 
