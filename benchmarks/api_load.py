@@ -195,6 +195,7 @@ async def stream(url: str, text: str) -> dict:
         return {"ttfb_ms": (first - t0) * 1e3 if first else float("nan"), "total_ms": (time.perf_counter() - t0) * 1e3,
                 "ttfb_kernel_ms": (first_kernel - sent) * 1e3 if first_kernel else float("nan"),
                 "engine_first_ms": float(headers["x-first-audio-ms"]), "queue_ms": float(headers["x-queue-ms"]),
+                "engine_arrived_ms": float(headers.get("x-first-audio-arrived-ms", "nan")),  # (trees before it: nan)
                 "audio_s": n / 2 / 24000}
     finally:
         sock.close()
@@ -220,9 +221,13 @@ def summarize(n: int, results: list[dict]) -> dict:
                  "errors": [r["error"] for r in results if "error" in r][:5]}
     overhead = [r["ttfb_ms"] - r["engine_first_ms"] for r in ok]
     overhead_kernel = [r["ttfb_kernel_ms"] - r["engine_first_ms"] for r in ok]
+    # from the first audio's arrival in the server process: the loop's hand-on of a batch's chunks counted too
+    overhead_arrived = [r["ttfb_kernel_ms"] - r.get("engine_arrived_ms", float("nan")) for r in ok]
+    overhead_arrived = [] if any(np.isnan(overhead_arrived)) else overhead_arrived
     for key, vals in (("ttfb_ms", [r["ttfb_ms"] for r in ok]), ("engine_first_ms", [r["engine_first_ms"] for r in ok]),
                       ("queue_ms", [r["queue_ms"] for r in ok]), ("overhead_ms", overhead),
                       ("ttfb_kernel_ms", [r["ttfb_kernel_ms"] for r in ok]), ("overhead_kernel_ms", overhead_kernel),
+                      ("overhead_arrived_kernel_ms", overhead_arrived),
                       ("total_ms", [r["total_ms"] for r in ok])):
         row[key] = {"p50": pct(vals, 50), "p95": pct(vals, 95), "max": max(vals) if vals else float("nan")}
     row["audio_s_per_request"] = pct([r["audio_s"] for r in ok], 50)
@@ -271,21 +276,29 @@ def render(report: dict) -> str:
              "TTFB (client): before connecting to this client's loop reading the first audio byte (the load "
              "generator's own work on the other streams included). TTFB (kernel): the request's last byte in the "
              "kernel to the first audio byte's arrival in the kernel (SO_TIMESTAMPNS), the server's part alone. "
-             "API overhead: each minus the engine's first audio of the same request (X-First-Audio-Ms). Loop CPU: the "
-             "server's event-loop thread's CPU time per request (its whole stream; independent of the host's load).", "",
+             "API overhead: each minus the engine's first audio of the same request (X-First-Audio-Ms: from the "
+             "hand-over to the engine to the request's task getting its first chunk). From arrival: TTFB (kernel) "
+             "minus the hand-over to that chunk's arrival in the server process (X-First-Audio-Arrived-Ms, engine in its "
+             "own process), so the loop handing a batch's first chunks on one after another counts as overhead too. "
+             "Loop CPU: the server's event-loop thread's CPU time per request (its whole stream; independent of the "
+             "host's load).", "",
              "| API on (server) | streams | requests | TTFB client p50 / p95 ms | TTFB kernel p50 / p95 ms | "
              "engine first audio p50 / p95 ms | of it waiting for a slot p50 / p95 | API overhead (client) p50 / "
-             "p95 ms | API overhead (kernel) p50 / p95 ms | loop CPU ms / request |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "p95 ms | API overhead (kernel) p50 / p95 ms | from arrival (kernel) p50 / p95 ms | "
+             "loop CPU ms / request |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, rows in report["ttfb"].items():
         for r in rows:
             k = r.get("ttfb_kernel_ms", {"p50": float("nan"), "p95": float("nan")})
             ok = r.get("overhead_kernel_ms", {"p50": float("nan"), "p95": float("nan")})
+            arr = r.get("overhead_arrived_kernel_ms", {"p50": float("nan"), "p95": float("nan")})
             lines.append(f"| {mode} | {r['streams']} | {r['ok']}/{r['requests']} | {r['ttfb_ms']['p50']:.1f} / "
                          f"{r['ttfb_ms']['p95']:.1f} | {k['p50']:.1f} / {k['p95']:.1f} | "
                          f"{r['engine_first_ms']['p50']:.1f} / "
                          f"{r['engine_first_ms']['p95']:.1f} | {r['queue_ms']['p50']:.1f} / {r['queue_ms']['p95']:.1f}"
                          f" | {r['overhead_ms']['p50']:.2f} / {r['overhead_ms']['p95']:.2f} | {ok['p50']:.2f} / "
-                         f"{ok['p95']:.2f} | {r.get('loop_cpu_ms_per_request', float('nan')):.2f} |")
+                         f"{ok['p95']:.2f} | {arr['p50']:.2f} / {arr['p95']:.2f} | "
+                         f"{r.get('loop_cpu_ms_per_request', float('nan')):.2f} |")
     lines += ["", f"## {report['args']['calls']} calls ({report['args']['prompt']} prompt), alone and beside API streams",
               "",
               "| API on | API streams | calls ok | call first audio p50 / p95 ms | RTP gaps > 30 ms (late / skipped"
@@ -382,7 +395,7 @@ def run_mode(a: argparse.Namespace, mode: str, roots: dict[str, Path], tmp: Path
     servers: dict[str, tuple[subprocess.Popen, int, str]] = {}
     try:
         for suffix, root in roots.items():
-            work = tmp / f"{mode}{suffix.replace(' ', '_')}"
+            work = tmp / f"{mode}{suffix.replace(' ', '_').replace('/', '_')}"  # (REV may be a path)
             work.mkdir()
             proc, sip_port, api_port = start_server(work, a, own_thread=mode == "thread", root=root)
             servers[mode + suffix] = (proc, sip_port, f"http://127.0.0.1:{api_port}")
@@ -410,7 +423,9 @@ def run_mode(a: argparse.Namespace, mode: str, roots: dict[str, Path], tmp: Path
                 print(f"{label} N={n}: TTFB p50/p95 {r['ttfb_ms']['p50']:.1f}/{r['ttfb_ms']['p95']:.1f} ms, "
                       f"engine {r['engine_first_ms']['p50']:.1f}/{r['engine_first_ms']['p95']:.1f}, overhead "
                       f"{r['overhead_ms']['p50']:.2f}/{r['overhead_ms']['p95']:.2f} ms, kernel "
-                      f"{r['overhead_kernel_ms']['p50']:.2f}/{r['overhead_kernel_ms']['p95']:.2f} ms, loop CPU "
+                      f"{r['overhead_kernel_ms']['p50']:.2f}/{r['overhead_kernel_ms']['p95']:.2f} ms, from arrival "
+                      f"{r['overhead_arrived_kernel_ms']['p50']:.2f}/{r['overhead_arrived_kernel_ms']['p95']:.2f} ms, "
+                      f"loop CPU "
                       f"{r['loop_cpu_ms_per_request']:.2f} ms/request", flush=True)
         if a.no_calls:
             return

@@ -84,6 +84,14 @@ def float_to_int16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
+def float_to_s16le(x: np.ndarray) -> bytes:
+    """``float_to_int16(x)`` as little-endian bytes, in one scratch array (every HTTP API chunk is made so)."""
+    y = np.clip(x, -1.0, 1.0)
+    y *= 32767.0
+    np.rint(y, out=y)
+    return y.astype("<i2").tobytes()
+
+
 # -- resampling ---------------------------------------------------------------------
 class StreamingResampler:
     """Band-limited resampling of a stream, chunk by chunk, with state kept between chunks.

@@ -10,7 +10,8 @@ its own interpreter, and the server's loop only receives finished chunks.
 Wire: one ``multiprocessing`` pipe. Server → engine: ``("stream", id, text,
 voice, background, codec)``, ``("cancel", id)``, ``("close",)``. Engine → server:
 ``("ready", sample rate)`` or ``("failed", why)`` once; then ``("chunk", id, bytes)``
-(float32 at the engine's rate, or with a ``codec`` the line audio: 8 kHz G.711),
+(float32 at the engine's rate; with a ``codec`` the line audio, 8 kHz G.711, or ``S16LE``: 16-bit at the
+engine's rate, for the HTTP API's pcm and wav: half the bytes, and no conversion on the server's loop),
 ``("end", id)``, ``("error", id, why)`` and every half second ``("stats",
 EngineStats, queue depth)``. A reader thread on each side turns messages into
 event-loop callbacks; only the loop thread writes.
@@ -31,23 +32,30 @@ is down, ``available`` is False (the server answers new calls 503).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import itertools
 import logging
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import AsyncIterator
 
 import numpy as np
 
-from .audio import LINE_CODECS, encode_line
+from .audio import LINE_CODECS, encode_line, float_to_s16le
 from .base import EngineBase, EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
 DRAIN_BATCH = 4  # engine messages handled per event-loop iteration
+S16LE = "S16LE"  # stream_s16's wire codec: 16-bit little-endian at the engine's own rate
+# When a stream's first chunk reached this process (perf_counter, taken by the reader thread), set in the context
+# of the task reading the stream as that chunk is handed to it: the engine's own first audio, before this process's
+# loop handed it on (a batch's chunks are handed on one after another; benchmarks/api_load.py reports both)
+FIRST_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("engine_first_arrival", default=None)
 
 
 def _resolve(target: str) -> object:
@@ -73,7 +81,8 @@ class EngineProcess(EngineBase):
         self._stats = EngineStats()
         self._depth = 0
         self._starting: asyncio.Future | None = None
-        self._arrived: deque[tuple] = deque()  # messages from the reader thread, not yet handled
+        self._arrived: deque[tuple] = deque()  # (message, arrival) from the reader thread, not yet handled
+        self._first_at: dict[int, float] = {}  # a stream's first chunk's arrival, until its reader has it
         self._lock = threading.Lock()
         self._draining = False
         self._down_until = 0.0  # loop time before which no new process is started
@@ -141,7 +150,7 @@ class EngineProcess(EngineBase):
                 proc.join(5)  # reap it here, not on the event loop, and learn why
                 msg = ("died", conn, proc.exitcode)  # after every message it sent, in order
             with self._lock:
-                self._arrived.append(msg)
+                self._arrived.append((msg, time.perf_counter()))
                 wake = not self._draining
                 self._draining = True
             if wake:
@@ -163,11 +172,11 @@ class EngineProcess(EngineBase):
                 if not self._arrived:
                     self._draining = False
                     return
-                msg = self._arrived.popleft()
-            self._dispatch(msg)
+                msg, at = self._arrived.popleft()
+            self._dispatch(msg, at)
         asyncio.get_running_loop().call_soon(self._drain)
 
-    def _dispatch(self, msg: tuple) -> None:
+    def _dispatch(self, msg: tuple, at: float = 0.0) -> None:
         kind = msg[0]
         if kind == "died":
             self._died(msg[1], msg[2])
@@ -179,6 +188,7 @@ class EngineProcess(EngineBase):
         if q is None:
             return  # cancelled meanwhile
         if kind == "chunk":
+            self._first_at.setdefault(msg[1], at)
             q.put_nowait(msg[2])
         elif kind == "end":
             q.put_nowait(None)
@@ -263,12 +273,18 @@ class EngineProcess(EngineBase):
         async for data in self._request(text, voice, background, codec):
             yield data
 
+    async def stream_s16(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[bytes]:
+        """The speech as 16-bit little-endian at the engine's rate, converted in the child (the HTTP API's pcm/wav)."""
+        async for data in self._request(text, voice, background, S16LE):
+            yield data
+
     async def _request(self, text: str, voice: VoiceSpec, background: bool, codec: str | None) -> AsyncIterator[bytes]:
         await self.start()
         rid = next(self._ids)
         q: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = q
         finished = False
+        first = True
         try:
             self._send(("stream", rid, text, voice, background, codec))
             while True:
@@ -279,9 +295,13 @@ class EngineProcess(EngineBase):
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                if first:
+                    FIRST_ARRIVAL.set(self._first_at.get(rid))
+                    first = False
                 yield item
         finally:
             self._streams.pop(rid, None)
+            self._first_at.pop(rid, None)
             if not finished and self._conn is not None:
                 try:
                     self._send(("cancel", rid))
@@ -336,7 +356,10 @@ async def _serve(conn: Connection, engine) -> None:  # type: ignore[no-untyped-d
 
     async def run(rid: int, text: str, voice: VoiceSpec, background: bool, codec: str | None) -> None:
         try:
-            if codec:
+            if codec == S16LE:
+                async for chunk in engine.stream(text, voice, background):
+                    conn.send(("chunk", rid, float_to_s16le(np.asarray(chunk, dtype=np.float32))))
+            elif codec:
                 async for data in encode_line(engine.stream(text, voice, background), engine.sample_rate, codec):
                     conn.send(("chunk", rid, data))
             else:

@@ -281,7 +281,10 @@ def test_429_over_max_concurrent_and_a_disconnect_frees_the_engine(tmp_path):
 def test_engine_down_is_503(tmp_path):
     body = speech("Hello.")
     with api_server(tmp_path, extra_yaml="engine:\n  kind: espeak\n  process: true\n") as s:
-        assert httpx.post(s.url + "/v1/audio/speech", json=body, timeout=30).status_code == 200
+        r = httpx.post(s.url + "/v1/audio/speech", json=body, timeout=30)
+        assert r.status_code == 200
+        # the engine in its own process: when its first audio reached the server, before the loop handed it on
+        assert 0 < float(r.headers["x-first-audio-arrived-ms"]) <= float(r.headers["x-first-audio-ms"])
         os.kill(engine_child(s.srv.proc.pid), signal.SIGKILL)
         statuses = []
         deadline = time.monotonic() + 15
@@ -366,3 +369,15 @@ def test_schemathesis_finds_no_5xx_and_nothing_outside_the_schema(api, tmp_path)
         capture_output=True, text=True, timeout=90, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"})
     assert res.returncode == 0, res.stdout[-4000:]
     assert "passed" in res.stdout.lower() or "no issues" in res.stdout.lower(), res.stdout[-2000:]
+
+
+def test_own_thread_mode_streams_the_whole_utterance(tmp_path, engine_seconds):
+    """``api.own_thread``: HTTP on its own loop, the utterance on the engine's, every chunk handed across."""
+    with api_server(tmp_path, api_yaml="  own_thread: true\n") as s:
+        with httpx.stream("POST", s.url + "/v1/audio/speech", json=speech(TEXT, "pcm"), timeout=30) as r:
+            assert r.status_code == 200
+            body = b"".join(r.iter_bytes())
+        assert abs(len(body) / 2 / 24000 - engine_seconds) < 0.05
+        r = httpx.post(s.url + "/v1/synthesize/telephony", json={"text": TEXT}, timeout=30)
+        assert r.status_code == 200 and abs(len(r.content) / 8000 - engine_seconds) < 0.05
+        assert httpx.post(s.url + "/v1/audio/speech", json=speech("hi", voice="nobody")).status_code == 404

@@ -163,3 +163,16 @@ def test_a_long_api_text_goes_in_pieces_and_a_caller_gets_in_between():
         assert await api == 2 * 8080 and inner.started[-1] == gate.parts(text)[1]
 
     asyncio.run(run())
+
+
+def test_s16le_bytes_are_float_to_int16s():
+    """The API's (and the engine process's S16LE) conversion: the same samples as float_to_int16, rounding and
+    clipping included."""
+    from engine.audio import float_to_int16, float_to_s16le
+
+    rng = np.random.default_rng(7)
+    ties = np.array([0.5, 1.5, -0.5, 2.5, -2.5], np.float32) / 32767  # round half to even, as numpy's round
+    for x in (rng.uniform(-1.5, 1.5, 48000).astype(np.float32), rng.uniform(-1.5, 1.5, 999), ties,
+              np.zeros(0, np.float32)):
+        assert float_to_s16le(x) == float_to_int16(x).astype("<i2").tobytes()
+    assert np.frombuffer(float_to_s16le(np.array([2.0, -2.0], np.float32)), "<i2").tolist() == [32767, -32767]

@@ -140,3 +140,77 @@ def test_line_audio_is_encoded_in_the_child_as_the_server_would():
     a, b = decode_g711(line, "PCMA"), decode_g711(here, "PCMA")
     assert abs(20 * np.log10(rms(a) / rms(b))) < 1.0
     assert len(line) * 10 < floats.nbytes  # 1 byte per 8 kHz sample vs 4 per 22.05 kHz sample
+
+
+def test_a_streams_first_chunk_is_stamped_on_arrival_for_its_reader():
+    """FIRST_ARRIVAL: when the first chunk reached this process (before the loop handed it on), set for the task
+    reading the stream; the HTTP API reports it (X-First-Audio-Arrived-Ms)."""
+    import time
+
+    from engine.process import FIRST_ARRIVAL
+
+    async def run() -> None:
+        eng = EngineProcess("espeak", 22050, "engine.espeak:EspeakEngine")
+        await eng.start()
+        try:
+            t0 = time.perf_counter()
+            chunks = eng.stream("Stamped on arrival.", VoiceSpec())
+            await chunks.__anext__()
+            got = time.perf_counter()
+            arrived = FIRST_ARRIVAL.get()
+            assert arrived is not None and t0 < arrived <= got
+            async for _ in chunks:
+                pass
+            assert eng._first_at == {}  # nothing kept once the stream is done
+        finally:
+            await eng.close()
+
+    asyncio.run(run())
+
+
+class Sweep:
+    """A deterministic engine for the child (espeak-ng is not sample-identical between renderings): a rising
+    tone past full scale in 0.1 s chunks, so rounding and clipping are both compared."""
+
+    name = "sweep"
+    sample_rate = 24000
+
+    def __init__(self) -> None:
+        from engine.base import EngineStats
+
+        self.stats = EngineStats()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def queue_depth(self) -> int:
+        return 0
+
+    async def stream(self, text: str, voice: VoiceSpec, background: bool = False):
+        t = np.arange(24000) / 24000
+        x = (1.3 * t * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for i in range(0, len(x), 2400):
+            yield x[i:i + 2400]
+
+
+def test_stream_s16_is_the_float_stream_as_16_bit_made_in_the_child():
+    """The HTTP API's pcm/wav at the engine's rate: converted in the engine's process, the same samples."""
+    from engine.audio import float_to_int16
+
+    async def run() -> tuple[list, list]:
+        eng = EngineProcess("sweep", 24000, "tests.test_engine_process:Sweep")
+        await eng.start()
+        try:
+            floats = [c async for c in eng.stream("any", VoiceSpec())]
+            s16 = [c async for c in eng.stream_s16("any", VoiceSpec())]
+        finally:
+            await eng.close()
+        return floats, s16
+
+    floats, s16 = asyncio.run(run())
+    assert len(s16) == len(floats) == 10 and all(isinstance(c, bytes) for c in s16)
+    assert b"".join(s16) == float_to_int16(np.concatenate(floats)).astype("<i2").tobytes()
+    assert max(np.frombuffer(b"".join(s16), "<i2")) == 32767  # clipped, not wrapped

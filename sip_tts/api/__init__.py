@@ -59,6 +59,7 @@ async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFir
 
     from .app import create_app, create_ops_app
     from .context import ApiContext, ApiMetrics, Voices
+    from .front import SynthesisFront
     from .server import HttpServer, bind
 
     servers: list = []
@@ -75,7 +76,8 @@ async def start_http(cfg: ServerConfig, prompts: PromptsConfig, engine: CallsFir
                              engine_loop=asyncio.get_running_loop() if cfg.api.own_thread else None,
                              live=None if cfg.api.own_thread else live,  # live calls: on the calls' loop only
                              outbound=outbound)
-            api = HttpServer(create_app(ctx), bind(cfg.api.listen), cfg.api.own_thread)
+            front = SynthesisFront(create_app(ctx), ctx)  # the synthesis POSTs' short way, FastAPI behind it
+            api = HttpServer(front, bind(cfg.api.listen), cfg.api.own_thread)
             await api.start()
             servers.append(api)
             port = api.port

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import soundfile
 
-from engine.audio import StreamingResampler, encode_g711, float_to_int16
+from engine.audio import StreamingResampler, encode_g711, float_to_int16, float_to_s16le
 
 CONTENT_TYPES = {
     "wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
@@ -71,7 +71,8 @@ def wav_header(rate: int, data_bytes: int | None, width: int = 2, fmt: int = 1) 
 
 
 class Encoder:
-    """float32 chunks at the engine's rate → ``fmt`` at ``rate``; ``streamed``: bytes as they exist."""
+    """float32 chunks at the engine's rate → ``fmt`` at ``rate``; ``streamed``: bytes as they exist. pcm and wav at
+    the engine's own rate also take 16-bit little-endian bytes (``engine.process.S16LE``): they pass through."""
 
     def __init__(self, fmt: str, in_rate: int, rate: int, streamed: bool) -> None:
         self.fmt = fmt
@@ -97,19 +98,22 @@ class Encoder:
             if len(x):
                 self._file.write(x)
             return self._sink.take() if self.streamed else b""  # type: ignore[union-attr]
-        pcm = float_to_int16(x)
         if self.fmt == "mulaw":
-            return encode_g711(pcm, "PCMU")
+            return encode_g711(float_to_int16(x), "PCMU")
         if self.fmt == "alaw":
-            return encode_g711(pcm, "PCMA")
-        data = pcm.astype("<i2").tobytes()
+            return encode_g711(float_to_int16(x), "PCMA")
+        return self._pcm(float_to_s16le(x))
+
+    def _pcm(self, data: bytes) -> bytes:
         self._pcm_bytes += len(data)
         if self.fmt == "wav" and self.streamed and not self._started:
             data = wav_header(self.rate, None) + data
         self._started = True
         return data
 
-    def encode(self, chunk: np.ndarray) -> bytes:
+    def encode(self, chunk: np.ndarray | bytes) -> bytes:
+        if isinstance(chunk, bytes):  # 16-bit already (pcm or wav at the engine's rate: see speech._S16)
+            return self._pcm(chunk)
         return self._bytes(self._resampler.process(chunk))
 
     def finish(self) -> bytes:

@@ -111,12 +111,15 @@ class ApiContext:
         self.active -= 1
         self.metrics.active.set(self.active)
 
-    async def run_stream(self, text: str, voice: VoiceSpec, codec: str | None, timing: dict) -> AsyncIterator:
-        """The engine's chunks for this utterance, on the loop this request runs on."""
+    def run_stream(self, text: str, voice: VoiceSpec, codec: str | None, timing: dict) -> AsyncIterator:
+        """The engine's chunks for this utterance, on the loop this request runs on (the gate's own iterator
+        when that is the engine's loop: no layer between them for every chunk to pass)."""
         if self.engine_loop is None:
-            async for item in self.engine.api_stream(text, voice, codec, timing):
-                yield item
-            return
+            return self.engine.api_stream(text, voice, codec, timing)
+        return self._across(text, voice, codec, timing)
+
+    async def _across(self, text: str, voice: VoiceSpec, codec: str | None, timing: dict) -> AsyncIterator:
+        """``own_thread``: the utterance runs on the engine's loop, its chunks handed over to this one."""
         here = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         end = object()

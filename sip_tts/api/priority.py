@@ -16,8 +16,9 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
-from engine.audio import encode_line
+from engine.audio import encode_line, float_to_s16le
 from engine.base import TtsEngine, VoiceSpec
+from engine.process import FIRST_ARRIVAL, S16LE
 
 
 COALESCE_S = 0.1  # API audio after the first chunk goes on in pieces of at least this long
@@ -129,13 +130,16 @@ class CallsFirst:
     async def api_stream(self, text: str, voice: VoiceSpec, codec: str | None = None,
                          timing: dict | None = None) -> AsyncIterator:
         """An API utterance: float32 chunks at the engine's rate, or with ``codec`` 8 kHz G.711 bytes exactly as a
-        call gets them. ``timing`` receives ``queued`` (waiting for a slot) and ``first`` (to the first chunk),
-        in seconds.
+        call gets them, or with ``S16LE`` 16-bit little-endian bytes at the engine's rate (made in the engine's
+        process where it runs in one). ``timing`` receives ``queued`` (waiting for a slot) and ``first`` (to the
+        first chunk), in seconds, and with an engine in its own process ``arrived``: to that chunk's arrival in
+        this process, before the loop handed it on.
 
         The first chunk goes out at once (time to first audio); after it, pieces of >= COALESCE_S: the work
         above (encoding, HTTP, the loop's wake-ups) is per piece, and an engine faster than real time
         (espeak: 20 ms chunks, ~200x) would otherwise spend the calls' loop on tiny ones."""
         t0 = time.perf_counter()
+        FIRST_ARRIVAL.set(None)
         held: list = []
         size, need, rate, sent, started = 0, 0, 8000, 0, 0.0
         for part in self.parts(text):
@@ -145,6 +149,9 @@ class CallsFirst:
             try:
                 if codec is None:
                     pieces = self.inner.stream(part, voice)
+                elif codec == S16LE:
+                    s16 = getattr(self.inner, "stream_s16", None)
+                    pieces = s16(part, voice) if s16 is not None else _s16(self.inner.stream(part, voice))
                 else:
                     line = getattr(self.inner, "stream_line", None)
                     pieces = line(part, voice, codec) if line is not None else \
@@ -153,8 +160,12 @@ class CallsFirst:
                     async for item in pieces:
                         if timing is not None and "first" not in timing:
                             timing["first"] = time.perf_counter() - t0
+                            if (arrived := FIRST_ARRIVAL.get()) is not None:
+                                timing["arrived"] = arrived - t0
                         if not started:
-                            rate = 8000 if codec else self.inner.sample_rate
+                            # units of len(item) per second of audio
+                            rate = 2 * self.inner.sample_rate if codec == S16LE else \
+                                8000 if codec else self.inner.sample_rate
                             need, started, sent = int(COALESCE_S * rate), time.perf_counter(), len(item)
                             yield item
                             continue
@@ -171,3 +182,12 @@ class CallsFirst:
                 self._release()
         if held:
             yield b"".join(held) if codec else np.concatenate(held)
+
+
+async def _s16(chunks: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
+    """An engine in this process: its chunks as 16-bit little-endian bytes (what ``stream_s16`` gives)."""
+    try:
+        async for chunk in chunks:
+            yield float_to_s16le(chunk)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]

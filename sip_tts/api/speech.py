@@ -8,11 +8,12 @@ import json
 import logging
 from typing import AsyncIterator, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.base import EngineError, VoiceSpec
+from engine.process import S16LE
 
 from .audio import CONTENT_TYPES, OPENAI_FORMATS, Encoder
 from .context import ApiContext
@@ -20,6 +21,7 @@ from .errors import ApiError, responses
 
 log = logging.getLogger("sip_tts.api")
 MAX_INPUT = 4096  # characters, as OpenAI's limit
+_S16 = ("pcm", "wav")  # at the engine's own rate these are its 16-bit samples: made in the engine's process (S16LE)
 OPENAI_RATE = 24000  # every OpenAI format is 24 kHz (pcm: 24 kHz 16-bit little-endian mono)
 
 
@@ -186,58 +188,78 @@ def build(ctx: ApiContext, auth) -> APIRouter:
     @router.post("/v1/audio/speech", responses=_audio(
         [CONTENT_TYPES[f] for f in OPENAI_FORMATS] + ["text/event-stream"]), response_class=Response,
         summary="OpenAI-compatible speech")
-    async def speech(body: SpeechRequest, request: Request) -> Response:
-        if body.model not in ctx.model_ids:
-            raise ApiError(404, f"model {body.model!r} not found (GET /v1/models lists them)", "model",
-                           "model_not_found")
-        if body.response_format not in OPENAI_FORMATS:
-            raise ApiError(400, f"response_format: {body.response_format} is not offered; use one of "
-                                f"{', '.join(OPENAI_FORMATS)}", "response_format", "unsupported_value")
-        voice = _voice(ctx, body.voice, body.speed)
-        ctx.admit()
-        try:
-            chunks, first, timing = await _start(ctx, body.input, voice, None, "speech")
-        except BaseException:
-            ctx.done()
-            raise
-        ctx.metrics.requests.labels("speech", "200").inc()
-        # FLAC goes out whole: a FLAC stream without its length in the header is refused by libsndfile's readers
-        enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE,
-                      streamed=body.response_format != "flac")
-        audio = _encoded(ctx, chunks, first, enc)
-        headers = _timing_headers(timing)
-        if body.stream_format == "sse":
-            return _Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
-                            headers={**headers, "Cache-Control": "no-cache"})
-        return _Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
+    async def speech(body: SpeechRequest) -> Response:
+        return await speech_response(ctx, body)
 
     @router.post("/v1/synthesize", responses=_audio(sorted(set(CONTENT_TYPES.values()))), response_class=Response,
                  summary="Synthesize text (any format and rate)")
-    async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
-        rate = body.sample_rate or (8000 if body.format in ("mulaw", "alaw") else 24000)
-        if body.format in ("mulaw", "alaw") and rate != 8000:
-            raise ApiError(400, f"sample_rate: {body.format} is 8000 Hz only", "sample_rate", "unsupported_value")
-        return await _synth(ctx, request, body.text, body.voice, body.format, rate, body.stream, "synthesize")
+    async def synthesize(body: SynthesizeRequest) -> Response:
+        return await synthesize_response(ctx, body)
 
     @router.post("/v1/synthesize/telephony", responses=_audio(["audio/basic"]), response_class=Response,
                  summary="8 kHz mu-law, the bytes a call gets")
-    async def telephony(body: TelephonyRequest, request: Request) -> Response:
-        return await _synth(ctx, request, body.text, body.voice, "mulaw", 8000, body.stream, "telephony")
+    async def telephony(body: TelephonyRequest) -> Response:
+        return await telephony_response(ctx, body)
 
     return router
 
 
+async def speech_response(ctx: ApiContext, body: SpeechRequest) -> Response:
+    """``POST /v1/audio/speech``: its checks, the hand-over to the engine, the response (its first audio there)."""
+    if body.model not in ctx.model_ids:
+        raise ApiError(404, f"model {body.model!r} not found (GET /v1/models lists them)", "model",
+                       "model_not_found")
+    if body.response_format not in OPENAI_FORMATS:
+        raise ApiError(400, f"response_format: {body.response_format} is not offered; use one of "
+                            f"{', '.join(OPENAI_FORMATS)}", "response_format", "unsupported_value")
+    voice = _voice(ctx, body.voice, body.speed)
+    ctx.admit()
+    try:
+        codec = S16LE if body.response_format in _S16 and ctx.engine.sample_rate == OPENAI_RATE else None
+        chunks, first, timing = await _start(ctx, body.input, voice, codec, "speech")
+    except BaseException:
+        ctx.done()
+        raise
+    ctx.metrics.requests.labels("speech", "200").inc()
+    # FLAC goes out whole: a FLAC stream without its length in the header is refused by libsndfile's readers
+    enc = Encoder(body.response_format, ctx.engine.sample_rate, OPENAI_RATE,
+                  streamed=body.response_format != "flac")
+    audio = _encoded(ctx, chunks, first, enc)
+    headers = _timing_headers(timing)
+    if body.stream_format == "sse":
+        return _Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
+                        headers={**headers, "Cache-Control": "no-cache"})
+    return _Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
+
+
+async def synthesize_response(ctx: ApiContext, body: SynthesizeRequest) -> Response:
+    rate = body.sample_rate or (8000 if body.format in ("mulaw", "alaw") else 24000)
+    if body.format in ("mulaw", "alaw") and rate != 8000:
+        raise ApiError(400, f"sample_rate: {body.format} is 8000 Hz only", "sample_rate", "unsupported_value")
+    return await _synth(ctx, body.text, body.voice, body.format, rate, body.stream, "synthesize")
+
+
+async def telephony_response(ctx: ApiContext, body: TelephonyRequest) -> Response:
+    return await _synth(ctx, body.text, body.voice, "mulaw", 8000, body.stream, "telephony")
+
+
 def _timing_headers(timing: dict) -> dict[str, str]:
-    """The engine's first audio (from the request's hand-over, its wait for a slot included) and that wait."""
-    return {"X-First-Audio-Ms": f"{timing.get('first', 0.0) * 1000:.2f}",
-            "X-Queue-Ms": f"{timing.get('queued', 0.0) * 1000:.2f}"}
+    """The engine's first audio (from the request's hand-over, its wait for a slot included) and that wait; with an
+    engine in its own process also when that audio reached the server (before its loop handed it on)."""
+    out = {"X-First-Audio-Ms": f"{timing.get('first', 0.0) * 1000:.2f}",
+           "X-Queue-Ms": f"{timing.get('queued', 0.0) * 1000:.2f}"}
+    if "arrived" in timing:
+        out["X-First-Audio-Arrived-Ms"] = f"{timing['arrived'] * 1000:.2f}"
+    return out
 
 
-async def _synth(ctx: ApiContext, request: Request, text: str, voice_name: str, fmt: str, rate: int, stream: bool,
+async def _synth(ctx: ApiContext, text: str, voice_name: str, fmt: str, rate: int, stream: bool,
                  endpoint: str) -> Response:
     voice = ctx.voices.get(voice_name)
     # G.711 at 8 kHz: the line audio of a call, made exactly as a call's (engine.stream_line or encode_line)
     codec = {"mulaw": "PCMU", "alaw": "PCMA"}.get(fmt) if rate == 8000 else None
+    if fmt in _S16 and rate == ctx.engine.sample_rate:
+        codec = S16LE
     ctx.admit()
     try:
         chunks, first, timing = await _start(ctx, text, voice, codec, endpoint)
@@ -245,7 +267,8 @@ async def _synth(ctx: ApiContext, request: Request, text: str, voice_name: str, 
         ctx.done()
         raise
     ctx.metrics.requests.labels(endpoint, "200").inc()
-    enc = None if codec else Encoder(fmt, ctx.engine.sample_rate, rate, streamed=stream and fmt != "flac")
+    enc = None if codec in ("PCMU", "PCMA") else Encoder(fmt, ctx.engine.sample_rate, rate,
+                                                          streamed=stream and fmt != "flac")
     headers = {**_timing_headers(timing), "X-Sample-Rate": str(rate)}
     media = CONTENT_TYPES[fmt]
     audio = _encoded(ctx, chunks, first, enc)
