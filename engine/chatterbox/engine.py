@@ -34,8 +34,6 @@ MIN_VOCODER_SNR_DB = 40.0  # = verify.THRESHOLDS["vocoder.dtype.audio_snr_db"]
 # Speech tokens per text token, for splitting long text: English at ~2.5 words/s is ~3.3 GPT-2
 # tokens/s against 25 speech tokens/s (7.5), rounded up so a piece's speech fits.
 SPEECH_PER_TEXT_TOKEN = 8
-WARM_UP_TEXT = "Thank you for calling, please hold the line."  # a short utterance, one piece
-WARM_UP_CHUNKS = 6
 PIECES_CACHE = 512  # texts whose split is kept (a split is a pure function of text, budget and tokenizer)
 
 
@@ -63,9 +61,6 @@ class ChatterboxOptions:
     overlap: bool = False  # S3Gen on its own CUDA stream beside T3's (scheduler docstring, "Overlap")
     t3_share: float = 1.0  # T3's GPU time between S3Gen batches, in batch durations (scheduler docstring)
     shared: SharedCacheConfig | None = None  # a fleet's Redis: voice conditioning computed once (voices.py)
-    # streams run through ``stream`` at start-up, all at once, before READY (``_warm_up``); None: the
-    # scheduler's admission group (32) on a GPU, none on a CPU
-    warm_up_streams: int | None = None
 
 
 class ChatterboxEngine(EngineBase):
@@ -83,7 +78,6 @@ class ChatterboxEngine(EngineBase):
         self.fallbacks: dict[str, float] = {}  # path -> figure, for every fast path replaced by its exact one
         self.checks_seconds = 0.0
         self.startup_seconds = 0.0
-        self.warm_up_seconds = 0.0
         self._watermarker = None
         self._marker = None  # watermark.BatchMarker: every stream's chunks marked in batches
         self._pieces: dict[tuple[str, int], tuple[str, ...]] = {}  # (text, budget) -> pieces: a repeated text splits once
@@ -91,45 +85,6 @@ class ChatterboxEngine(EngineBase):
     async def start(self) -> None:
         if self._scheduler is None:
             await asyncio.get_running_loop().run_in_executor(None, self._load)
-            await self._warm_up()
-
-    async def _warm_up(self) -> None:
-        """A burst of short utterances through ``stream``, paid before READY instead of by the first
-        callers: on an H200 the first burst of 32 API streams after start-up had its first audio
-        at 333 ms and every later one at 116 ms (engine_notes.md, runs 48-49), first-use costs the
-        captured graphs do not cover. The metrics then start from zero (they count callers' work)."""
-        import time
-
-        o = self.options
-        assert self._scheduler is not None
-        n = o.warm_up_streams if o.warm_up_streams is not None else \
-            (min(o.max_streams, self._scheduler.max_admit) if o.device.startswith("cuda") else 0)
-        if n <= 0:
-            return
-        t0 = time.perf_counter()
-
-        async def one() -> None:
-            stream = self.stream(WARM_UP_TEXT, VoiceSpec())
-            try:
-                for _ in range(WARM_UP_CHUNKS):  # the first windows of each size (10, 15, 25, 50, 75 tokens)
-                    await stream.__anext__()
-            except StopAsyncIteration:
-                pass
-            finally:
-                await stream.aclose()  # (random weights never stop: no utterance runs to max_tokens)
-
-        await asyncio.gather(*(one() for _ in range(n)))
-        sched = self._scheduler
-        for _ in range(500):  # the worker frees the closed streams' slots (and counts them) first
-            if not (sched._active or sched._pending or sched._inflight or sched.queue_depth):
-                break
-            await asyncio.sleep(0.01)
-        from .scheduler import SchedulerStats
-
-        self._scheduler.stats = SchedulerStats()
-        self.warm_up_seconds = time.perf_counter() - t0
-        self.startup_seconds += self.warm_up_seconds
-        log.info("chatterbox warm-up: %d streams at once in %.2f s", n, self.warm_up_seconds)
 
     def _load(self) -> None:
         import time

@@ -46,9 +46,6 @@ class ChatterboxSettings(BaseModel):
                                                    "the voice; a path below its threshold falls back (log + metric)")
     watermark: bool = Field(True, description="Resemble's Perth implicit watermark on all audio, as stock "
                                               "Chatterbox marks its output (needs resemble-perth)")
-    warm_up_streams: int | None = Field(None, ge=0, le=512, description="short utterances run at once at start-up, "
-                                        "before READY, so the first callers meet no first-use costs; none: 32 on "
-                                        "a GPU (one admission group), 0 on a CPU")
     overlap: bool = Field(False, description="GPU: S3Gen on its own CUDA stream beside T3's (higher priority): "
                                              "~4% more throughput, but more late frames near capacity (H100: "
                                              "64 vs 0 at 128 streams); off: T3 and S3Gen alternate")
@@ -65,7 +62,7 @@ class ChatterboxSettings(BaseModel):
     _same: ClassVar[tuple[str, ...]] = (
         "device", "dtype", "vocoder_dtype", "max_streams", "max_tokens", "temperature", "top_k", "top_p",
         "repetition_penalty", "overlap", "t3_share", "reference_attention", "cuda_graphs", "startup_checks",
-        "watermark", "seed", "warm_up_streams")
+        "watermark", "seed")
 
     def options(self, resolve: Resolve, shared: SharedCacheConfig | None = None):
         """The engine's options, paths resolved (``ChatterboxOptions``; imports torch lazily)."""
