@@ -4,6 +4,7 @@
 #   PART=a COMMIT=<sha> bash benchmarks/device_regression.sh   # sampler in a CUDA graph, split cost, main vs 87785a1
 #   PART=b COMMIT=<sha> bash benchmarks/device_regression.sh   # each level twice (a first burst's warm-up), then
 #                                                                one utterance per request (--max-tokens 750)
+#   PART=c COMMIT=<sha> bash benchmarks/device_regression.sh   # run 49: first burst vs later ones inside one engine
 # Results (json + md) go to $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -23,4 +24,6 @@ b)
     --no-calls --compare .old87 --tag h200_warm --out "$out" 2>&1 | quiet | grep -E "N=|\|"
   python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 1 --streams 32,128 --no-watermark \
     --no-calls --max-tokens 750 --compare .old87 --tag h200_750 --out "$out" 2>&1 | quiet | grep -E "N=|\|" ;;
+c)
+  python3 benchmarks/first_burst.py --bursts 3 --tag h200 --out "$out" 2>&1 | quiet | tail -12 ;;
 esac
