@@ -383,6 +383,8 @@ def main() -> int:
     ap.add_argument("--engine", choices=["espeak", "chatterbox"], default="espeak")
     ap.add_argument("--calls", default="1,32,128", help="concurrent calls per latency level")
     ap.add_argument("--rounds", type=int, default=3, help="utterances per call per level")
+    ap.add_argument("--min-utterances", type=int, default=0,
+                    help="more rounds where a level has few calls (a p95 at 1 call wants dozens of utterances)")
     ap.add_argument("--stream-calls", type=int, default=128, help="part 2 (0: skip it)")
     ap.add_argument("--stream-s", type=float, default=20.0)
     ap.add_argument("--word-ms", type=float, default=100.0, help="part 2: one word this often per call")
@@ -406,8 +408,8 @@ def main() -> int:
                     "host_name": f"{platform.node()} ({os.cpu_count()} CPUs)",
                     "command": " ".join(["python"] + sys.argv), "args": vars(a), "latency": []}
     report["gpu"] = gpu_name()
-    report["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                      text=True).stdout.strip() or None
+    report["commit"] = os.environ.get("COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
     report["compare"] = a.compare or None
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "after").mkdir()
@@ -420,7 +422,8 @@ def main() -> int:
                 other, o_sip, o_api = start_server(Path(tmp) / "before", a, Path(a.compare).resolve(), (40000, 49999))
                 servers, sides = servers + [(o_sip, o_api)], ["after", "before"]
             for n in a.levels:
-                for side, row in zip(sides, asyncio.run(latency_level(servers, n, a.rounds))):
+                rounds = max(a.rounds, -(-a.min_utterances // n))
+                for side, row in zip(sides, asyncio.run(latency_level(servers, n, rounds))):
                     if side:
                         row["tree"] = side
                     report["latency"].append(row)

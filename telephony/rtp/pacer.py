@@ -13,7 +13,8 @@ receiver's playout clock stays true to wall time) and the skip is counted.
 Silence: while a call's audio is not ready yet (synthesis still running) the
 pacer sends G.711 silence frames with continuous sequence numbers and
 timestamps. Continuous silence keeps NAT bindings and jitter buffers steady and
-is what a PSTN leg does anyway; the marker bit is set only on the first packet.
+is what a PSTN leg does anyway; the marker bit is set on the first packet, and on the first
+speech packet after silence (a talkspurt, below).
 
 Hold: a held call (the caller's SDP says sendonly or inactive) sends nothing and
 its prompt waits; its timestamp keeps following the clock. On resume the same
