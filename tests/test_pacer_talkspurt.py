@@ -162,3 +162,36 @@ def test_the_clock_sends_on_the_push_and_keeps_timestamps_true_to_wall_time():
     step = (sent[n][1].timestamp - sent[n - 1][1].timestamp) % 2**32
     assert step % 16 == 0 and 0.0113 * 8000 - 16 < step <= 0.0113 * 8000  # the sub-slot at hand, not 160
     clock.close()
+
+
+def test_streams_joining_with_audio_ready_stay_balanced_over_the_phases():
+    """A thousand calls join at once with their prompts queued (rtp_pacing's case): each goes out at
+    once only into a phase below the average and one, so the phases stay as ``add`` balances them."""
+    from telephony.rtp.pacer import PacerClock
+
+    loop = FakeLoop(100.0)
+    clock = PacerClock(loop)
+    sent = []
+    for _ in range(1000):
+        q = FrameQueue(0xFF)
+        q.push_frames([SPEECH] * 5)
+        clock.add(RtpSender(0, "PCMU", sent.append, q))
+    sizes = clock.pacer.group_sizes()
+    assert max(sizes) <= 101 and min(sizes) >= 99, sizes
+    assert 90 <= len(sent) <= 101  # the phase at hand's share went out at once, the rest at their slots
+    clock.close()
+
+
+def test_a_phase_is_never_emptied_by_calls_that_all_start_speaking_at_once():
+    """Twenty idle calls per phase, all with audio at the same instant, twice over: the phase at hand
+    takes re-phased calls up to the cap and no phase falls below the floor."""
+    pacer = Pacer(origin=0.0, phases=10)
+    senders = [_sender()[0] for _ in range(200)]
+    for s in senders:
+        pacer.add(s)
+    _run(pacer, 0.0411)
+    for s in senders:
+        s.queue.push(SPEECH)
+        pacer.talkspurt(s, 0.0415)
+    sizes = pacer.group_sizes()
+    assert max(sizes) <= pacer.rephase_cap and min(sizes) >= pacer.rephase_floor, sizes
