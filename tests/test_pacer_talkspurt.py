@@ -182,16 +182,21 @@ def test_streams_joining_with_audio_ready_stay_balanced_over_the_phases():
     clock.close()
 
 
-def test_a_phase_is_never_emptied_by_calls_that_all_start_speaking_at_once():
-    """Twenty idle calls per phase, all with audio at the same instant, twice over: the phase at hand
-    takes re-phased calls up to the cap and no phase falls below the floor."""
+
+def test_no_wakeup_sends_more_than_the_cap_when_many_calls_start_speaking_at_once():
+    """Forty idle calls per phase (400: the cap is the average plus a quarter), all with audio at the
+    same instant: the phases at hand take re-phased calls up to the cap, the rest keep their slots."""
     pacer = Pacer(origin=0.0, phases=10)
-    senders = [_sender()[0] for _ in range(200)]
+    senders = [_sender()[0] for _ in range(400)]
     for s in senders:
         pacer.add(s)
     _run(pacer, 0.0411)
     for s in senders:
-        s.queue.push(SPEECH)
+        s.queue.push(SPEECH * 3)
         pacer.talkspurt(s, 0.0415)
-    sizes = pacer.group_sizes()
-    assert max(sizes) <= pacer.rephase_cap and min(sizes) >= pacer.rephase_floor, sizes
+    cap = pacer.rephase_cap
+    assert cap == 51 and max(pacer.group_sizes()) <= cap, pacer.group_sizes()
+    bursts = {}
+    for t, _, _ in _run(pacer, 0.2):
+        bursts[round(t, 4)] = bursts.get(round(t, 4), 0) + 1
+    assert max(bursts.values()) <= cap

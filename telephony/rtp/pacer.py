@@ -38,11 +38,10 @@ the re-phase is what lets it coexist with speech that starts the moment it is re
 Limits: when the call's silence went out in the sub-slot just served, its speech takes the next
 sub-slot (at most 2 ms later). A phase takes a re-phased call only while it holds fewer than
 ``Pacer.rephase_cap`` calls (the average plus a quarter, or 32: a burst of 32 sends takes about
-0.1 ms), else the next sub-slot with room does, never later than the call's own next slot; and
-a call leaves its phase only while that holds more than ``rephase_floor`` (the average less a
-quarter). So calls that start speaking together (one GPU batch) keep the bursts spread: a
-wake-up's burst grows at most to the cap, and no other call's packet is later than its place in
-such a burst. A stream whose audio is ready when it joins (a cached prompt) goes out at once
+0.1 ms), else the next sub-slot with room does, never later than the call's own next slot. So
+calls that start speaking together (one GPU batch) keep the bursts spread: a wake-up's burst
+grows at most to the cap (phases that calls left send smaller ones), and no other call's packet
+is later than its place in such a burst. A stream whose audio is ready when it joins (a cached prompt) goes out at once
 only into a phase below the average and one, the way ``add`` balances them. A held call, and a
 call in the middle of speech (its queue ran dry between two slots), are not re-phased: the
 first sends nothing, the second must not leave a gap in its audio.
@@ -269,12 +268,6 @@ class Pacer:
         """Calls a phase may hold and still take a re-phased one: keeps the bursts spread."""
         return max(int(len(self) * (1 + self.REPHASE_SLACK) / self.phases) + 1, self.REPHASE_MIN_CAP)
 
-    @property
-    def rephase_floor(self) -> int:
-        """Calls a phase must hold for one to leave it: no phase is emptied by calls that all
-        start speaking at once (they would otherwise crowd into the phases at hand)."""
-        return int(len(self) * (1 - self.REPHASE_SLACK) / self.phases)
-
     def talkspurt(self, sender: RtpSender, now: float) -> bytes | None:
         """Audio was just queued for ``sender`` after silence: the packet to send now, or None.
 
@@ -295,16 +288,15 @@ class Pacer:
             # A new stream (its audio ready when it joins: a cached prompt): any sub-slot can be its
             # first, but only into a phase below the average and one, as ``add`` balances them
             # (a thousand calls that join at once must not crowd into the phases at hand).
-            first, cap, floor = served, len(self) // self.phases + 1, -1
+            first, cap = served, len(self) // self.phases + 1
         else:
             first = served if own != served + self.phases else served + 1  # not twice in one sub-slot
-            cap, floor = self.rephase_cap, self.rephase_floor
+            cap = self.rephase_cap
         slot = own
-        if len(self._groups[phase]) > floor:  # (else its phase would be left thin)
-            for j in range(first, own):
-                if j % self.phases == phase or len(self._groups[j % self.phases]) < cap:
-                    slot = j
-                    break
+        for j in range(first, own):
+            if j % self.phases == phase or len(self._groups[j % self.phases]) < cap:
+                slot = j
+                break
         if slot == own:
             return None  # no earlier sub-slot with room: its own slot, as before
         target = slot % self.phases
