@@ -175,7 +175,7 @@ class RtpSender:
     first_audio_at: float | None = None
     paused: bool = False  # on hold: nothing is sent, the prompt waits, the clock goes on
     talkspurts: int = 0  # speech after silence sent before the call's old slot (re-phased)
-    idle: bool = False  # the last packet was silence because nothing was queued
+    idle: bool = True  # nothing sent yet, or the last packet was silence because nothing was queued
     _marker: bool = True
 
     def skip_slot(self) -> None:
@@ -199,10 +199,9 @@ class RtpSender:
             frame = bytes([SILENCE[self.codec]]) * FRAME_SAMPLES
             self.silence_frames += 1
             self.idle = True
-        else:
-            if self.idle:  # speech after silence: a talkspurt starts (RFC 3551 §4.1)
-                self.idle = False
-                self._marker = True
+        elif self.idle:  # (one test per packet in speech, as before) speech after silence: a talkspurt
+            self.idle = False
+            self._marker = True  # (RFC 3551 §4.1; already set on a stream's first packet)
             if self.first_audio_at is None:
                 self.first_audio_at = now
         # The fixed header packed directly (this runs for every call every 20 ms; the
@@ -279,7 +278,7 @@ class Pacer:
         """
         key = id(sender)
         phase = self._phase_of.get(key)
-        if phase is None or sender.paused or not sender.queue.pending or not (sender.idle or not sender.packets_sent):
+        if phase is None or sender.paused or not sender.idle or not sender.queue.pending:
             return None
         served = self._tick - 1
         # The sender's next slot in its own phase (its ``timestamp`` is that slot's time).
