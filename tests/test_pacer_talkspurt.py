@@ -64,6 +64,9 @@ def test_silence_sent_in_the_slot_just_served_moves_speech_to_the_next_sub_slot(
     sender.queue.push(SPEECH)
     assert pacer.talkspurt(sender, 0.0005) is None
     assert pacer.phase_of(sender) == 1
+    sender.queue.flush()  # cleared before that tick, and audio again: still not the sub-slot it sent in
+    sender.queue.push(SPEECH)
+    assert pacer.talkspurt(sender, 0.0008) is None and pacer.phase_of(sender) == 1
     (due, _, first), = _run(pacer, 0.002)
     assert due == pytest.approx(0.002) and first.marker and first.payload == SPEECH
     assert (first.timestamp - last.timestamp) % 2**32 == 16

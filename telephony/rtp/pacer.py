@@ -176,6 +176,7 @@ class RtpSender:
     paused: bool = False  # on hold: nothing is sent, the prompt waits, the clock goes on
     talkspurts: int = 0  # speech after silence sent before the call's old slot (re-phased)
     idle: bool = True  # nothing sent yet, or the last packet was silence because nothing was queued
+    rephased_to: int = -1  # the sub-slot a talkspurt was last moved to (never one before it again)
     _marker: bool = True
 
     def skip_slot(self) -> None:
@@ -290,6 +291,7 @@ class Pacer:
             first, cap = served, len(self) // self.phases + 1
         else:
             first = served if own != served + self.phases else served + 1  # not twice in one sub-slot
+            first = max(first, sender.rephased_to)  # (moved to a coming sub-slot, then cleared: not back)
             cap = self.rephase_cap
         slot = own
         for j in range(first, own):
@@ -303,6 +305,7 @@ class Pacer:
             del self._groups[phase][key]
             self._groups[target][key] = sender
             self._phase_of[key] = target
+        sender.rephased_to = slot
         if sender.packets_sent:
             gained = own - slot  # sub-slots earlier than its old slot
             sender.timestamp = (sender.timestamp - FRAME_SAMPLES * gained // self.phases) & 0xFFFFFFFF
