@@ -2,6 +2,12 @@
 
     python benchmarks/agent_latency.py                      # espeak, here (CPU): N = 1, 32, 128
     python benchmarks/agent_latency.py --engine chatterbox  # GPU: a random full-size checkpoint
+    python benchmarks/agent_latency.py --compare .old17 --stream-calls 0  # before/after, one run
+
+``--compare DIR``: a second server from another source tree (a clean export of an earlier
+commit: ``git archive <sha> | tar -x -C DIR``), running beside this tree's; each level's callers
+dial both and the rounds alternate between them, so both sides share the host's load and the
+engine's warm state (the table's rows say ``after``: this tree, ``before``: DIR).
 
 ``sip-tts serve`` with a route whose calls wait for an application (``steps: [live]``). For each
 N, N callers on loopback (SIP on a UDP socket, RTP received with the kernel's timestamps) dial it
@@ -10,8 +16,11 @@ a short reply at once (``{"text": ..., "flush": true}``) and waits for ``idle``.
 utterance: the moment the text was sent (wall clock) -> the caller's first audible packet (kernel
 receive time, a 20 ms frame above -50 dBFS): the end-to-end latency; and the server's own
 ``speaking`` event: its latency (message in -> first frame sent) and ``engine_ms`` (message in ->
-the engine's first audio), so latency - engine = our overhead (the pacer's phase, up to one 20 ms
-slot, and the loop).
+the engine's first audio), so latency - engine = our overhead (the loop's turn, and the pacer's:
+a talkspurt is sent when its audio is queued, at most a 2 ms sub-slot later, telephony/rtp/pacer.py;
+before that change, the wait for the call's next 20 ms slot). End to end - engine: the same
+overhead seen from the caller, with the WebSocket's delivery and the first frames that are not
+yet audible.
 
 Part 2, streaming: ``--stream-calls`` calls (128) whose applications each ask for the caller's
 audio (pcm16_8k frames), while their callers send RTP, and stream text word by word (one word every
@@ -63,9 +72,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(work: Path, a: argparse.Namespace) -> tuple[subprocess.Popen, int, int]:
-    """``sip-tts serve`` with a live route, as much room as the largest level needs; ready once its
-    /health answers 200."""
+def start_server(work: Path, a: argparse.Namespace, tree: Path = ROOT,
+                 rtp: tuple[int, int] = (30000, 39999)) -> tuple[subprocess.Popen, int, int]:
+    """``sip-tts serve`` from ``tree`` with a live route, as much room as the largest level needs;
+    ready once its /health answers 200."""
     import httpx
     import yaml
 
@@ -76,14 +86,14 @@ def start_server(work: Path, a: argparse.Namespace) -> tuple[subprocess.Popen, i
         engine = {"kind": "chatterbox", "model_dir": a.model_dir, "device": a.device, "max_streams": n,
                   "max_tokens": a.max_tokens}
     config = {"sip": {"listen": f"127.0.0.1:{sip_port}", "advertised_address": "127.0.0.1", "tcp": False},
-              "rtp": {"port_min": 30000, "port_max": 39999}, "engine": engine, "limits": {"max_calls": 2 * n + 10},
+              "rtp": {"port_min": rtp[0], "port_max": rtp[1]}, "engine": engine, "limits": {"max_calls": 2 * n + 10},
               "prompts": "prompts.yaml", "drain_timeout_s": 0,
               "api": {"listen": f"127.0.0.1:{api_port}", "max_call_streams_per_key": 2 * n + 10}}
     (work / "prompts.yaml").write_text(yaml.safe_dump({"routes": [{"number": "5000", "steps": ["live"]}]}))
     (work / "server.yaml").write_text(yaml.safe_dump(config))
     log = work / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
-                             "--log-level", "WARNING", "--log-format", "json"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             "--log-level", "WARNING", "--log-format", "json"], cwd=tree, stdout=subprocess.DEVNULL,
                             stderr=open(log, "w"))
     deadline = time.monotonic() + 600  # (Chatterbox: loading, graphs, start-up checks)
     while proc.poll() is None and time.monotonic() < deadline:
@@ -181,8 +191,10 @@ class Call:
         speaking = await self.event("speaking")
         await self.event("idle")
         heard = next((t for t in self.loud if t >= sent), None)
-        return {"e2e_ms": (heard - sent) * 1e3 if heard else float("nan"), "server_ms": speaking["latency_ms"],
-                "engine_ms": speaking["engine_ms"]}
+        e2e = (heard - sent) * 1e3 if heard else float("nan")
+        engine = speaking["engine_ms"]
+        return {"e2e_ms": e2e, "server_ms": speaking["latency_ms"], "engine_ms": engine,
+                "e2e_minus_engine_ms": e2e - engine if engine is not None else float("nan")}
 
     async def _bye_answered(self) -> None:
         while not (isinstance(msg := _parse((await self.sip.queue.get())[1]), Response) and msg.cseq[1] == "BYE"):
@@ -214,18 +226,28 @@ async def _open(sip_port: int, api_port: int, n: int, audio: str | None = None) 
     return calls
 
 
-async def latency_level(sip_port: int, api_port: int, n: int, rounds: int) -> dict:
-    calls = await _open(sip_port, api_port, n)
-    results: list[dict] = []
+async def latency_level(servers: list[tuple[int, int]], n: int, rounds: int) -> list[dict]:
+    """One row per server: ``n`` calls on each, the rounds alternating between the servers."""
+    groups: list[list[Call]] = []
+    results: list[list[dict]] = [[] for _ in servers]
     try:
-        await calls[0].say("Warm up.")
+        for sip_port, api_port in servers:
+            groups.append(await _open(sip_port, api_port, n))
+        for calls in groups:
+            await calls[0].say("Warm up.")
         for r in range(rounds):
-            results += await asyncio.gather(*(c.say(REPLIES[(r + i) % len(REPLIES)]) for i, c in enumerate(calls)))
-            await asyncio.sleep(0.3)
+            for k, calls in enumerate(groups):
+                results[k] += await asyncio.gather(*(c.say(REPLIES[(r + i) % len(REPLIES)])
+                                                     for i, c in enumerate(calls)))
+                await asyncio.sleep(0.3)
     finally:
-        await asyncio.gather(*(c.hang_up() for c in calls), return_exceptions=True)
+        await asyncio.gather(*(c.hang_up() for calls in groups for c in calls), return_exceptions=True)
+    return [_row(n, res) for res in results]
+
+
+def _row(n: int, results: list[dict]) -> dict:
     row: dict = {"calls": n, "utterances": len(results)}
-    for key in ("e2e_ms", "server_ms", "engine_ms"):
+    for key in ("e2e_ms", "server_ms", "engine_ms", "e2e_minus_engine_ms"):
         vals = [x[key] for x in results if x[key] is not None and not np.isnan(x[key])]
         row[key] = {"p50": pct(vals, 50), "p95": pct(vals, 95), "max": max(vals) if vals else float("nan")}
     over = [x["server_ms"] - x["engine_ms"] for x in results if x["engine_ms"] is not None]
@@ -327,13 +349,19 @@ def render(report: dict) -> str:
              "Every call's application pushes a short reply at once, each round (worst case: all together). "
              "End to end: the test sent the text (wall clock) -> the caller's kernel received the first audible "
              "packet. Server: message in -> first frame sent (its `speaking` event); engine: message in -> the "
-             "engine's first audio; overhead = server - engine (the pacer's phase, up to 20 ms, and the loop).", "",
-             "| calls | utterances | end to end p50 / p95 ms | server p50 / p95 ms | engine first audio p50 / p95 ms"
-             " | overhead p50 / p95 ms | no audio |", "|---|---|---|---|---|---|---|"]
+             "engine's first audio; overhead = server - engine (the loop's turn and the pacer's: a talkspurt goes "
+             "out when its audio is queued, at most a 2 ms sub-slot later; before, the wait for the next 20 ms slot); "
+             "end to end - engine per utterance (WebSocket delivery and not yet audible frames included).", "",
+             "| calls | tree | utterances | end to end p50 / p95 ms | server p50 / p95 ms | engine first audio p50 / p95 ms"
+             " | overhead p50 / p95 ms | end to end - engine p50 / p95 ms | no audio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["latency"]:
-        f = lambda k: f"{r[k]['p50']:.1f} / {r[k]['p95']:.1f}"  # noqa: E731
-        lines.append(f"| {r['calls']} | {r['utterances']} | {f('e2e_ms')} | {f('server_ms')} | {f('engine_ms')} | "
-                     f"{f('overhead_ms')} | {r['missing']} |")
+        f = lambda k: f"{r[k]['p50']:.1f} / {r[k]['p95']:.1f}" if k in r else "-"  # noqa: E731
+        lines.append(f"| {r['calls']} | {r.get('tree', 'this')} | {r['utterances']} | {f('e2e_ms')} | {f('server_ms')} | "
+                     f"{f('engine_ms')} | {f('overhead_ms')} | {f('e2e_minus_engine_ms')} | {r['missing']} |")
+    if report.get("compare"):
+        lines += ["", f"Trees: after = this tree ({report.get('commit')}), before = `{report['compare']}`; "
+                      "each level's rounds alternate between the two servers (same host, same engine warm-up)."]
     s = report.get("stream")
     if s:
         k = s["gap_kinds"]
@@ -355,12 +383,15 @@ def main() -> int:
     ap.add_argument("--engine", choices=["espeak", "chatterbox"], default="espeak")
     ap.add_argument("--calls", default="1,32,128", help="concurrent calls per latency level")
     ap.add_argument("--rounds", type=int, default=3, help="utterances per call per level")
+    ap.add_argument("--min-utterances", type=int, default=0,
+                    help="more rounds where a level has few calls (a p95 at 1 call wants dozens of utterances)")
     ap.add_argument("--stream-calls", type=int, default=128, help="part 2 (0: skip it)")
     ap.add_argument("--stream-s", type=float, default=20.0)
     ap.add_argument("--word-ms", type=float, default=100.0, help="part 2: one word this often per call")
     ap.add_argument("--espeak-process", action="store_true", help="espeak in its own process (resampling there too)")
     ap.add_argument("--tag", default="", help="appended to the result files' names (e.g. the host: h200)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--compare", default="", help="a second server from this source tree (before), rounds alternated")
     chatterbox = ap.add_argument_group("chatterbox (a random checkpoint, written on first use)")
     chatterbox.add_argument("--model-dir", default="/tmp/chatterbox-random")
     chatterbox.add_argument("--device", default="cuda")
@@ -377,17 +408,30 @@ def main() -> int:
                     "host_name": f"{platform.node()} ({os.cpu_count()} CPUs)",
                     "command": " ".join(["python"] + sys.argv), "args": vars(a), "latency": []}
     report["gpu"] = gpu_name()
+    report["commit"] = os.environ.get("COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+    report["compare"] = a.compare or None
     with tempfile.TemporaryDirectory() as tmp:
-        proc, sip_port, api_port = start_server(Path(tmp), a)
+        (Path(tmp) / "after").mkdir()
+        proc, sip_port, api_port = start_server(Path(tmp) / "after", a)
+        servers, sides, other = [(sip_port, api_port)], [None], None
         url = f"http://127.0.0.1:{api_port}"
         try:
+            if a.compare:
+                (Path(tmp) / "before").mkdir()
+                other, o_sip, o_api = start_server(Path(tmp) / "before", a, Path(a.compare).resolve(), (40000, 49999))
+                servers, sides = servers + [(o_sip, o_api)], ["after", "before"]
             for n in a.levels:
-                row = asyncio.run(latency_level(sip_port, api_port, n, a.rounds))
-                report["latency"].append(row)
-                print(f"N={n}: end to end p50/p95 {row['e2e_ms']['p50']:.1f}/{row['e2e_ms']['p95']:.1f} ms, server "
-                      f"{row['server_ms']['p50']:.1f}/{row['server_ms']['p95']:.1f}, engine "
-                      f"{row['engine_ms']['p50']:.1f}/{row['engine_ms']['p95']:.1f}, overhead "
-                      f"{row['overhead_ms']['p50']:.1f}/{row['overhead_ms']['p95']:.1f} ms", flush=True)
+                rounds = max(a.rounds, -(-a.min_utterances // n))
+                for side, row in zip(sides, asyncio.run(latency_level(servers, n, rounds))):
+                    if side:
+                        row["tree"] = side
+                    report["latency"].append(row)
+                    print(f"N={n}{' ' + side if side else ''}: end to end p50/p95 {row['e2e_ms']['p50']:.1f}/"
+                          f"{row['e2e_ms']['p95']:.1f} ms, server {row['server_ms']['p50']:.1f}/"
+                          f"{row['server_ms']['p95']:.1f}, engine {row['engine_ms']['p50']:.1f}/"
+                          f"{row['engine_ms']['p95']:.1f}, overhead {row['overhead_ms']['p50']:.1f}/"
+                          f"{row['overhead_ms']['p95']:.1f} ms", flush=True)
                 time.sleep(1.0)
             if a.stream_calls:
                 s = report["stream"] = asyncio.run(stream_level(sip_port, api_port, a.stream_calls, a.stream_s,
@@ -397,6 +441,8 @@ def main() -> int:
                       f" of {s['caller_packets_sent']} sent", flush=True)
         finally:
             stop_server(proc)
+            if other is not None:
+                stop_server(other)
     report["host"] = host.finish()
     name = "agent_latency" + (f"_{a.engine}" if a.engine != "espeak" else "") + (f"_{a.tag}" if a.tag else "")
     Path(a.out).mkdir(parents=True, exist_ok=True)

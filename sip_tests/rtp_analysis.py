@@ -17,12 +17,15 @@ class StreamStats:
     ssrc: int
     packets: int
     seq_gaps: int  # steps other than +1
-    ts_steps: set[int]  # distinct timestamp increments
+    ts_steps: set[int]  # distinct timestamp increments (into packets without the marker bit)
     markers: list[int]  # indices of packets with the marker bit
     intervals_ms: np.ndarray
     payload_types: set[int]
     payload: bytes
     ts_span: int = 0  # last timestamp - first, in samples (8 kHz)
+    # Increments into marked packets: a talkspurt re-phased after silence steps by the time that
+    # passed (under a frame, whole 2 ms sub-slots); a resume after hold by whole frames.
+    talkspurt_steps: list[int] | None = None
 
     @property
     def median_ms(self) -> float:
@@ -69,11 +72,12 @@ def rtp_streams(packets: list[UdpPacket]) -> dict[int, StreamStats]:
             ssrc=ssrc,
             packets=len(items),
             seq_gaps=sum(1 for a, b in zip(seqs, seqs[1:]) if (b - a) % 65536 != 1),
-            ts_steps={(b - a) % 2**32 for a, b in zip(tss, tss[1:])},
+            ts_steps={(b - a) % 2**32 for a, b, (_, r) in zip(tss, tss[1:], items[1:]) if not r.marker},
             markers=[i for i, (_, r) in enumerate(items) if r.marker],
             intervals_ms=np.diff(times) * 1000.0,
             payload_types={r.payload_type for _, r in items},
             payload=b"".join(r.payload for _, r in items),
             ts_span=(tss[-1] - tss[0]) % 2**32,
+            talkspurt_steps=[(b - a) % 2**32 for a, b, (_, r) in zip(tss, tss[1:], items[1:]) if r.marker],
         )
     return out

@@ -13,12 +13,38 @@ receiver's playout clock stays true to wall time) and the skip is counted.
 Silence: while a call's audio is not ready yet (synthesis still running) the
 pacer sends G.711 silence frames with continuous sequence numbers and
 timestamps. Continuous silence keeps NAT bindings and jitter buffers steady and
-is what a PSTN leg does anyway; the marker bit is set only on the first packet.
+is what a PSTN leg does anyway; the marker bit is set on the first packet, and on the first
+speech packet after silence (a talkspurt, below).
 
 Hold: a held call (the caller's SDP says sendonly or inactive) sends nothing and
 its prompt waits; its timestamp keeps following the clock. On resume the same
 SSRC goes on with the next sequence number, a timestamp that reflects the time
 on hold, and the marker bit (a new talkspurt, RFC 3551 §4.1).
+
+Talkspurt start (speech after silence): a call that was sending silence because nothing was
+queued does not wait for its next 20 ms slot when audio arrives. ``FrameQueue`` tells the clock
+the moment its first frame is queued (``on_ready``) and ``Pacer.talkspurt`` re-phases the call:
+its phase moves to the sub-slot the clock served last (the one at hand: at most one sub-slot,
+2 ms, back), its first speech frame is sent at once as that sub-slot's packet, and its later
+frames follow on that phase's absolute 20 ms deadlines. Every packet keeps the one rule the
+pacer has: its RTP timestamp is its slot's time on the grid, so the timestamp advances by the
+time that really passed since the last packet, to the sub-slot (16 samples with 10 phases), not
+a whole 160: the silence already sent is cut short where the speech starts, wall-clock time and
+timestamps agree within a sub-slot (the lateness of the loop aside, as for every packet), and the
+marker bit says a talkspurt starts (RFC 3551 §4.1), so a receiver re-synchronises its playout and
+plays it at once; one that plays by sequence number plays it when it would have anyway.
+The comfort silence keeps flowing while nothing is said (NAT bindings, RTCP, a PSTN leg's habits):
+the re-phase is what lets it coexist with speech that starts the moment it is ready.
+Limits: when the call's silence went out in the sub-slot just served, its speech takes the next
+sub-slot (at most 2 ms later). A phase takes a re-phased call only while it holds fewer than
+``Pacer.rephase_cap`` calls (the average plus a quarter, or 32: a burst of 32 sends takes about
+0.1 ms), else the next sub-slot with room does, never later than the call's own next slot. So
+calls that start speaking together (one GPU batch) keep the bursts spread: a wake-up's burst
+grows at most to the cap (phases that calls left send smaller ones), and no other call's packet
+is later than its place in such a burst. A stream whose audio is ready when it joins (a cached prompt) goes out at once
+only into a phase below the average and one, the way ``add`` balances them. A held call, and a
+call in the middle of speech (its queue ran dry between two slots), are not re-phased: the
+first sends nothing, the second must not leave a gap in its audio.
 """
 
 from __future__ import annotations
@@ -61,26 +87,38 @@ class FrameQueue:
         self.starved = 0  # pops that found nothing queued (the pacer sent silence)
         self._watch_at = 0
         self._on_watch: Callable[[], None] | None = None
+        # Called when a frame is queued into an empty queue (the pacer clock's: a talkspurt may
+        # start now, not at the call's next slot). It may pop the frame it was called for.
+        self.on_ready: Callable[[], None] | None = None
 
     def push(self, data: bytes) -> None:
+        empty = not self._frames
         self._partial += data
         while len(self._partial) >= FRAME_SAMPLES:
             self._frames.append(bytes(self._partial[:FRAME_SAMPLES]))
             del self._partial[:FRAME_SAMPLES]
             self.queued += 1
+        if empty and self._frames and self.on_ready is not None:
+            self.on_ready()
 
     def push_frames(self, frames: list[bytes]) -> None:
         """Whole ready-made frames (a cached prompt): no copying."""
+        empty = not self._frames
         self._frames.extend(frames)
         self.queued += len(frames)
+        if empty and self._frames and self.on_ready is not None:
+            self.on_ready()
 
     def pad_frame(self) -> None:
         """Complete a partial frame with silence, so what is pushed next starts on a frame boundary."""
         if self._partial:
+            empty = not self._frames
             pad = FRAME_SAMPLES - len(self._partial)
             self._frames.append(bytes(self._partial) + bytes([self._silence]) * pad)
             self._partial.clear()
             self.queued += 1
+            if empty and self.on_ready is not None:
+                self.on_ready()
 
     def finish(self) -> None:
         self.pad_frame()
@@ -136,6 +174,9 @@ class RtpSender:
     skipped_frames: int = 0  # slots lost to a stalled loop
     first_audio_at: float | None = None
     paused: bool = False  # on hold: nothing is sent, the prompt waits, the clock goes on
+    talkspurts: int = 0  # speech after silence sent before the call's old slot (re-phased)
+    idle: bool = True  # nothing sent yet, or the last packet was silence because nothing was queued
+    rephased_to: int = -1  # the sub-slot a talkspurt was last moved to (never one before it again)
     _marker: bool = True
 
     def skip_slot(self) -> None:
@@ -158,8 +199,12 @@ class RtpSender:
         if frame is None:
             frame = bytes([SILENCE[self.codec]]) * FRAME_SAMPLES
             self.silence_frames += 1
-        elif self.first_audio_at is None:
-            self.first_audio_at = now
+            self.idle = True
+        elif self.idle:  # (one test per packet in speech, as before) speech after silence: a talkspurt
+            self.idle = False
+            self._marker = True  # (RFC 3551 §4.1; already set on a stream's first packet)
+            if self.first_audio_at is None:
+                self.first_audio_at = now
         # The fixed header packed directly (this runs for every call every 20 ms; the
         # RtpPacket dataclass is for parsing and tests): same bytes as RtpPacket.serialize().
         head = _HEADER.pack(0x80, (0x80 if self._marker else 0) | self.payload_type, self.sequence,
@@ -178,8 +223,13 @@ class Pacer:
     phase for life): with 1,000 calls and 10 phases each timer wake-up sends 100
     packets instead of 1,000, so a packet's position in its burst — and so its send
     time — varies by a tenth as much from one frame to the next. Each call still
-    sends exactly every 20 ms on its own absolute grid (origin + phase offset + k x 20 ms).
+    sends exactly every 20 ms on its own absolute grid (origin + phase offset + k x 20 ms);
+    ``talkspurt`` moves a call to another phase when its speech starts after silence (see the
+    module docstring).
     """
+
+    REPHASE_SLACK = 0.25  # a phase takes re-phased calls up to the average plus this share (and one)
+    REPHASE_MIN_CAP = 32  # ... or up to this many: a burst of 32 sends is a tenth of a millisecond
 
     def __init__(self, origin: float, interval: float = FRAME_SECONDS, phases: int = 1) -> None:
         self.interval = interval
@@ -189,6 +239,7 @@ class Pacer:
         self._groups: list[dict[int, RtpSender]] = [{} for _ in range(phases)]
         self._phase_of: dict[int, int] = {}
         self.skipped_slots = 0
+        self.rephased = 0  # talkspurts moved to an earlier sub-slot
 
     def add(self, sender: RtpSender) -> None:
         phase = min(range(self.phases), key=lambda p: len(self._groups[p]))  # the least loaded
@@ -205,6 +256,65 @@ class Pacer:
 
     def next_deadline(self) -> float:
         return self.origin + self._tick * self.interval / self.phases
+
+    def phase_of(self, sender: RtpSender) -> int | None:
+        return self._phase_of.get(id(sender))
+
+    def group_sizes(self) -> list[int]:
+        return [len(g) for g in self._groups]
+
+    @property
+    def rephase_cap(self) -> int:
+        """Calls a phase may hold and still take a re-phased one: keeps the bursts spread."""
+        return max(int(len(self) * (1 + self.REPHASE_SLACK) / self.phases) + 1, self.REPHASE_MIN_CAP)
+
+    def talkspurt(self, sender: RtpSender, now: float) -> bytes | None:
+        """Audio was just queued for ``sender`` after silence: the packet to send now, or None.
+
+        The call moves to the earliest sub-slot, from the one served last (``tick - 1``) up to its
+        own next slot, that it has not sent in yet and whose phase has room (``rephase_cap``).
+        Its RTP timestamp is moved back by the sub-slots it gains (the timestamp stays the slot's
+        time on the grid) and the marker bit is set. The sub-slot served last is sent now; a
+        later one is sent by its tick. Held calls and calls in the middle of speech: None.
+        """
+        key = id(sender)
+        phase = self._phase_of.get(key)
+        if phase is None or sender.paused or not sender.idle or not sender.queue.pending:
+            return None
+        served = self._tick - 1
+        # The sender's next slot in its own phase (its ``timestamp`` is that slot's time).
+        own = served + 1 + (phase - served - 1) % self.phases
+        if not sender.packets_sent:
+            # A new stream (its audio ready when it joins: a cached prompt): any sub-slot can be its
+            # first, but only into a phase below the average and one, as ``add`` balances them
+            # (a thousand calls that join at once must not crowd into the phases at hand).
+            first, cap = served, len(self) // self.phases + 1
+        else:
+            first = served if own != served + self.phases else served + 1  # not twice in one sub-slot
+            first = max(first, sender.rephased_to)  # (moved to a coming sub-slot, then cleared: not back)
+            cap = self.rephase_cap
+        slot = own
+        for j in range(first, own):
+            if j % self.phases == phase or len(self._groups[j % self.phases]) < cap:
+                slot = j
+                break
+        if slot == own:
+            return None  # no earlier sub-slot with room: its own slot, as before
+        target = slot % self.phases
+        if target != phase:
+            del self._groups[phase][key]
+            self._groups[target][key] = sender
+            self._phase_of[key] = target
+        sender.rephased_to = slot
+        if sender.packets_sent:
+            gained = own - slot  # sub-slots earlier than its old slot
+            sender.timestamp = (sender.timestamp - FRAME_SAMPLES * gained // self.phases) & 0xFFFFFFFF
+            sender._marker = True
+            sender.talkspurts += 1
+            self.rephased += 1
+        if slot > served:
+            return None  # the coming sub-slot's tick sends it (in at most one sub-slot)
+        return sender.next_packet(now)
 
     def on_tick(self, now: float) -> tuple[list[tuple[RtpSender, bytes]], list[RtpSender]]:
         """Packets for this sub-slot, and the senders whose audio ran out (now removed)."""
@@ -301,9 +411,22 @@ class PacerClock:
             ticks = int((now - self.pacer.origin) // sub) + 1
             self.pacer._tick = max(self.pacer._tick, ticks)
             self._schedule()
+        sender.queue.on_ready = lambda: self.talkspurt(sender)
+        if sender.queue.pending:  # audio already there (a cached prompt): it need not wait for a slot
+            self.talkspurt(sender)
 
     def remove(self, sender: RtpSender) -> None:
         self.pacer.remove(sender)
+        sender.queue.on_ready = None
+
+    def talkspurt(self, sender: RtpSender) -> None:
+        """Audio was queued after silence: sent now if the pacer re-phases the call (``Pacer.talkspurt``)."""
+        data = self.pacer.talkspurt(sender, self._loop.time())
+        if data is not None:
+            try:
+                sender.send(data)
+            except OSError:
+                self.send_errors += 1
 
     def _schedule(self) -> None:
         self._handle = self._loop.call_at(self.pacer.next_deadline(), self._on_timer)
@@ -330,6 +453,7 @@ class PacerClock:
                 except OSError:
                     self.send_errors += 1
             for sender in done:
+                sender.queue.on_ready = None
                 if sender.on_done is not None:
                     sender.on_done()
             if not len(self.pacer) or self.pacer.next_deadline() > now:
