@@ -797,39 +797,3 @@ def test_scheduler_overlap_path_steps_t3_while_a_batch_is_in_flight(ckpt):
         # test_windows_of_different_utterances_batch_like_alone
         assert np.abs(ours[i] - ref[i]).max() < 1e-4, np.abs(ours[i] - ref[i]).max()
     assert stats.cancelled == 1 and stats.finished == 2
-
-
-def test_an_idle_worker_prefills_a_burst_arriving_within_the_gap_together(ckpt):
-    """Admission of a burst reaching an idle worker: requests each within ``coalesce_gap_s`` of the
-    last join the first one's prefill (one prefill, not the first alone and the rest after the
-    lobby's wait); with no gap the first is prefilled alone. The gap is set wide here (0.3 s against
-    arrivals 60 ms apart) so that the machine's load cannot decide the result."""
-    import time
-
-    from engine.chatterbox.scheduler import Request, Scheduler, Voice
-    from engine.chatterbox.t3_runner import T3Runner
-
-    runner = T3Runner(ckpt.t3, "cpu", torch.float32, max_slots=8, max_len=512, sampling=GREEDY)
-    streamer = S3GenStreamer(ckpt.s3gen, "cpu")
-    voice = Voice("v", runner.voice_prefix(ckpt.conds.t3), streamer.prepare_voice(ckpt.conds.gen))
-
-    def burst(gap: float) -> tuple[int, int]:
-        sched = Scheduler(runner, streamer, windows=(10, 15, 25), coalesce_gap_s=gap, coalesce_max_s=2.0)
-        sched.start()
-        time.sleep(0.1)  # idle: blocked on its inbox
-        reqs = []
-        for i in range(4):
-            reqs.append(Request(torch.tensor([100 + i, 200, 300]), voice, lambda item: None, max_tokens=30, seed=i))
-            sched.submit(reqs[-1])
-            time.sleep(0.06)
-        deadline = time.monotonic() + 60
-        while sched.stats.admitted < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for r in reqs:
-            r.cancel()
-        sched.stop()
-        return sched.stats.prefills, sched.stats.admitted
-
-    assert burst(0.3) == (1, 4)
-    prefills, admitted = burst(0.0)
-    assert admitted == 4 and prefills >= 2

@@ -139,8 +139,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, runner: T3Runner, streamer: S3GenStreamer, windows: tuple[int, ...] = (10, 15, 25, 50, 75),
                  max_flow_batch: int = 32, slack: float = 1.0, first_audio_budget: float = 0.15,
-                 t3_share: float = 1.0, max_admit: int = 32, admit_share: float = 3.0,
-                 coalesce_gap_s: float = 0.0005, coalesce_max_s: float = 0.003) -> None:
+                 t3_share: float = 1.0, max_admit: int = 32, admit_share: float = 3.0) -> None:
         self.runner = runner
         self.streamer = streamer
         self.windows = windows
@@ -150,8 +149,6 @@ class Scheduler:
         self.t3_share = t3_share
         self.max_admit = max_admit  # prefills batched per turn
         self.admit_share = admit_share  # other work between prefills, in prefill durations
-        self.coalesce_gap_s = coalesce_gap_s  # idle, then a request: wait this long for the next of a burst
-        self.coalesce_max_s = coalesce_max_s  # ... up to this long in all
         self._last_admit = 0.0  # when the last prefill ended
         self._admit_cost = 0.0  # how long it took
         self._lobby: list[Request] = []  # arrived, not yet admitted
@@ -263,14 +260,8 @@ class Scheduler:
         frames at 64 streams and 17,552 at 128 admitting at once; 0 and 80 with the lobby).
         The share is 3: with S3Gen's costs of session 4 the model gave first audio p95 at 32
         streams 197 ms against 239 ms at 10, with no more late frames at 128.
-        A lone caller is admitted at once (after ``coalesce_gap_s``). An idle worker woken by a
-        request waits while more keep coming, each within ``coalesce_gap_s`` of the last, up to
-        ``coalesce_max_s``: a burst's requests reach the worker a fraction of a millisecond apart
-        (a client's N streams through the server and the engine process), and admitting the
-        first alone cost the rest a prefill and the lobby's wait (H200, run 49: of 115-120 ms
-        first audio at 32 at once, 40-58 ms were lobby and prefill).
+        A lone caller, or the first of a burst, is admitted at once.
         """
-        woke = block and not self._lobby
         while True:
             try:
                 req = self._inbox.get(block=block and not self._lobby, timeout=None)
@@ -280,16 +271,6 @@ class Scheduler:
             if req is None:
                 break
             self._lobby.append(req)
-        if woke and self._lobby and self.coalesce_gap_s > 0:
-            end = time.perf_counter() + self.coalesce_max_s
-            while (left := end - time.perf_counter()) > 0 and len(self._lobby) < self.max_admit:
-                try:
-                    req = self._inbox.get(timeout=min(self.coalesce_gap_s, left))
-                except queue.Empty:
-                    break
-                if req is None:
-                    break
-                self._lobby.append(req)
         self._lobby = [r for r in self._lobby if not r.cancelled.is_set()]
         if not self._lobby:
             return
