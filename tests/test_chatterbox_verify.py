@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from engine.base import EngineError, VoiceSpec  # noqa: E402
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
-from engine.chatterbox.engine import ChatterboxEngine, ChatterboxOptions  # noqa: E402
+from engine.chatterbox.engine import LEAD_ZEROS, ChatterboxEngine, ChatterboxOptions  # noqa: E402
 from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
 from engine.chatterbox.s3gen_streamer import SAMPLES_PER_FRAME  # noqa: E402
 
@@ -133,7 +133,7 @@ def test_startup_checks_fall_back_to_the_exact_path_with_a_warning_and_a_metric(
     assert ("t3.dtype", engine.fallbacks["t3.dtype"], False) in engine.seen["stats"].checks
     assert ("flow.dtype", figures["flow.dtype.mel_snr_db"].figure, True) in engine.seen["stats"].checks
     audio = np.concatenate(chunks)
-    assert audio.size == (12 + 3) * TOKEN_SAMPLES and np.isfinite(audio).all()
+    assert audio.size == (12 + 3) * TOKEN_SAMPLES - LEAD_ZEROS and np.isfinite(audio).all()
 
     from engine.base import EngineStats
     from sip_tts.metrics import Metrics
@@ -248,7 +248,7 @@ def test_long_and_odd_text_through_the_engine(ckpt_dir):
     assert len(submitted) == len(pieces)
     assert submitted[1] < first_done  # the second utterance was on its way while the first still played
     # every utterance whole (speech capped at max_tokens, + 3 silence tokens), no audio lost or added
-    assert sum(sizes) == len(pieces) * (12 + 3) * TOKEN_SAMPLES
+    assert sum(sizes) == len(pieces) * (12 + 3) * TOKEN_SAMPLES - LEAD_ZEROS  # the stream's zeroed lead-in dropped
     assert odd[0] > 0 and odd[1] > 0 and "no letters" in odd[2]
     assert len(big) > 1 and all(len(p) > 0 for p in big)
     assert budget == 8  # 12 speech tokens hold 1 text token (8 each): the floor of 8 applies
@@ -275,7 +275,10 @@ def test_a_stop_token_ends_the_utterance_where_the_checkpoint_puts_it(ckpt_dir, 
     assert [t for t in stock if t < 6561] == stock[:stop_at] and len([t for t in stock if t < 6561]) == stop_at
 
     _, (chunks,) = speak(options(bad, max_tokens=60, seed=3), [text])
-    assert np.concatenate(chunks).size == (stop_at + 3) * TOKEN_SAMPLES
+    audio = np.concatenate(chunks)
+    assert audio.size == (stop_at + 3) * TOKEN_SAMPLES - LEAD_ZEROS
+    # the stream starts on its fade-in's ramp, not on the stock fade's 20 ms of zeros: the first frame is heard
+    assert np.abs(audio[:LEAD_ZEROS]).max() > 0
 
 
 # -- sampling settings and seeds ------------------------------------------------------

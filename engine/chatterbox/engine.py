@@ -27,6 +27,11 @@ from ..shared_cache import SharedCache, SharedCacheConfig
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
+# The stock pipeline fades every utterance in over 40 ms whose first half is zeros (``trim_fade``, kept
+# by the streamer for equivalence). Sent as such, a call's first packet and an API stream's first
+# 20 ms are digital silence: the first audible audio comes one frame after the first audio. A stream
+# starts at its fade's ramp instead; utterances after the first keep theirs (a pause between them).
+LEAD_ZEROS = SAMPLE_RATE // 50
 # A lower-precision vocoder is kept only if its audio on the default voice's reference mel is
 # this close to float32's. H100, random weights: float16 48.9 dB (1.35x faster), bfloat16 31 dB.
 # For scale, G.711's own quantisation noise is about 38 dB below a full-scale signal.
@@ -290,6 +295,7 @@ class ChatterboxEngine(EngineBase):
             return req, out
 
         running = [submit(pieces[0], 0)]
+        skip = LEAD_ZEROS  # the first utterance's zeroed lead-in, dropped
         try:
             for i in range(len(pieces)):
                 req, out = running[i]
@@ -301,6 +307,11 @@ class ChatterboxEngine(EngineBase):
                         raise EngineError(f"synthesis failed: {item}") from item
                     if len(running) == i + 1 and i + 1 < len(pieces):
                         running.append(submit(pieces[i + 1], i + 1))
+                    if skip:
+                        cut = min(skip, item.size)
+                        item, skip = item[cut:], skip - cut
+                        if not item.size:
+                            continue
                     yield item
         finally:
             for req, _ in running:
