@@ -68,12 +68,15 @@ def _apps(keys: list[str] | None = None, cap: int = 65536) -> tuple[SynthesisFro
     return SynthesisFront(inner, ctx), inner, engine, ctx
 
 
-async def _call(app, path: str, messages: list[dict], headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
-    """One POST through ``app``: its body as ``messages``; the status, headers and body sent back."""
-    hdrs = {"content-type": "application/json", **(headers or {})}
+async def _call(app, path: str, messages: list[dict], headers: dict[str, str] | list[tuple[str, str]] | None = None
+                ) -> tuple[int, dict, bytes]:
+    """One POST through ``app``: its body as ``messages``; the status, headers and body sent back (``headers``
+    as a list: sent as they are, repeated names included)."""
+    hdrs = headers if isinstance(headers, list) else {"content-type": "application/json", **(headers or {})}
+    pairs = hdrs if isinstance(hdrs, list) else list(hdrs.items())
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "path": path,
              "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
-             "headers": [(k.encode(), v.encode()) for k, v in hdrs.items()], "client": ("127.0.0.1", 5000),
+             "headers": [(k.encode(), v.encode()) for k, v in pairs], "client": ("127.0.0.1", 5000),
              "server": ("127.0.0.1", 8080), "state": {}}
     pending = list(messages)
     sent: list[dict] = []
@@ -147,6 +150,7 @@ SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Hello.", "response_forma
 PASSED_ON = [  # (messages, headers, status): the front does not take these; the app answers, its body replayed
     (_body({**SPEECH, "colour": "red"}), {}, 400),  # fails the model's validation
     ([{"type": "http.request", "body": b"{not json", "more_body": False}], {}, 400),
+    ([{"type": "http.request", "body": b"[" * 60000, "more_body": False}], {}, 400),  # nested past json's recursion
     (_body(SPEECH), {"content-type": "text/plain"}, 400),
     ([{"type": "http.request", "body": b" " * 70000, "more_body": False}], {}, 413),  # over the cap, no length
     ([{"type": "http.request", "body": b" " * 40000, "more_body": True},
@@ -214,5 +218,21 @@ def test_a_body_in_pieces_is_joined_and_a_client_gone_before_its_end_is_seen_by_
         await front(scope, receive, send)
         assert seen == [{"type": "http.request", "body": raw[:10], "more_body": True}, {"type": "http.disconnect"}]
         assert engine.texts == ["Hello."]
+
+    asyncio.run(run())
+
+
+def test_a_repeated_header_is_read_as_the_app_reads_it_the_first_one():
+    """Two Authorization (or Content-Type) headers: the first decides, on the short way as in the app."""
+    async def run() -> None:
+        front, inner, engine, _ = _apps(keys=["k-1"])
+        json_type = ("content-type", "application/json")
+        for pairs, status in (([json_type, ("authorization", "Bearer nope"), ("authorization", "Bearer k-1")], 401),
+                              ([json_type, ("authorization", "Bearer k-1"), ("authorization", "Bearer nope")], 200),
+                              ([("content-type", "text/plain"), json_type, ("authorization", "Bearer k-1")], 400)):
+            short = await _call(front, "/v1/audio/speech", _body(SPEECH), pairs)
+            assert short[0] == status, (pairs, short[0])
+            assert (await _call(inner, "/v1/audio/speech", _body(SPEECH), pairs))[0] == status
+        assert engine.texts == ["Hello.", "Hello."]  # the 200s: one short, one through the app
 
     asyncio.run(run())

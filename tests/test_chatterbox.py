@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 from engine.base import EngineError, VoiceSpec  # noqa: E402
 from engine.chatterbox.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from engine.chatterbox.engine import LEAD_ZEROS  # noqa: E402
 from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
 from engine.chatterbox.s3gen_streamer import (  # noqa: E402
     SAMPLES_PER_FRAME, FlowJob, S3GenStreamer,
@@ -620,7 +621,8 @@ def test_engine_streams_chunks_and_cancels(ckpt_dir):
     chunks, first, stats = asyncio.run(main())
     audio = np.concatenate(chunks)
     assert len(chunks) >= 2  # streamed in windows, not one blob
-    assert len(audio) == (40 + 3) * 2 * SAMPLES_PER_FRAME  # 40 tokens (start/stop blocked) + 3 silence tokens
+    # 40 tokens (start/stop blocked) + 3 silence tokens, less the stock fade's zeroed 20 ms at the stream's start
+    assert len(audio) == (40 + 3) * 2 * SAMPLES_PER_FRAME - LEAD_ZEROS
     assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
     assert len(first) > 0 and stats.cancelled == 1
 
@@ -677,7 +679,7 @@ def test_a_burst_of_callers_is_prefilled_in_few_batches_and_a_lone_one_at_once(c
 
     (p_alone, a_alone, _), (prefills, admitted), sizes = asyncio.run(main())
     assert (p_alone, a_alone) == (1, 1)
-    assert admitted == 7 and all(n == (30 + 3) * 2 * SAMPLES_PER_FRAME for n in sizes)
+    assert admitted == 7 and all(n == (30 + 3) * 2 * SAMPLES_PER_FRAME - LEAD_ZEROS for n in sizes)
     # 1 + the burst in a few batches (each prefill is followed by 3x its time of other work), not 1 + 6
     assert prefills <= 4, prefills
 
@@ -701,7 +703,7 @@ def test_speech_is_capped_to_the_room_left_in_the_cache(ckpt, ckpt_dir):
             await engine.close()
 
     audio = np.concatenate(asyncio.run(main()))
-    assert len(audio) == (room + 3) * 2 * SAMPLES_PER_FRAME  # capped at the room, then the 3 silence tokens
+    assert len(audio) == (room + 3) * 2 * SAMPLES_PER_FRAME - LEAD_ZEROS  # capped at the room, then the 3 silence tokens
 
 
 def test_voice_from_wav_is_cached_and_short_wavs_refused(ckpt, tmp_path):

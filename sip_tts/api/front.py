@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Awaitable, Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .context import ApiContext
 from .errors import ApiError, error_response
@@ -48,13 +48,13 @@ class SynthesisFront:
     def _plain(self, scope) -> bool:
         """JSON, of an acceptable length, with a valid key where keys are set (else FastAPI decides)."""
         ctype = auth = length = None
-        for name, value in scope["headers"]:
+        for name, value in scope["headers"]:  # the first of each, as Starlette's ``headers.get`` reads them
             if name == b"content-type":
-                ctype = value
+                ctype = value if ctype is None else ctype
             elif name == b"authorization":
-                auth = value
+                auth = value if auth is None else auth
             elif name == b"content-length":
-                length = value
+                length = value if length is None else length
         if ctype is None or not (ctype == b"application/json" or ctype.startswith(b"application/json;")):
             return False
         if length is not None and (not length.isdigit() or int(length) > self.cap):
@@ -79,7 +79,8 @@ class SynthesisFront:
         model, handler = route
         try:  # as FastAPI validates a body: json.loads, then the model (python mode)
             body = model.model_validate(json.loads(b"".join(parts)))
-        except (ValueError, ValidationError):  # (json's errors are ValueErrors)
+        except Exception:  # json's ValueError, the model's ValidationError, a RecursionError on deep nesting:
+            # FastAPI answers each (400 / 422), its body replayed
             return await self.app(scope, _replay(parts, None, receive), send)
         try:
             response = await handler(self.ctx, body)
