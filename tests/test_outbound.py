@@ -452,7 +452,7 @@ def test_in_dialog_reinvite_is_reported_and_answered_with_our_sdp():
 
 def test_in_dialog_offers_refused_the_way_the_ua_refuses_them():
     """An offer while one is open: 491; unusable SDP: 488 (ACKed on its branch); an old CSeq: 500;
-    a session interval under Min-SE: 422. None of them reaches the call table."""
+    a session interval under Min-SE: 422; one that is not a number: 400. None of them reaches the call table."""
     call, _ = answered_call()
     _far_request(call, "UPDATE", 2, 1.0, "z9hG4bKu1", HOLD)
     assert len(call.next_events()) == 1
@@ -469,6 +469,8 @@ def test_in_dialog_offers_refused_the_way_the_ua_refuses_them():
     ((small, _),) = _far_request(call, "UPDATE", 5, 4.0, "z9hG4bKse", HOLD,
                                  "Session-Expires: 30\r\nSupported: timer\r\n")
     assert small.status == 422 and small.headers.get("Min-SE") == "90"
+    out = _far_request(call, "INVITE", 6, 5.0, "z9hG4bKsex", HOLD, "Session-Expires: abc\r\nSupported: timer\r\n")
+    assert [m.status for m, _ in out] == [100, 400]  # a final answer, not a transaction left open
     assert call.next_events() == [] and call.phase == "established"
 
 

@@ -421,12 +421,17 @@ class PacerClock:
 
     def talkspurt(self, sender: RtpSender) -> None:
         """Audio was queued after silence: sent now if the pacer re-phases the call (``Pacer.talkspurt``)."""
-        data = self.pacer.talkspurt(sender, self._loop.time())
-        if data is not None:
-            try:
+        # Called from whoever queued the audio (a producer task, the SIP pump adding a call): nothing
+        # of this call's early packet may escape into them; the call's next slot sends as usual.
+        try:
+            data = self.pacer.talkspurt(sender, self._loop.time())
+            if data is not None:
                 sender.send(data)
-            except OSError:
-                self.send_errors += 1
+        except OSError:
+            self.send_errors += 1
+        except Exception:
+            self.send_errors += 1
+            _log.exception("rtp: a talkspurt's early packet failed")
 
     def _schedule(self) -> None:
         self._handle = self._loop.call_at(self.pacer.next_deadline(), self._on_timer)

@@ -624,7 +624,10 @@ class OutboundCall:
                 offer = parse_sdp(req.body)
             except SdpError as exc:
                 return response_for(req, 488, f"Not Acceptable Here - {exc}"[:80])
-        interval, too_small = _session_interval(req)
+        try:
+            interval, too_small = _session_interval(req)
+        except ValueError:  # as the inbound user agent answers it
+            return response_for(req, 400, "Bad Request - Session-Expires")
         if too_small:
             return response_for(req, 422, "Session Interval Too Small", extra=[("Min-SE", str(MIN_SE))])
         if interval is not None:
