@@ -283,10 +283,10 @@ class LiveSession:
                 if isinstance(seg, _Frames):
                     seg.frames = [_transcode(f, old_codec, codec) for f in seg.frames]
         shift = self.queue.sent + self.queue.dropped + self.queue.pending - base
-        self.queue.push_frames(frames)
         self._watches = [(n + shift, seq, kind, data) for n, seq, kind, data in self._watches]
         heapq.heapify(self._watches)
-        self._arm()
+        self._arm()  # before the push: a talkspurt may send the first frame inside it
+        self.queue.push_frames(frames)
         if self.audio_format is not None:
             self._frames = None
             self._set_audio(self.audio_format)
