@@ -451,13 +451,13 @@ def test_in_dialog_reinvite_is_reported_and_answered_with_our_sdp():
 
 
 def test_in_dialog_offers_refused_the_way_the_ua_refuses_them():
-    """An offer while one is open: 491; unusable SDP: 488 (ACKed on its branch); an old CSeq: 500;
+    """An offer while one is open: 500 with Retry-After (RFC 3311 §5.2); unusable SDP: 488 (ACKed on its branch); an old CSeq: 500;
     a session interval under Min-SE: 422; one that is not a number: 400. None of them reaches the call table."""
     call, _ = answered_call()
     _far_request(call, "UPDATE", 2, 1.0, "z9hG4bKu1", HOLD)
     assert len(call.next_events()) == 1
     ((glare, _),) = _far_request(call, "UPDATE", 3, 1.1, "z9hG4bKu2", HOLD)
-    assert glare.status == 491
+    assert glare.status == 500 and glare.headers.get("Retry-After")
     call.answer_update(None, 1.2, 488)
     ((refused, _),) = drain(call)
     assert refused.status == 488 and refused.cseq == (2, "UPDATE")

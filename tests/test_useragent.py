@@ -248,7 +248,7 @@ def test_reinvite_hands_the_offer_to_the_call_layer_and_answers_with_its_sdp(ua)
     assert resp.status == 200 and resp.body == b"v=0\r\nheld\r\n" and resp.cseq == (2, "INVITE")
 
 
-def test_update_and_info_in_dialog_and_491_while_an_offer_is_open(ua):
+def test_update_and_info_in_dialog_and_500_while_an_offer_of_theirs_is_open(ua):
     from telephony.sip.events import InfoReceived, SessionUpdate
 
     ev, to_tag, _ = _answered_call(ua)
@@ -257,7 +257,7 @@ def test_update_and_info_in_dialog_and_491_while_an_offer_is_open(ua):
     ua.receive_datagram(upd, CALLER, 1.0)
     assert [type(e) for e in ua.next_events()] == [SessionUpdate]
     ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=4), CALLER, 1.1)  # glare
-    assert statuses(ua) == [100, 491]
+    assert statuses(ua) == [100, 500]  # RFC 3261 §14.2: a second INVITE while one is pending
     ua.answer_update(ev.call_id, b"v=0\r\n", 1.2)
     assert statuses(ua) == [200]
     info = request("INFO", call_id=ev.call_id, cseq=5, to_tag=to_tag,

@@ -36,7 +36,7 @@ Why the details are as they are:
 * A re-INVITE or UPDATE inside the answered call (hold, resume, a new address, a session
   refresh) is reported as a ``SessionUpdate`` (events.py) and answered with ``answer_update``:
   the call table makes the same SDP answer as for an inbound call's re-offer; an offer while
-  one is open gets 491, an unusable SDP 488. RFC 4028 as the UA does it: a refresher=uac
+  one is open gets 500 with Retry-After, an unusable SDP 488. RFC 4028 as the UA does it: a refresher=uac
   interval is agreed (and enforced by the call table), one below Min-SE gets 422.
 
 Requests go out with ``uri`` set: the SIP URI whose host/port is the next hop
@@ -616,8 +616,8 @@ class OutboundCall:
         self.dialog.remote_cseq = cseq
         if req.method == "INVITE":
             tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
-        if self._update is not None:  # an offer of theirs is still open (RFC 3261 §14.2, RFC 3311 §5.2)
-            return response_for(req, 491, extra=[("Retry-After", "1")])
+        if self._update is not None:  # an offer of theirs is still open: 500 (RFC 3261 §14.2, RFC 3311 §5.2)
+            return response_for(req, 500, extra=[("Retry-After", "1")])
         offer = None
         if req.body:
             try:

@@ -557,8 +557,9 @@ class UserAgent:
         self._add_tx(key, tx, addr)
         if req.method == "INVITE":
             tx.handle(Input.PROVISIONAL, now, response_for(req, 100).serialize())
-        if call.pending_update is not None:  # an offer is still open (RFC 3261 §14.2, RFC 3311 §5.2)
-            tx.handle(Input.FAILURE, now, response_for(req, 491, extra=[("Retry-After", "1")]).serialize())
+        if call.pending_update is not None:  # an offer of theirs is still unanswered: 500 with Retry-After
+            # (RFC 3261 §14.2, RFC 3311 §5.2; 491 is for crossing an offer of ours, and we make none)
+            tx.handle(Input.FAILURE, now, response_for(req, 500, extra=[("Retry-After", "1")]).serialize())
             return
         offer = None
         if req.body:
