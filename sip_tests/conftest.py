@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,10 +19,28 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(os.environ.get("PEERS_DIR", ROOT / "sip_tests" / "peers")).resolve()
 
 
+_HANDED: set[int] = set()
+
+
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free for UDP *and* TCP (a server listens on both; the HTTP API takes one too), below the
+    kernel's ephemeral range (32768-60999 by default) and the RTP ranges the tests use (20000 up), so a
+    client's outgoing connection cannot take it between this check and the server's bind; never the
+    same port twice in one run."""
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randrange(12000, 20000)
+        if port in _HANDED:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _HANDED.add(port)
+        return port
+    raise RuntimeError("no free port in 12000-19999")
 
 
 def require(tool: str) -> str:

@@ -6,7 +6,7 @@ import wave
 
 import numpy as np
 
-from .conftest import PEERS, ROOT, require
+from .conftest import PEERS, ROOT, free_udp_port, require
 
 
 def read_wav(path):
@@ -76,9 +76,7 @@ scripts:
     - hangup
 """
     srv = start_server(prompts=prompts)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        ctrl = s.getsockname()[1]
+    ctrl = free_udp_port()  # baresip's ctrl_tcp listens there
     rec_path = tmp_path / "rec.wav"
     call = subprocess.Popen([str(PEERS / "baresip" / "call_and_record.sh"), f"sip:1000@{srv.uri_host}",
                              str(rec_path), "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -41,9 +41,7 @@ def _say_reference(srv, text: str, out) -> np.ndarray:
 
 
 def _ctrl_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_udp_port()  # baresip's ctrl_tcp listens there
 
 
 def _baresip_sends_digit(ctrl: int, digit: str) -> None:

@@ -41,9 +41,7 @@ def test_notify_ready_watchdog_stopping_and_per_instance_rtp_range(tmp_path):
     (tmp_path / "prompts.yaml").write_text('default: "Hello."\n')
     (tmp_path / "server.yaml").write_text("prompts: prompts.yaml\ndrain_timeout_s: 2\n")
     env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
-    with socket.socket() as s:  # the unit passes each instance its own HTTP port (API_LISTEN)
-        s.bind(("127.0.0.1", 0))
-        api_port = s.getsockname()[1]
+    api_port = free_udp_port()  # the unit passes each instance its own HTTP port (API_LISTEN)
     proc = subprocess.Popen([sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(tmp_path / "server.yaml"),
                              "--listen", f"127.0.0.1:{port}", "--rtp-ports", "41000-41009",
                              "--api-listen", f"127.0.0.1:{api_port}"],
