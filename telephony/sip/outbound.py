@@ -64,7 +64,7 @@ from .transaction import (T1, Input, InviteServerTransaction, NonInviteClientTra
                           State, TuEvent, _Transaction, response_input)
 from .uac import branch_of, build_offer, uac_dialog
 from .uri import NameAddr, SipUri
-from .useragent import MIN_SE, SUPPORTED, _session_interval
+from .useragent import MIN_SE, _session_interval, session_timer_headers
 
 Address = tuple[str, int]
 log = logging.getLogger(__name__)
@@ -218,10 +218,7 @@ class OutboundCall:
             return
         extra = [("Contact", f"<{self.config.contact}>")]
         if status == 200 and sdp:
-            extra.append(("Content-Type", "application/sdp"))
-            if self.session_expires is not None:
-                extra += [("Session-Expires", f"{self.session_expires};refresher=uac"), ("Require", "timer"),
-                          ("Supported", SUPPORTED)]
+            extra += [("Content-Type", "application/sdp")] + session_timer_headers(self.session_expires)
         resp = response_for(req, status, extra=extra, body=(sdp or b"") if status == 200 else b"")
         entry[0].handle(response_input(status), now, resp.serialize())
         if status == 200 and req.method == "INVITE":

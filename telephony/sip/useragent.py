@@ -275,7 +275,7 @@ class UserAgent:
         extra = [("Contact", self._contact(call.dialog.transport)), ("Allow", ", ".join(SERVED)),
                  ("Server", self.config.user_agent), ("Content-Type", "application/sdp")]
         extra += [("Record-Route", rr) for rr in call.invite.headers.get_all("Record-Route")]
-        extra += self._session_timer_headers(call)
+        extra += session_timer_headers(call.session_expires)
         resp = response_for(call.invite, 200, to_tag=call.dialog.local_tag, extra=extra, body=sdp)
         call.invite_tx.handle(Input.SUCCESS, now, resp.serialize())
         self._touched.add(call.invite_branch_key)
@@ -598,7 +598,7 @@ class UserAgent:
         extra = [("Contact", self._contact(call.dialog.transport))]
         if status == 200:
             call.last_answer = sdp
-            extra += [("Content-Type", "application/sdp")] + self._session_timer_headers(call)
+            extra += [("Content-Type", "application/sdp")] + session_timer_headers(call.session_expires)
         resp = response_for(req, status, extra=extra, body=sdp if status == 200 else b"")
         entry[0].handle(response_input(status), now, resp.serialize())
         self._touched.add(key)
@@ -608,11 +608,6 @@ class UserAgent:
         call = self._calls.get(call_id)
         return call.session_expires if call is not None else None
 
-    def _session_timer_headers(self, call: _Call) -> list[tuple[str, str]]:
-        if call.session_expires is None:
-            return []
-        return [("Session-Expires", f"{call.session_expires};refresher=uac"), ("Require", "timer"),
-                ("Supported", SUPPORTED)]
 
     def _receive_ack(self, req: Request, key: str, now: float) -> None:
         # ACK for a non-2xx shares the INVITE's branch; ACK for a 2xx is a new transaction
@@ -846,6 +841,13 @@ class UserAgent:
         caps = [("Allow", ", ".join(SERVED)), ("Accept", ACCEPT)]
         caps.append(("Supported", SUPPORTED))
         return caps
+
+
+def session_timer_headers(expires: int | None) -> list[tuple[str, str]]:
+    """A 2xx's RFC 4028 headers for an agreed interval (the far end refreshes; none when no timer)."""
+    if expires is None:
+        return []
+    return [("Session-Expires", f"{expires};refresher=uac"), ("Require", "timer"), ("Supported", SUPPORTED)]
 
 
 def _session_interval(req: Request) -> tuple[int | None, bool]:
