@@ -15,9 +15,7 @@
 #   device: PART=front_burst COMMIT=<sha> bash benchmarks/device_api_load.sh  (the same carry; a second call)
 # The burst engine at 1, 32, 128 (3 rounds), both trees, on that host's CPUs: api_load_burst_h200_front.*
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import httptools" || echo "httptools missing: uvicorn falls back to h11 (rebuild .whl)"
 out=${OUT:-benchmarks/results}

@@ -7,9 +7,7 @@
 #   PART=c COMMIT=<sha> bash benchmarks/device_regression.sh   # run 49: first burst vs later ones inside one engine
 # Results (json + md) go to $OUT.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+source benchmarks/device_env.sh
 out=${OUT:-benchmarks/results}
 quiet() { grep -v -E "FutureWarning|deprecate\(|warnings.warn|LoRACompatible"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
