@@ -8,6 +8,8 @@ not turn green. Locally a skip is allowed, and the summary says which tests did 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -19,6 +21,27 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
 _skipped: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Callable[..., Path]:
+    """``random_checkpoint(t3_layers, t3_width, seed)``: a random Chatterbox checkpoint (stop token
+    blocked), written once per test session and shared by every module that asks for the same
+    shape. Each one holds a full-size S3Gen (1.1 GB): one per module filled a CI disk. A test that
+    changes files works on ``link_copy`` of it and unlinks a file before rewriting it."""
+    made: dict[tuple[int, int, int], Path] = {}
+
+    def get(t3_layers: int, t3_width: int, seed: int) -> Path:
+        from engine.chatterbox.random_checkpoint import write_random_checkpoint
+
+        key = (t3_layers, t3_width, seed)
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"ckpt-{t3_layers}x{t3_width}-s{seed}")
+            made[key] = write_random_checkpoint(root, t3_layers=t3_layers, t3_width=t3_width, seed=seed,
+                                                block_stop=True)
+        return made[key]
+
+    return get
 
 
 def _strict() -> bool:

@@ -16,11 +16,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from engine.chatterbox.random_checkpoint import write_random_checkpoint
-
-    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt"), t3_layers=2, t3_width=128, seed=1,
-                                   block_stop=True)
+def checkpoint(random_checkpoint):
+    return random_checkpoint(2, 128, 1)
 
 
 def _wav(seconds: float, rate: int = 16000) -> bytes:

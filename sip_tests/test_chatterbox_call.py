@@ -13,11 +13,8 @@ pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from engine.chatterbox.random_checkpoint import write_random_checkpoint
-
-    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt"), t3_layers=2, t3_width=128, seed=1,
-                                   block_stop=True)
+def checkpoint(random_checkpoint):
+    return random_checkpoint(2, 128, 1)
 
 
 def test_call_hears_chatterbox_audio_and_gets_our_bye(start_server, checkpoint, capture, tmp_path):

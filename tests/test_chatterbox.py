@@ -8,7 +8,6 @@ the server uses.
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ torch = pytest.importorskip("torch")
 from engine.base import EngineError, VoiceSpec  # noqa: E402
 from engine.chatterbox.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from engine.chatterbox.engine import LEAD_ZEROS  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
+from engine.chatterbox.random_checkpoint import link_copy  # noqa: E402
 from engine.chatterbox.s3gen_streamer import (  # noqa: E402
     SAMPLES_PER_FRAME, FlowJob, S3GenStreamer,
 )
@@ -30,8 +29,8 @@ FAST = dict(watermark=False, startup_checks=False, text_budget=10_000)
 
 
 @pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt"), t3_layers=4, t3_width=256, seed=3, block_stop=True)
+def ckpt_dir(random_checkpoint):
+    return random_checkpoint(4, 256, 3)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,7 @@ def text_ids(ckpt, text):
 
 # -- loading ------------------------------------------------------------------------
 def test_missing_file_is_named(ckpt_dir, tmp_path):
-    bad = tmp_path / "ckpt"
-    shutil.copytree(ckpt_dir, bad)
+    bad = link_copy(ckpt_dir, tmp_path / "ckpt")
     (bad / "ve.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"ve\.safetensors: missing checkpoint file"):
         load_checkpoint(bad)
@@ -55,18 +53,18 @@ def test_missing_file_is_named(ckpt_dir, tmp_path):
 def test_missing_tensor_is_named(ckpt_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    bad = tmp_path / "ckpt"
-    shutil.copytree(ckpt_dir, bad)
+    bad = link_copy(ckpt_dir, tmp_path / "ckpt")
     state = load_file(str(bad / "t3_turbo_v1.safetensors"))
     del state["tfmr.h.2.attn.c_proj.weight"]
+    (bad / "t3_turbo_v1.safetensors").unlink()  # a hard link to the shared checkpoint's file
     save_file(state, str(bad / "t3_turbo_v1.safetensors"))
     with pytest.raises(CheckpointError, match=r"t3_turbo_v1\.safetensors: missing tensor\(s\) tfmr\.h\.2\.attn\.c_proj\.weight"):
         load_checkpoint(bad)
 
 
 def test_corrupt_file_is_named(ckpt_dir, tmp_path):
-    bad = tmp_path / "ckpt"
-    shutil.copytree(ckpt_dir, bad)
+    bad = link_copy(ckpt_dir, tmp_path / "ckpt")
+    (bad / "s3gen_meanflow.safetensors").unlink()  # a hard link to the shared checkpoint's file
     (bad / "s3gen_meanflow.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match=r"s3gen_meanflow\.safetensors: cannot read"):
         load_checkpoint(bad)

@@ -18,15 +18,14 @@ torch = pytest.importorskip("torch")
 from engine.base import EngineError, VoiceSpec  # noqa: E402
 from engine.chatterbox.checkpoint import load_checkpoint  # noqa: E402
 from engine.chatterbox.engine import LEAD_ZEROS, ChatterboxEngine, ChatterboxOptions  # noqa: E402
-from engine.chatterbox.random_checkpoint import write_random_checkpoint  # noqa: E402
 from engine.chatterbox.s3gen_streamer import SAMPLES_PER_FRAME  # noqa: E402
 
 TOKEN_SAMPLES = 2 * SAMPLES_PER_FRAME  # 40 ms of audio per speech token
 
 
 @pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt"), t3_layers=4, t3_width=256, seed=3, block_stop=True)
+def ckpt_dir(random_checkpoint):
+    return random_checkpoint(4, 256, 3)
 
 
 @pytest.fixture(scope="module")

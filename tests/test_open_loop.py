@@ -18,10 +18,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.mark.timeout(600)
-def test_open_loop_runs_on_a_cpu_and_reports_every_figure(tmp_path):
+def test_open_loop_runs_on_a_cpu_and_reports_every_figure(tmp_path, random_checkpoint):
     """A second of Poisson arrivals after a cold burst and a warm-up, then a saturated half second:
     every level, burst, the highest clean rate and the throughput are in the JSON, and the
     markdown table is written."""
+    # --small reads <random-dir>-small and writes a 4x256 checkpoint there only if none is there:
+    # it gets the suite's shared one (no second full-size S3Gen on the disk).
+    (tmp_path / "ckpt-small").symlink_to(random_checkpoint(4, 256, 3), target_is_directory=True)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "open_loop.py"), "--device", "cpu", "--small", "--dtype",
            "float32", "--random-dir", str(tmp_path / "ckpt"), "--durations", "1", "--rates", "2", "--window", "1",
            "--lead-in", "0", "--no-stock", "--burst", "2", "--burst-seconds", "1", "--warm-up", "1",

@@ -109,17 +109,34 @@ def benchmark_texts(n: int) -> list[torch.Tensor]:
 
 
 # -- doctored copies: each breaks one thing, for the checks that must catch it -------------------
-def _copy_with(src: str | Path, dst: str | Path, name: str, change: "callable") -> Path:
+def link_copy(src: str | Path, dst: str | Path) -> Path:
+    """A copy of the checkpoint at ``dst`` whose files are hard links to ``src``'s (a full-size
+    S3Gen is 1.1 GB; a test suite makes many doctored copies). Replace a file by unlinking it
+    first: writing into a linked file would change the original too."""
+    import os
     import shutil
-
-    from safetensors.torch import load_file, save_file
 
     dst = Path(dst)
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another file system: a real copy
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+    return dst
+
+
+def _copy_with(src: str | Path, dst: str | Path, name: str, change: "callable") -> Path:
+    from safetensors.torch import load_file, save_file
+
+    dst = link_copy(src, dst)
     state = load_file(str(dst / name))
     change(state)
+    (dst / name).unlink()
     save_file(state, str(dst / name))
     return dst
 
