@@ -33,6 +33,8 @@ def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_serve
     assert 'sip_tts_calls_total{outcome="prompt-done"} 3.0' in text
     assert "sip_tts_invite_to_200_seconds_count 3.0" in text
     assert "sip_tts_first_audio_seconds_count 3.0" in text
+    # fixed prompts come from the cache: the engine was asked nothing for these calls
+    assert "sip_tts_call_engine_first_audio_seconds_count 0.0" in text
     assert "sip_tts_calls_active 0.0" in text
 
     def value(name: str) -> float:
@@ -60,3 +62,22 @@ def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_serve
     assert get(mport, "/health") == (503, "draining\n")
     assert sipp.wait(30) == 0
     assert srv.proc.wait(20) == 0
+
+
+def test_engine_share_of_first_audio_is_measured_for_synthesized_prompts(start_server, tmp_path):
+    """A prompt made for the caller (a template) asks the engine: the histogram of its first audio
+    counts that call, and its time is part of (not more than) INVITE -> first audible packet."""
+    mport = free_udp_port()
+    srv = start_server(extra_yaml=f"metrics:\n  listen: 127.0.0.1:{mport}\n",
+                       prompts='routes:\n  "4000": "Hello. This call is for {caller_digits}."\ndefault: "Hello."\n')
+    res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "4000", tmp_path, "-m", "2", "-l", "1",
+                   "-recv_timeout", "20000", media_port=18700)
+    assert res.returncode == 0, res.stdout[-1500:]
+    text = get(mport, "/metrics")[1]
+
+    def value(name: str) -> float:
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    assert value("sip_tts_call_engine_first_audio_seconds_count") == 2
+    engine = value("sip_tts_call_engine_first_audio_seconds_sum")
+    assert 0 < engine <= value("sip_tts_first_audio_seconds_sum"), text

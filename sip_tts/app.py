@@ -135,6 +135,7 @@ class App:
                                    engine_health=lambda: (self.engine_up(), engine.restarts),
                                    pacer_late=lambda: self.server.clock.late_wakeups
                                    if self.server is not None and self.server.clock is not None else 0)
+            self.engine.first_audio = self.metrics.call_engine_first_audio.observe
         settings = server_settings(self.cfg, self.host, self.port, self.rtp_ports, engine.name)
         if self.metrics is not None:
             register_lockout_metrics(self.metrics.registry, settings.authenticator)

@@ -39,6 +39,8 @@ class CallsFirst:
         self.api_active = 0
         self.api_waiting = 0
         self._waiters: list[asyncio.Future] = []
+        # seconds from a caller's utterance asked to its first audio (the app points it at a histogram)
+        self.first_audio: Callable[[float], None] = lambda seconds: None
 
     def __getattr__(self, name: str) -> object:  # name, sample_rate, start, close, stats, available, ...
         return getattr(self.inner, name)
@@ -59,8 +61,12 @@ class CallsFirst:
                 yield item
             return
         self.calls_active += 1
+        asked, first = time.monotonic(), True
         try:
             async for item in pieces:
+                if first:
+                    first = False
+                    self.first_audio(time.monotonic() - asked)
                 yield item
         finally:
             self.calls_active -= 1
