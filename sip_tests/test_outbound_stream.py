@@ -180,12 +180,15 @@ def test_a_call_that_failed_before_the_stream_opened_still_tells_it(api):
     assert_all_clean(api)
 
 
-def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, tmp_path):
+@pytest.mark.parametrize("scenario,status", [("uas_reinvite.xml", 200), ("uas_reinvite_require.xml", 420)])
+def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, tmp_path, scenario, status):
     """SIPp answers, then re-INVITEs a second later (same stream, new o= version): it needs a 200
-    whose SDP answers PCMU (its scenario checks), ACKs it, and our audio keeps arriving across it."""
+    whose SDP answers PCMU (its scenario checks), ACKs it, and our audio keeps arriving across it.
+    A re-INVITE with ``Require: foo`` gets 420 with ``Unsupported: foo`` instead (as an inbound
+    call's would), which SIPp ACKs; the call and its audio go on just the same."""
     long_text = " ".join([HELLO] * 2)
     with Sink() as rtp:
-        proc, port = uas(tmp_path, "uas_reinvite.xml", "-key", "sink_port", str(rtp.port))
+        proc, port = uas(tmp_path, scenario, "-key", "sink_port", str(rtp.port))
         r = place(api, {"to": f"sip:callee@127.0.0.1:{port}", "steps": ["live"]})
         assert r.status_code == 201, r.text
         call_id = r.json()["call_id"]
@@ -205,8 +208,12 @@ def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, 
         trace = sipp_done(proc, tmp_path)
     assert kinds(events) == ["start", "answered", "speaking", "idle", "ended"], events
     reinvite = re.search(r"CSeq: 2 INVITE", trace)
-    assert reinvite and "SIP/2.0 200 OK" in trace[reinvite.end():]
-    wait_log(api, rf"call {re.escape(call_id)}: re-INVITE answered 200")
+    assert reinvite and f"SIP/2.0 {status} " in trace[reinvite.end():]
+    if status == 200:
+        wait_log(api, rf"call {re.escape(call_id)}: re-INVITE answered 200")
+    else:  # one 420 (its ACK matched: no retransmission), and the call table never saw the offer
+        assert trace.count("SIP/2.0 420 Bad Extension") == 1 and "Unsupported: foo" in trace
+        assert not re.search(rf"call {re.escape(call_id)}: re-INVITE answered", api.srv.log_text())
     # the audio went on across the re-INVITE: one stream, no packet missing, no hole in the arrivals
     packets = [p for _, p in rtp.packets]
     times = [t for t, _ in rtp.packets]

@@ -250,7 +250,7 @@ class OutboundIO:
         log.info("call %s: %s%s", ev.call_id, ev.kind, f" ({ev.status} {ev.reason})" if ev.status else "")
 
     def _session_update(self, ev: SessionUpdate, now: float) -> None:
-        answer = self.table.outbound_update(ev.call_id, ev.offer, self.calls.session_expires(ev.call_id), now)
+        answer = self.table.outbound_update(ev.call_id, ev.offer, ev.session_expires, now)
         if isinstance(answer, int):
             self.calls.answer_update(ev.call_id, None, now, answer)
         else:
