@@ -67,6 +67,7 @@ class _Record:
     to: str
     status_callback: str | None
     state: str = "calling"
+    initiated: bool = False  # its ``initiated`` callback is posted (first, whatever comes next)
 
 
 class Originator:
@@ -95,14 +96,24 @@ class Originator:
         source, handed = self._source(order)
         ring = order.ring_timeout_s or (trunk_cfg.ring_timeout_s if trunk_cfg else 30.0)
         loop = asyncio.get_running_loop()
-        try:
-            call_id = self.outbound.place(Dial(target, from_uri, source, trunk, ring_timeout_s=ring), loop.time())
-        except ValueError as exc:  # OutboundConfig names the field: the target's or the caller's URI
-            raise BadRequest("to" if str(exc).startswith(("target", "to_uri")) else "from", str(exc)) from None
-        self.records[call_id] = _Record(order.to, order.status_callback)
+        dial = Dial(target, from_uri, source, trunk, ring_timeout_s=ring)
+        call_id = dial.call_id
+        # Filed before the INVITE: an outcome can come within ``place`` itself (a send that fails
+        # at once is ``unreachable`` in its own pump), and must find the record (its status
+        # callback) and the live registry's expectation (which the outcome clears).
+        record = self.records[call_id] = _Record(order.to, order.status_callback)
         if handed and self.live is not None:
             self.live.expect(call_id)  # its stream may be opened before the first step runs
-        self._post(call_id, {"event": "initiated", "to": order.to})
+        try:
+            self.outbound.place(dial, loop.time())
+        except BaseException as exc:  # no INVITE went out: nothing to report, nothing kept
+            self.records.pop(call_id, None)
+            if handed and self.live is not None:
+                self.live.placed_over(call_id)
+            if isinstance(exc, ValueError):  # OutboundConfig names the field: the target's or the caller's URI
+                raise BadRequest("to" if str(exc).startswith(("target", "to_uri")) else "from", str(exc)) from None
+            raise
+        self._initiated(call_id, record)
         return call_id
 
     async def transfer(self, call_id: str, target: str) -> dict:
@@ -215,6 +226,7 @@ class Originator:
         record = self.records.get(ev.call_id)
         if record is None or not isinstance(ev, CallProgress):
             return  # (transfer outcomes are posted by ``transfer``, with the request's answer)
+        self._initiated(ev.call_id, record)
         record.state = ev.kind
         self._post(ev.call_id, {"event": ev.kind, "sip_status": ev.status, "reason": ev.reason})
         if self.live is not None:
@@ -226,8 +238,14 @@ class Originator:
         if ev.kind in FINAL:
             del self.records[ev.call_id]
 
-    def _post(self, call_id: str, body: dict) -> None:
-        record = self.records.get(call_id)
+    def _initiated(self, call_id: str, record: _Record) -> None:
+        """The ``initiated`` callback, once and before any other (an outcome within ``place``)."""
+        if not record.initiated:
+            record.initiated = True
+            self._post(call_id, {"event": "initiated", "to": record.to}, record)
+
+    def _post(self, call_id: str, body: dict, record: _Record | None = None) -> None:
+        record = record or self.records.get(call_id)
         if record is None or record.status_callback is None:
             return
         self._posts.put_nowait((record.status_callback, {"call_id": call_id, "time": time.time(), **body}))

@@ -76,6 +76,11 @@ OUTCOMES = {486: "busy", 600: "busy", 603: "declined", 404: "not_found", 604: "n
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, UPDATE"
 
 
+def new_call_id() -> str:
+    """A Call-ID for a call we place (the application may take it before the INVITE exists)."""
+    return secrets.token_hex(12) + "@sip-tts"
+
+
 class Send(NamedTuple):
     """A message to send: a request to the next hop named by ``uri``, or a response to ``addr``."""
 
@@ -114,7 +119,7 @@ class OutboundConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     dtmf_payload_type: int | None = 101  # None: no telephone-event in the offer
     user_agent: str = PRODUCT
-    call_id: str = field(default_factory=lambda: secrets.token_hex(12) + "@sip-tts")
+    call_id: str = field(default_factory=lambda: new_call_id())
 
     def __post_init__(self) -> None:
         """Refuse what would make a malformed INVITE, naming the field (the API turns it into a 4xx)."""
