@@ -7,6 +7,16 @@ Runs on the server's event loop (the HTTP API hands requests across when it has 
 its own). The trunks of server.yaml are resolved here (a host name once, without blocking);
 the audio of an answered call is an ordinary script run (``say`` is a one-step script,
 ``steps`` the prompts.yaml step schema), started when the INVITE goes out.
+
+A placed call is there for what it has to say: if its script ends while the phone still rings
+with nothing queued (the application of a ``live``/``connect`` first step went away without a
+word, and no step follows), nobody is left to drive it and it is cancelled at once (CANCEL,
+outcome ``cancelled``; ``CallTable.source_over``) instead of being answered only to be hung up.
+One that has just been answered ends with our BYE, as any script that ends; text the
+application sent before it went is heard from the answer on first.
+
+A call's record (its status callback) is filed before its INVITE exists: an outcome can come
+within ``place`` itself (a send that fails at once is ``unreachable`` in that call's own pump).
 """
 
 from __future__ import annotations
