@@ -25,7 +25,7 @@ from .conftest import free_udp_port
 from .live_support import assert_clean as assert_live_clean
 from .live_support import ws_url
 from .test_ivr import best_match, rendered
-from .test_outbound import assert_clean, place, sipp_done, uas, wait_log
+from .test_outbound import Callbacks, assert_clean, place, sipp_done, uas, wait_log
 
 HELLO = "Hello, this is a test call. Your order has shipped."
 pytestmark = pytest.mark.timeout(90)
@@ -166,6 +166,68 @@ def test_an_outcome_before_the_answer_ends_the_stream(api, tmp_path, scenario, r
     assert_all_clean(api)
 
 
+def test_a_stream_closed_while_it_rings_cancels_the_call(api, tmp_path):
+    """The application opens the stream, sees ``ringing`` and goes away without a word: the call
+    has nothing left to say and nobody to drive it, so it is cancelled at once (SIPp, ringing with
+    no answer, sees our CANCEL long before ring_timeout_s), the outcome ``cancelled`` goes to the
+    status callback, and nothing is left behind."""
+    callbacks = Callbacks()
+    proc, port = uas(tmp_path, "uas_ring_cancel.xml")
+    r = place(api, {"to": f"sip:someone@127.0.0.1:{port}", "steps": ["live"], "ring_timeout_s": 60,
+                    "status_callback": callbacks.url})
+    assert r.status_code == 201, r.text
+    call_id = r.json()["call_id"]
+
+    async def leave_when_ringing() -> tuple[list[dict], float]:
+        events = []
+        async with websockets.connect(ws_url(api, call_id)) as ws:
+            async with asyncio.timeout(20):
+                async for raw in ws:
+                    events.append(json.loads(raw))
+                    if events[-1]["event"] == "ringing":
+                        break
+        return events, time.monotonic()
+
+    events, left = asyncio.run(leave_when_ringing())
+    assert kinds(events) == ["start", "ringing"], events
+    wait_log(api, rf"call {re.escape(call_id)}: cancelled \(487 ", timeout=20)
+    took = time.monotonic() - left
+    trace = sipp_done(proc, tmp_path)
+    assert f"CANCEL sip:someone@127.0.0.1:{port}" in trace
+    assert took < 15, took  # (wide for a loaded host; the ring timeout was 60 s)
+    assert callbacks.events(until="cancelled") == ["initiated", "ringing", "cancelled"], callbacks.got
+    assert callbacks.got[-1]["sip_status"] == 487
+    wait_log(api, rf"call {re.escape(call_id)}: nothing to say before the answer: cancelling")
+    assert_all_clean(api)
+
+
+def test_text_sent_before_the_stream_closed_is_heard_then_the_call_ends(api, tmp_path):
+    """The other side of the rule above: an application that says something and goes away while it
+    rings leaves something to say. The call is not cancelled: SIPp answers a second later, hears the
+    text, and our BYE ends the call once it has played."""
+    callbacks = Callbacks()
+    with Sink() as rtp:
+        proc, port = uas(tmp_path, "uas_ring_answer.xml", "-key", "sink_port", str(rtp.port),
+                         "-key", "pt", "0", "-key", "codec", "PCMU")
+        r = place(api, {"to": f"sip:callee@127.0.0.1:{port}", "steps": ["live"], "status_callback": callbacks.url})
+        assert r.status_code == 201, r.text
+        call_id = r.json()["call_id"]
+
+        async def say_and_leave() -> None:
+            async with websockets.connect(ws_url(api, call_id)) as ws:
+                await ws.send(json.dumps({"text": HELLO, "flush": True}))
+                assert json.loads(await ws.recv())["event"] == "start"
+
+        asyncio.run(say_and_leave())
+        trace = sipp_done(proc, tmp_path)
+    assert "CANCEL sip:" not in trace and "BYE sip:" in trace
+    assert callbacks.events(until="ended") == ["initiated", "ringing", "answered", "ended"], callbacks.got
+    assert callbacks.got[-1]["reason"] == "local-bye"  # (our BYE, once it had played)
+    corr, _ = best_match(rtp.pcm("PCMU"), rendered(api.srv, HELLO))
+    assert corr > 0.9, corr
+    assert_all_clean(api)
+
+
 def test_a_call_that_failed_before_the_stream_opened_still_tells_it(api):
     """A TCP trunk nobody listens on: the call is unreachable before the application's socket can
     open; the socket still gets the outcome (its SIP code) and ``ended``, and is closed."""
@@ -180,12 +242,15 @@ def test_a_call_that_failed_before_the_stream_opened_still_tells_it(api):
     assert_all_clean(api)
 
 
-def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, tmp_path):
+@pytest.mark.parametrize("scenario,status", [("uas_reinvite.xml", 200), ("uas_reinvite_require.xml", 420)])
+def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, tmp_path, scenario, status):
     """SIPp answers, then re-INVITEs a second later (same stream, new o= version): it needs a 200
-    whose SDP answers PCMU (its scenario checks), ACKs it, and our audio keeps arriving across it."""
+    whose SDP answers PCMU (its scenario checks), ACKs it, and our audio keeps arriving across it.
+    A re-INVITE with ``Require: foo`` gets 420 with ``Unsupported: foo`` instead (as an inbound
+    call's would), which SIPp ACKs; the call and its audio go on just the same."""
     long_text = " ".join([HELLO] * 2)
     with Sink() as rtp:
-        proc, port = uas(tmp_path, "uas_reinvite.xml", "-key", "sink_port", str(rtp.port))
+        proc, port = uas(tmp_path, scenario, "-key", "sink_port", str(rtp.port))
         r = place(api, {"to": f"sip:callee@127.0.0.1:{port}", "steps": ["live"]})
         assert r.status_code == 201, r.text
         call_id = r.json()["call_id"]
@@ -205,8 +270,12 @@ def test_reinvite_in_a_placed_call_gets_200_with_sdp_and_the_audio_goes_on(api, 
         trace = sipp_done(proc, tmp_path)
     assert kinds(events) == ["start", "answered", "speaking", "idle", "ended"], events
     reinvite = re.search(r"CSeq: 2 INVITE", trace)
-    assert reinvite and "SIP/2.0 200 OK" in trace[reinvite.end():]
-    wait_log(api, rf"call {re.escape(call_id)}: re-INVITE answered 200")
+    assert reinvite and f"SIP/2.0 {status} " in trace[reinvite.end():]
+    if status == 200:
+        wait_log(api, rf"call {re.escape(call_id)}: re-INVITE answered 200")
+    else:  # one 420 (its ACK matched: no retransmission), and the call table never saw the offer
+        assert trace.count("SIP/2.0 420 Bad Extension") == 1 and "Unsupported: foo" in trace
+        assert not re.search(rf"call {re.escape(call_id)}: re-INVITE answered", api.srv.log_text())
     # the audio went on across the re-INVITE: one stream, no packet missing, no hole in the arrivals
     packets = [p for _, p in rtp.packets]
     times = [t for t, _ in rtp.packets]

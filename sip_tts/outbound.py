@@ -7,6 +7,16 @@ Runs on the server's event loop (the HTTP API hands requests across when it has 
 its own). The trunks of server.yaml are resolved here (a host name once, without blocking);
 the audio of an answered call is an ordinary script run (``say`` is a one-step script,
 ``steps`` the prompts.yaml step schema), started when the INVITE goes out.
+
+A placed call is there for what it has to say: if its script ends while the phone still rings
+with nothing queued (the application of a ``live``/``connect`` first step went away without a
+word, and no step follows), nobody is left to drive it and it is cancelled at once (CANCEL,
+outcome ``cancelled``; ``CallTable.source_over``) instead of being answered only to be hung up.
+One that has just been answered ends with our BYE, as any script that ends; text the
+application sent before it went is heard from the answer on first.
+
+A call's record (its status callback) is filed before its INVITE exists: an outcome can come
+within ``place`` itself (a send that fails at once is ``unreachable`` in that call's own pump).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ class _Record:
     to: str
     status_callback: str | None
     state: str = "calling"
+    initiated: bool = False  # its ``initiated`` callback is posted (first, whatever comes next)
 
 
 class Originator:
@@ -95,14 +106,24 @@ class Originator:
         source, handed = self._source(order)
         ring = order.ring_timeout_s or (trunk_cfg.ring_timeout_s if trunk_cfg else 30.0)
         loop = asyncio.get_running_loop()
-        try:
-            call_id = self.outbound.place(Dial(target, from_uri, source, trunk, ring_timeout_s=ring), loop.time())
-        except ValueError as exc:  # OutboundConfig names the field: the target's or the caller's URI
-            raise BadRequest("to" if str(exc).startswith(("target", "to_uri")) else "from", str(exc)) from None
-        self.records[call_id] = _Record(order.to, order.status_callback)
+        dial = Dial(target, from_uri, source, trunk, ring_timeout_s=ring)
+        call_id = dial.call_id
+        # Filed before the INVITE: an outcome can come within ``place`` itself (a send that fails
+        # at once is ``unreachable`` in its own pump), and must find the record (its status
+        # callback) and the live registry's expectation (which the outcome clears).
+        record = self.records[call_id] = _Record(order.to, order.status_callback)
         if handed and self.live is not None:
             self.live.expect(call_id)  # its stream may be opened before the first step runs
-        self._post(call_id, {"event": "initiated", "to": order.to})
+        try:
+            self.outbound.place(dial, loop.time())
+        except BaseException as exc:  # no INVITE went out: nothing to report, nothing kept
+            self.records.pop(call_id, None)
+            if handed and self.live is not None:
+                self.live.placed_over(call_id)
+            if isinstance(exc, ValueError):  # OutboundConfig names the field: the target's or the caller's URI
+                raise BadRequest("to" if str(exc).startswith(("target", "to_uri")) else "from", str(exc)) from None
+            raise
+        self._initiated(call_id, record)
         return call_id
 
     async def transfer(self, call_id: str, target: str) -> dict:
@@ -215,6 +236,7 @@ class Originator:
         record = self.records.get(ev.call_id)
         if record is None or not isinstance(ev, CallProgress):
             return  # (transfer outcomes are posted by ``transfer``, with the request's answer)
+        self._initiated(ev.call_id, record)
         record.state = ev.kind
         self._post(ev.call_id, {"event": ev.kind, "sip_status": ev.status, "reason": ev.reason})
         if self.live is not None:
@@ -226,8 +248,14 @@ class Originator:
         if ev.kind in FINAL:
             del self.records[ev.call_id]
 
-    def _post(self, call_id: str, body: dict) -> None:
-        record = self.records.get(call_id)
+    def _initiated(self, call_id: str, record: _Record) -> None:
+        """The ``initiated`` callback, once and before any other (an outcome within ``place``)."""
+        if not record.initiated:
+            record.initiated = True
+            self._post(call_id, {"event": "initiated", "to": record.to}, record)
+
+    def _post(self, call_id: str, body: dict, record: _Record | None = None) -> None:
+        record = record or self.records.get(call_id)
         if record is None or record.status_callback is None:
             return
         self._posts.put_nowait((record.status_callback, {"call_id": call_id, "time": time.time(), **body}))

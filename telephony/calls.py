@@ -445,6 +445,18 @@ class CallTable:
         call.phase = Phase.ANSWERED
         self._start_media(call, now)
 
+    def source_over(self, call_id: str, now: float) -> None:
+        """The call's audio source has finished. A placed call not answered yet with nothing queued
+        has nothing left to say (the application that was to drive it went away, its script
+        ended): it is cancelled now (CANCEL; the outcome ``cancelled``), not answered only to be
+        hung up. Any other call ends when its queue has played out (``prompt_done``)."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended or not call.outbound or call.answer_pending or call.queue.pending:
+            return
+        if call.phase in (Phase.BINDING, Phase.DIALING):
+            log.info("call %s: nothing to say before the answer: cancelling", call_id)
+            self.hangup(call, "nothing-to-say", now)
+
     def outbound_ended(self, call_id: str, reason: str, now: float) -> None:
         """The call's SIP is over (an outcome before the answer, or a BYE after it)."""
         call = self.calls.get(call_id)

@@ -165,6 +165,9 @@ class MediaIO:
             raise
         except Exception:
             log.exception("call %s: audio source failed", call.info.call_id)
+        if call.outbound and self.table.calls.get(call.info.call_id) is call:  # (ringing, nothing queued: cancelled)
+            self.table.source_over(call.info.call_id, self.now())
+            self.pump()
         tail = int(self.hangup_after_prompt_ms / 1000 * SAMPLE_RATE)
         if tail:
             call.queue.push(silence(call.info.codec, tail))

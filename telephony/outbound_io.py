@@ -23,7 +23,7 @@ from .call import AudioSource, CallInfo
 from .calls import CallTable
 from .ports import PortsExhausted
 from .sip.events import IncomingCall, SessionUpdate
-from .sip.outbound import CallProgress, OutboundCall, OutboundConfig
+from .sip.outbound import CallProgress, OutboundCall, OutboundConfig, new_call_id
 from .sip.outbound_calls import CallRefused, OutboundCalls, TrunkLimits
 from .sip.refer import TransferEvent
 from .sip.sdp import parse_sdp
@@ -64,6 +64,7 @@ class Dial:
     trunk: Trunk | None = None
     from_display: str = ""
     ring_timeout_s: float = 30.0
+    call_id: str = field(default_factory=new_call_id)  # chosen first: the caller files it before the INVITE
 
 
 @dataclass
@@ -93,8 +94,10 @@ class OutboundIO:
 
     # -- the application's requests ------------------------------------------------------------
     def place(self, dial: Dial, now: float) -> str:
-        """Send the INVITE (and start the audio); the Call-ID. Raises ``CallRefused`` (no INVITE
-        sent: max_calls, the trunk's limits, no RTP port) or ``ValueError`` naming a bad field."""
+        """Send the INVITE (and start the audio); the Call-ID (``dial.call_id``). Raises ``CallRefused``
+        (no INVITE sent: max_calls, the trunk's limits, no RTP port) or ``ValueError`` naming a bad
+        field. The listeners may hear of the call before this returns: a send that fails at once
+        makes it ``unreachable`` in this call's own pump."""
         table = self.table
         settings = table.settings
         if table.ua.draining:
@@ -118,7 +121,7 @@ class OutboundIO:
                 media_address=host, media_port=port, transport=transport, from_display=dial.from_display,
                 username=trunk.username if trunk else "", password=trunk.password if trunk else "",
                 outbound_proxy=proxy, ring_timeout_s=dial.ring_timeout_s, codecs=tuple(settings.codecs),
-                user_agent=table.ua.config.user_agent)
+                user_agent=table.ua.config.user_agent, call_id=dial.call_id)
             inbound = sum(1 for c in table.calls.values() if not c.outbound)
             call = self.calls.place(config, now, trunk.name if trunk else "", trunk.limits if trunk else None,
                                     inbound_active=inbound)
@@ -250,7 +253,7 @@ class OutboundIO:
         log.info("call %s: %s%s", ev.call_id, ev.kind, f" ({ev.status} {ev.reason})" if ev.status else "")
 
     def _session_update(self, ev: SessionUpdate, now: float) -> None:
-        answer = self.table.outbound_update(ev.call_id, ev.offer, self.calls.session_expires(ev.call_id), now)
+        answer = self.table.outbound_update(ev.call_id, ev.offer, ev.session_expires, now)
         if isinstance(answer, int):
             self.calls.answer_update(ev.call_id, None, now, answer)
         else:

@@ -434,8 +434,9 @@ def test_in_dialog_reinvite_is_reported_and_answered_with_our_sdp():
     assert [m.status for m, _ in out] == [100]
     (update,) = call.next_events()
     assert update.method == "INVITE" and update.offer.media[0].direction == "sendonly"
-    assert call.session_expires == 1800
+    assert update.session_expires == 1800
     call.answer_update(b"v=0\r\n", 1.01)
+    assert call.session_expires == 1800
     ((ok200, send),) = drain(call)
     assert ok200.status == 200 and ok200.cseq == (2, "INVITE") and ok200.body == b"v=0\r\n"
     assert send.addr == ("198.51.100.7", 5070)
@@ -472,6 +473,40 @@ def test_in_dialog_offers_refused_the_way_the_ua_refuses_them():
     out = _far_request(call, "INVITE", 6, 5.0, "z9hG4bKsex", HOLD, "Session-Expires: abc\r\nSupported: timer\r\n")
     assert [m.status for m, _ in out] == [100, 400]  # a final answer, not a transaction left open
     assert call.next_events() == [] and call.phase == "established"
+
+
+def test_each_refresh_agrees_the_session_timer_anew():
+    """RFC 4028 (as the UA): a later re-offer without Session-Expires is answered without it and
+    turns the timer off (the SessionUpdate says so to the call table); it is not carried over."""
+    call, _ = answered_call()
+    _far_request(call, "INVITE", 2, 1.0, "z9hG4bKst1", HOLD, "Session-Expires: 1800;refresher=uac\r\n"
+                 "Supported: timer\r\n")
+    (update,) = call.next_events()
+    call.answer_update(b"v=0\r\n", 1.0)
+    ((ok, _),) = drain(call)
+    assert update.session_expires == 1800 and ok.headers.get("Session-Expires") == "1800;refresher=uac"
+    _far_request(call, "ACK", 2, 1.1, "z9hG4bKack")
+    _far_request(call, "UPDATE", 3, 2.0, "z9hG4bKst2", HOLD)
+    (update,) = call.next_events()
+    call.answer_update(b"v=0\r\n", 2.0)
+    ((ok, _),) = drain(call)
+    assert update.session_expires is None and call.session_expires is None
+    assert ok.status == 200 and ok.headers.get("Session-Expires") is None and ok.headers.get("Require") is None
+
+
+def test_a_reoffer_requiring_an_unknown_option_is_420_and_the_call_stays():
+    """RFC 3261 §8.2.2.3, through the UA's own check: 420 naming what we lack (not ``timer``), no
+    SessionUpdate; the INVITE's transaction ends with its ACK and the call goes on."""
+    call, _ = answered_call()
+    out = _far_request(call, "INVITE", 2, 1.0, "z9hG4bKreq", HOLD, "Require: timer, foo\r\nSupported: timer\r\n"
+                       "Session-Expires: 1800\r\n")
+    assert [m.status for m, _ in out] == [420] and out[0][0].headers.get("Unsupported") == "foo"
+    assert _far_request(call, "ACK", 2, 1.1, "z9hG4bKreq") == []
+    ((upd, _),) = _far_request(call, "UPDATE", 3, 1.2, "z9hG4bKreq2", HOLD, "Require: foo\r\n")
+    assert upd.status == 420
+    assert call.next_events() == [] and call.phase == "established" and call.session_expires is None
+    _far_request(call, "UPDATE", 4, 2.0, "z9hG4bKok", HOLD)
+    assert len(call.next_events()) == 1  # a later offer without it is taken
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -106,3 +106,28 @@ def test_a_reoffer_in_a_placed_call_is_answered_as_an_inbound_calls():
     assert resume.media[0].direction == "sendrecv" and not sender.paused and call.session_deadline is None
     assert h.table.outbound_update("out-1", parse_sdp(ANSWER.format(pt=8).encode()), None, 4.0) == 488
     assert h.table.outbound_update("nope", None, None, 4.0) == 481
+
+
+def test_a_source_over_before_the_answer_with_nothing_queued_cancels_the_call():
+    """Nothing left to say while it rings (its application went away): hung up now (the CANCEL is
+    the OutboundCall's). With audio queued, or once answered, the call waits for the answer /
+    plays it out as before (``prompt_done`` ends it)."""
+    h = Harness()
+    _, hangups = dial(h)
+    h.pump()
+    h.table.source_over("out-1", 1.0)  # still binding its RTP socket, nothing queued
+    assert hangups == ["out-1"] and h.table.calls["out-1"].ended
+    h.bound("out-1")
+    assert "out-1" not in h.table.calls and h.table.ports.in_use == 0
+
+    for state in ("queued", "answered"):
+        h = Harness()
+        _, hangups = dial(h)
+        h.pump()
+        h.bound("out-1")
+        if state == "queued":
+            h.table.calls["out-1"].queue.push_frames([b"\xff" * 160])
+        else:
+            answer(h, 0)
+        h.table.source_over("out-1", 1.0)
+        assert hangups == [] and not h.table.calls["out-1"].ended, state

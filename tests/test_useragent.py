@@ -278,6 +278,41 @@ def test_session_timer_agreed_with_the_caller_refreshing(ua):
     assert ok.headers.get("Require") == "timer"
 
 
+def test_each_refresh_agrees_the_session_timer_anew(ua):
+    """RFC 4028 §9/§7.4: a refresh negotiates the timer as the initial INVITE did. One re-INVITE
+    agrees 1800 s; a later one without Session-Expires gets a 200 without it (no session
+    expiration: the interval is not carried over), and a refused re-offer changes nothing."""
+    ev, to_tag, _ = _answered_call(ua)
+    timer = "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n"
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=2, extra=timer), CALLER, 1.0)
+    (upd,) = ua.next_events()
+    assert upd.session_expires == 1800
+    ua.answer_update(ev.call_id, b"v=0\r\n", 1.0)
+    (ok, _), = [x for x in sent(ua) if x[0].status == 200]
+    assert ok.headers.get("Session-Expires") == "1800;refresher=uac" and ua.session_expires(ev.call_id) == 1800
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=3, extra="Session-Expires: 600\r\n"
+                               "Supported: timer\r\n"), CALLER, 2.0)
+    ua.next_events()
+    ua.reject_update(ev.call_id, 488, 2.0)  # refused: the session (and its timer) stays as it was
+    assert ua.session_expires(ev.call_id) == 1800
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=4), CALLER, 3.0)
+    (upd,) = ua.next_events()
+    assert upd.session_expires is None
+    ua.answer_update(ev.call_id, b"v=0\r\n", 3.0)
+    (ok, _), = [x for x in sent(ua) if x[0].status == 200]
+    assert ok.headers.get("Session-Expires") is None and ok.headers.get("Require") is None
+    assert ua.session_expires(ev.call_id) is None
+
+
+def test_reinvite_requiring_an_unknown_option_is_420_and_the_call_stays(ua):
+    ev, to_tag, _ = _answered_call(ua)
+    ua.receive_datagram(invite(call_id=ev.call_id, to_tag=to_tag, cseq=2, extra="Require: foo, timer\r\n"),
+                        CALLER, 1.0)
+    (resp, _), = sent(ua)
+    assert resp.status == 420 and resp.headers.get("Unsupported") == "foo"
+    assert ua.next_events() == [] and ua.active_calls == 1
+
+
 def test_session_interval_too_small_is_422_with_min_se(ua):
     ua.receive_datagram(invite(extra="Session-Expires: 30\r\nSupported: timer\r\n"), CALLER, 0.0)
     out = [m for m, _ in sent(ua)]

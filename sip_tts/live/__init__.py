@@ -48,7 +48,9 @@ Server -> application: JSON events (text) and, when asked, the caller's audio (b
     outcome before the answer (``busy``, ``declined``, ``not_found``, ``no_answer``,
     ``unreachable``, ``cancelled``, ``failed``) followed by ``ended``; ``transfer_succeeded`` /
     ``transfer_failed``. What happened before the attach is sent right after ``start``. Text sent
-    while it rings is synthesised at once and heard from the answer on.
+    while it rings is synthesised at once and heard from the answer on. An application that
+    closes the stream while it rings, having sent nothing (and no step follows ``live``), leaves
+    the call nothing to say: it is cancelled at once (``cancelled`` to the status callback).
 
     binary: 8-byte header "!BBHI" = version (1), flags (bit 0: silence filled in for lost
     packets), frame number (16 bits, +1 per frame: a gap means frames a slow client lost),

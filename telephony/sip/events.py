@@ -41,12 +41,14 @@ class SessionUpdate:
     """A re-INVITE or UPDATE inside the dialog: answer with ``UserAgent.answer_update`` (or reject it).
 
     ``offer`` is None for a re-INVITE without SDP (we offer our current session in the 200).
-    Any update also refreshes the session timer.
+    Any update also renegotiates the session timer (RFC 4028: a 200 to one without
+    Session-Expires turns it off).
     """
 
     call_id: str
     method: str
     offer: SessionDescription | None
+    session_expires: int | None = None  # the RFC 4028 interval a 200 to it agrees to (None: no timer)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,10 @@ Why the details are as they are:
 * A re-INVITE or UPDATE inside the answered call (hold, resume, a new address, a session
   refresh) is reported as a ``SessionUpdate`` (events.py) and answered with ``answer_update``:
   the call table makes the same SDP answer as for an inbound call's re-offer; an offer while
-  one is open gets 500 with Retry-After, an unusable SDP 488. RFC 4028 as the UA does it: a refresher=uac
-  interval is agreed (and enforced by the call table), one below Min-SE gets 422.
+  one is open gets 500 with Retry-After, an unusable SDP 488, one whose Require names an option
+  we lack 420 with Unsupported (``bad_extension``, the UA's own check). RFC 4028 as the UA does it:
+  a refresher=uac interval is agreed (and enforced by the call table), one below Min-SE gets 422,
+  and each refresh agrees anew (``refreshed_interval``: one without Session-Expires turns the timer off).
 
 Requests go out with ``uri`` set: the SIP URI whose host/port is the next hop
 (outbound proxy, route set or target); the I/O layer resolves it. Responses to
@@ -64,7 +66,7 @@ from .transaction import (T1, Input, InviteServerTransaction, NonInviteClientTra
                           State, TuEvent, _Transaction, response_input)
 from .uac import branch_of, build_offer, uac_dialog
 from .uri import NameAddr, SipUri
-from .useragent import MIN_SE, _session_interval, session_timer_headers
+from .useragent import MIN_SE, _session_interval, bad_extension, refreshed_interval, session_timer_headers
 
 Address = tuple[str, int]
 log = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ log = logging.getLogger(__name__)
 # Final responses with an outcome of their own; every other 3xx-6xx is "failed".
 OUTCOMES = {486: "busy", 600: "busy", 603: "declined", 404: "not_found", 604: "not_found"}
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, UPDATE"
+
+
+def new_call_id() -> str:
+    """A Call-ID for a call we place (the application may take it before the INVITE exists)."""
+    return secrets.token_hex(12) + "@sip-tts"
 
 
 class Send(NamedTuple):
@@ -112,7 +119,7 @@ class OutboundConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     dtmf_payload_type: int | None = 101  # None: no telephone-event in the offer
     user_agent: str = PRODUCT
-    call_id: str = field(default_factory=lambda: secrets.token_hex(12) + "@sip-tts")
+    call_id: str = field(default_factory=lambda: new_call_id())
 
     def __post_init__(self) -> None:
         """Refuse what would make a malformed INVITE, naming the field (the API turns it into a 4xx)."""
@@ -218,6 +225,7 @@ class OutboundCall:
             return
         extra = [("Contact", f"<{self.config.contact}>")]
         if status == 200 and sdp:
+            self.session_expires = refreshed_interval(req)
             extra += [("Content-Type", "application/sdp")] + session_timer_headers(self.session_expires)
         resp = response_for(req, status, extra=extra, body=(sdp or b"") if status == 200 else b"")
         entry[0].handle(response_input(status), now, resp.serialize())
@@ -579,7 +587,10 @@ class OutboundCall:
         tx: _Transaction = InviteServerTransaction(key=key, reliable=self.reliable) if req.method == "INVITE" \
             else NonInviteServerTransaction(key=key, reliable=self.reliable)
         self._server_txs[key] = (tx, source)
-        if dialog is None or to_tag != dialog.local_tag:
+        refusal = bad_extension(req)  # (before the dialog is looked at, as the UA does)
+        if refusal is not None:
+            resp = response_for(req, 420, extra=refusal)
+        elif dialog is None or to_tag != dialog.local_tag:
             resp = response_for(req, 481)
         elif req.method == "BYE":
             resp = response_for(req, 200)
@@ -627,10 +638,8 @@ class OutboundCall:
             return response_for(req, 400, "Bad Request - Session-Expires")
         if too_small:
             return response_for(req, 422, "Session Interval Too Small", extra=[("Min-SE", str(MIN_SE))])
-        if interval is not None:
-            self.session_expires = interval
-        self._update = (key, req)
-        self._events.append(SessionUpdate(self.call_id, req.method, offer))
+        self._update = (key, req)  # (the interval is agreed by the 200: ``answer_update``)
+        self._events.append(SessionUpdate(self.call_id, req.method, offer, interval))
         return None
 
     # -- outcomes --------------------------------------------------------------------------------

@@ -447,12 +447,10 @@ class UserAgent:
         if scheme not in ("sip", "sips"):
             self._respond_new(req, key, addr, now, 416)
             return False
-        if req.method != "CANCEL":
-            unsupported = [opt for value in req.headers.get_all("Require") for opt in
-                           (o.strip() for o in value.split(",")) if opt and opt.lower() not in SUPPORTED_OPTIONS]
-            if unsupported:
-                self._respond_new(req, key, addr, now, 420, [("Unsupported", ", ".join(unsupported))])
-                return False
+        refusal = bad_extension(req)
+        if refusal is not None:
+            self._respond_new(req, key, addr, now, 420, refusal)
+            return False
         return True
 
     def _receive_invite(self, req: Request, key: str, addr: Address, now: float) -> None:
@@ -573,10 +571,8 @@ class UserAgent:
             tx.handle(Input.FAILURE, now, response_for(
                 req, 422, "Session Interval Too Small", extra=[("Min-SE", str(MIN_SE))]).serialize())
             return
-        if se is not None:
-            call.session_expires = se
-        call.pending_update = (key, req)
-        self._events.append(SessionUpdate(call.dialog.call_id, req.method, offer))
+        call.pending_update = (key, req)  # (the interval is agreed by the 200: refreshed_interval)
+        self._events.append(SessionUpdate(call.dialog.call_id, req.method, offer, se))
 
     def answer_update(self, call_id: str, sdp: bytes, now: float) -> None:
         """200 with our SDP to the pending re-INVITE/UPDATE."""
@@ -598,6 +594,7 @@ class UserAgent:
         extra = [("Contact", self._contact(call.dialog.transport))]
         if status == 200:
             call.last_answer = sdp
+            call.session_expires = refreshed_interval(req)
             extra += [("Content-Type", "application/sdp")] + session_timer_headers(call.session_expires)
         resp = response_for(req, status, extra=extra, body=sdp if status == 200 else b"")
         entry[0].handle(response_input(status), now, resp.serialize())
@@ -848,6 +845,27 @@ def session_timer_headers(expires: int | None) -> list[tuple[str, str]]:
     if expires is None:
         return []
     return [("Session-Expires", f"{expires};refresher=uac"), ("Require", "timer"), ("Supported", SUPPORTED)]
+
+
+def bad_extension(req: Request) -> list[tuple[str, str]] | None:
+    """RFC 3261 §8.2.2.3: the ``Unsupported`` header of a 420 for a request whose Require names an
+    option we do not support (None: none does). CANCEL and ACK are never refused over Require.
+    The one check of inbound calls (``UserAgent``) and placed calls (outbound.py)."""
+    if req.method in ("CANCEL", "ACK"):
+        return None
+    unsupported = [opt for value in req.headers.get_all("Require") for opt in
+                   (o.strip() for o in value.split(",")) if opt and opt.lower() not in SUPPORTED_OPTIONS]
+    return [("Unsupported", ", ".join(unsupported))] if unsupported else None
+
+
+def refreshed_interval(req: Request) -> int | None:
+    """RFC 4028: the session interval a 2xx to this re-INVITE/UPDATE agrees to (inbound and placed
+    calls). Every session refresh negotiates the timer anew (§9, UAS behaviour, is the same for a
+    refresh as for the initial INVITE; §7.4: a 2xx without Session-Expires means no session
+    expiration): one without Session-Expires, or one asking us to refresh (we never send
+    refreshes, so we do not insert one with refresher=uas), turns the timer off. An interval
+    agreed earlier is not carried over. Called once the request is known to be well formed."""
+    return _session_interval(req)[0]
 
 
 def _session_interval(req: Request) -> tuple[int | None, bool]:
