@@ -154,7 +154,10 @@ class EngineProcess(EngineBase):
                 wake = not self._draining
                 self._draining = True
             if wake:
-                loop.call_soon_threadsafe(self._drain)
+                try:
+                    loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # the loop is closed (the server's shutdown): nobody is left to tell
+                    return
             if msg[0] == "died":
                 return
 
