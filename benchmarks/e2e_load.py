@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -240,7 +241,7 @@ async def one_call(server_port: int, listen_s: float, delay: float, number: str 
 
 def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: int, device: str,
                  engine_process: bool = True, log_level: str = "WARNING", py_spy: str | None = None,
-                 out: Path | None = None) -> subprocess.Popen:
+                 out: Path | None = None, api_port: int = 8080, engine_yaml: str = "") -> subprocess.Popen:
     # 2000: text that depends on the call (synthesised live for each call); 1000: a fixed prompt
     # (rendered once into the prompt cache at start-up, then sent from memory).
     (work / "prompts.yaml").write_text(
@@ -254,8 +255,10 @@ def start_server(work: Path, port: int, model_dir: str, calls: int, max_tokens: 
         "rtp:\n  port_min: 30000\n  port_max: 39999\n"
         f"engine:\n  kind: chatterbox\n  model_dir: {model_dir}\n  device: {device}\n"
         f"  max_streams: {max(calls, 1)}\n  max_tokens: {max_tokens}\n  process: {str(engine_process).lower()}\n"
+        + "".join(f"  {item.strip()}\n" for item in engine_yaml.split(",") if item.strip()) +
         f"limits:\n  max_calls: {calls * 2}\nprompts: prompts.yaml\ndrain_timeout_s: 0\n"
-        "hangup_after_prompt_ms: 10000\n")
+        "hangup_after_prompt_ms: 10000\n"
+        f"api:\n  listen: {LOOPBACK}:{api_port}\n")
     cmd = [sys.executable, "-m", "sip_tts.cli", "serve", "--config", str(work / "server.yaml"),
            "--log-level", log_level, "--log-format", "json"]
     if py_spy:  # the server's own stacks (every thread, idle included), sampled while the calls run
@@ -288,17 +291,42 @@ def stop_server(proc: subprocess.Popen, profiled: bool = False) -> None:
         proc.kill()
 
 
-async def load(port: int, n: int, listen_s: float, spread: float, number: str = "2000") -> dict:
+def engine_share(api_port: int) -> tuple[float, float]:
+    """The server's ``sip_tts_call_engine_first_audio_seconds`` (sum, count): a caller's utterance asked
+    of the engine to its first audio, measured inside the server."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{api_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    name = "sip_tts_call_engine_first_audio_seconds"
+    got = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+           if line.startswith((name + "_sum ", name + "_count "))}
+    return got.get(name + "_sum", 0.0), got.get(name + "_count", 0.0)
+
+
+async def load(port: int, n: int, listen_s: float, spread: float, number: str = "2000", rounds: int = 1,
+               api_port: int | None = None) -> dict:
+    """``rounds`` x ``n`` calls at once (rounds one after another). With ``api_port``, the engine's
+    share of the calls' first audio (mean, from the server's histogram) beside INVITE -> first audible."""
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(one_call(port, listen_s, spread * i / max(n, 1) + 1e-6 * i, number)
-                                     for i in range(n)))
+    before = engine_share(api_port) if api_port else None
+    results: list[dict] = []
+    for _ in range(rounds):
+        results += await asyncio.gather(*(one_call(port, listen_s, spread * i / max(n, 1) + 1e-6 * i, number)
+                                          for i in range(n)))
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
-    row = dict(calls=n, prompt="live" if number == "2000" else "cached", ok=len(ok), errors=errors[:5],
-               wall_s=time.perf_counter() - t0)
+    row = dict(calls=n, rounds=rounds, prompt="live" if number == "2000" else "cached", ok=len(ok),
+               errors=errors[:5], wall_s=time.perf_counter() - t0)
     for key in ("invite_200_ms", "first_rtp_ms", "first_audio_ms"):
         vals = [r[key] for r in ok]
-        row[key] = dict(p50=pct(vals, 50), p95=pct(vals, 95), max=max(vals) if vals else float("nan"))
+        row[key] = dict(p50=pct(vals, 50), p95=pct(vals, 95), max=max(vals) if vals else float("nan"),
+                        mean=float(np.mean(vals)) if vals else float("nan"))
+    if before is not None:
+        after = engine_share(api_port)
+        asked = after[1] - before[1]
+        row["engine_first_audio_mean_ms"] = (after[0] - before[0]) / asked * 1e3 if asked else None
+        row["engine_asked"] = int(asked)
+        if asked:  # what the server adds to the engine's first audio: SIP, call set-up, pacing, the wire
+            row["server_part_mean_ms"] = row["first_audio_ms"]["mean"] - row["engine_first_audio_mean_ms"]
     row["gaps"] = int(sum(r["gaps"] for r in ok))
     row["gaps_kernel"] = int(sum(r["gaps_kernel"] for r in ok))
     row["gap_kinds"] = {k: sum(r["gap_kinds"][k] for r in ok) for k in ("lost", "skipped", "late")}
@@ -318,6 +346,10 @@ async def load(port: int, n: int, listen_s: float, spread: float, number: str = 
     return row
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", default="/tmp/chatterbox-random")
@@ -330,6 +362,9 @@ def main() -> int:
     ap.add_argument("--py-spy", help="path to py-spy: sample the server's stacks into --out (raw flamegraph)")
     ap.add_argument("--engine-process", default="both", choices=["on", "off", "both"],
                     help="the engine in its own process (on), in the server's (off), or both in turn")
+    ap.add_argument("--engine-yaml", default="",
+                    help="more engine settings, comma-separated (a CPU run: 'startup_checks: false, dtype: float32')")
+    ap.add_argument("--rounds-at-1", type=int, default=10, help="calls one after another for the 1-call level")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     from engine.chatterbox.random_checkpoint import benchmark_checkpoint
@@ -338,23 +373,29 @@ def main() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((LOOPBACK, 0))
         port = s.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        api_port = s.getsockname()[1]
     rows = []
     modes = {"on": [True], "off": [False], "both": [False, True]}[a.engine_process]
     for mode in modes:
         with tempfile.TemporaryDirectory() as tmp:
             Path(a.out).mkdir(parents=True, exist_ok=True)
             proc = start_server(Path(tmp), port, a.model_dir, max(counts), a.max_tokens, a.device, mode,
-                                a.server_log_level, a.py_spy, Path(a.out))
+                                a.server_log_level, a.py_spy, Path(a.out), api_port, a.engine_yaml)
             try:
                 asyncio.run(load(port, 1, 1.0, 0))  # warm-up
                 for n, number in [(n, "2000") for n in counts] + [(max(counts), "1000")]:
-                    row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0, number))
+                    row = asyncio.run(load(port, n, a.listen_s, a.spread_s if n > 1 else 0, number,
+                                           a.rounds_at_1 if n == 1 else 1, api_port))
                     row["engine_process"] = mode
                     rows.append(row)
                     print(f"  e2e {row['prompt']} N={n:4d} engine {'own process' if mode else 'in server'}: "
-                          f"ok {row['ok']}/{n}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
+                          f"ok {row['ok']}/{n * row['rounds']}, INVITE->200 p50 {row['invite_200_ms']['p50']:.1f} ms, "
                           f"first RTP p50/p95 {row['first_rtp_ms']['p50']:.0f}/{row['first_rtp_ms']['p95']:.0f} ms, "
                           f"first audio p50/p95 {row['first_audio_ms']['p50']:.0f}/{row['first_audio_ms']['p95']:.0f} ms, "
+                          f"mean {row['first_audio_ms']['mean']:.1f} ms = engine {_ms(row.get('engine_first_audio_mean_ms'))}"
+                          f" + server {_ms(row.get('server_part_mean_ms'))}, "
                           f"gaps {row['gaps']} (kernel-stamped {row['gaps_kernel']}: {row['gap_kinds']}, "
                           f"size p50/p95/max {row['gap_ms']['p50']:.0f}/{row['gap_ms']['p95']:.0f}/{row['gap_ms']['max']:.0f} ms) "
                           f"moments {row['gap_moments']}, of {row['packets']} packets, "

@@ -498,13 +498,14 @@ def render_md(r: dict) -> str:
                   "loopback started within 1 s; prompts of "
                   f"{r['e2e']['max_tokens']} speech tokens; gaps = RTP packets > 30 ms after the previous one "
                   "(client loop clock; in brackets: kernel receive timestamps).", "",
-                  "| calls | prompt | engine | ok | INVITE→200 p50 ms | INVITE→first RTP p50 / p95 ms | INVITE→first audible RTP p50 / p95 ms | gaps / packets |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| calls | prompt | engine | ok | INVITE→200 p50 ms | INVITE→first RTP p50 / p95 ms | INVITE→first audible RTP p50 / p95 ms | mean = engine + server ms | gaps / packets |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in r["e2e"]["rows"]:
             where = {True: "own process", False: "in server"}.get(row.get("engine_process"), "in server")
             lines.append(f"| {row['calls']} | {row.get('prompt', 'live')} | {where} | {row['ok']} | {row['invite_200_ms']['p50']:.1f} | "
                          f"{row['first_rtp_ms']['p50']:.0f} / {row['first_rtp_ms']['p95']:.0f} | "
                          f"{row['first_audio_ms']['p50']:.0f} / {row['first_audio_ms']['p95']:.0f} | "
+                         f"{_split(row)} | "
                          f"{row['gaps']} ({row.get('gaps_kernel', '-')}) / {row['packets']} |")
     if "throughput_ratio" in r:
         lines.append(f"\nThroughput ratio ours/stock: **{r['throughput_ratio']:.1f}x**")
@@ -515,6 +516,16 @@ def render_md(r: dict) -> str:
         lines += ["", "Stock per utterance:", "", "| audio s | T3 ms | S3Gen ms | total ms |", "|---|---|---|---|"]
         lines += [f"| {x['audio_s']:.2f} | {x['t3_ms']:.0f} | {x['s3gen_ms']:.0f} | {x['total_ms']:.0f} |" for x in stock["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _split(row: dict) -> str:
+    """INVITE -> first audible mean as the engine's share (the server's histogram) plus the rest."""
+    mean, engine = row["first_audio_ms"].get("mean"), row.get("engine_first_audio_mean_ms")
+    if mean is None:
+        return "-"
+    if engine is None:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} = {engine:.1f} + {row['server_part_mean_ms']:.1f}"
 
 
 if __name__ == "__main__":
