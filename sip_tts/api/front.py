@@ -24,8 +24,9 @@ from pydantic import BaseModel
 
 from .context import ApiContext
 from .errors import ApiError, error_response
-from .speech import (SpeechRequest, SynthesizeRequest, TelephonyRequest, speech_response, synthesize_response,
-                     telephony_response)
+from .speech import (Guarded, SpeechRequest, SynthesizeRequest, TelephonyRequest, speech_response,
+                     synthesize_response, telephony_response)
+from .wire import Gather
 
 log = logging.getLogger("sip_tts.api")
 Handler = Callable[[ApiContext, BaseModel], Awaitable[object]]
@@ -89,7 +90,15 @@ class SynthesisFront:
         except Exception:
             log.exception("api: POST %s failed", scope["path"])
             response = error_response(500, "internal error (logged on the server)")
-        await response(scope, receive, send)  # type: ignore[operator]
+        if isinstance(response, Guarded):  # a stream: it joins its head to its first audio itself
+            await response(scope, receive, send)
+            return
+        gather = Gather.around(send)  # an error or a whole body: its head and body in one write
+        try:
+            await response(scope, receive, send)  # type: ignore[operator]
+        finally:
+            if gather is not None:
+                gather.flush()
 
 
 def _replay(parts: list[bytes], last: dict | None, receive):
