@@ -14,6 +14,8 @@
 # 100 calls alone and beside 32 API streams per tree: api_load_chatterbox_h200_front.{json,md} in $OUT.
 #   device: PART=front_burst COMMIT=<sha> bash benchmarks/device_api_load.sh  (the same carry; a second call)
 # The burst engine at 1, 32, 128 (3 rounds), both trees, on that host's CPUs: api_load_burst_h200_front.*
+# TAG=<tag> names the result files instead of h200_front (e.g. TAG=h200_h16b for a later before/after: export
+# main's tree, or the commit before the change, as .before the same way).
 set -uo pipefail
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -25,10 +27,10 @@ front|front_burst)
   [ -d .before/sip_tts ] || { echo ".before (the tree before front.py) is missing: see the comment above"; exit 1; }
   if [ "$PART" = front ]; then
     python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 2 --streams 1,32,128 --no-watermark \
-      --compare .before --tag h200_front --out "$out" 2>&1 | quiet | grep -E "N=|calls|\|"
+      --compare .before --tag "${TAG:-h200_front}" --out "$out" 2>&1 | quiet | grep -E "N=|calls|\|"
   else
     python3 benchmarks/api_load.py --engine burst --modes loop --rounds 3 --no-calls --compare .before \
-      --tag h200_front --out "$out" 2>&1 | grep -E "N=|\|"
+      --tag "${TAG:-h200_front}" --out "$out" 2>&1 | grep -E "N=|\|"
   fi
   exit 0 ;;
 esac
