@@ -234,7 +234,7 @@ async def speech_response(ctx: ApiContext, body: SpeechRequest) -> Response:
     headers = _timing_headers(timing)
     if body.stream_format == "sse":
         return Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
-                        headers={**headers, "Cache-Control": "no-cache"})
+                       headers={**headers, "Cache-Control": "no-cache"})
     return Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
 
 
