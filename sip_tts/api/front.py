@@ -24,9 +24,8 @@ from pydantic import BaseModel
 
 from .context import ApiContext
 from .errors import ApiError, error_response
-from .speech import (Guarded, SpeechRequest, SynthesizeRequest, TelephonyRequest, speech_response,
-                     synthesize_response, telephony_response)
-from .wire import Gather
+from .speech import (SpeechRequest, SynthesizeRequest, TelephonyRequest, speech_response, synthesize_response,
+                     telephony_response)
 
 log = logging.getLogger("sip_tts.api")
 Handler = Callable[[ApiContext, BaseModel], Awaitable[object]]
@@ -90,15 +89,7 @@ class SynthesisFront:
         except Exception:
             log.exception("api: POST %s failed", scope["path"])
             response = error_response(500, "internal error (logged on the server)")
-        if isinstance(response, Guarded):  # a stream: it joins its head to its first audio itself
-            await response(scope, receive, send)
-            return
-        gather = Gather.around(send)  # an error or a whole body: its head and body in one write
-        try:
-            await response(scope, receive, send)  # type: ignore[operator]
-        finally:
-            if gather is not None:
-                gather.flush()
+        await response(scope, receive, send)  # type: ignore[operator]
 
 
 def _replay(parts: list[bytes], last: dict | None, receive):

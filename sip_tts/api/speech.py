@@ -18,7 +18,6 @@ from engine.process import S16LE
 from .audio import CONTENT_TYPES, OPENAI_FORMATS, Encoder
 from .context import ApiContext
 from .errors import ApiError, responses
-from .wire import Gather
 
 log = logging.getLogger("sip_tts.api")
 MAX_INPUT = 4096  # characters, as OpenAI's limit
@@ -74,7 +73,7 @@ def _audio(types: list[str], extra: dict | None = None) -> dict:
     return {200: ok, **responses(400, 401, 404, 413, 429, 503), **(extra or {})}
 
 
-class Guarded(Response):
+class _Guarded(Response):
     """A streamed response that gives its request slot back however it ends (also never started).
 
     Not Starlette's StreamingResponse: that starts a task group (two tasks) per response and sends from a
@@ -103,14 +102,11 @@ class Guarded(Response):
             task.cancel()  # type: ignore[union-attr]
 
         listener: asyncio.Task | None = None
-        gather = Gather.around(send)  # the head and the first audio in one write
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if listener is None:
-                    if gather is not None:
-                        gather.flush()
                     listener = asyncio.ensure_future(listen())
             if listener is not None:
                 listener.cancel()  # (from here on a cancel would come from elsewhere)
@@ -120,8 +116,6 @@ class Guarded(Response):
                 raise
             task.uncancel()  # type: ignore[union-attr]  # the client left: the response just ends
         finally:
-            if gather is not None:
-                gather.flush()
             if listener is not None:
                 listener.cancel()
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
@@ -233,9 +227,9 @@ async def speech_response(ctx: ApiContext, body: SpeechRequest) -> Response:
     audio = _encoded(ctx, chunks, first, enc)
     headers = _timing_headers(timing)
     if body.stream_format == "sse":
-        return Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
-                       headers={**headers, "Cache-Control": "no-cache"})
-    return Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
+        return _Guarded(ctx, _sse(audio, len(body.input)), media_type="text/event-stream",
+                        headers={**headers, "Cache-Control": "no-cache"})
+    return _Guarded(ctx, audio, media_type=enc.content_type, headers=headers)
 
 
 async def synthesize_response(ctx: ApiContext, body: SynthesizeRequest) -> Response:
@@ -279,7 +273,7 @@ async def _synth(ctx: ApiContext, text: str, voice_name: str, fmt: str, rate: in
     media = CONTENT_TYPES[fmt]
     audio = _encoded(ctx, chunks, first, enc)
     if stream:
-        return Guarded(ctx, audio, media_type=media, headers=headers)
+        return _Guarded(ctx, audio, media_type=media, headers=headers)
     try:
         body = b"".join([piece async for piece in audio])
     finally:
