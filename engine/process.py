@@ -38,12 +38,10 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
-import struct
 import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import AsyncIterator
 
 import numpy as np
@@ -53,18 +51,11 @@ from .base import EngineBase, EngineError, EngineStats, VoiceSpec
 
 log = logging.getLogger(__name__)
 DRAIN_BATCH = 4  # engine messages handled per event-loop iteration
-SEND_BATCH = 16  # messages to the engine written at most together (the first of them waits for the others)
 S16LE = "S16LE"  # stream_s16's wire codec: 16-bit little-endian at the engine's own rate
 # When a stream's first chunk reached this process (perf_counter, taken by the reader thread), set in the context
 # of the task reading the stream as that chunk is handed to it: the engine's own first audio, before this process's
 # loop handed it on (a batch's chunks are handed on one after another; benchmarks/api_load.py reports both)
 FIRST_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("engine_first_arrival", default=None)
-
-
-def _frame(msg: tuple) -> bytes:
-    """``msg`` as ``Connection.send`` frames it (length, then the pickle): the child's ``recv`` reads it."""
-    data = ForkingPickler.dumps(msg)
-    return struct.pack("!i", len(data)) + bytes(data)
 
 
 def _resolve(target: str) -> object:
@@ -96,7 +87,6 @@ class EngineProcess(EngineBase):
         self._draining = False
         self._down_until = 0.0  # loop time before which no new process is started
         self._closing = False
-        self._outbox: list[tuple] = []  # messages for the engine, written together at the end of a loop turn
         self.restarts = 0
 
     # -- life cycle -----------------------------------------------------------------
@@ -238,7 +228,6 @@ class EngineProcess(EngineBase):
             asyncio.get_running_loop().call_later(self.restart_delay, self._restart)
 
     async def close(self) -> None:
-        self._flush()
         self._closing = True
         conn, proc = self._conn, self._proc
         self._conn = self._proc = None
@@ -265,35 +254,12 @@ class EngineProcess(EngineBase):
 
     # -- the engine interface ---------------------------------------------------------
     def _send(self, msg: tuple) -> None:
-        """Queued, and written with the others of this loop turn (at most ``SEND_BATCH``) in one pipe write.
-
-        N requests made at once are handed over one after another on the loop; one write (and one wake-up
-        of the engine's reader thread) each put every one's syscall on the path of the requests after it
-        (the HTTP API's overhead under a burst, benchmarks/results/api_load_burst_*.md)."""
         if self._conn is None:
             raise EngineError(f"engine {self.name}: its process is not running")
-        self._outbox.append(msg)
-        if len(self._outbox) >= SEND_BATCH:
-            self._flush()
-        elif len(self._outbox) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self._flush)
-            except RuntimeError:  # no loop (a stream finalized outside one): at once
-                self._flush()
-
-    def _flush(self) -> None:
-        msgs, self._outbox = self._outbox, []
-        if not msgs or self._conn is None:  # (gone meanwhile: its streams hear it from _died)
-            return
-        data = b"".join(_frame(msg) for msg in msgs)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._conn.fileno(), view):]
-        except OSError as exc:  # the reader sees the pipe end too; these streams are told at once
-            for msg in msgs:
-                if msg[0] == "stream" and (q := self._streams.get(msg[1])) is not None:
-                    q.put_nowait(EngineError(f"engine {self.name}: {exc}"))
+            self._conn.send(msg)
+        except OSError as exc:
+            raise EngineError(f"engine {self.name}: {exc}") from exc
 
     async def stream(self, text: str, voice: VoiceSpec, background: bool = False) -> AsyncIterator[np.ndarray]:
         async for data in self._request(text, voice, background, None):

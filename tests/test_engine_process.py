@@ -73,37 +73,6 @@ def test_cancel_stops_the_stream_and_the_next_one_plays():
     assert first.size > 0 and again.size > 0.3 * SR and rms(again) > 0.01
 
 
-def test_streams_asked_for_in_one_loop_turn_go_over_together_and_each_plays():
-    """More than SEND_BATCH streams asked for in one loop turn (as a burst of API requests is handed over): their
-    requests reach the child together (in pipe writes of up to SEND_BATCH), each plays its own text, and one
-    given up in that same turn ends without holding the others back."""
-    from engine.process import SEND_BATCH
-
-    async def main():
-        eng = espeak_process()
-        await eng.start()
-        texts = [f"Number {i}." for i in range(SEND_BATCH + 4)]
-        streams = [eng.stream(t, VOICE) for t in texts]
-        given_up = eng.stream(TEXT * 5, VOICE)
-        firsts = [asyncio.ensure_future(s.__anext__()) for s in [*streams, given_up]]  # all started in this turn
-        await asyncio.sleep(0.01)
-        left = eng._outbox[:]  # after the turn: everything written
-        gone = firsts.pop()
-        gone.cancel()
-        await asyncio.gather(gone, return_exceptions=True)
-        await given_up.aclose()
-        heard = []
-        for s, first in zip(streams, firsts):
-            heard.append(np.concatenate([await first, *[c async for c in s]]))
-        await eng.close()
-        return left, heard
-
-    left, heard = asyncio.run(main())
-    assert left == []
-    assert len(heard) == SEND_BATCH + 4
-    assert all(h.size > 0.2 * SR and rms(h) > 0.01 for h in heard)
-
-
 def test_a_killed_engine_fails_its_streams_and_comes_back():
     async def main():
         eng = espeak_process(restart_delay=0.2)
