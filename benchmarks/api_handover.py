@@ -38,6 +38,7 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.out = 0
         self.writes = 0
+        self.first = False
         self.on_first = lambda: None
 
     def get_extra_info(self, name, default=None):  # noqa: ANN001
@@ -46,7 +47,8 @@ class _Transport(asyncio.Transport):
     def write(self, data) -> None:  # noqa: ANN001
         self.out += len(data)
         self.writes += 1
-        if self.writes == 2:  # the response's head, then its first audio
+        if self.out > 4096 and not self.first:  # the response's head and its first audio (0.4 s) are out
+            self.first = True
             self.on_first()
 
     def is_closing(self) -> bool:

@@ -14,6 +14,12 @@
 # 100 calls alone and beside 32 API streams per tree: api_load_chatterbox_h200_front.{json,md} in $OUT.
 #   device: PART=front_burst COMMIT=<sha> bash benchmarks/device_api_load.sh  (the same carry; a second call)
 # The burst engine at 1, 32, 128 (3 rounds), both trees, on that host's CPUs: api_load_burst_h200_front.*
+# TAG=<tag> names the result files instead of h200_front; COMPARE=<dir>[,<dir>] the exported trees run beside
+# this one instead of .before (each staged as .before is, and carried). Issue 16's last A/B (h16b): this tree is
+# main, the other 281ec9d (engine-process requests of one loop turn in one pipe write, a streamed response's
+# head and first audio in one socket write):
+#   git -C /work/main archive 281ec9d | (mkdir -p /work/main/.exp && tar -x -C /work/main/.exp)
+#   device: PART=front COMPARE=.exp TAG=h200_h16b COMMIT=<sha> bash benchmarks/device_api_load.sh (carry .whl, .exp)
 set -uo pipefail
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -22,13 +28,16 @@ out=${OUT:-benchmarks/results}
 quiet() { grep -v -E "FutureWarning|deprecate\(|warnings.warn|LoRACompatible"; }
 case "${PART:-}" in
 front|front_burst)
-  [ -d .before/sip_tts ] || { echo ".before (the tree before front.py) is missing: see the comment above"; exit 1; }
+  compare=${COMPARE:-.before}
+  for d in ${compare//,/ }; do
+    [ -d "$d/sip_tts" ] || { echo "$d (an exported tree to compare) is missing: see the comment above"; exit 1; }
+  done
   if [ "$PART" = front ]; then
     python3 benchmarks/api_load.py --engine chatterbox --modes loop --rounds 2 --streams 1,32,128 --no-watermark \
-      --compare .before --tag h200_front --out "$out" 2>&1 | quiet | grep -E "N=|calls|\|"
+      --compare "$compare" --tag "${TAG:-h200_front}" --out "$out" 2>&1 | quiet | grep -E "N=|calls|\|"
   else
-    python3 benchmarks/api_load.py --engine burst --modes loop --rounds 3 --no-calls --compare .before \
-      --tag h200_front --out "$out" 2>&1 | grep -E "N=|\|"
+    python3 benchmarks/api_load.py --engine burst --modes loop --rounds 3 --no-calls --compare "$compare" \
+      --tag "${TAG:-h200_front}" --out "$out" 2>&1 | grep -E "N=|\|"
   fi
   exit 0 ;;
 esac
