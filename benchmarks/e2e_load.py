@@ -364,7 +364,8 @@ def main() -> int:
                     help="the engine in its own process (on), in the server's (off), or both in turn")
     ap.add_argument("--engine-yaml", default="",
                     help="more engine settings, comma-separated (a CPU run: 'startup_checks: false, dtype: float32')")
-    ap.add_argument("--rounds-at-1", type=int, default=10, help="calls one after another for the 1-call level")
+    ap.add_argument("--rounds-at-1", type=int, default=1,
+                    help="calls one after another for the 1-call level (10: issue 22's engine + server split)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     from engine.chatterbox.random_checkpoint import benchmark_checkpoint

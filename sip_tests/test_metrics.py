@@ -21,10 +21,12 @@ def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_serve
     mport = free_udp_port()
     srv = start_server(extra_yaml=f"metrics:\n  listen: 127.0.0.1:{mport}\n", drain=20)
     assert get(mport, "/health") == (200, "ready\n")
-    for _ in range(100):  # fixed prompts are rendered in the background after start-up
+    for _ in range(300):  # fixed prompts are rendered in the background after start-up
         if "prompt cache:" in srv.log_text():
             break
         time.sleep(0.1)
+    else:  # a call before the render ends renders the prompt itself (and asks the engine)
+        raise AssertionError("the prompt cache was not rendered in 30 s")
     res = run_sipp(srv.uri_host, "uac_pcmu_wait_bye.xml", "2000", tmp_path, "-m", "3", "-l", "3",
                    "-recv_timeout", "20000", media_port=18500)
     assert res.returncode == 0, res.stdout[-1500:]

@@ -100,8 +100,9 @@ class Metrics:
         self.first_audio = Histogram("sip_tts_first_audio_seconds", "INVITE received to the first audible RTP packet",
                                      buckets=LATENCY_BUCKETS, registry=r)
         self.call_engine_first_audio = Histogram(
-            "sip_tts_call_engine_first_audio_seconds", "a caller's utterance asked of the engine to its first "
-            "audio (the engine's share of sip_tts_first_audio_seconds; cached prompts do not ask it)",
+            "sip_tts_call_engine_first_audio_seconds", "each utterance a call asks of the engine, asked to its "
+            "first audio (for a call whose first prompt is made for it, the engine's share of "
+            "sip_tts_first_audio_seconds; cached prompts do not ask it)",
             buckets=LATENCY_BUCKETS, registry=r)
         self.late_frames = Counter("sip_tts_late_frames_total", "20 ms slots skipped because the loop stalled",
                                    registry=r)

@@ -547,7 +547,7 @@ class CallTable:
 
     def _session_update(self, ev: SessionUpdate, call: Call | None, now: float) -> None:
         """re-INVITE/UPDATE: hold, resume, a new remote address; refreshes the session timer."""
-        answer = self._updated_session(call, ev.offer) if call is not None and not call.ended else 481
+        answer = self._updated_session(call, ev.offer, ev.method) if call is not None and not call.ended else 481
         if isinstance(answer, int):
             self.ua.reject_update(ev.call_id, answer, now)
             return
@@ -556,20 +556,26 @@ class CallTable:
         self._arm_session(call, self.ua.session_expires(ev.call_id), now)
 
     def outbound_update(self, call_id: str, offer: SessionDescription | None, session_expires: int | None,
-                        now: float) -> bytes | int:
-        """A re-INVITE/UPDATE inside a call we placed (its SIP is sip/outbound.py's): our SDP answer,
-        made as for an inbound call's, or the status that refuses it."""
+                        now: float, method: str = "INVITE") -> bytes | int:
+        """A re-INVITE/UPDATE inside a call we placed (its SIP is sip/outbound.py's): our SDP answer
+        (empty for an UPDATE without an offer), made as for an inbound call's, or the status that
+        refuses it."""
         call = self.calls.get(call_id)
         if call is None or call.ended:
             return 481
-        answer = self._updated_session(call, offer, srtp="off")  # (we offer plain RTP only)
+        answer = self._updated_session(call, offer, method, srtp="off")  # (we offer plain RTP only)
         if not isinstance(answer, int):
             self._arm_session(call, session_expires, now)
         return answer
 
-    def _updated_session(self, call: Call, offer: SessionDescription | None, srtp: str | None = None) -> bytes | int:
+    def _updated_session(self, call: Call, offer: SessionDescription | None, method: str,
+                         srtp: str | None = None) -> bytes | int:
         """The call's session under a re-offer (hold, resume, a new remote address; None: no offer,
-        ours stands): our SDP answer, or 488 when the offer is unusable (the session stays)."""
+        ours stands): our SDP answer, or 488 when the offer is unusable (the session stays). An
+        UPDATE without an offer (a session refresh, RFC 4028 §7.4) gets none: its 2xx may not carry
+        SDP (RFC 3311 §5.2); a re-INVITE without one gets our offer in its 200."""
+        if offer is None and method == "UPDATE":
+            return b""
         media, index = call.media, 0
         if offer is not None:
             try:

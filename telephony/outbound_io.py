@@ -253,7 +253,7 @@ class OutboundIO:
         log.info("call %s: %s%s", ev.call_id, ev.kind, f" ({ev.status} {ev.reason})" if ev.status else "")
 
     def _session_update(self, ev: SessionUpdate, now: float) -> None:
-        answer = self.table.outbound_update(ev.call_id, ev.offer, ev.session_expires, now)
+        answer = self.table.outbound_update(ev.call_id, ev.offer, ev.session_expires, now, ev.method)
         if isinstance(answer, int):
             self.calls.answer_update(ev.call_id, None, now, answer)
         else:

@@ -243,6 +243,24 @@ def test_session_expires_without_a_refresh_and_a_refresh_moves_the_deadline():
     assert "BYE" in h.requests()
 
 
+def test_a_refresh_update_without_an_offer_gets_a_200_without_sdp():
+    """RFC 4028 §7.4's refresh (an UPDATE with no body) is answered 200 with the timer and no SDP (an
+    offer may only travel in the UPDATE itself: RFC 3311 §5.2); a re-INVITE without one still gets ours."""
+    h = Harness()
+    timer = "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n"
+    call, tag = h.answered_call(extra=timer)
+    h.wire.clear()
+    h.sip(request("UPDATE", cseq=2, to_tag=tag, extra=timer), at=60.0)
+    (ok,) = [m for m in h.wire if isinstance(m, Response)]
+    assert ok.status == 200 and ok.cseq == (2, "UPDATE") and ok.body == b""
+    assert ok.headers.get("Content-Type") is None and ok.headers.get("Session-Expires") == "120;refresher=uac"
+    assert call.session_deadline == 180.0
+    h.wire.clear()
+    h.sip(invite(cseq=3, to_tag=tag, sdp=None), at=70.0)  # a re-INVITE without SDP: we offer, in the 200
+    (ok,) = [m for m in h.wire if isinstance(m, Response) and m.status == 200]
+    assert ok.body.startswith(b"v=0") and ok.headers.get("Content-Type") == "application/sdp"
+
+
 def test_media_timeout_ends_a_silent_call_but_not_a_held_one():
     h = Harness(media_timeout=2.0)
     call, tag = h.answered_call()

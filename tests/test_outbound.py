@@ -494,18 +494,39 @@ def test_each_refresh_agrees_the_session_timer_anew():
     assert ok.status == 200 and ok.headers.get("Session-Expires") is None and ok.headers.get("Require") is None
 
 
+def test_a_refresh_update_without_an_offer_is_answered_without_sdp():
+    """A placed call's refresh UPDATE with no body: 200 with the timer, no SDP, no Content-Type
+    (RFC 3311 §5.2), and the timer agreed anew as for any 200."""
+    call, _ = answered_call()
+    _far_request(call, "UPDATE", 2, 1.0, "z9hG4bKref", b"", "Session-Expires: 600;refresher=uac\r\n"
+                 "Supported: timer\r\n")
+    (update,) = call.next_events()
+    assert update.offer is None and update.session_expires == 600
+    call.answer_update(b"", 1.0)
+    ((ok, _),) = drain(call)
+    assert ok.status == 200 and ok.body == b"" and ok.headers.get("Content-Type") is None
+    assert ok.headers.get("Session-Expires") == "600;refresher=uac" and call.session_expires == 600
+
+
 def test_a_reoffer_requiring_an_unknown_option_is_420_and_the_call_stays():
     """RFC 3261 §8.2.2.3, through the UA's own check: 420 naming what we lack (not ``timer``), no
     SessionUpdate; the INVITE's transaction ends with its ACK and the call goes on."""
     call, _ = answered_call()
-    out = _far_request(call, "INVITE", 2, 1.0, "z9hG4bKreq", HOLD, "Require: timer, foo\r\nSupported: timer\r\n"
-                       "Session-Expires: 1800\r\n")
+    _far_request(call, "UPDATE", 2, 0.5, "z9hG4bKse", HOLD, "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n")
+    call.next_events()
+    call.answer_update(b"v=0\r\n", 0.5)
+    drain(call)
+    assert call.session_expires == 1800  # a timer agreed before: a refused request leaves it as it was
+    out = _far_request(call, "INVITE", 3, 1.0, "z9hG4bKreq", HOLD, "Require: timer, foo\r\nSupported: timer\r\n"
+                       "Session-Expires: 600\r\n")
     assert [m.status for m, _ in out] == [420] and out[0][0].headers.get("Unsupported") == "foo"
-    assert _far_request(call, "ACK", 2, 1.1, "z9hG4bKreq") == []
-    ((upd, _),) = _far_request(call, "UPDATE", 3, 1.2, "z9hG4bKreq2", HOLD, "Require: foo\r\n")
+    assert _far_request(call, "ACK", 3, 1.1, "z9hG4bKreq") == []
+    call.handle_timer(5.0)
+    assert drain(call) == []  # ACKed: not sent again
+    ((upd, _),) = _far_request(call, "UPDATE", 4, 5.2, "z9hG4bKreq2", HOLD, "Require: foo\r\n")
     assert upd.status == 420
-    assert call.next_events() == [] and call.phase == "established" and call.session_expires is None
-    _far_request(call, "UPDATE", 4, 2.0, "z9hG4bKok", HOLD)
+    assert call.next_events() == [] and call.phase == "established" and call.session_expires == 1800
+    _far_request(call, "UPDATE", 5, 6.0, "z9hG4bKok", HOLD)
     assert len(call.next_events()) == 1  # a later offer without it is taken
 
 

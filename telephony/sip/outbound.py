@@ -119,7 +119,7 @@ class OutboundConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     dtmf_payload_type: int | None = 101  # None: no telephone-event in the offer
     user_agent: str = PRODUCT
-    call_id: str = field(default_factory=lambda: new_call_id())
+    call_id: str = field(default_factory=new_call_id)
 
     def __post_init__(self) -> None:
         """Refuse what would make a malformed INVITE, naming the field (the API turns it into a 4xx)."""
@@ -224,9 +224,11 @@ class OutboundCall:
         if entry is None:
             return
         extra = [("Contact", f"<{self.config.contact}>")]
-        if status == 200 and sdp:
+        if status == 200:  # (no SDP for an UPDATE without an offer: RFC 3311 §5.2)
+            if sdp:
+                extra.append(("Content-Type", "application/sdp"))
             self.session_expires = refreshed_interval(req)
-            extra += [("Content-Type", "application/sdp")] + session_timer_headers(self.session_expires)
+            extra += session_timer_headers(self.session_expires)
         resp = response_for(req, status, extra=extra, body=(sdp or b"") if status == 200 else b"")
         entry[0].handle(response_input(status), now, resp.serialize())
         if status == 200 and req.method == "INVITE":

@@ -126,10 +126,6 @@ class OutboundCalls:
             call.answer_update(sdp, now, status)
             self._touched(call)
 
-    def session_expires(self, call_id: str) -> int | None:
-        call = self.calls.get(call_id)
-        return call.session_expires if call is not None else None
-
     def deadline(self) -> float | None:
         heap = self._heap
         while heap:

@@ -575,7 +575,7 @@ class UserAgent:
         self._events.append(SessionUpdate(call.dialog.call_id, req.method, offer, se))
 
     def answer_update(self, call_id: str, sdp: bytes, now: float) -> None:
-        """200 with our SDP to the pending re-INVITE/UPDATE."""
+        """200 to the pending re-INVITE/UPDATE, with our SDP (none, b"", for an UPDATE without an offer)."""
         self._finish_update(call_id, 200, now, sdp)
 
     def reject_update(self, call_id: str, status: int, now: float) -> None:
@@ -593,9 +593,11 @@ class UserAgent:
             return
         extra = [("Contact", self._contact(call.dialog.transport))]
         if status == 200:
-            call.last_answer = sdp
+            if sdp:
+                call.last_answer = sdp
+                extra.append(("Content-Type", "application/sdp"))
             call.session_expires = refreshed_interval(req)
-            extra += [("Content-Type", "application/sdp")] + session_timer_headers(call.session_expires)
+            extra += session_timer_headers(call.session_expires)
         resp = response_for(req, status, extra=extra, body=sdp if status == 200 else b"")
         entry[0].handle(response_input(status), now, resp.serialize())
         self._touched.add(key)
