@@ -8,7 +8,7 @@ not turn green. Locally a skip is allowed, and the summary says which tests did 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,15 @@ _skipped: list[str] = []
 
 
 @pytest.fixture(scope="session")
-def random_checkpoint(tmp_path_factory) -> Callable[..., Path]:
+def random_checkpoint(tmp_path_factory) -> Iterator[Callable[..., Path]]:
     """``random_checkpoint(t3_layers, t3_width, seed)``: a random Chatterbox checkpoint (stop token
     blocked), written once per test session and shared by every module that asks for the same
     shape. Each one holds a full-size S3Gen (1.1 GB): one per module filled a CI disk. A test that
-    changes files works on ``link_copy`` of it and unlinks a file before rewriting it."""
+    changes files works on ``link_copy`` of it and unlinks a file before rewriting it; at the end
+    of the session every shared file is checked unchanged (a write through a hard link would
+    have changed the checkpoint under every later test)."""
     made: dict[tuple[int, int, int], Path] = {}
+    stamps: dict[Path, tuple[int, int]] = {}
 
     def get(t3_layers: int, t3_width: int, seed: int) -> Path:
         from engine.chatterbox.random_checkpoint import write_random_checkpoint
@@ -39,9 +42,14 @@ def random_checkpoint(tmp_path_factory) -> Callable[..., Path]:
             root = tmp_path_factory.mktemp(f"ckpt-{t3_layers}x{t3_width}-s{seed}")
             made[key] = write_random_checkpoint(root, t3_layers=t3_layers, t3_width=t3_width, seed=seed,
                                                 block_stop=True)
+            for f in made[key].iterdir():
+                st = f.stat()
+                stamps[f] = (st.st_size, st.st_mtime_ns)
         return made[key]
 
-    return get
+    yield get
+    changed = [str(f) for f, stamp in stamps.items() if (f.stat().st_size, f.stat().st_mtime_ns) != stamp]
+    assert not changed, f"a test wrote into the shared random checkpoint: {changed}"
 
 
 def _strict() -> bool:
