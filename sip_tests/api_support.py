@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import numpy as np
 
 from .conftest import RunningServer, _start_server, free_udp_port
@@ -42,6 +43,12 @@ def api_server(tmp_path: Path, **kwargs: str) -> Iterator[ApiServer]:
         yield s
     finally:
         s.srv.stop()
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of the server's /metrics (the line ``name value``)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 def speech(text: str, fmt: str = "wav", **extra: object) -> dict:

@@ -20,7 +20,7 @@ from engine.audio import decode_g711
 from engine.espeak import EspeakEngine
 from engine.base import VoiceSpec
 
-from .api_support import api_server, correlation, decode, ready_port, speech, start_api_server
+from .api_support import api_server, correlation, decode, metric, ready_port, speech, start_api_server
 from .children import engine_child
 from .conftest import ROOT, free_udp_port
 
@@ -241,16 +241,11 @@ def test_speed_is_espeak_rate(api):
     assert len(slow) > 1.6 * len(fast)
 
 
-def _metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
-
-
 def test_429_over_max_concurrent_and_a_disconnect_frees_the_engine(tmp_path):
     s = start_api_server(tmp_path, api_yaml="  max_concurrent: 1\n")
     try:
         long_text = ("This sentence is here to keep the engine busy for a long while. " * 70)[:4096]
-        audio_before = _metric(s.url, "sip_tts_engine_audio_seconds_total")
+        audio_before = metric(s.url, "sip_tts_engine_audio_seconds_total")
         with httpx.Client(timeout=30) as c1:
             with c1.stream("POST", s.url + "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy",
                                                                      "input": long_text, "response_format": "pcm",
@@ -263,16 +258,16 @@ def test_429_over_max_concurrent_and_a_disconnect_frees_the_engine(tmp_path):
                 assert busy.json()["error"]["code"] == "too_many_requests"
             # leaving the block closes the connection mid-stream: the synthesis stops
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _metric(s.url, "sip_tts_api_active_requests") != 0:
+        while time.monotonic() < deadline and metric(s.url, "sip_tts_api_active_requests") != 0:
             time.sleep(0.05)
-        assert _metric(s.url, "sip_tts_api_active_requests") == 0
-        assert _metric(s.url, "sip_tts_api_cancelled_total") == 1
+        assert metric(s.url, "sip_tts_api_active_requests") == 0
+        assert metric(s.url, "sip_tts_api_cancelled_total") == 1
         # the engine's worker is free again at once: a new request's wait for an engine slot is short
         r = httpx.post(s.url + "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hello again.",
                                                           "response_format": "wav"}, timeout=30)
         assert r.status_code == 200 and float(r.headers["x-queue-ms"]) < 500
         # espeak stopped early: the long text at speed 0.25 is ~470 s of speech, far less of it was made
-        made = _metric(s.url, "sip_tts_engine_audio_seconds_total") - audio_before
+        made = metric(s.url, "sip_tts_engine_audio_seconds_total") - audio_before
         assert made < 250, made
     finally:
         s.srv.stop()

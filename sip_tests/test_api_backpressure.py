@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .api_support import api_server, speech
+from .api_support import api_server, metric, speech
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,11 +25,6 @@ def _post(port: int, body: dict, rcvbuf: int = 0) -> socket.socket:
     sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data) + data)
     return sock
-
-
-def _metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 def _rss_kb(pid: int) -> int:
@@ -51,7 +46,7 @@ def test_a_client_reading_nothing_holds_little_and_its_leaving_frees_the_engine(
         stalled = _post(s.port, speech(long_text, "pcm"), rcvbuf=4096)
         try:
             time.sleep(3.0)  # espeak makes minutes of audio in this time; the client reads none of it
-            assert _metric(s.url, "sip_tts_api_active_requests") == 1
+            assert metric(s.url, "sip_tts_api_active_requests") == 1
             t0 = time.monotonic()
             r = httpx.get(s.url + "/v1/models", timeout=30)  # the loop is not held by the stalled stream
             assert r.status_code == 200 and time.monotonic() - t0 < 5  # (wide: a loaded 2-core host)
@@ -62,7 +57,7 @@ def test_a_client_reading_nothing_holds_little_and_its_leaving_frees_the_engine(
         finally:
             stalled.close()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _metric(s.url, "sip_tts_api_active_requests") != 0:
+        while time.monotonic() < deadline and metric(s.url, "sip_tts_api_active_requests") != 0:
             time.sleep(0.05)
-        assert _metric(s.url, "sip_tts_api_active_requests") == 0
-        assert _metric(s.url, "sip_tts_api_cancelled_total") == 1
+        assert metric(s.url, "sip_tts_api_active_requests") == 0
+        assert metric(s.url, "sip_tts_api_cancelled_total") == 1

@@ -17,6 +17,10 @@ def get(port: int, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def _value(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
 def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_server, tmp_path):
     mport = free_udp_port()
     srv = start_server(extra_yaml=f"metrics:\n  listen: 127.0.0.1:{mport}\n", drain=20)
@@ -39,18 +43,15 @@ def test_metrics_count_calls_and_latencies_and_health_turns_draining(start_serve
     assert "sip_tts_call_engine_first_audio_seconds_count 0.0" in text
     assert "sip_tts_calls_active 0.0" in text
 
-    def value(name: str) -> float:
-        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
-
     # the three calls heard the same fixed prompt: rendered once (at start-up), then served from the cache
-    assert value("sip_tts_prompt_cache_hits_total") >= 3
-    assert value("sip_tts_prompt_cache_prompts") >= 1
-    assert value("sip_tts_engine_audio_seconds_total") > 1.0
-    assert 0 < value("sip_tts_engine_busy_seconds_total") < value("sip_tts_engine_audio_seconds_total")
-    assert value("sip_tts_engine_step_items_total") == value("sip_tts_engine_steps_total") > 0
+    assert _value(text, "sip_tts_prompt_cache_hits_total") >= 3
+    assert _value(text, "sip_tts_prompt_cache_prompts") >= 1
+    assert _value(text, "sip_tts_engine_audio_seconds_total") > 1.0
+    assert 0 < _value(text, "sip_tts_engine_busy_seconds_total") < _value(text, "sip_tts_engine_audio_seconds_total")
+    assert _value(text, "sip_tts_engine_step_items_total") == _value(text, "sip_tts_engine_steps_total") > 0
     # pacing ticks that woke > 10 ms late: exported (how many depends on the host's load: a count,
     # not a claim; benchmarks/rtp_pacing.py measures lateness)
-    assert value("sip_tts_pacer_late_wakeups_total") >= 0
+    assert _value(text, "sip_tts_pacer_late_wakeups_total") >= 0
     assert get(mport, "/nope")[0] == 404
     # a call in progress, then SIGTERM: health says draining while it finishes
     sipp = subprocess.Popen(
@@ -77,9 +78,6 @@ def test_engine_share_of_first_audio_is_measured_for_synthesized_prompts(start_s
     assert res.returncode == 0, res.stdout[-1500:]
     text = get(mport, "/metrics")[1]
 
-    def value(name: str) -> float:
-        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
-
-    assert value("sip_tts_call_engine_first_audio_seconds_count") == 2
-    engine = value("sip_tts_call_engine_first_audio_seconds_sum")
-    assert 0 < engine <= value("sip_tts_first_audio_seconds_sum"), text
+    assert _value(text, "sip_tts_call_engine_first_audio_seconds_count") == 2
+    engine = _value(text, "sip_tts_call_engine_first_audio_seconds_sum")
+    assert 0 < engine <= _value(text, "sip_tts_first_audio_seconds_sum"), text

@@ -553,7 +553,7 @@ class CallTable:
             return
         assert call is not None
         self.ua.answer_update(ev.call_id, answer, now)
-        self._arm_session(call, self.ua.session_expires(ev.call_id), now)
+        self._arm_session(call, ev.session_expires, now)  # (the interval the UA's 200 just agreed)
 
     def outbound_update(self, call_id: str, offer: SessionDescription | None, session_expires: int | None,
                         now: float, method: str = "INVITE") -> bytes | int:
