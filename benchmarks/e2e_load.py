@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -294,11 +293,10 @@ def stop_server(proc: subprocess.Popen, profiled: bool = False) -> None:
 def engine_share(api_port: int) -> tuple[float, float]:
     """The server's ``sip_tts_call_engine_first_audio_seconds`` (sum, count): a caller's utterance asked
     of the engine to its first audio, measured inside the server."""
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{api_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    name = "sip_tts_call_engine_first_audio_seconds"
-    got = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
-           if line.startswith((name + "_sum ", name + "_count "))}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from soak import scrape
+
+    got, name = scrape(api_port), "sip_tts_call_engine_first_audio_seconds"
     return got.get(name + "_sum", 0.0), got.get(name + "_count", 0.0)
 
 
